@@ -1,0 +1,35 @@
+// Helpers for component tests that run inside tests/harness/with-services: where the real
+// broker and database are, a fresh database per test, and polling with a deadline.
+#ifndef DEVBRIDGE_TESTS_COMPONENT_TEST_ENV_H_
+#define DEVBRIDGE_TESTS_COMPONENT_TEST_ENV_H_
+
+#include <functional>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace devbridge::testing {
+
+// tcp://127.0.0.1:PORT of the harness's mosquitto. Aborts the test binary with a clear
+// message when run outside the harness.
+std::string MqttUrl();
+
+// postgresql://… of the harness's cluster (maintenance database "postgres").
+std::string PgDsn();
+
+// Creates an empty database named after the running test (and this process) and returns
+// its DSN, so tests never share tables.
+std::string CreateTestDatabase();
+
+// A topic prefix of its own for the running test, so tests never see each other's messages.
+std::string UniqueTopicPrefix();
+
+// Runs tests/harness/svc ACTION (stop-mqtt, start-mqtt, stop-pg, start-pg); true on success.
+bool Harness(const std::string& action);
+
+// Polls `condition` every few milliseconds until it holds or `timeout` passes.
+bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout = absl::Seconds(10));
+
+}  // namespace devbridge::testing
+
+#endif  // DEVBRIDGE_TESTS_COMPONENT_TEST_ENV_H_
