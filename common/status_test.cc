@@ -67,3 +67,25 @@ TEST(GrpcStatus, RoundTripKeepsCanonicalCodeMessageAndResultCode) {
 
 }  // namespace
 }  // namespace devbridge::common
+
+#include "common/uuid.h"
+
+namespace devbridge::common {
+namespace {
+
+TEST(Uuid, CanonicalVersion4AndUnique) {
+  const std::string a = NewUuid();
+  const std::string b = NewUuid();
+  EXPECT_TRUE(IsUuid(a)) << a;
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a[14], '4');
+  EXPECT_NE(std::string("89ab").find(a[19]), std::string::npos) << a;
+  EXPECT_FALSE(IsUuid("not-a-uuid"));
+  EXPECT_FALSE(IsUuid("123e4567-e89b-12d3-a456-42661417400g"));
+  EXPECT_TRUE(IsUuid("123E4567-E89B-12D3-A456-426614174000"));
+  EXPECT_EQ(RandomToken(12).size(), 12u);
+  EXPECT_EQ(RandomToken(12).find(':'), std::string::npos);
+}
+
+}  // namespace
+}  // namespace devbridge::common

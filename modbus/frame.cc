@@ -272,7 +272,7 @@ absl::StatusOr<Request> ParseRequest(absl::Span<const uint8_t> frame) {
         return FrameError("malformed write-multiple request: quantity %d, byte count %d, %d bytes",
                           word, byte_count, frame.size());
       }
-      for (size_t i = 0; i < word; ++i) request.values.push_back(Be16(&frame[7 + 2 * i]));
+      for (size_t i = 0; i < word; ++i) request.values.push_back(Be16(&frame[7 + (2 * i)]));
     }
   }
   return request;

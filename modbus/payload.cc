@@ -14,16 +14,16 @@ absl::Status FrameError(const absl::FormatSpec<Args...>& format, const Args&... 
 }
 
 // 0..15 for a hex digit, -1 for white space, -2 for anything else.
-constexpr std::array<int8_t, 256> MakeHexTable() {
-  std::array<int8_t, 256> t{};
+constexpr std::array<int, 256> MakeHexTable() {
+  std::array<int, 256> t{};
   for (auto& v : t) v = -2;
-  for (int c = '0'; c <= '9'; ++c) t[c] = static_cast<int8_t>(c - '0');
-  for (int c = 'a'; c <= 'f'; ++c) t[c] = static_cast<int8_t>(c - 'a' + 10);
-  for (int c = 'A'; c <= 'F'; ++c) t[c] = static_cast<int8_t>(c - 'A' + 10);
+  for (int c = '0'; c <= '9'; ++c) t[c] = c - '0';
+  for (int c = 'a'; c <= 'f'; ++c) t[c] = c - 'a' + 10;
+  for (int c = 'A'; c <= 'F'; ++c) t[c] = c - 'A' + 10;
   for (int c : {' ', '\t', '\n', '\r', '\v', '\f'}) t[c] = -1;
   return t;
 }
-constexpr std::array<int8_t, 256> kHex = MakeHexTable();
+constexpr std::array<int, 256> kHex = MakeHexTable();
 
 bool IsTextByte(uint8_t c) { return (c >= 0x20 && c < 0x7F) || kHex[c] == -1; }
 

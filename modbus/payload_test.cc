@@ -44,8 +44,8 @@ TEST(ReadPayload, EmptyAndBlankPayloads) {
 }
 
 TEST(ReadPayload, TooLong) {
-  EXPECT_FALSE(ReadPayload(std::string(2 * 257, 'A')).ok());
-  EXPECT_TRUE(ReadPayload(std::string(2 * 256, 'A')).ok());
+  EXPECT_FALSE(ReadPayload(std::string(size_t{2} * 257, 'A')).ok());
+  EXPECT_TRUE(ReadPayload(std::string(size_t{2} * 256, 'A')).ok());
   std::string raw(1 << 20, '\x01');  // 1 MiB of binary
   EXPECT_NE(ReadPayload(raw).status().message().find("payload too long"), std::string::npos);
 }

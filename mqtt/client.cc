@@ -1,0 +1,241 @@
+#include "mqtt/client.h"
+
+#include <MQTTAsync.h>
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace devbridge::mqtt {
+namespace {
+
+std::string PahoError(int rc) {
+  const char* text = MQTTAsync_strerror(rc);
+  return absl::StrCat(text ? text : "error", " (", rc, ")");
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(Options options, MessageHandler on_message,
+                                                       StateHandler on_state) {
+  if (options.client_id.empty()) return absl::InvalidArgumentError("MQTT client id is empty");
+  std::unique_ptr<Client> client(new Client(std::move(options), std::move(on_message), std::move(on_state)));
+  MQTTAsync_createOptions create = MQTTAsync_createOptions_initializer;
+  create.sendWhileDisconnected = 1;
+  create.maxBufferedMessages = client->options_.max_buffered;
+  create.MQTTVersion = MQTTVERSION_3_1_1;
+  MQTTAsync handle = nullptr;
+  int rc = MQTTAsync_createWithOptions(&handle, client->options_.url.c_str(),
+                                       client->options_.client_id.c_str(), MQTTCLIENT_PERSISTENCE_NONE,
+                                       nullptr, &create);
+  if (rc != MQTTASYNC_SUCCESS) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create MQTT client for ", client->options_.url, ": ", PahoError(rc)));
+  }
+  client->client_ = handle;
+  rc = MQTTAsync_setCallbacks(handle, client.get(), &Client::OnConnectionLost,
+                              reinterpret_cast<MQTTAsync_messageArrived*>(&Client::OnMessageArrived),
+                              nullptr);
+  if (rc != MQTTASYNC_SUCCESS) return absl::InternalError(absl::StrCat("MQTTAsync_setCallbacks: ", PahoError(rc)));
+  return client;
+}
+
+Client::Client(Options options, MessageHandler on_message, StateHandler on_state)
+    : options_(std::move(options)),
+      on_message_(std::move(on_message)),
+      on_state_(std::move(on_state)),
+      backoff_(options_.min_backoff) {}
+
+Client::~Client() {
+  Stop();
+  if (client_ != nullptr) {
+    MQTTAsync handle = client_;
+    MQTTAsync_destroy(&handle);
+  }
+}
+
+void Client::Start() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (supervisor_.joinable()) return;
+    want_connect_ = true;
+  }
+  supervisor_ = std::thread([this] { Supervise(); });
+}
+
+void Client::Stop(absl::Duration timeout) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (supervisor_.joinable()) supervisor_.join();
+  if (client_ != nullptr && MQTTAsync_isConnected(client_)) {
+    MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer;
+    opts.timeout = static_cast<int>(absl::ToInt64Milliseconds(timeout));
+    MQTTAsync_disconnect(client_, &opts);
+    const absl::Time deadline = absl::Now() + timeout;
+    while (MQTTAsync_isConnected(client_) && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  }
+  SetConnected(false);
+}
+
+void Client::Supervise() {
+  auto log = common::Logger(options_.log_name);
+  std::mt19937 rng(std::random_device{}());
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    cv_.wait(lock, [this] { return stopping_ || (want_connect_ && !connecting_ && !paused_); });
+    if (stopping_) break;
+    want_connect_ = false;
+    connecting_ = true;
+    lock.unlock();
+    MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer;
+    opts.keepAliveInterval = options_.keepalive_seconds;
+    opts.cleansession = options_.clean_session ? 1 : 0;
+    opts.maxInflight = options_.max_inflight;
+    opts.connectTimeout = 5;
+    opts.automaticReconnect = 0;  // we reconnect ourselves, with our own backoff
+    if (!options_.username.empty()) opts.username = options_.username.c_str();
+    if (!options_.password.empty()) opts.password = options_.password.c_str();
+    opts.onSuccess = reinterpret_cast<MQTTAsync_onSuccess*>(&Client::OnConnectSuccess);
+    opts.onFailure = reinterpret_cast<MQTTAsync_onFailure*>(&Client::OnConnectFailure);
+    opts.context = this;
+    const int rc = MQTTAsync_connect(client_, &opts);
+    lock.lock();
+    if (rc != MQTTASYNC_SUCCESS) {
+      log->warn("connect to {} could not start: {}", options_.url, PahoError(rc));
+      connecting_ = false;
+      want_connect_ = true;
+    }
+    if (want_connect_ && !connecting_) {
+      // Back off before the next attempt: exponential with jitter, interruptible by Stop().
+      std::uniform_real_distribution<double> jitter(0.5, 1.0);
+      const absl::Duration wait = backoff_ * jitter(rng);
+      backoff_ = std::min(backoff_ * 2, options_.max_backoff);
+      cv_.wait_for(lock, absl::ToChronoMilliseconds(wait), [this] { return stopping_; });
+    }
+  }
+}
+
+void Client::RequestConnect() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    connecting_ = false;
+    want_connect_ = true;
+  }
+  cv_.notify_all();
+}
+
+void Client::SetConnected(bool connected) {
+  if (connected_.exchange(connected) != connected && on_state_) on_state_(connected);
+}
+
+absl::Status Client::Publish(absl::string_view topic, absl::string_view payload, int qos,
+                             bool retained) {
+  MQTTAsync_message msg = MQTTAsync_message_initializer;
+  msg.payload = const_cast<char*>(payload.data());
+  msg.payloadlen = static_cast<int>(payload.size());
+  msg.qos = qos;
+  msg.retained = retained ? 1 : 0;
+  const std::string topic_z(topic);
+  const int rc = MQTTAsync_sendMessage(client_, topic_z.c_str(), &msg, nullptr);
+  if (rc != MQTTASYNC_SUCCESS) {
+    return absl::UnavailableError(absl::StrCat("MQTT publish to ", topic, ": ", PahoError(rc)));
+  }
+  return absl::OkStatus();
+}
+
+void Client::Pause() {
+  if (paused_.exchange(true)) return;
+  common::Logger(options_.log_name)->warn("pausing intake: disconnecting from {}; the broker keeps QoS 1 messages", options_.url);
+  MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer;
+  opts.timeout = 0;
+  MQTTAsync_disconnect(client_, &opts);
+  SetConnected(false);
+}
+
+void Client::Resume() {
+  if (!paused_.exchange(false)) return;
+  common::Logger(options_.log_name)->info("resuming intake from {}", options_.url);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    backoff_ = options_.min_backoff;
+  }
+  RequestConnect();
+}
+
+int Client::OnMessageArrived(void* context, char* topic, int topic_len, void* message) {
+  auto* self = static_cast<Client*>(context);
+  auto* msg = static_cast<MQTTAsync_message*>(message);
+  const absl::string_view topic_view(topic, topic_len > 0 ? static_cast<size_t>(topic_len) : strlen(topic));
+  const absl::string_view payload(static_cast<const char*>(msg->payload),
+                                  static_cast<size_t>(msg->payloadlen));
+  if (!self->on_message_(topic_view, payload)) return 0;  // Paho keeps it and retries later
+  MQTTAsync_freeMessage(&msg);
+  MQTTAsync_free(topic);
+  return 1;
+}
+
+void Client::OnConnectionLost(void* context, char* cause) {
+  auto* self = static_cast<Client*>(context);
+  self->SetConnected(false);
+  if (self->paused_) return;
+  common::Logger(self->options_.log_name)
+      ->warn("connection to {} lost{}{}; reconnecting", self->options_.url, cause ? ": " : "",
+             cause ? cause : "");
+  self->RequestConnect();
+}
+
+void Client::OnConnectSuccess(void* context, void* /*response*/) {
+  auto* self = static_cast<Client*>(context);
+  auto log = common::Logger(self->options_.log_name);
+  {
+    std::lock_guard<std::mutex> lock(self->mu_);
+    self->connecting_ = false;
+    self->backoff_ = self->options_.min_backoff;
+  }
+  self->connects_.fetch_add(1);
+  if (!self->options_.subscriptions.empty()) {
+    std::vector<char*> topics;
+    std::vector<int> qos;
+    for (auto& [topic, q] : self->options_.subscriptions) {
+      topics.push_back(topic.data());
+      qos.push_back(q);
+    }
+    MQTTAsync_responseOptions opts = MQTTAsync_responseOptions_initializer;
+    opts.onFailure = reinterpret_cast<MQTTAsync_onFailure*>(&Client::OnSubscribeFailure);
+    opts.context = self;
+    const int rc = MQTTAsync_subscribeMany(self->client_, static_cast<int>(topics.size()),
+                                           topics.data(), qos.data(), &opts);
+    if (rc != MQTTASYNC_SUCCESS) log->error("subscribe failed to start: {}", PahoError(rc));
+  }
+  log->info("connected to {} as {}", self->options_.url, self->options_.client_id);
+  self->SetConnected(true);
+  if (self->paused_) {
+    MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer;
+    MQTTAsync_disconnect(self->client_, &opts);
+    self->SetConnected(false);
+  }
+}
+
+void Client::OnConnectFailure(void* context, void* response) {
+  auto* self = static_cast<Client*>(context);
+  auto* failure = static_cast<MQTTAsync_failureData*>(response);
+  common::Logger(self->options_.log_name)
+      ->warn("cannot connect to {}: {}", self->options_.url,
+             failure && failure->message ? failure->message
+                                         : PahoError(failure ? failure->code : -1).c_str());
+  self->RequestConnect();
+}
+
+void Client::OnSubscribeFailure(void* context, void* response) {
+  auto* self = static_cast<Client*>(context);
+  auto* failure = static_cast<MQTTAsync_failureData*>(response);
+  common::Logger(self->options_.log_name)
+      ->error("subscribe refused by {}: code {}", self->options_.url, failure ? failure->code : -1);
+}
+
+}  // namespace devbridge::mqtt

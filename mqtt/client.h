@@ -1,0 +1,108 @@
+// An MQTT client on Paho MQTT C (async): connects in the background, reconnects with
+// exponential backoff, subscribes again after every connect, and can pause intake.
+//
+// Callbacks run on Paho's threads and must not block. The message handler returns false
+// to refuse a message for now: Paho keeps it and offers it again later, so refusing is
+// how a full consumer pushes back without losing anything. Pause() disconnects (keeping a
+// persistent session when clean_session is false, so the broker holds QoS 1 messages);
+// Resume() connects again.
+#ifndef DEVBRIDGE_MQTT_CLIENT_H_
+#define DEVBRIDGE_MQTT_CLIENT_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace devbridge::mqtt {
+
+struct Options {
+  std::string url = "tcp://127.0.0.1:1883";
+  std::string client_id;
+  std::string username;
+  std::string password;
+  bool clean_session = true;
+  int keepalive_seconds = 30;
+  int max_inflight = 1000;          // our own QoS 1 publishes awaiting PUBACK
+  int max_buffered = 100000;        // publishes kept while disconnected
+  absl::Duration min_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(5);
+  std::vector<std::pair<std::string, int>> subscriptions;  // topic filter, QoS
+  std::string log_name = "mqtt";    // logger name, e.g. "ingest.mqtt"
+};
+
+// Runs on a Paho thread. Return true once the message is taken; false to have Paho keep it
+// and redeliver it later.
+using MessageHandler = std::function<bool(absl::string_view topic, absl::string_view payload)>;
+// Runs on a Paho thread (or the client's supervisor thread) on every connect and disconnect.
+using StateHandler = std::function<void(bool connected)>;
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Create(Options options, MessageHandler on_message,
+                                                        StateHandler on_state = nullptr);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  // Starts connecting in the background; returns at once.
+  void Start();
+  // Disconnects and stops reconnecting. Blocks for at most `timeout`.
+  void Stop(absl::Duration timeout = absl::Seconds(2));
+
+  // Queues a publish; thread-safe, never blocks. While disconnected, up to max_buffered
+  // messages wait for the next connect. Errors: the buffer is full, or the client stopped.
+  absl::Status Publish(absl::string_view topic, absl::string_view payload, int qos,
+                       bool retained = false);
+
+  // Stops taking messages by disconnecting; Resume() connects again. Idempotent.
+  void Pause();
+  void Resume();
+
+  bool connected() const { return connected_.load(); }
+  bool paused() const { return paused_.load(); }
+  uint64_t connects() const { return connects_.load(); }
+
+ private:
+  Client(Options options, MessageHandler on_message, StateHandler on_state);
+  void Supervise();
+  void RequestConnect();
+  void SetConnected(bool connected);
+
+  // Paho callbacks.
+  static int OnMessageArrived(void* context, char* topic, int topic_len, void* message);
+  static void OnConnectionLost(void* context, char* cause);
+  static void OnConnectSuccess(void* context, void* response);
+  static void OnConnectFailure(void* context, void* response);
+  static void OnSubscribeFailure(void* context, void* response);
+
+  Options options_;
+  MessageHandler on_message_;
+  StateHandler on_state_;
+  void* client_ = nullptr;  // MQTTAsync
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool want_connect_ = false;  // guarded by mu_
+  bool connecting_ = false;    // guarded by mu_
+  bool stopping_ = false;      // guarded by mu_
+  std::atomic<bool> connected_{false};
+  std::atomic<bool> paused_{false};
+  std::atomic<uint64_t> connects_{0};
+  absl::Duration backoff_;
+  std::thread supervisor_;
+};
+
+}  // namespace devbridge::mqtt
+
+#endif  // DEVBRIDGE_MQTT_CLIENT_H_

@@ -1,0 +1,54 @@
+#include "services/ingest/core/device_table.h"
+
+#include "gtest/gtest.h"
+
+namespace devbridge::ingest {
+namespace {
+
+const absl::Time t0 = absl::FromUnixSeconds(1700000000);
+
+TEST(DeviceTable, OnlineOnFirstMessageOfflineAfterSilence) {
+  DeviceTable table;
+  EXPECT_TRUE(table.Touch("d1", t0));
+  EXPECT_FALSE(table.Touch("d1", t0 + absl::Seconds(1)));
+  EXPECT_TRUE(table.IsOnline("d1"));
+  EXPECT_EQ(table.online_count(), 1u);
+  EXPECT_TRUE(table.Sweep(t0 + absl::Seconds(90), absl::Seconds(90)).empty());
+  EXPECT_EQ(table.Sweep(t0 + absl::Seconds(92), absl::Seconds(90)), std::vector<std::string>{"d1"});
+  EXPECT_FALSE(table.IsOnline("d1"));
+  EXPECT_EQ(table.online_count(), 0u);
+  EXPECT_TRUE(table.Sweep(t0 + absl::Seconds(200), absl::Seconds(90)).empty()) << "only once";
+  EXPECT_TRUE(table.Touch("d1", t0 + absl::Seconds(300)));
+  EXPECT_EQ(table.Find("d1")->first_seen, t0);
+  EXPECT_EQ(table.Find("d1")->last_seen, t0 + absl::Seconds(300));
+}
+
+TEST(DeviceTable, SnapshotIsSortedAndMarkOffline) {
+  DeviceTable table;
+  table.Touch("b", t0);
+  table.Touch("a", t0);
+  table.SetMeta("a", R"({"fw":"1.2"})");
+  auto snap = table.Snapshot();
+  ASSERT_EQ(snap.size(), 2u);
+  EXPECT_EQ(snap[0].id, "a");
+  EXPECT_EQ(snap[0].meta_json, R"({"fw":"1.2"})");
+  EXPECT_TRUE(table.MarkOffline("a"));
+  EXPECT_FALSE(table.MarkOffline("a"));
+  EXPECT_FALSE(table.MarkOffline("zz"));
+  EXPECT_EQ(table.online_count(), 1u);
+}
+
+TEST(IsValidDeviceId, ContractCharset) {
+  EXPECT_TRUE(IsValidDeviceId("sim-0001"));
+  EXPECT_TRUE(IsValidDeviceId("A.b_c:d-9"));
+  EXPECT_TRUE(IsValidDeviceId(std::string(64, 'x')));
+  EXPECT_FALSE(IsValidDeviceId(std::string(65, 'x')));
+  EXPECT_FALSE(IsValidDeviceId(""));
+  EXPECT_FALSE(IsValidDeviceId("a b"));
+  EXPECT_FALSE(IsValidDeviceId("a/b"));
+  EXPECT_FALSE(IsValidDeviceId("a+"));
+  EXPECT_FALSE(IsValidDeviceId("é"));
+}
+
+}  // namespace
+}  // namespace devbridge::ingest

@@ -1,0 +1,68 @@
+// The event stream's replay buffer: every event ingest emits gets the next sequence number
+// of this process's epoch and, for each push stream (system or group) it is a message of,
+// the next offset of that stream. Events are encoded once and kept, up to `capacity`, so a
+// push replica can resume after the last one it saw. Io thread only.
+#ifndef DEVBRIDGE_SERVICES_INGEST_CORE_EVENT_LOG_H_
+#define DEVBRIDGE_SERVICES_INGEST_CORE_EVENT_LOG_H_
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/time/time.h"
+#include "devbridge/v1/events.pb.h"
+#include "devbridge/v1/ingest.pb.h"
+
+namespace devbridge::ingest {
+
+// A push stream: a system's own stream (group empty) or one of its groups.
+struct StreamRef {
+  std::string system_id;
+  std::string group_name;
+};
+
+// Where a subscriber starts reading: the first sequence number to send, and, when it
+// asked to resume from events no longer held, the reset event to send before them.
+struct ReadStart {
+  uint64_t next_seq = 0;
+  std::shared_ptr<const std::string> reset;  // an encoded Event with body `reset`, or null
+};
+
+class EventLog {
+ public:
+  EventLog(std::string epoch, size_t capacity);
+
+  // Stamps `event` (epoch, seq, time, stream offsets for `streams`), encodes it, keeps it and
+  // wakes every waiter. Returns the sequence number.
+  uint64_t Append(v1::Event event, const std::vector<StreamRef>& streams, absl::Time now);
+
+  // Where a subscriber with `request` starts; see SubscribeRequest.
+  ReadStart Start(const v1::SubscribeRequest& request) const;
+
+  // The encoded event `seq`, or null if not held (evicted, or not appended yet).
+  std::shared_ptr<const std::string> Get(uint64_t seq) const;
+
+  // Calls `wake` once, on the next Append.
+  void WaitForAppend(std::function<void()> wake) { waiters_.push_back(std::move(wake)); }
+
+  const std::string& epoch() const { return epoch_; }
+  uint64_t last_seq() const { return next_seq_ - 1; }
+  uint64_t oldest_seq() const { return next_seq_ - events_.size(); }
+  size_t size() const { return events_.size(); }
+
+ private:
+  std::string epoch_;
+  size_t capacity_;
+  uint64_t next_seq_ = 1;
+  std::deque<std::shared_ptr<const std::string>> events_;  // seq oldest_seq() .. last_seq()
+  absl::flat_hash_map<std::string, uint64_t> stream_offsets_;
+  std::vector<std::function<void()>> waiters_;
+};
+
+}  // namespace devbridge::ingest
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_CORE_EVENT_LOG_H_

@@ -1,0 +1,531 @@
+#include "services/ingest/core/ingest_core.h"
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "common/uuid.h"
+#include "modbus/payload.h"
+#include "nlohmann/json.hpp"
+
+namespace devbridge::ingest {
+namespace {
+
+// How often a device's last_seen is written back while it keeps talking.
+constexpr absl::Duration kLastSeenWriteInterval = absl::Seconds(5);
+constexpr uint32_t kMaxTimeoutMs = 60000;
+
+std::string Bytes(absl::Span<const uint8_t> bytes) {
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+void AddValues(const std::vector<regmap::DecodedValue>& values, v1::CommandResult* result) {
+  for (const auto& v : values) {
+    v1::DecodedValue* out = result->add_values();
+    out->set_name(v.reg->name);
+    out->set_json_value(v.value.ToJson());
+    out->set_unit(v.reg->unit);
+    for (int i = 0; i < v.raw_count; ++i) out->add_raw(v.raw[i]);
+  }
+}
+
+const char* StatusFor(int code) {
+  if (code == common::kCodeSuccess) return "succeeded";
+  if (code == common::kCodeTimeout) return "timeout";
+  return "failed";
+}
+
+}  // namespace
+
+size_t RecordBytes(const StoreRecord& record) {
+  struct Size {
+    size_t operator()(const DeviceRecord& r) const {
+      return sizeof r + r.device_id.size() + (r.meta_json ? r.meta_json->size() : 0);
+    }
+    size_t operator()(const ReadingRecord& r) const {
+      return sizeof r + r.device_id.size() + r.raw.size() + r.values_json.size();
+    }
+    size_t operator()(const CommandRecord& r) const {
+      return sizeof r + r.device_id.size() + r.request.size() + (r.response ? r.response->size() : 0) +
+             r.error.size();
+    }
+  };
+  return std::visit(Size{}, record);
+}
+
+std::string BadFrameKind(const absl::Status& status) {
+  const absl::string_view m = status.message();
+  if (absl::StartsWith(m, "CRC mismatch")) return "crc";
+  if (absl::StartsWith(m, "bad hex") || absl::StartsWith(m, "empty payload") ||
+      absl::StartsWith(m, "hex text")) {
+    return "hex";
+  }
+  if (absl::StrContains(m, "mismatch")) return "mismatch";
+  return "malformed";
+}
+
+void AppendJsonString(std::string* out, absl::string_view text) {
+  out->push_back('"');
+  for (char c : text) {
+    switch (c) {
+      case '"': out->append("\\\""); break;
+      case '\\': out->append("\\\\"); break;
+      case '\n': out->append("\\n"); break;
+      case '\r': out->append("\\r"); break;
+      case '\t': out->append("\\t"); break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          absl::StrAppend(out, "\\u00", absl::Hex(static_cast<unsigned char>(c), absl::kZeroPad2));
+        } else {
+          out->push_back(c);
+        }
+    }
+  }
+  out->push_back('"');
+}
+
+std::string ValuesJson(const std::vector<regmap::DecodedValue>& values) {
+  std::string out = "{";
+  for (const auto& v : values) {
+    if (out.size() > 1) out.push_back(',');
+    AppendJsonString(&out, v.reg->name);
+    absl::StrAppend(&out, ":{\"value\":", v.value.ToJson(), ",\"unit\":");
+    AppendJsonString(&out, v.reg->unit);
+    out.append(",\"raw\":[");
+    for (int i = 0; i < v.raw_count; ++i) absl::StrAppend(&out, i ? "," : "", v.raw[i]);
+    out.append("]}");
+  }
+  out.push_back('}');
+  return out;
+}
+
+IngestCore::IngestCore(CoreOptions options, std::shared_ptr<const regmap::RegisterMap> map,
+                       CoreOutputs* outputs, common::MetricsRegistry* metrics)
+    : options_(std::move(options)),
+      map_(std::move(map)),
+      out_(outputs),
+      commands_(options_.command_queue_depth),
+      topic_prefix_slash_(options_.topic_prefix + "/") {
+  auto& r = *metrics;
+  const char* in = "devbridge_ingest_messages_total";
+  const char* in_help = "MQTT messages taken, by kind.";
+  m_.heartbeats = &r.AddCounter(in, in_help, {{"kind", "heartbeat"}});
+  m_.data = &r.AddCounter(in, in_help, {{"kind", "data"}});
+  const char* dropped = "devbridge_ingest_messages_dropped_total";
+  const char* dropped_help = "MQTT messages dropped, by reason.";
+  m_.invalid_id = &r.AddCounter(dropped, dropped_help, {{"reason", "invalid_id"}});
+  m_.oversize = &r.AddCounter(dropped, dropped_help, {{"reason", "oversize"}});
+  m_.unknown_topic = &r.AddCounter(dropped, dropped_help, {{"reason", "unknown_topic"}});
+  const char* bad = "devbridge_ingest_frames_bad_total";
+  const char* bad_help = "Data frames that failed validation, by kind.";
+  m_.bad_crc = &r.AddCounter(bad, bad_help, {{"kind", "crc"}});
+  m_.bad_hex = &r.AddCounter(bad, bad_help, {{"kind", "hex"}});
+  m_.bad_malformed = &r.AddCounter(bad, bad_help, {{"kind", "malformed"}});
+  m_.bad_mismatch = &r.AddCounter(bad, bad_help, {{"kind", "mismatch"}});
+  m_.unsolicited = &r.AddCounter("devbridge_ingest_unsolicited_frames_total",
+                                 "Valid data frames with no command in flight.");
+  m_.command_latency = &r.AddHistogram("devbridge_ingest_command_latency_ms",
+                                       "Command publish to reply, milliseconds.",
+                                       common::LatencyBucketsMs());
+  for (int code : {200, 400, 503, 2001, 2002, 2003, 2004, 2005, 2006}) {
+    m_.results[code] = &r.AddCounter("devbridge_ingest_commands_total", "Commands by result code.",
+                                     {{"code", std::to_string(code)}});
+  }
+  m_.results_other = &r.AddCounter("devbridge_ingest_commands_total", "Commands by result code.",
+                                   {{"code", "other"}});
+}
+
+std::vector<StreamRef> IngestCore::DeviceStreams(const std::string& device_id) const {
+  std::vector<StreamRef> streams{{device_id, ""}};
+  if (options_.fleet_system != device_id) streams.push_back({options_.fleet_system, ""});
+  return streams;
+}
+
+void IngestCore::OnMessage(absl::string_view topic, absl::string_view payload, absl::Time now) {
+  if (!absl::StartsWith(topic, topic_prefix_slash_)) {
+    m_.unknown_topic->Inc();
+    return;
+  }
+  absl::string_view rest = topic.substr(topic_prefix_slash_.size());
+  const size_t slash = rest.rfind('/');
+  if (slash == absl::string_view::npos) {
+    m_.unknown_topic->Inc();
+    return;
+  }
+  const absl::string_view id = rest.substr(0, slash);
+  const absl::string_view kind = rest.substr(slash + 1);
+  if (kind != "heartbeat" && kind != "data") {
+    m_.unknown_topic->Inc();
+    return;
+  }
+  if (!IsValidDeviceId(id)) {
+    m_.invalid_id->Inc();
+    static auto log = common::Logger("ingest.core");
+    log->debug("dropped message on {}: device id must match [A-Za-z0-9_.:-]{{1,64}}", topic);
+    return;
+  }
+  if (kind == "heartbeat") {
+    OnHeartbeat(std::string(id), payload, now);
+  } else {
+    OnData(std::string(id), payload, now);
+  }
+}
+
+void IngestCore::Seen(const std::string& device_id, absl::Time now) {
+  const bool came_online = devices_.Touch(device_id, now);
+  DeviceInfo* d = devices_.FindMutable(device_id);
+  if (came_online) {
+    common::Logger("ingest.core")->info("[{}] online", device_id);
+    EmitDeviceState(*d);
+    StoreDevice(*d, false);
+  } else if (now - d->stored_at >= kLastSeenWriteInterval) {
+    StoreDevice(*d, false);
+  }
+}
+
+void IngestCore::EmitDeviceState(const DeviceInfo& device) {
+  v1::Event event;
+  v1::DeviceState* state = event.mutable_device_state();
+  state->set_device_id(device.id);
+  state->set_online(device.online);
+  state->set_meta_json(device.meta_json);
+  out_->Emit(std::move(event), DeviceStreams(device.id));
+}
+
+void IngestCore::StoreDevice(const DeviceInfo& device, bool with_meta) {
+  DeviceRecord rec;
+  rec.device_id = device.id;
+  rec.online = device.online;
+  rec.first_seen = device.first_seen;
+  rec.last_seen = device.last_seen;
+  if (with_meta) rec.meta_json = device.meta_json;
+  devices_.FindMutable(device.id)->stored_at = device.last_seen;
+  out_->Store(std::move(rec));
+}
+
+void IngestCore::OnHeartbeat(const std::string& device_id, absl::string_view payload, absl::Time now) {
+  if (payload.size() > options_.max_heartbeat_bytes) {
+    m_.oversize->Inc();
+    return;
+  }
+  m_.heartbeats->Inc();
+  Seen(device_id, now);
+  nlohmann::json meta = nlohmann::json::parse(payload.begin(), payload.end(), nullptr, false);
+  if (!meta.is_discarded() && meta.is_object()) {
+    std::string text = meta.dump();
+    DeviceInfo* d = devices_.FindMutable(device_id);
+    if (text != d->meta_json) {
+      d->meta_json = std::move(text);
+      StoreDevice(*d, true);
+    }
+  }
+}
+
+void IngestCore::OnData(const std::string& device_id, absl::string_view payload, absl::Time now) {
+  if (payload.size() > options_.max_data_bytes) {
+    m_.oversize->Inc();
+    return;
+  }
+  m_.data->Inc();
+  Seen(device_id, now);
+  if (std::optional<PendingCommand> cmd = commands_.TakeInFlight(device_id)) {
+    CompleteWithFrame(std::move(*cmd), payload, now);
+    StartNext(device_id, now);
+  } else {
+    Unsolicited(device_id, payload, now);
+  }
+}
+
+void IngestCore::CountBadFrame(const absl::Status& status) {
+  const std::string kind = BadFrameKind(status);
+  if (kind == "crc") {
+    m_.bad_crc->Inc();
+  } else if (kind == "hex") {
+    m_.bad_hex->Inc();
+  } else if (kind == "mismatch") {
+    m_.bad_mismatch->Inc();
+  } else {
+    m_.bad_malformed->Inc();
+  }
+}
+
+void IngestCore::CompleteWithFrame(PendingCommand cmd, absl::string_view payload, absl::Time now) {
+  v1::CommandResult result;
+  absl::StatusOr<modbus::FrameBytes> frame = modbus::ReadPayload(payload);
+  if (!frame.ok()) {
+    CountBadFrame(frame.status());
+    result.set_code(common::kCodeFrameError);
+    result.set_msg(std::string(frame.status().message()));
+    return Finish(std::move(cmd), std::move(result), now);
+  }
+  result.set_response(Bytes(frame->span()));
+  absl::StatusOr<modbus::Reply> reply = modbus::ParseReply(frame->span(), cmd.request);
+  if (!reply.ok()) {
+    CountBadFrame(reply.status());
+    result.set_code(common::kCodeFrameError);
+    result.set_msg(std::string(reply.status().message()));
+    return Finish(std::move(cmd), std::move(result), now);
+  }
+  if (reply->is_exception()) {
+    result.set_code(common::kCodeModbusException);
+    result.set_msg(std::string(modbus::ExceptionStatus(reply->exception).message()));
+    result.set_exception_code(reply->exception);
+    result.set_exception_name(std::string(modbus::ExceptionName(reply->exception)));
+    return Finish(std::move(cmd), std::move(result), now);
+  }
+  result.set_code(common::kCodeSuccess);
+  result.set_msg("success");
+  if (cmd.request.function == modbus::kReadHoldingRegisters ||
+      cmd.request.function == modbus::kReadInputRegisters) {
+    const regmap::Profile* profile = map_->ProfileFor(cmd.command.device_id());
+    absl::Status decoded =
+        profile == nullptr
+            ? common::Error(common::kCodeNoRegister, absl::StatusCode::kNotFound,
+                            absl::StrCat("no register-map profile for device ",
+                                         cmd.command.device_id()))
+            : regmap::Decode(*profile, cmd.request.address, reply->data, &scratch_);
+    if (!decoded.ok()) {
+      scratch_.clear();
+      result.set_code(common::kCodeNoRegister);
+      result.set_msg(std::string(decoded.message()));
+    }
+    AddValues(scratch_, &result);
+    ReadingRecord reading;
+    reading.device_id = cmd.command.device_id();
+    reading.received_at = now;
+    reading.published_at = now;
+    reading.command_id = cmd.command_id;
+    reading.unit = cmd.request.unit;
+    reading.function = cmd.request.function;
+    reading.address = cmd.request.address;
+    reading.raw = result.response();
+    reading.values_json = ValuesJson(scratch_);
+    out_->Store(std::move(reading));
+  }
+  Finish(std::move(cmd), std::move(result), now);
+}
+
+void IngestCore::Finish(PendingCommand cmd, v1::CommandResult result, absl::Time now) {
+  const v1::Command& c = cmd.command;
+  result.set_command_id(cmd.command_id);
+  result.set_request_id(c.request_id());
+  result.set_device_id(c.device_id());
+  result.set_unit(cmd.request.unit);
+  result.set_function(cmd.request.function);
+  result.set_address(cmd.request.address);
+  result.set_count(cmd.request.Quantity());
+  result.set_request(Bytes(cmd.frame));
+  result.set_received_at_unix_ms(absl::ToUnixMillis(now));
+  result.set_solicited(true);
+  result.set_origin_node(c.origin_node());
+  result.set_client_id(c.client_id());
+  result.set_system_id(c.system_id());
+  if (cmd.sent != absl::InfinitePast()) {
+    const double latency = absl::ToDoubleMilliseconds(now - cmd.sent);
+    result.set_latency_ms(latency);
+    if (result.code() != common::kCodeTimeout) m_.command_latency->Observe(latency);
+  }
+  auto counter = m_.results.find(result.code());
+  (counter == m_.results.end() ? m_.results_other : counter->second)->Inc();
+
+  CommandRecord rec;
+  rec.command_id = cmd.command_id;
+  rec.device_id = c.device_id();
+  rec.requested_at = cmd.submitted;
+  rec.completed_at = now;
+  rec.status = StatusFor(result.code());
+  rec.code = result.code();
+  rec.request = result.request();
+  if (!result.response().empty()) rec.response = result.response();
+  if (result.code() != common::kCodeSuccess) rec.error = result.msg();
+  out_->Store(std::move(rec));
+
+  if (cmd.done) cmd.done(result);
+  v1::Event event;
+  *event.mutable_data() = std::move(result);
+  out_->Emit(std::move(event), DeviceStreams(c.device_id()));
+}
+
+void IngestCore::StartNext(const std::string& device_id, absl::Time now) {
+  PendingCommand* next = commands_.StartNext(device_id, now);
+  if (next == nullptr) return;
+  out_->PublishCommand(device_id, modbus::ToHex(next->frame));
+  CommandRecord rec;
+  rec.command_id = next->command_id;
+  rec.device_id = device_id;
+  rec.requested_at = next->submitted;
+  rec.status = "sent";
+  rec.request = Bytes(next->frame);
+  out_->Store(std::move(rec));
+}
+
+void IngestCore::Submit(v1::Command command, absl::Time now, CommandDone done) {
+  PendingCommand cmd;
+  cmd.submitted = now;
+  cmd.sent = absl::InfinitePast();
+  cmd.done = std::move(done);
+  if (command.function() == 0) command.set_function(modbus::kReadHoldingRegisters);
+  cmd.command_id = command.command_id().empty() ? common::NewUuid() : command.command_id();
+
+  auto fail = [&](int code, std::string msg) {
+    v1::CommandResult result;
+    result.set_code(code);
+    result.set_msg(std::move(msg));
+    cmd.command = std::move(command);
+    Finish(std::move(cmd), std::move(result), now);
+  };
+  if (!IsValidDeviceId(command.device_id())) {
+    return fail(common::kCodeBadRequest, "deviceId must match [A-Za-z0-9_.:-]{1,64}");
+  }
+  if (!common::IsUuid(cmd.command_id)) return fail(common::kCodeBadRequest, "commandId must be a UUID");
+  if (command.timeout_ms() > kMaxTimeoutMs) {
+    return fail(common::kCodeBadRequest, absl::StrCat("timeoutMs ", command.timeout_ms(), " exceeds 60000"));
+  }
+  if (command.unit() > 247) return fail(common::kCodeBadRequest, "unit must be 0..247");
+  if (command.function() > 255 || command.address() > 65535 || command.count() > 65535) {
+    return fail(common::kCodeBadRequest, "function, address or count out of range");
+  }
+  if (command.unit() == 0) {
+    const regmap::Profile* profile = map_->ProfileFor(command.device_id());
+    command.set_unit(profile != nullptr ? profile->unit : 1);
+  }
+  cmd.request.unit = static_cast<uint8_t>(command.unit());
+  cmd.request.function = static_cast<uint8_t>(command.function());
+  cmd.request.address = static_cast<uint16_t>(command.address());
+  cmd.request.count = static_cast<uint16_t>(command.count());
+  for (uint32_t v : command.values()) {
+    if (v > 65535) return fail(common::kCodeBadRequest, absl::StrCat("value ", v, " out of range 0..65535"));
+    cmd.request.values.push_back(static_cast<uint16_t>(v));
+  }
+  absl::StatusOr<std::vector<uint8_t>> frame = modbus::BuildRequest(cmd.request);
+  if (!frame.ok()) return fail(common::kCodeBadRequest, std::string(frame.status().message()));
+  cmd.frame = *std::move(frame);
+  if (!devices_.IsOnline(command.device_id())) {
+    const bool known = devices_.Find(command.device_id()) != nullptr;
+    return fail(common::kCodeDeviceOffline,
+                absl::StrCat("device ", command.device_id(), known ? " is offline" : " is unknown"));
+  }
+  const uint32_t timeout_ms =
+      command.timeout_ms() != 0 ? command.timeout_ms()
+                                : static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.command_timeout));
+  cmd.deadline = now + absl::Milliseconds(timeout_ms);
+  const std::string device_id = command.device_id();
+  cmd.command = std::move(command);
+
+  CommandRecord rec;
+  rec.command_id = cmd.command_id;
+  rec.device_id = device_id;
+  rec.requested_at = now;
+  rec.status = "queued";
+  rec.request = Bytes(cmd.frame);
+  if (commands_.Full(device_id)) {
+    return fail(common::kCodeQueueFull,
+                absl::StrCat("device ", device_id, " has ", options_.command_queue_depth,
+                             " commands waiting"));
+  }
+  out_->Store(std::move(rec));
+  commands_.Enqueue(std::move(cmd));
+  StartNext(device_id, now);
+}
+
+void IngestCore::Tick(absl::Time now, bool sweep_liveness) {
+  for (PendingCommand& cmd : commands_.TakeExpired(now)) {
+    v1::CommandResult result;
+    result.set_code(common::kCodeTimeout);
+    const auto waited = absl::ToInt64Milliseconds(cmd.deadline - cmd.submitted);
+    result.set_msg(cmd.sent == absl::InfinitePast()
+                       ? absl::StrCat("no reply: timed out after ", waited, " ms waiting in the queue")
+                       : absl::StrCat("no reply within ", waited, " ms"));
+    Finish(std::move(cmd), std::move(result), now);
+  }
+  if (sweep_liveness) {
+    for (const std::string& id : devices_.Sweep(now, options_.heartbeat_timeout)) {
+      common::Logger("ingest.core")->info("[{}] offline: silent for more than {}", id,
+                                          absl::FormatDuration(options_.heartbeat_timeout));
+      const DeviceInfo& d = *devices_.Find(id);
+      EmitDeviceState(d);
+      StoreDevice(d, false);
+      for (PendingCommand& cmd : commands_.TakeAll(id)) {
+        v1::CommandResult result;
+        result.set_code(common::kCodeDeviceOffline);
+        result.set_msg(absl::StrCat("device ", id, " went offline"));
+        Finish(std::move(cmd), std::move(result), now);
+      }
+    }
+  }
+  for (const std::string& id : commands_.IdleDevicesWithWork()) StartNext(id, now);
+}
+
+void IngestCore::FailAll(absl::Time now, const std::string& reason) {
+  for (const std::string& id : commands_.Devices()) {
+    for (PendingCommand& cmd : commands_.TakeAll(id)) {
+      v1::CommandResult result;
+      result.set_code(common::kCodeUnavailable);
+      result.set_msg(reason);
+      Finish(std::move(cmd), std::move(result), now);
+    }
+  }
+}
+
+void IngestCore::Unsolicited(const std::string& device_id, absl::string_view payload, absl::Time now) {
+  absl::StatusOr<modbus::FrameBytes> frame = modbus::ReadPayload(payload);
+  if (!frame.ok()) {
+    CountBadFrame(frame.status());
+    return;
+  }
+  absl::StatusOr<modbus::Reply> reply = modbus::ParseUnsolicited(frame->span());
+  if (!reply.ok()) {
+    CountBadFrame(reply.status());
+    return;
+  }
+  m_.unsolicited->Inc();
+  v1::CommandResult result;
+  result.set_device_id(device_id);
+  result.set_unit(reply->unit);
+  result.set_function(reply->function);
+  result.set_response(Bytes(frame->span()));
+  result.set_received_at_unix_ms(absl::ToUnixMillis(now));
+  result.set_solicited(false);
+  result.set_code(common::kCodeSuccess);
+  result.set_msg("success");
+  scratch_.clear();
+  ReadingRecord reading;
+  if (reply->is_exception()) {
+    result.set_code(common::kCodeModbusException);
+    result.set_msg(std::string(modbus::ExceptionStatus(reply->exception).message()));
+    result.set_exception_code(reply->exception);
+    result.set_exception_name(std::string(modbus::ExceptionName(reply->exception)));
+  } else if (reply->data.empty()) {
+    result.set_address(reply->address);
+    result.set_count(reply->quantity);
+    reading.address = reply->address;
+  } else {
+    // A read reply names no address: it is taken as the profile's registers from its first.
+    const regmap::Profile* profile = map_->ProfileFor(device_id);
+    const uint16_t address =
+        profile != nullptr && !profile->registers.empty() ? profile->registers.front().address : 0;
+    result.set_address(address);
+    result.set_count(reply->quantity);
+    reading.address = address;
+    if (profile == nullptr || !regmap::Decode(*profile, address, reply->data, &scratch_).ok()) {
+      scratch_.clear();
+      result.set_code(common::kCodeNoRegister);
+      result.set_msg(profile == nullptr ? "no register-map profile for this device"
+                                        : "no register-map entry within the registers read");
+    }
+    AddValues(scratch_, &result);
+  }
+  reading.device_id = device_id;
+  reading.received_at = now;
+  reading.published_at = now;
+  reading.unit = reply->unit;
+  reading.function = reply->function;
+  reading.raw = result.response();
+  reading.values_json = ValuesJson(scratch_);
+  out_->Store(std::move(reading));
+  v1::Event event;
+  *event.mutable_data() = std::move(result);
+  out_->Emit(std::move(event), DeviceStreams(device_id));
+}
+
+}  // namespace devbridge::ingest

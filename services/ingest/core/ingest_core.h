@@ -1,0 +1,116 @@
+// The device-side logic of ingest, free of any network: topics in, liveness, Modbus
+// decoding through the register map, command queues and their outcomes, and what to
+// publish, store and emit as a result. Runs on the io thread; every input carries `now`
+// so tests drive time.
+#ifndef DEVBRIDGE_SERVICES_INGEST_CORE_INGEST_CORE_H_
+#define DEVBRIDGE_SERVICES_INGEST_CORE_INGEST_CORE_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "devbridge/v1/events.pb.h"
+#include "regmap/register_map.h"
+#include "services/ingest/core/command_tracker.h"
+#include "services/ingest/core/device_table.h"
+#include "services/ingest/core/event_log.h"
+#include "services/ingest/core/records.h"
+
+namespace devbridge::ingest {
+
+struct CoreOptions {
+  std::string topic_prefix = "devices";
+  std::string fleet_system = "fleet";
+  absl::Duration heartbeat_timeout = absl::Seconds(90);
+  absl::Duration command_timeout = absl::Seconds(5);
+  size_t command_queue_depth = 16;
+  size_t max_heartbeat_bytes = 4096;
+  size_t max_data_bytes = 4096;
+};
+
+// Where the core's decisions go. Implementations must not block.
+class CoreOutputs {
+ public:
+  virtual ~CoreOutputs() = default;
+  // Publish `hex` on P/ID/command.
+  virtual void PublishCommand(const std::string& device_id, const std::string& hex) = 0;
+  virtual void Store(StoreRecord record) = 0;
+  // Append to the event stream as a message of `streams`.
+  virtual void Emit(v1::Event event, const std::vector<StreamRef>& streams) = 0;
+};
+
+class IngestCore {
+ public:
+  IngestCore(CoreOptions options, std::shared_ptr<const regmap::RegisterMap> map,
+             CoreOutputs* outputs, common::MetricsRegistry* metrics);
+
+  // A message from the broker on any subscribed topic.
+  void OnMessage(absl::string_view topic, absl::string_view payload, absl::Time now);
+  void OnHeartbeat(const std::string& device_id, absl::string_view payload, absl::Time now);
+  void OnData(const std::string& device_id, absl::string_view payload, absl::Time now);
+
+  // Runs a command; `done` gets its result exactly once (maybe before Submit returns).
+  void Submit(v1::Command command, absl::Time now, CommandDone done);
+
+  // Periodic work: offline sweep (skipped when `sweep_liveness` is false, e.g. while intake
+  // is paused and silence means nothing) and command timeouts.
+  void Tick(absl::Time now, bool sweep_liveness = true);
+
+  // Fails every command (code 503-like 2002 with `reason`), for shutdown.
+  void FailAll(absl::Time now, const std::string& reason);
+
+  const DeviceTable& devices() const { return devices_; }
+  const CommandTracker& commands() const { return commands_; }
+
+ private:
+  void Seen(const std::string& device_id, absl::Time now);
+  void EmitDeviceState(const DeviceInfo& device);
+  void StoreDevice(const DeviceInfo& device, bool with_meta);
+  void Finish(PendingCommand cmd, v1::CommandResult result, absl::Time now);
+  void StartNext(const std::string& device_id, absl::Time now);
+  void CompleteWithFrame(PendingCommand cmd, absl::string_view payload, absl::Time now);
+  void Unsolicited(const std::string& device_id, absl::string_view payload, absl::Time now);
+  void CountBadFrame(const absl::Status& status);
+  std::vector<StreamRef> DeviceStreams(const std::string& device_id) const;
+
+  CoreOptions options_;
+  std::shared_ptr<const regmap::RegisterMap> map_;
+  CoreOutputs* out_;
+  DeviceTable devices_;
+  CommandTracker commands_;
+  std::vector<regmap::DecodedValue> scratch_;
+  std::string topic_prefix_slash_;
+
+  struct Metrics {
+    common::Counter* heartbeats;
+    common::Counter* data;
+    common::Counter* invalid_id;
+    common::Counter* oversize;
+    common::Counter* unknown_topic;
+    common::Counter* bad_crc;
+    common::Counter* bad_hex;
+    common::Counter* bad_malformed;
+    common::Counter* bad_mismatch;
+    common::Counter* unsolicited;
+    common::Histogram* command_latency;
+    std::map<int, common::Counter*> results;
+    common::Counter* results_other;
+  } m_;
+};
+
+// Frame bad kind for metrics from a codec error: crc, hex, mismatch or malformed.
+std::string BadFrameKind(const absl::Status& status);
+
+// The decoded values as the JSON object stored in readings."values" and sent to web pages:
+// {"temperature":{"value":23.5,"unit":"°C","raw":[235]}, ...}.
+std::string ValuesJson(const std::vector<regmap::DecodedValue>& values);
+
+// Appends `text` to `out` as a JSON string literal, quotes included.
+void AppendJsonString(std::string* out, absl::string_view text);
+
+}  // namespace devbridge::ingest
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_CORE_INGEST_CORE_H_
