@@ -1,0 +1,486 @@
+#include "services/ingest/store/store.h"
+
+#include <map>
+#include <pqxx/pqxx>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "modbus/payload.h"
+#include "nlohmann/json.hpp"
+
+namespace devbridge::ingest {
+namespace {
+
+constexpr int64_t kMigrationLock = 0x64657662;  // "devb"
+constexpr size_t kRowsPerStatement = 1000;
+
+std::string TimeLiteral(absl::Time t) {
+  return absl::StrCat("'", absl::FormatTime("%Y-%m-%d %H:%M:%E6S+00", t, absl::UTCTimeZone()),
+                      "'::timestamptz");
+}
+
+std::string ByteaLiteral(const std::string& bytes) {
+  return absl::StrCat("'\\x", modbus::ToHex({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()}),
+                      "'::bytea");
+}
+
+// The database a DSN names, or "" when it does not say.
+std::string DatabaseOf(const std::string& dsn) {
+  if (absl::StartsWith(dsn, "postgresql://") || absl::StartsWith(dsn, "postgres://")) {
+    const size_t host = dsn.find("://") + 3;
+    const size_t slash = dsn.find('/', host);
+    if (slash == std::string::npos) return "";
+    return dsn.substr(slash + 1, dsn.find('?', slash) - slash - 1);
+  }
+  const size_t at = dsn.find("dbname=");
+  if (at == std::string::npos) return "";
+  const size_t end = dsn.find(' ', at);
+  return dsn.substr(at + 7, end == std::string::npos ? std::string::npos : end - at - 7);
+}
+
+std::unique_ptr<pqxx::connection> Connect(const std::string& dsn) {
+  try {
+    return std::make_unique<pqxx::connection>(dsn);
+  } catch (const pqxx::broken_connection& e) {
+    const std::string db = DatabaseOf(dsn);
+    if (db.empty() || !absl::StrContains(e.what(), "does not exist")) throw;
+    // First start against a fresh server: create the database, then connect again.
+    pqxx::connection admin(DsnWithDatabase(dsn, "postgres"));
+    pqxx::nontransaction tx(admin);
+    try {
+      tx.exec0("CREATE DATABASE " + tx.quote_name(db));
+      common::Logger("ingest.store")->info("created database {}", db);
+    } catch (const pqxx::sql_error&) {
+      // Another replica created it first.
+    }
+  }
+  return std::make_unique<pqxx::connection>(dsn);
+}
+
+void Migrate(pqxx::connection& conn) {
+  {
+    pqxx::nontransaction tx(conn);
+    tx.exec(absl::StrCat("SELECT pg_advisory_lock(", kMigrationLock, ")"));
+  }
+  try {
+    int applied = 0;
+    {
+      pqxx::work tx(conn);
+      tx.exec0(
+          "CREATE TABLE IF NOT EXISTS devbridge_migrations ("
+          "version integer primary key, applied_at timestamptz not null default now())");
+      applied = tx.exec1("SELECT coalesce(max(version), 0) FROM devbridge_migrations")[0].as<int>();
+      tx.commit();
+    }
+    const auto& steps = Migrations();
+    for (size_t v = applied + 1; v <= steps.size(); ++v) {
+      pqxx::work tx(conn);
+      tx.exec0(steps[v - 1]);
+      tx.exec0(absl::StrCat("INSERT INTO devbridge_migrations (version) VALUES (", v, ")"));
+      tx.commit();
+      common::Logger("ingest.store")->info("applied migration {}", v);
+    }
+  } catch (...) {
+    pqxx::nontransaction tx(conn);
+    tx.exec(absl::StrCat("SELECT pg_advisory_unlock(", kMigrationLock, ")"));
+    throw;
+  }
+  pqxx::nontransaction tx(conn);
+  tx.exec(absl::StrCat("SELECT pg_advisory_unlock(", kMigrationLock, ")"));
+}
+
+// Writes one batch in one transaction. Device rows and command rows are coalesced to their
+// latest state first: a command's queued → sent → succeeded in one batch is one upsert.
+void WriteBatch(pqxx::connection& conn, const std::vector<StoreRecord>& batch) {
+  std::map<std::string, DeviceRecord> devices;
+  std::vector<const ReadingRecord*> readings;
+  std::vector<CommandRecord> commands;
+  absl::flat_hash_map<std::string, size_t> command_index;
+  for (const StoreRecord& record : batch) {
+    if (const auto* d = std::get_if<DeviceRecord>(&record)) {
+      auto [it, inserted] = devices.try_emplace(d->device_id, *d);
+      if (!inserted) {
+        std::optional<std::string> meta = d->meta_json ? d->meta_json : it->second.meta_json;
+        const absl::Time first = std::min(it->second.first_seen, d->first_seen);
+        it->second = *d;
+        it->second.meta_json = std::move(meta);
+        it->second.first_seen = first;
+      }
+    } else if (const auto* r = std::get_if<ReadingRecord>(&record)) {
+      readings.push_back(r);
+    } else if (const auto* c = std::get_if<CommandRecord>(&record)) {
+      auto [it, inserted] = command_index.try_emplace(c->command_id, commands.size());
+      if (inserted) {
+        commands.push_back(*c);
+      } else {
+        CommandRecord& kept = commands[it->second];
+        kept.status = c->status;
+        kept.code = c->code;
+        kept.completed_at = c->completed_at;
+        kept.response = c->response;
+        kept.error = c->error;
+      }
+    }
+  }
+
+  pqxx::work tx(conn);
+  if (!devices.empty()) {
+    std::string sql = "INSERT INTO devices (device_id, first_seen, last_seen, online, meta) VALUES ";
+    bool first = true;
+    for (const auto& [id, d] : devices) {
+      absl::StrAppend(&sql, first ? "" : ",", "(", tx.quote(id), ",", TimeLiteral(d.first_seen), ",",
+                      TimeLiteral(d.last_seen), ",", d.online ? "true" : "false", ",",
+                      d.meta_json ? tx.quote(*d.meta_json) + "::jsonb" : "NULL", ")");
+      first = false;
+    }
+    sql +=
+        " ON CONFLICT (device_id) DO UPDATE SET"
+        " first_seen = LEAST(devices.first_seen, EXCLUDED.first_seen),"
+        " last_seen = GREATEST(devices.last_seen, EXCLUDED.last_seen),"
+        " online = EXCLUDED.online,"
+        " meta = COALESCE(EXCLUDED.meta, devices.meta)";
+    tx.exec0(sql);
+  }
+  for (size_t start = 0; start < readings.size(); start += kRowsPerStatement) {
+    std::string sql =
+        "INSERT INTO readings (device_id, received_at, command_id, unit, function, address, raw, "
+        "\"values\") VALUES ";
+    const size_t end = std::min(readings.size(), start + kRowsPerStatement);
+    for (size_t i = start; i < end; ++i) {
+      const ReadingRecord& r = *readings[i];
+      absl::StrAppend(&sql, i == start ? "" : ",", "(", tx.quote(r.device_id), ",",
+                      TimeLiteral(r.received_at), ",",
+                      r.command_id.empty() ? "NULL" : tx.quote(r.command_id) + "::uuid", ",", r.unit,
+                      ",", r.function, ",", r.address ? absl::StrCat(*r.address) : "NULL", ",",
+                      ByteaLiteral(r.raw), ",", tx.quote(r.values_json), "::jsonb)");
+    }
+    tx.exec0(sql);
+  }
+  for (size_t start = 0; start < commands.size(); start += kRowsPerStatement) {
+    std::string sql =
+        "INSERT INTO commands (command_id, device_id, requested_at, completed_at, status, code, "
+        "request, response, error) VALUES ";
+    const size_t end = std::min(commands.size(), start + kRowsPerStatement);
+    for (size_t i = start; i < end; ++i) {
+      const CommandRecord& c = commands[i];
+      absl::StrAppend(&sql, i == start ? "" : ",", "(", tx.quote(c.command_id), "::uuid,",
+                      tx.quote(c.device_id), ",", TimeLiteral(c.requested_at), ",",
+                      c.completed_at ? TimeLiteral(*c.completed_at) : "NULL", ",", tx.quote(c.status),
+                      ",", c.code, ",", ByteaLiteral(c.request), ",",
+                      c.response ? ByteaLiteral(*c.response) : "NULL", ",",
+                      c.error.empty() ? "NULL" : tx.quote(c.error), ")");
+    }
+    sql +=
+        " ON CONFLICT (command_id) DO UPDATE SET completed_at = EXCLUDED.completed_at,"
+        " status = EXCLUDED.status, code = EXCLUDED.code,"
+        " response = COALESCE(EXCLUDED.response, commands.response),"
+        " error = EXCLUDED.error";
+    tx.exec0(sql);
+  }
+  tx.commit();
+}
+
+std::vector<v1::CommandResult> QueryReadings(pqxx::connection& conn, const std::string& device_id,
+                                             absl::Time since, size_t limit) {
+  pqxx::read_transaction tx(conn);
+  pqxx::result rows = tx.exec_params(
+      "SELECT (extract(epoch from received_at) * 1000)::bigint, coalesce(command_id::text, ''),"
+      " unit, function, address, raw, \"values\"::text FROM readings"
+      " WHERE device_id = $1 AND received_at >= to_timestamp($2::double precision / 1000)"
+      " ORDER BY received_at DESC, id DESC LIMIT $3",
+      device_id, absl::ToUnixMillis(since), static_cast<int64_t>(limit));
+  std::vector<v1::CommandResult> out(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const pqxx::row& row = rows[i];
+    v1::CommandResult& r = out[rows.size() - 1 - i];  // oldest first
+    r.set_device_id(device_id);
+    r.set_received_at_unix_ms(row[0].as<int64_t>());
+    r.set_command_id(row[1].as<std::string>());
+    r.set_solicited(!r.command_id().empty());
+    r.set_unit(row[2].as<uint32_t>(0));
+    r.set_function(row[3].as<uint32_t>(0));
+    r.set_address(row[4].is_null() ? 0 : row[4].as<uint32_t>());
+    r.set_response(pqxx::binarystring(row[5]).str());
+    r.set_code(200);
+    nlohmann::json values = nlohmann::json::parse(row[6].as<std::string>("{}"), nullptr, false);
+    if (values.is_object()) {
+      for (const auto& [name, v] : values.items()) {
+        v1::DecodedValue* dv = r.add_values();
+        dv->set_name(name);
+        dv->set_json_value(v.value("value", nlohmann::json()).dump());
+        dv->set_unit(v.value("unit", ""));
+        for (const auto& w : v.value("raw", nlohmann::json::array())) dv->add_raw(w.get<uint32_t>());
+      }
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+const std::vector<std::string>& Migrations() {
+  static const std::vector<std::string> kMigrations = {
+      "CREATE TABLE IF NOT EXISTS devices ("
+      " device_id text primary key, first_seen timestamptz, last_seen timestamptz,"
+      " online boolean, meta jsonb);"
+      "CREATE TABLE IF NOT EXISTS readings ("
+      " id bigserial primary key, device_id text, received_at timestamptz, command_id uuid null,"
+      " unit smallint, function smallint, address integer null, raw bytea, \"values\" jsonb);"
+      "CREATE INDEX IF NOT EXISTS readings_device_received ON readings (device_id, received_at desc);"
+      "CREATE TABLE IF NOT EXISTS commands ("
+      " command_id uuid primary key, device_id text, requested_at timestamptz,"
+      " completed_at timestamptz null, status text"
+      " CHECK (status IN ('queued', 'sent', 'succeeded', 'failed', 'timeout')),"
+      " code integer, request bytea, response bytea null, error text null);"
+      "CREATE INDEX IF NOT EXISTS commands_device_requested ON commands (device_id, requested_at desc);",
+  };
+  return kMigrations;
+}
+
+std::string DsnWithDatabase(const std::string& dsn, const std::string& dbname) {
+  if (absl::StartsWith(dsn, "postgresql://") || absl::StartsWith(dsn, "postgres://")) {
+    const size_t host = dsn.find("://") + 3;
+    const size_t slash = dsn.find('/', host);
+    const size_t query = dsn.find('?', host);
+    if (slash == std::string::npos || (query != std::string::npos && query < slash)) {
+      const size_t cut = query == std::string::npos ? dsn.size() : query;
+      return absl::StrCat(dsn.substr(0, cut), "/", dbname, dsn.substr(cut));
+    }
+    const size_t end = query == std::string::npos ? dsn.size() : query;
+    return absl::StrCat(dsn.substr(0, slash + 1), dbname, dsn.substr(end));
+  }
+  return absl::StrCat(dsn, " dbname=", dbname);  // the last dbname= wins
+}
+
+std::unique_ptr<Store> Store::Start(StoreOptions options, common::MetricsRegistry* metrics) {
+  std::unique_ptr<Store> store(new Store(std::move(options), metrics));
+  store->writer_ = std::thread([s = store.get()] { s->WriterLoop(); });
+  store->reader_ = std::thread([s = store.get()] { s->ReaderLoop(); });
+  return store;
+}
+
+Store::Store(StoreOptions options, common::MetricsRegistry* metrics) : options_(std::move(options)) {
+  auto& r = *metrics;
+  m_.batch_size = &r.AddHistogram("devbridge_ingest_db_batch_records", "Records per committed batch.",
+                                  common::SizeBuckets());
+  m_.batch_ms = &r.AddHistogram("devbridge_ingest_db_batch_ms", "Time to write one batch, ms.",
+                                common::LatencyBucketsMs());
+  m_.commit_latency_ms = &r.AddHistogram("devbridge_ingest_db_commit_latency_ms",
+                                         "Frame taken to reading committed, ms.",
+                                         common::LatencyBucketsMs());
+  m_.rows = &r.AddCounter("devbridge_ingest_db_records_total", "Records committed.");
+  m_.errors = &r.AddCounter("devbridge_ingest_db_errors_total", "Failed database operations.");
+  m_.retries = &r.AddCounter("devbridge_ingest_db_retries_total", "Batches written again after an error.");
+  r.AddGaugeFn("devbridge_ingest_db_queue_bytes", "Bytes waiting for the writer.", {},
+               [this] { return static_cast<double>(queued_bytes_.load()); });
+  r.AddGaugeFn("devbridge_ingest_db_up", "1 when the database answers.", {},
+               [this] { return healthy_.load() ? 1.0 : 0.0; });
+}
+
+Store::~Store() { Stop(absl::Seconds(5)); }
+
+void Store::Push(StoreRecord record) {
+  const size_t bytes = RecordBytes(record);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.push_back(std::move(record));
+    ++pushed_;
+    if (queued_bytes_.fetch_add(bytes) + bytes > options_.max_queue_bytes) was_full_ = true;
+  }
+  cv_.notify_one();
+}
+
+size_t Store::queued_records() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return queue_.size();
+}
+
+bool Store::Flush(absl::Duration timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t target = pushed_;
+  return flushed_cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout),
+                              [&] { return committed_ >= target; });
+}
+
+void Store::Stop(absl::Duration timeout) {
+  if (!writer_.joinable()) return;
+  if (!Flush(timeout)) {
+    common::Logger("ingest.store")
+        ->error("stopping with {} records not written: the database did not take them in time",
+                queued_records());
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  writer_.join();
+  {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    read_stopping_ = true;
+  }
+  read_cv_.notify_all();
+  reader_.join();
+}
+
+void Store::WriterLoop() {
+  auto log = common::Logger("ingest.store");
+  std::unique_ptr<pqxx::connection> conn;
+  absl::Duration backoff = options_.min_backoff;
+  int failures = 0;
+  std::vector<StoreRecord> batch;
+
+  // Connects and migrates if needed; false (after logging) if the database is away.
+  auto ensure = [&]() -> bool {
+    if (conn && conn->is_open()) return true;
+    try {
+      conn = Connect(options_.dsn);
+      Migrate(*conn);
+      return true;
+    } catch (const std::exception& e) {
+      conn.reset();
+      healthy_ = false;
+      m_.errors->Inc();
+      if (failures++ % 20 == 0) log->warn("database unavailable ({}): {}", options_.dsn, e.what());
+      return false;
+    }
+  };
+
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    if (batch.empty()) {
+      const bool woke = cv_.wait_for(lock, std::chrono::seconds(2),
+                                     [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_ && queue_.empty()) break;
+      if (!woke) {
+        // Idle: check the database so /healthz stays true to it.
+        lock.unlock();
+        if (ensure()) {
+          try {
+            pqxx::nontransaction tx(*conn);
+            tx.exec("SELECT 1");
+            healthy_ = true;
+          } catch (const std::exception&) {
+            conn.reset();
+            healthy_ = false;
+          }
+        }
+        lock.lock();
+        continue;
+      }
+      const size_t n = std::min(queue_.size(), options_.max_batch);
+      batch.reserve(n);
+      for (size_t i = 0; i < n; ++i) {
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
+    if (stopping_ && !healthy_ && failures > 0 && !conn) {
+      // Stop() already waited its flush timeout; give up rather than retry forever.
+      break;
+    }
+    lock.unlock();
+    const absl::Time start = absl::Now();
+    bool ok = false;
+    if (ensure()) {
+      try {
+        WriteBatch(*conn, batch);
+        ok = true;
+      } catch (const pqxx::broken_connection& e) {
+        conn.reset();
+        m_.errors->Inc();
+        if (failures++ % 20 == 0) log->warn("database connection lost: {}; retrying", e.what());
+      } catch (const std::exception& e) {
+        // Not a connection problem: the connection may be fine, the statement is not.
+        conn.reset();
+        m_.errors->Inc();
+        if (failures++ % 20 == 0) log->error("batch of {} records failed: {}; retrying", batch.size(), e.what());
+      }
+    }
+    if (ok) {
+      const absl::Time now = absl::Now();
+      if (failures > 0) log->info("database writes resumed after {} failed attempts", failures);
+      failures = 0;
+      backoff = options_.min_backoff;
+      healthy_ = true;
+      m_.batch_size->Observe(static_cast<double>(batch.size()));
+      m_.batch_ms->Observe(absl::ToDoubleMilliseconds(now - start));
+      m_.rows->Inc(batch.size());
+      size_t bytes = 0;
+      for (const StoreRecord& r : batch) {
+        bytes += RecordBytes(r);
+        if (const auto* reading = std::get_if<ReadingRecord>(&r)) {
+          m_.commit_latency_ms->Observe(absl::ToDoubleMilliseconds(now - reading->published_at));
+        }
+      }
+      const size_t committed = batch.size();
+      batch.clear();
+      const size_t left = queued_bytes_.fetch_sub(bytes) - bytes;
+      bool call_on_space = false;
+      lock.lock();
+      committed_ += committed;
+      if (was_full_ && left <= options_.max_queue_bytes / 2) {
+        was_full_ = false;
+        call_on_space = true;
+      }
+      flushed_cv_.notify_all();
+      if (call_on_space && on_space_) {
+        lock.unlock();
+        on_space_();
+        lock.lock();
+      }
+    } else {
+      m_.retries->Inc();
+      lock.lock();
+      cv_.wait_for(lock, absl::ToChronoMilliseconds(backoff), [&] { return stopping_; });
+      backoff = std::min(backoff * 2, options_.max_backoff);
+    }
+  }
+}
+
+void Store::ReaderLoop() {
+  std::unique_ptr<pqxx::connection> conn;
+  std::unique_lock<std::mutex> lock(read_mu_);
+  while (true) {
+    read_cv_.wait(lock, [&] { return read_stopping_ || !reads_.empty(); });
+    if (read_stopping_) break;
+    auto job = std::move(reads_.front());
+    reads_.pop_front();
+    lock.unlock();
+    if (!conn || !conn->is_open()) {
+      try {
+        conn = Connect(options_.dsn);
+      } catch (const std::exception&) {
+        conn.reset();
+      }
+    }
+    job(conn.get());
+    lock.lock();
+  }
+  // Jobs left at shutdown still get an answer.
+  for (auto& job : reads_) job(nullptr);
+}
+
+void Store::GetReadings(std::string device_id, absl::Time since, size_t limit, ReadingsDone done) {
+  auto job = [device_id = std::move(device_id), since, limit, done = std::move(done)](void* c) {
+    auto* conn = static_cast<pqxx::connection*>(c);
+    if (conn == nullptr) return done(absl::UnavailableError("database unavailable"));
+    try {
+      done(QueryReadings(*conn, device_id, since, limit));
+    } catch (const pqxx::broken_connection& e) {
+      done(absl::UnavailableError(absl::StrCat("database connection lost: ", e.what())));
+    } catch (const std::exception& e) {
+      done(absl::InternalError(absl::StrCat("readings query failed: ", e.what())));
+    }
+  };
+  {
+    std::lock_guard<std::mutex> lock(read_mu_);
+    if (read_stopping_) return job(nullptr);
+    reads_.push_back(std::move(job));
+  }
+  read_cv_.notify_one();
+}
+
+}  // namespace devbridge::ingest

@@ -1,0 +1,114 @@
+// PostgreSQL persistence for ingest (CONTRACT §8) on libpqxx: migrations at start, a writer
+// thread that batches records into multi-row statements, and a reader thread for queries.
+//
+// Push() never blocks and never refuses: the io thread checks Full() before taking more
+// MQTT messages, which is how a database outage turns into broker-side buffering. While
+// the database is away the writer keeps its batch, retries with backoff and loses nothing.
+#ifndef DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
+#define DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "devbridge/v1/events.pb.h"
+#include "services/ingest/core/records.h"
+
+namespace devbridge::ingest {
+
+struct StoreOptions {
+  std::string dsn;
+  size_t max_queue_bytes = 64 << 20;  // Full() beyond this
+  size_t max_batch = 2000;            // records per transaction
+  absl::Duration min_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(5);
+};
+
+class Store {
+ public:
+  // Starts the writer and reader threads; they connect, create the database if it is
+  // missing, and migrate, retrying until the database answers. Never blocks on the network.
+  static std::unique_ptr<Store> Start(StoreOptions options, common::MetricsRegistry* metrics);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Queues a record for the writer. Thread-safe, never blocks.
+  void Push(StoreRecord record);
+  // True while the queue holds more than max_queue_bytes: stop taking new messages.
+  bool Full() const { return queued_bytes_.load() > options_.max_queue_bytes; }
+  // Called on the writer thread when the queue falls back under half its bound after having
+  // been Full(). Set before Push() is first called.
+  void SetOnSpace(std::function<void()> on_space) { on_space_ = std::move(on_space); }
+
+  // True when the last statement (or periodic check) against the database succeeded.
+  bool healthy() const { return healthy_.load(); }
+  size_t queued_bytes() const { return queued_bytes_.load(); }
+  size_t queued_records() const;
+
+  // Waits until every record pushed so far is committed, or `timeout` passes. Returns
+  // whether everything was written.
+  bool Flush(absl::Duration timeout);
+  // Flushes for at most `timeout`, then stops the threads.
+  void Stop(absl::Duration timeout);
+
+  // Readings of `device_id` received at or after `since`, the `limit` most recent, oldest
+  // first. Runs on the reader thread; `done` is called there.
+  using ReadingsDone = std::function<void(absl::StatusOr<std::vector<v1::CommandResult>>)>;
+  void GetReadings(std::string device_id, absl::Time since, size_t limit, ReadingsDone done);
+
+ private:
+  explicit Store(StoreOptions options, common::MetricsRegistry* metrics);
+  void WriterLoop();
+  void ReaderLoop();
+
+  StoreOptions options_;
+  std::function<void()> on_space_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;          // records arrived or stopping
+  std::condition_variable flushed_cv_;  // a batch committed
+  std::deque<StoreRecord> queue_;
+  uint64_t pushed_ = 0;     // guarded by mu_
+  uint64_t committed_ = 0;  // guarded by mu_
+  bool stopping_ = false;   // guarded by mu_
+  bool was_full_ = false;   // guarded by mu_
+  std::atomic<size_t> queued_bytes_{0};
+  std::atomic<bool> healthy_{false};
+
+  std::mutex read_mu_;
+  std::condition_variable read_cv_;
+  std::deque<std::function<void(void*)>> reads_;  // each gets the reader's pqxx::connection*
+  bool read_stopping_ = false;
+
+  struct Metrics {
+    common::Histogram* batch_size;
+    common::Histogram* batch_ms;
+    common::Histogram* commit_latency_ms;
+    common::Counter* rows;
+    common::Counter* errors;
+    common::Counter* retries;
+  } m_;
+
+  std::thread writer_;
+  std::thread reader_;
+};
+
+// The schema migrations, in order; each runs once per database (see docs/design.md).
+const std::vector<std::string>& Migrations();
+
+// Replaces the database name of `dsn` (URI or key=value form) with `dbname`.
+std::string DsnWithDatabase(const std::string& dsn, const std::string& dbname);
+
+}  // namespace devbridge::ingest
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
