@@ -428,7 +428,8 @@ void IngestCore::Submit(v1::Command command, absl::Time now, CommandDone done) {
   StartNext(device_id, now);
 }
 
-void IngestCore::Tick(absl::Time now, bool sweep_liveness) {
+void IngestCore::ExpireCommands(absl::Time now) {
+  if (commands_.total() == 0) return;
   for (PendingCommand& cmd : commands_.TakeExpired(now)) {
     v1::CommandResult result;
     result.set_code(common::kCodeTimeout);
@@ -438,6 +439,11 @@ void IngestCore::Tick(absl::Time now, bool sweep_liveness) {
                        : absl::StrCat("no reply within ", waited, " ms"));
     Finish(std::move(cmd), std::move(result), now);
   }
+  for (const std::string& id : commands_.IdleDevicesWithWork()) StartNext(id, now);
+}
+
+void IngestCore::Tick(absl::Time now, bool sweep_liveness) {
+  ExpireCommands(now);
   if (sweep_liveness) {
     for (const std::string& id : devices_.Sweep(now, options_.heartbeat_timeout)) {
       common::Logger("ingest.core")->info("[{}] offline: silent for more than {}", id,
@@ -453,7 +459,6 @@ void IngestCore::Tick(absl::Time now, bool sweep_liveness) {
       }
     }
   }
-  for (const std::string& id : commands_.IdleDevicesWithWork()) StartNext(id, now);
 }
 
 void IngestCore::FailAll(absl::Time now, const std::string& reason) {

@@ -55,8 +55,11 @@ class IngestCore {
   // Runs a command; `done` gets its result exactly once (maybe before Submit returns).
   void Submit(v1::Command command, absl::Time now, CommandDone done);
 
-  // Periodic work: offline sweep (skipped when `sweep_liveness` is false, e.g. while intake
-  // is paused and silence means nothing) and command timeouts.
+  // Fails commands whose deadline has passed (2002) and starts what waits behind them.
+  // Cheap when nothing is due; the app calls it every few milliseconds.
+  void ExpireCommands(absl::Time now);
+  // ExpireCommands, then the offline sweep unless `sweep_liveness` is false (e.g. while
+  // intake is paused and silence means nothing).
   void Tick(absl::Time now, bool sweep_liveness = true);
 
   // Fails every command (code 503-like 2002 with `reason`), for shutdown.

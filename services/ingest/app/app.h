@@ -1,0 +1,60 @@
+// The ingest application: owns and wires the io thread, the core, the MQTT client, the
+// store, the event log and the gRPC and HTTP servers. Members are declared in dependency
+// order, so destruction runs in reverse; Shutdown() stops intake, settles in-flight
+// commands, flushes the writer and stops the servers.
+#ifndef DEVBRIDGE_SERVICES_INGEST_APP_APP_H_
+#define DEVBRIDGE_SERVICES_INGEST_APP_APP_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "regmap/register_map.h"
+
+namespace devbridge::ingest {
+
+struct IngestOptions {
+  std::string mqtt_url = "tcp://127.0.0.1:1883";
+  std::string mqtt_client_id;  // required
+  std::string mqtt_username;
+  std::string mqtt_password;
+  int mqtt_qos = 1;
+  std::string topic_prefix = "devices";
+  std::string shared_group;
+  std::string pg_dsn;          // "none": no persistence
+  std::string grpc_listen = "0.0.0.0:7070";
+  std::string http_listen = "0.0.0.0:9090";
+  absl::Duration heartbeat_timeout = absl::Seconds(90);
+  absl::Duration sweep_interval = absl::Seconds(1);
+  std::shared_ptr<const regmap::RegisterMap> register_map;  // required
+  absl::Duration command_timeout = absl::Seconds(5);
+  size_t command_queue_depth = 16;
+  std::string fleet_system = "fleet";
+  size_t replay_buffer = 100000;
+  size_t max_pending_messages = 100000;     // taken from MQTT, not yet processed
+  size_t db_queue_bytes = size_t{64} << 20;  // records waiting for PostgreSQL
+};
+
+class App {
+ public:
+  // Starts everything; fails if a port cannot be bound.
+  static absl::StatusOr<std::unique_ptr<App>> Create(IngestOptions options);
+  ~App();
+  App(const App&) = delete;
+  App& operator=(const App&) = delete;
+
+  int grpc_port() const;
+  int http_port() const;
+  // Idempotent; the destructor calls it.
+  void Shutdown();
+
+ private:
+  struct Impl;
+  explicit App(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace devbridge::ingest
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_APP_APP_H_

@@ -1,0 +1,101 @@
+// devbridge-ingest: MQTT device side → Modbus decoding → PostgreSQL and the event stream.
+#include <unistd.h>
+
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/flags.h"
+#include "common/log.h"
+#include "common/shutdown.h"
+#include "services/ingest/app/app.h"
+
+ABSL_FLAG(std::string, mqtt_url, "tcp://127.0.0.1:1883", "MQTT broker URL (tcp://host:port)");
+ABSL_FLAG(std::string, mqtt_client_id, "", "MQTT client id (default devbridge-ingest-HOSTNAME); "
+          "the broker keeps this id's session while ingest is away");
+ABSL_FLAG(std::string, mqtt_username, "", "MQTT user name");
+ABSL_FLAG(std::string, mqtt_password, "", "MQTT password");
+ABSL_FLAG(int, mqtt_qos, 1, "QoS of the subscriptions and of command publishes (0, 1 or 2)");
+ABSL_FLAG(std::string, topic_prefix, "devices", "topic prefix P of P/ID/heartbeat, P/ID/data, P/ID/command");
+ABSL_FLAG(std::string, shared_group, "", "subscribe as $share/<group>/... (several ingest replicas); empty: plain");
+ABSL_FLAG(std::string, pg_dsn, "postgresql://postgres@127.0.0.1:5432/devbridge",
+          "PostgreSQL connection string; the database is created if missing; 'none' runs without persistence");
+ABSL_FLAG(std::string, grpc_listen, "0.0.0.0:7070", "gRPC listen address (service devbridge.v1.Ingest)");
+ABSL_FLAG(std::string, http_listen, "0.0.0.0:9090", "HTTP listen address for /healthz and /metrics");
+ABSL_FLAG(absl::Duration, heartbeat_timeout, absl::Seconds(90), "a device is offline after this much silence");
+ABSL_FLAG(absl::Duration, sweep_interval, absl::Seconds(1), "how often silent devices are swept offline");
+ABSL_FLAG(std::string, register_map, "config/registers.json", "register map file (JSON)");
+ABSL_FLAG(absl::Duration, command_timeout, absl::Seconds(5), "default command timeout (timeoutMs overrides, up to 60s)");
+ABSL_FLAG(int, command_queue_depth, 16, "commands that may wait per device behind the one in flight");
+ABSL_FLAG(std::string, fleet_system, "fleet", "system that receives every device's events");
+ABSL_FLAG(int, replay_buffer, 100000, "events kept for push replicas to resume from");
+ABSL_FLAG(int, max_pending_messages, 100000, "MQTT messages taken but not yet processed before intake pauses");
+ABSL_FLAG(int, db_queue_mb, 64, "MiB of records waiting for PostgreSQL before intake pauses");
+ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
+
+int main(int argc, char** argv) {
+  using devbridge::common::FlagError;
+  devbridge::common::BlockShutdownSignals();
+  devbridge::common::ParseFlags(argc, argv, "devbridge-ingest",
+                                "MQTT device side, Modbus decoding, commands, PostgreSQL and the event stream");
+  if (auto s = devbridge::common::SetLogLevel(absl::GetFlag(FLAGS_log_level)); !s.ok()) {
+    FlagError("log_level", s.message());
+  }
+  devbridge::ingest::IngestOptions o;
+  o.mqtt_url = absl::GetFlag(FLAGS_mqtt_url);
+  o.mqtt_client_id = absl::GetFlag(FLAGS_mqtt_client_id);
+  if (o.mqtt_client_id.empty()) {
+    char host[256] = "localhost";
+    gethostname(host, sizeof host - 1);
+    o.mqtt_client_id = absl::StrCat("devbridge-ingest-", host);
+  }
+  o.mqtt_username = absl::GetFlag(FLAGS_mqtt_username);
+  o.mqtt_password = absl::GetFlag(FLAGS_mqtt_password);
+  o.mqtt_qos = absl::GetFlag(FLAGS_mqtt_qos);
+  devbridge::common::RequireInRange("mqtt_qos", o.mqtt_qos, 0, 2);
+  o.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
+  devbridge::common::RequireNonEmpty("topic_prefix", o.topic_prefix);
+  o.shared_group = absl::GetFlag(FLAGS_shared_group);
+  o.pg_dsn = absl::GetFlag(FLAGS_pg_dsn);
+  devbridge::common::RequireNonEmpty("pg_dsn", o.pg_dsn);
+  o.grpc_listen = absl::GetFlag(FLAGS_grpc_listen);
+  o.http_listen = absl::GetFlag(FLAGS_http_listen);
+  o.heartbeat_timeout = absl::GetFlag(FLAGS_heartbeat_timeout);
+  devbridge::common::RequirePositive("heartbeat_timeout", o.heartbeat_timeout);
+  o.sweep_interval = absl::GetFlag(FLAGS_sweep_interval);
+  devbridge::common::RequirePositive("sweep_interval", o.sweep_interval);
+  const std::string map_path = absl::GetFlag(FLAGS_register_map);
+  auto map = devbridge::regmap::RegisterMap::LoadFile(map_path);
+  if (!map.ok()) FlagError("register_map", map.status().message());
+  o.register_map = std::make_shared<const devbridge::regmap::RegisterMap>(*std::move(map));
+  devbridge::common::Logger("ingest")->info("register map {}: {} profile(s)", map_path,
+                                            o.register_map->profiles().size());
+  o.command_timeout = absl::GetFlag(FLAGS_command_timeout);
+  devbridge::common::RequirePositive("command_timeout", o.command_timeout);
+  if (o.command_timeout > absl::Seconds(60)) FlagError("command_timeout", "must be at most 60s");
+  const int depth = absl::GetFlag(FLAGS_command_queue_depth);
+  devbridge::common::RequireInRange("command_queue_depth", depth, 1, 100000);
+  o.command_queue_depth = static_cast<size_t>(depth);
+  o.fleet_system = absl::GetFlag(FLAGS_fleet_system);
+  devbridge::common::RequireNonEmpty("fleet_system", o.fleet_system);
+  const int replay = absl::GetFlag(FLAGS_replay_buffer);
+  devbridge::common::RequireInRange("replay_buffer", replay, 1, 100000000);
+  o.replay_buffer = static_cast<size_t>(replay);
+  const int pending = absl::GetFlag(FLAGS_max_pending_messages);
+  devbridge::common::RequireInRange("max_pending_messages", pending, 16, 100000000);
+  o.max_pending_messages = static_cast<size_t>(pending);
+  const int db_mb = absl::GetFlag(FLAGS_db_queue_mb);
+  devbridge::common::RequireInRange("db_queue_mb", db_mb, 1, 65536);
+  o.db_queue_bytes = static_cast<size_t>(db_mb) << 20;
+
+  auto app = devbridge::ingest::App::Create(o);
+  if (!app.ok()) {
+    devbridge::common::Logger("ingest")->error("cannot start: {}", app.status().message());
+    return 1;
+  }
+  const int sig = devbridge::common::WaitForShutdown();
+  devbridge::common::Logger("ingest")->info("signal {}: shutting down", sig);
+  (*app)->Shutdown();
+  return 0;
+}

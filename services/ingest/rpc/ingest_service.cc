@@ -1,0 +1,239 @@
+#include "services/ingest/rpc/ingest_service.h"
+
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+#include "services/ingest/core/device_table.h"
+
+namespace devbridge::ingest {
+namespace {
+
+constexpr int kMaxBatchEvents = 1000;
+constexpr size_t kMaxBatchBytes = 512 * 1024;
+constexpr uint32_t kDefaultReadings = 100;
+constexpr uint32_t kMaxReadings = 10000;
+
+// One subscriber of the event stream. Lives until gRPC calls OnDone; all of its state is
+// touched on the io thread only, including its deletion.
+class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
+ public:
+  Subscription(Poster post, EventLog* log, v1::SubscribeRequest request, std::atomic<int>* count,
+               common::Counter* sent)
+      : post_(std::move(post)), log_(log), request_(std::move(request)), count_(count), sent_(sent) {
+    count_->fetch_add(1);
+    post_([this] { Begin(); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    post_([this, ok] {
+      writing_ = false;
+      if (!ok) return FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
+      if (finish_pending_) return FinishOnce(finish_status_);
+      Pump();
+    });
+  }
+
+  void OnCancel() override {
+    post_([this] { FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "subscriber went away")); });
+  }
+
+  void OnDone() override {
+    post_([this] {
+      *alive_ = false;
+      count_->fetch_sub(1);
+      common::Logger("ingest.rpc")->info("subscriber {} left at seq {}", request_.node_id(), next_ - 1);
+      delete this;
+    });
+  }
+
+ private:
+  void Begin() {
+    ReadStart start = log_->Start(request_);
+    next_ = start.next_seq;
+    reset_ = std::move(start.reset);
+    common::Logger("ingest.rpc")
+        ->info("subscriber {} joined at seq {} of epoch {}{}", request_.node_id(), next_, log_->epoch(),
+               reset_ ? " (could not resume: sent a reset)" : "");
+    Pump();
+  }
+
+  void Pump() {
+    if (writing_ || finished_) return;
+    batch_.Clear();
+    size_t bytes = 0;
+    if (reset_) {
+      batch_.add_events(*reset_);
+      reset_.reset();
+    }
+    while (batch_.events_size() < kMaxBatchEvents && bytes < kMaxBatchBytes) {
+      std::shared_ptr<const std::string> event = log_->Get(next_);
+      if (!event) break;
+      bytes += event->size();
+      batch_.add_events(*event);
+      ++next_;
+    }
+    if (batch_.events_size() == 0) {
+      if (next_ < log_->oldest_seq()) {
+        return FinishOnce(grpc::Status(
+            grpc::StatusCode::DATA_LOSS,
+            absl::StrCat("subscriber fell behind the replay buffer at seq ", next_,
+                         "; subscribe again with resume to learn what was lost")));
+      }
+      if (!waiting_) {
+        waiting_ = true;
+        log_->WaitForAppend([this, alive = alive_] {
+          if (!*alive) return;
+          waiting_ = false;
+          Pump();
+        });
+      }
+      return;
+    }
+    sent_->Inc(static_cast<uint64_t>(batch_.events_size()));
+    writing_ = true;
+    StartWrite(&batch_);
+  }
+
+  void FinishOnce(const grpc::Status& status) {
+    if (finished_) return;
+    if (writing_) {
+      finish_pending_ = true;
+      finish_status_ = status;
+      return;
+    }
+    finished_ = true;
+    Finish(status);
+  }
+
+  Poster post_;
+  EventLog* log_;
+  v1::SubscribeRequest request_;
+  std::atomic<int>* count_;
+  common::Counter* sent_;
+  std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+  std::shared_ptr<const std::string> reset_;
+  v1::EventBatch batch_;
+  uint64_t next_ = 0;
+  bool writing_ = false;
+  bool waiting_ = false;
+  bool finished_ = false;
+  bool finish_pending_ = false;
+  grpc::Status finish_status_;
+};
+
+// A unary reactor that refuses at once.
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx, grpc::StatusCode code,
+                                 const std::string& message) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(grpc::Status(code, message));
+  return reactor;
+}
+
+}  // namespace
+
+std::vector<StreamRef> StreamsOf(const v1::PushMessage& message) {
+  switch (message.kind()) {
+    case v1::PushMessage::SEND_TO_SYSTEM:
+      return {{message.system_id(), ""}};
+    case v1::PushMessage::SEND_TO_GROUP:
+    case v1::PushMessage::BIND_GROUP:
+    case v1::PushMessage::UNBIND_GROUP:
+      return {{message.system_id(), message.group_name()}};
+    default:
+      return {};
+  }
+}
+
+IngestService::IngestService(Poster post, IngestCore* core, EventLog* log, Store* store,
+                             common::MetricsRegistry* metrics)
+    : post_(std::move(post)), core_(core), log_(log), store_(store) {
+  events_sent_ = &metrics->AddCounter("devbridge_ingest_stream_events_sent_total",
+                                      "Events written to stream subscribers.");
+  metrics->AddGaugeFn("devbridge_ingest_stream_subscribers", "Push replicas subscribed.", {},
+                      [this] { return static_cast<double>(subscribers_.load()); });
+}
+
+grpc::ServerUnaryReactor* IngestService::Dispatch(grpc::CallbackServerContext* ctx,
+                                                  const v1::Command* request,
+                                                  v1::CommandResult* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  post_([this, command = *request, reactor, response]() mutable {
+    core_->Submit(std::move(command), absl::Now(), [reactor, response](const v1::CommandResult& r) {
+      *response = r;
+      reactor->Finish(grpc::Status::OK);
+    });
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext* ctx,
+                                                     const v1::ListDevicesRequest* /*request*/,
+                                                     v1::ListDevicesResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  post_([this, reactor, response] {
+    for (const DeviceInfo& d : core_->devices().Snapshot()) {
+      v1::Device* out = response->add_devices();
+      out->set_device_id(d.id);
+      out->set_online(d.online);
+      out->set_first_seen_unix_ms(absl::ToUnixMillis(d.first_seen));
+      out->set_last_seen_unix_ms(absl::ToUnixMillis(d.last_seen));
+      out->set_meta_json(d.meta_json);
+    }
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* IngestService::GetReadings(grpc::CallbackServerContext* ctx,
+                                                     const v1::GetReadingsRequest* request,
+                                                     v1::GetReadingsResponse* response) {
+  if (!IsValidDeviceId(request->device_id())) {
+    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "device_id must match [A-Za-z0-9_.:-]{1,64}");
+  }
+  if (store_ == nullptr) {
+    return Refuse(ctx, grpc::StatusCode::FAILED_PRECONDITION, "ingest runs without persistence (pg_dsn=none)");
+  }
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const uint32_t limit = request->limit() == 0 ? kDefaultReadings : std::min(request->limit(), kMaxReadings);
+  store_->GetReadings(request->device_id(), absl::FromUnixMillis(request->since_unix_ms()), limit,
+                      [reactor, response](absl::StatusOr<std::vector<v1::CommandResult>> readings) {
+                        if (!readings.ok()) {
+                          reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                                       std::string(readings.status().message())));
+                          return;
+                        }
+                        for (auto& r : *readings) *response->add_readings() = std::move(r);
+                        reactor->Finish(grpc::Status::OK);
+                      });
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::EventBatch>* IngestService::Subscribe(
+    grpc::CallbackServerContext* /*ctx*/, const v1::SubscribeRequest* request) {
+  return new Subscription(post_, log_, *request, &subscribers_, events_sent_);
+}
+
+grpc::ServerUnaryReactor* IngestService::Publish(grpc::CallbackServerContext* ctx,
+                                                 const v1::PushMessage* request,
+                                                 v1::PublishResponse* response) {
+  if (request->kind() == v1::PushMessage::KIND_UNSPECIFIED) {
+    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "kind is required");
+  }
+  if (!IsValidDeviceId(request->system_id())) {
+    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "system_id must match [A-Za-z0-9_.:-]{1,64}");
+  }
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  post_([this, message = *request, reactor, response]() mutable {
+    const std::vector<StreamRef> streams = StreamsOf(message);
+    v1::Event event;
+    *event.mutable_push() = std::move(message);
+    response->set_seq(log_->Append(std::move(event), streams, absl::Now()));
+    response->set_epoch(log_->epoch());
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+}  // namespace devbridge::ingest

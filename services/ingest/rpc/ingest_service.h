@@ -1,0 +1,59 @@
+// gRPC service devbridge.v1.Ingest on the callback API. Every reaction only posts work to
+// the ingest io thread (which owns the core and the event log) or to the store's reader
+// thread, and finishes the call from there; nothing here blocks a gRPC thread.
+#ifndef DEVBRIDGE_SERVICES_INGEST_RPC_INGEST_SERVICE_H_
+#define DEVBRIDGE_SERVICES_INGEST_RPC_INGEST_SERVICE_H_
+
+#include <atomic>
+#include <functional>
+
+#include "common/metrics.h"
+#include "devbridge/v1/ingest.grpc.pb.h"
+#include "services/ingest/core/event_log.h"
+#include "services/ingest/core/ingest_core.h"
+#include "services/ingest/store/store.h"
+
+namespace devbridge::ingest {
+
+// Runs a function on the io thread.
+using Poster = std::function<void(std::function<void()>)>;
+
+class IngestService final : public v1::Ingest::CallbackService {
+ public:
+  // `core` and `log` are touched only inside functions given to `post`. `store` may be null
+  // (running without persistence).
+  IngestService(Poster post, IngestCore* core, EventLog* log, Store* store,
+                common::MetricsRegistry* metrics);
+
+  grpc::ServerUnaryReactor* Dispatch(grpc::CallbackServerContext* ctx, const v1::Command* request,
+                                     v1::CommandResult* response) override;
+  grpc::ServerUnaryReactor* ListDevices(grpc::CallbackServerContext* ctx,
+                                        const v1::ListDevicesRequest* request,
+                                        v1::ListDevicesResponse* response) override;
+  grpc::ServerUnaryReactor* GetReadings(grpc::CallbackServerContext* ctx,
+                                        const v1::GetReadingsRequest* request,
+                                        v1::GetReadingsResponse* response) override;
+  grpc::ServerWriteReactor<v1::EventBatch>* Subscribe(grpc::CallbackServerContext* ctx,
+                                                      const v1::SubscribeRequest* request) override;
+  grpc::ServerUnaryReactor* Publish(grpc::CallbackServerContext* ctx, const v1::PushMessage* request,
+                                    v1::PublishResponse* response) override;
+
+  int subscribers() const { return subscribers_.load(); }
+
+ private:
+  Poster post_;
+  IngestCore* core_;
+  EventLog* log_;
+  Store* store_;
+  std::atomic<int> subscribers_{0};
+  common::Counter* events_sent_;
+};
+
+// The streams a Push API operation is a message of (see docs/design.md): a system's stream
+// for SEND_TO_SYSTEM, a group's for SEND_TO_GROUP, BIND_GROUP and UNBIND_GROUP, none for
+// messages to single clients and for CLOSE_CLIENT.
+std::vector<StreamRef> StreamsOf(const v1::PushMessage& message);
+
+}  // namespace devbridge::ingest
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_RPC_INGEST_SERVICE_H_
