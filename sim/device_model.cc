@@ -25,7 +25,8 @@ double Wave(const regmap::Register& reg, uint32_t seed, double t) {
   else if (n.find("power") != std::string::npos) base = 1800, amplitude = 600, period = 90;
   else if (n.find("setpoint") != std::string::npos) base = 22, amplitude = 0, period = 1;
   const double phase = (seed % 360) * kPi / 180;
-  if (n.find("energy") != std::string::npos) return 1000 + (seed % 97) * 10 + t / 36.0;  // kWh, growing
+  // kWh, growing by 10 an hour (wrapping every ~40 days so it stays in range).
+  if (n.find("energy") != std::string::npos) return 1000 + (seed % 97) * 10 + std::fmod(t, 3.6e6) / 360;
   return base + amplitude * std::sin(2 * kPi * t / period + phase);
 }
 
