@@ -3,12 +3,15 @@
 #include <MQTTAsync.h>
 
 #include <random>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 
 namespace devbridge::mqtt {
 namespace {
+
+constexpr int kConnectTimeoutSeconds = 5;
 
 std::string PahoError(int rc) {
   const char* text = MQTTAsync_strerror(rc);
@@ -85,10 +88,21 @@ void Client::Stop(absl::Duration timeout) {
 void Client::Supervise() {
   auto log = common::Logger(options_.log_name);
   std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<double> jitter(0.5, 1.0);
+  bool first = true;
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
     cv_.wait(lock, [this] { return stopping_ || (want_connect_ && !connecting_ && !paused_); });
     if (stopping_) break;
+    if (!first) {
+      // Back off before every attempt after the first: exponential with jitter. This also
+      // lets Paho finish handling a lost connection before we connect again.
+      const absl::Duration wait = backoff_ * jitter(rng);
+      backoff_ = std::min(backoff_ * 2, options_.max_backoff);
+      if (cv_.wait_for(lock, absl::ToChronoMilliseconds(wait), [this] { return stopping_; })) break;
+      if (paused_) continue;
+    }
+    first = false;
     want_connect_ = false;
     connecting_ = true;
     lock.unlock();
@@ -96,7 +110,7 @@ void Client::Supervise() {
     opts.keepAliveInterval = options_.keepalive_seconds;
     opts.cleansession = options_.clean_session ? 1 : 0;
     opts.maxInflight = options_.max_inflight;
-    opts.connectTimeout = 5;
+    opts.connectTimeout = kConnectTimeoutSeconds;
     opts.automaticReconnect = 0;  // we reconnect ourselves, with our own backoff
     if (!options_.username.empty()) opts.username = options_.username.c_str();
     if (!options_.password.empty()) opts.password = options_.password.c_str();
@@ -109,13 +123,14 @@ void Client::Supervise() {
       log->warn("connect to {} could not start: {}", options_.url, PahoError(rc));
       connecting_ = false;
       want_connect_ = true;
+      continue;
     }
-    if (want_connect_ && !connecting_) {
-      // Back off before the next attempt: exponential with jitter, interruptible by Stop().
-      std::uniform_real_distribution<double> jitter(0.5, 1.0);
-      const absl::Duration wait = backoff_ * jitter(rng);
-      backoff_ = std::min(backoff_ * 2, options_.max_backoff);
-      cv_.wait_for(lock, absl::ToChronoMilliseconds(wait), [this] { return stopping_; });
+    // Watchdog: a connect that neither succeeds nor fails in time is retried.
+    if (!cv_.wait_for(lock, std::chrono::seconds(kConnectTimeoutSeconds + 3),
+                      [this] { return stopping_ || !connecting_; })) {
+      log->warn("connect to {} did not complete; retrying", options_.url);
+      connecting_ = false;
+      want_connect_ = true;
     }
   }
 }
@@ -173,10 +188,38 @@ int Client::OnMessageArrived(void* context, char* topic, int topic_len, void* me
   const absl::string_view topic_view(topic, topic_len > 0 ? static_cast<size_t>(topic_len) : strlen(topic));
   const absl::string_view payload(static_cast<const char*>(msg->payload),
                                   static_cast<size_t>(msg->payloadlen));
-  if (!self->on_message_(topic_view, payload)) return 0;  // Paho keeps it and retries later
+  const uint64_t key = msg->qos > 0 && self->options_.dedupe_window > 0 ? self->Fingerprint(topic_view, payload) : 0;
+  if (msg->dup && key != 0 && self->SeenRecently(key)) {
+    // The broker sent this again because our acknowledgement was lost (e.g. it restarted):
+    // we already took it, so taking it again would store it twice.
+    self->duplicates_.fetch_add(1);
+  } else {
+    self->on_message_(topic_view, payload);
+    if (key != 0) self->Remember(key);
+  }
   MQTTAsync_freeMessage(&msg);
   MQTTAsync_free(topic);
   return 1;
+}
+
+uint64_t Client::Fingerprint(absl::string_view topic, absl::string_view payload) {
+  const uint64_t h = std::hash<std::string_view>{}(std::string_view(topic.data(), topic.size())) * 0x9E3779B97F4A7C15ULL;
+  return (h ^ std::hash<std::string_view>{}(std::string_view(payload.data(), payload.size()))) | 1;
+}
+
+bool Client::SeenRecently(uint64_t key) {
+  std::lock_guard<std::mutex> lock(recent_mu_);
+  return recent_set_.count(key) > 0;
+}
+
+void Client::Remember(uint64_t key) {
+  std::lock_guard<std::mutex> lock(recent_mu_);
+  if (!recent_set_.insert(key).second) return;
+  recent_.push_back(key);
+  if (recent_.size() > options_.dedupe_window) {
+    recent_set_.erase(recent_.front());
+    recent_.pop_front();
+  }
 }
 
 void Client::OnConnectionLost(void* context, char* cause) {
@@ -197,6 +240,7 @@ void Client::OnConnectSuccess(void* context, void* /*response*/) {
     self->connecting_ = false;
     self->backoff_ = self->options_.min_backoff;
   }
+  self->cv_.notify_all();
   self->connects_.fetch_add(1);
   if (!self->options_.subscriptions.empty()) {
     std::vector<char*> topics;

@@ -1,16 +1,18 @@
 // An MQTT client on Paho MQTT C (async): connects in the background, reconnects with
 // exponential backoff, subscribes again after every connect, and can pause intake.
 //
-// Callbacks run on Paho's threads and must not block. The message handler returns false
-// to refuse a message for now: Paho keeps it and offers it again later, so refusing is
-// how a full consumer pushes back without losing anything. Pause() disconnects (keeping a
-// persistent session when clean_session is false, so the broker holds QoS 1 messages);
-// Resume() connects again.
+// Callbacks run on Paho's threads and must not block. Paho acknowledges a QoS 1 message
+// when it arrives, before the handler sees it, so a handler cannot refuse one without
+// losing it: a consumer that is full takes the message and calls Pause(), which
+// disconnects (keeping a persistent session when clean_session is false, so the broker
+// holds what follows); Resume() connects again.
 #ifndef DEVBRIDGE_MQTT_CLIENT_H_
 #define DEVBRIDGE_MQTT_CLIENT_H_
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
+#include <unordered_set>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -38,12 +40,14 @@ struct Options {
   absl::Duration min_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(5);
   std::vector<std::pair<std::string, int>> subscriptions;  // topic filter, QoS
+  // QoS 1 redeliveries (DUP flag) of any of the last `dedupe_window` messages taken are
+  // dropped: a broker that restarts resends what it had not seen acknowledged. 0: off.
+  size_t dedupe_window = 4096;
   std::string log_name = "mqtt";    // logger name, e.g. "ingest.mqtt"
 };
 
-// Runs on a Paho thread. Return true once the message is taken; false to have Paho keep it
-// and redeliver it later.
-using MessageHandler = std::function<bool(absl::string_view topic, absl::string_view payload)>;
+// Runs on a Paho thread; must take the message (copy what it needs) and return at once.
+using MessageHandler = std::function<void(absl::string_view topic, absl::string_view payload)>;
 // Runs on a Paho thread (or the client's supervisor thread) on every connect and disconnect.
 using StateHandler = std::function<void(bool connected)>;
 
@@ -72,12 +76,16 @@ class Client {
   bool connected() const { return connected_.load(); }
   bool paused() const { return paused_.load(); }
   uint64_t connects() const { return connects_.load(); }
+  uint64_t duplicates_dropped() const { return duplicates_.load(); }
 
  private:
   Client(Options options, MessageHandler on_message, StateHandler on_state);
   void Supervise();
   void RequestConnect();
   void SetConnected(bool connected);
+  static uint64_t Fingerprint(absl::string_view topic, absl::string_view payload);
+  bool SeenRecently(uint64_t key);
+  void Remember(uint64_t key);
 
   // Paho callbacks.
   static int OnMessageArrived(void* context, char* topic, int topic_len, void* message);
@@ -100,6 +108,10 @@ class Client {
   std::atomic<bool> paused_{false};
   std::atomic<uint64_t> connects_{0};
   absl::Duration backoff_;
+  std::atomic<uint64_t> duplicates_{0};
+  std::mutex recent_mu_;
+  std::deque<uint64_t> recent_;              // guarded by recent_mu_
+  std::unordered_set<uint64_t> recent_set_;  // guarded by recent_mu_
   std::thread supervisor_;
 };
 

@@ -154,7 +154,6 @@ absl::StatusOr<std::unique_ptr<Simulator>> Simulator::Start(SimOptions options) 
           if (it != index->end()) {
             asio::post(s.io, [&s, i = it->second, p = std::string(payload)] { s.OnCommand(i, p); });
           }
-          return true;
         });
     if (!client.ok()) return client.status();
     for (int i = first; i < last; ++i) s.devices[i].client = client->get();

@@ -54,20 +54,23 @@ struct App::Impl : public CoreOutputs {
 
   void Post(std::function<void()> fn) { asio::post(io, std::move(fn)); }
 
-  // Paho thread: take the message if there is room, else refuse it and pause intake.
-  bool OnMessage(absl::string_view topic, absl::string_view payload) {
+  // Paho thread: take the message. Paho has already acknowledged it to the broker, so it
+  // must be kept; past max_pending_messages we also pause intake, and the broker holds
+  // what follows. Only what was already on its way arrives after that, so the overshoot is
+  // small and bounded by the broker's in-flight window and socket buffers.
+  void OnMessage(absl::string_view topic, absl::string_view payload) {
+    bool pause = false;
     {
       std::lock_guard<std::mutex> lock(intake_mu);
-      if (intake.size() >= options.max_pending_messages) {
-        pushbacks->Inc();
-        if (!pause_requested.exchange(true)) Post([this] { mqtt->Pause(); });
-        return false;
-      }
       intake.push_back({std::string(topic), std::string(payload), absl::Now()});
       intake_depth->Set(static_cast<int64_t>(intake.size()));
+      pause = intake.size() > options.max_pending_messages;
+    }
+    if (pause && !pause_requested.exchange(true)) {
+      pushbacks->Inc();
+      Post([this] { mqtt->Pause(); });
     }
     ScheduleDrain();
-    return true;
   }
 
   void ScheduleDrain() {
@@ -187,13 +190,15 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   s.map = o.register_map;
 
   s.pushbacks = &s.metrics.AddCounter("devbridge_ingest_pushbacks_total",
-                                      "Messages refused because intake was full (the broker keeps them).");
+                                      "Times intake paused because it was full (the broker kept what followed).");
   s.intake_depth = &s.metrics.AddGauge("devbridge_ingest_intake_depth", "Messages taken but not yet processed.");
   s.commands_queued = &s.metrics.AddGauge("devbridge_ingest_commands_pending", "Commands waiting or in flight.");
   s.devices_online = &s.metrics.AddGauge("devbridge_ingest_devices_online", "Devices online.");
   s.devices_known = &s.metrics.AddGauge("devbridge_ingest_devices_known", "Devices seen since start.");
   s.metrics.AddGaugeFn("devbridge_ingest_mqtt_up", "1 while connected to the broker.", {},
                        [&s] { return s.mqtt && s.mqtt->connected() ? 1.0 : 0.0; });
+  s.metrics.AddGaugeFn("devbridge_ingest_mqtt_duplicates_dropped", "QoS 1 redeliveries of messages already taken.",
+                       {}, [&s] { return s.mqtt ? static_cast<double>(s.mqtt->duplicates_dropped()) : 0.0; });
 
   const std::string epoch = common::RandomToken(12);
   s.event_log = std::make_unique<EventLog>(epoch, o.replay_buffer);
@@ -243,7 +248,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   mo.subscriptions = {{absl::StrCat(share, o.topic_prefix, "/+/heartbeat"), o.mqtt_qos},
                       {absl::StrCat(share, o.topic_prefix, "/+/data"), o.mqtt_qos}};
   auto client = mqtt::Client::Create(
-      mo, [&s](absl::string_view topic, absl::string_view payload) { return s.OnMessage(topic, payload); });
+      mo, [&s](absl::string_view topic, absl::string_view payload) { s.OnMessage(topic, payload); });
   if (!client.ok()) return client.status();
   s.mqtt = *std::move(client);
 

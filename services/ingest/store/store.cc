@@ -348,6 +348,7 @@ void Store::WriterLoop() {
     }
   };
 
+  if (ensure()) healthy_ = true;  // connect and migrate now, not at the first write
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     if (batch.empty()) {
