@@ -283,13 +283,17 @@ Store::~Store() { Stop(absl::Seconds(5)); }
 
 void Store::Push(StoreRecord record) {
   const size_t bytes = RecordBytes(record);
+  bool wake = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     queue_.push_back(std::move(record));
     ++pushed_;
     if (queued_bytes_.fetch_add(bytes) + bytes > options_.max_queue_bytes) was_full_ = true;
+    // The writer waits for the first record, or lingers for a quarter batch: wake it only
+    // then, not on every record.
+    wake = queue_.size() == 1 || queue_.size() == options_.max_batch / 4;
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();
 }
 
 size_t Store::queued_records() const {
@@ -370,6 +374,12 @@ void Store::WriterLoop() {
         }
         lock.lock();
         continue;
+      }
+      // Linger briefly for a fuller batch: one commit of many rows costs the database far
+      // less than many commits of a few.
+      if (queue_.size() < options_.max_batch / 4) {
+        cv_.wait_for(lock, absl::ToChronoMicroseconds(options_.linger),
+                     [&] { return stopping_ || queue_.size() >= options_.max_batch / 4; });
       }
       const size_t n = std::min(queue_.size(), options_.max_batch);
       batch.reserve(n);

@@ -29,6 +29,7 @@ struct StoreOptions {
   std::string dsn;
   size_t max_queue_bytes = 64 << 20;  // Full() beyond this
   size_t max_batch = 2000;            // records per transaction
+  absl::Duration linger = absl::Milliseconds(2);  // wait this long for a fuller batch
   absl::Duration min_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(5);
 };

@@ -1,0 +1,44 @@
+// Helpers for the service benchmarks: child processes, free ports, HTTP polling, and
+// percentiles. Benchmarks print figures; they never pass or fail on timings.
+#ifndef DEVBRIDGE_BENCH_BENCH_UTIL_H_
+#define DEVBRIDGE_BENCH_BENCH_UTIL_H_
+
+#include <sys/types.h>
+
+#include <string>
+#include <vector>
+
+namespace devbridge::bench {
+
+// A child process started with argv, stopped with SIGTERM (then SIGKILL) on destruction.
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const std::string& log_path);
+  ~Child();
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+  // Sends SIGTERM and waits; returns the exit status (or -1).
+  int Stop();
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+};
+
+int FreePort();
+// GET http://127.0.0.1:port/path; returns the body ("" on error) and sets *status.
+std::string HttpGet(int port, const std::string& path, int* status = nullptr);
+// Polls until GET /healthz answers 200 or `seconds` pass.
+bool WaitHealthy(int port, double seconds);
+// Value of a Prometheus sample line "name{labels} value" in `metrics`, or -1.
+double MetricValue(const std::string& metrics, const std::string& series);
+// q in [0,1] of `values` (sorts a copy).
+double Percentile(std::vector<double> values, double q);
+int64_t NowMicros();
+// Required environment variable, or exit with a message.
+std::string Env(const char* name);
+std::string SelfDir();  // directory of the running executable
+
+}  // namespace devbridge::bench
+
+#endif  // DEVBRIDGE_BENCH_BENCH_UTIL_H_

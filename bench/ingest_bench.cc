@@ -1,0 +1,467 @@
+// Ingest benchmarks (issue 3), against the real binaries, a real mosquitto and PostgreSQL:
+//
+//   throughput  simulated devices publish QoS 1 data frames; frames/s decoded and committed to
+//               PostgreSQL and publish→commit latency, at a fixed rate and flat out; in the same
+//               run a bare Paho subscriber that only counts, and the ratio ours/bare.
+//   dispatch    command round trip through gRPC Dispatch to devbridge-sim (zero reply delay):
+//               p50/p99 at 200 commands/s, and the commands/s ceiling.
+//   stream      events/s from the event stream to one subscriber.
+//
+// Run through scripts/bench, which starts the broker and the database. Prints figures only.
+#include <MQTTAsync.h>
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <pqxx/pqxx>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
+#include "bench/raw_publisher.h"
+#include "devbridge/v1/ingest.grpc.pb.h"
+#include "modbus/frame.h"
+#include "modbus/payload.h"
+
+namespace devbridge::bench {
+namespace {
+
+struct Config {
+  std::string mqtt_url;
+  std::string pg_dsn;
+  std::string source_dir;
+  std::string bin_dir;  // build directory
+  std::string log_dir;
+};
+
+// The frame a bench device publishes: sequence, publish time, and a few realistic values.
+std::string Frame(uint32_t seq, int64_t sent_us) {
+  const uint64_t t = static_cast<uint64_t>(sent_us);
+  std::vector<uint16_t> regs = {static_cast<uint16_t>(seq >> 16), static_cast<uint16_t>(seq),
+                                static_cast<uint16_t>(t >> 48),   static_cast<uint16_t>(t >> 32),
+                                static_cast<uint16_t>(t >> 16),   static_cast<uint16_t>(t),
+                                215,                              455,
+                                0x4366,                           0x8000};
+  return modbus::ToHex(modbus::BuildReadReply(1, modbus::kReadHoldingRegisters, regs));
+}
+
+// Publishes frames over a few raw MQTT connections (bench/raw_publisher.h), so the load
+// generator is cheap next to what it loads.
+class Publisher {
+ public:
+  Publisher(const std::string& url, int connections) {
+    for (int i = 0; i < connections; ++i) {
+      conns_.push_back(std::make_unique<RawPublisher>(url, absl::StrCat("bench-pub-", getpid(), "-", i)));
+    }
+  }
+  void Send(const std::string& topic, const std::string& payload) {
+    conns_[next_++ % conns_.size()]->Publish(topic, payload);
+  }
+  void Drain() {
+    for (auto& c : conns_) c->Drain();
+  }
+
+ private:
+  std::vector<std::unique_ptr<RawPublisher>> conns_;
+  size_t next_ = 0;
+};
+
+struct PublishRun {
+  uint64_t frames = 0;
+  double seconds = 0;
+  int64_t first_us = 0;
+};
+
+// Publishes to P/dev-NNN/data round robin: at `rate` frames/s (0: flat out) for `seconds`.
+PublishRun Publish(Publisher& pub, const std::string& prefix, int devices, double rate, double seconds,
+                   uint32_t first_seq) {
+  std::vector<std::string> topics;
+  for (int d = 0; d < devices; ++d) topics.push_back(absl::StrCat(prefix, "/dev-", d, "/data"));
+  PublishRun run;
+  run.first_us = NowMicros();
+  const auto start = std::chrono::steady_clock::now();
+  uint32_t seq = first_seq;
+  while (true) {
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (elapsed >= seconds) break;
+    const uint64_t due = rate > 0 ? static_cast<uint64_t>(elapsed * rate) + 1 : run.frames + 100;
+    while (run.frames < due) {
+      pub.Send(topics[run.frames % topics.size()], Frame(seq++, NowMicros()));
+      ++run.frames;
+    }
+    if (rate > 0) std::this_thread::sleep_for(std::chrono::microseconds(500));
+  }
+  run.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return run;
+}
+
+// Follows the readings table, recording publish→visible latency of every row.
+class CommitWatcher {
+ public:
+  explicit CommitWatcher(const std::string& dsn) : conn_(dsn) {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  ~CommitWatcher() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+  uint64_t seen() const { return seen_.load(); }
+  int64_t last_us() const { return last_us_.load(); }
+  std::vector<double> TakeLatencies() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::move(latencies_ms_);
+  }
+
+ private:
+  void Loop() {
+    int64_t last_id = 0;
+    while (!stop_) {
+      pqxx::read_transaction tx(conn_);
+      pqxx::result rows = tx.exec_params(
+          "SELECT id, (\"values\"->'sent_us'->>'value')::bigint FROM readings WHERE id > $1 ORDER BY id",
+          last_id);
+      const int64_t now = NowMicros();
+      std::lock_guard<std::mutex> lock(mu_);
+      for (const auto& row : rows) {
+        last_id = row[0].as<int64_t>();
+        latencies_ms_.push_back(static_cast<double>(now - row[1].as<int64_t>()) / 1000.0);
+      }
+      if (!rows.empty()) last_us_ = now;
+      seen_ += rows.size();
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+  pqxx::connection conn_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> seen_{0};
+  std::atomic<int64_t> last_us_{0};
+  std::mutex mu_;
+  std::vector<double> latencies_ms_;
+  std::thread thread_;
+};
+
+std::string FreshDatabase(const Config& c, const std::string& name) {
+  pqxx::connection admin(c.pg_dsn);
+  pqxx::nontransaction tx(admin);
+  tx.exec0("DROP DATABASE IF EXISTS " + name);
+  tx.exec0("CREATE DATABASE " + name);
+  return c.pg_dsn.substr(0, c.pg_dsn.rfind('/') + 1) + name;
+}
+
+struct Ingest {
+  int grpc_port = FreePort();
+  int http_port = FreePort();
+  std::unique_ptr<Child> child;
+};
+
+Ingest StartIngest(const Config& c, const std::string& dsn, const std::string& prefix, const std::string& map,
+                   const std::vector<std::string>& extra = {}) {
+  Ingest in;
+  std::vector<std::string> argv = {c.bin_dir + "/services/ingest/devbridge-ingest",
+                                   "--mqtt_url=" + c.mqtt_url,
+                                   absl::StrCat("--mqtt_client_id=bench-ingest-", getpid(), "-", prefix),
+                                   "--topic_prefix=" + prefix,
+                                   "--pg_dsn=" + dsn,
+                                   absl::StrCat("--grpc_listen=127.0.0.1:", in.grpc_port),
+                                   absl::StrCat("--http_listen=127.0.0.1:", in.http_port),
+                                   "--register_map=" + map,
+                                   "--heartbeat_timeout=120s",
+                                   "--log_level=warn"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  in.child = std::make_unique<Child>(argv, c.log_dir + "/ingest-" + prefix + ".log");
+  if (!WaitHealthy(in.http_port, 30)) {
+    std::fprintf(stderr, "ingest did not become healthy; see %s/ingest-%s.log\n", c.log_dir.c_str(), prefix.c_str());
+    std::exit(1);
+  }
+  return in;
+}
+
+// Waits until `watcher` has seen `expected` rows (or `timeout_s`); returns whether it did.
+bool WaitCommitted(CommitWatcher& watcher, uint64_t expected, double timeout_s) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (watcher.seen() < expected && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return watcher.seen() >= expected;
+}
+
+// ---- bare Paho subscriber (runs as its own process) ----
+
+int BareSubscriber(const std::string& url, const std::string& filter, uint64_t expect) {
+  struct State {
+    std::atomic<uint64_t> count{0};
+    std::atomic<int64_t> first_us{0}, last_us{0};
+    std::atomic<int> subscribed{0};
+  } st;
+  MQTTAsync c;
+  MQTTAsync_create(&c, url.c_str(), absl::StrCat("bench-bare-", getpid()).c_str(), MQTTCLIENT_PERSISTENCE_NONE, nullptr);
+  MQTTAsync_setCallbacks(
+      c, &st, nullptr,
+      [](void* ctx, char* topic, int, MQTTAsync_message* m) -> int {
+        auto* s = static_cast<State*>(ctx);
+        const int64_t now = NowMicros();
+        if (s->count.fetch_add(1) == 0) s->first_us = now;
+        s->last_us = now;
+        MQTTAsync_freeMessage(&m);
+        MQTTAsync_free(topic);
+        return 1;
+      },
+      nullptr);
+  MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer;
+  opts.cleansession = 1;
+  opts.context = c;
+  static std::string sub_filter;
+  sub_filter = filter;
+  static State* state = &st;
+  opts.onSuccess = [](void* ctx, MQTTAsync_successData*) {
+    MQTTAsync_responseOptions r = MQTTAsync_responseOptions_initializer;
+    r.onSuccess = [](void*, MQTTAsync_successData*) { state->subscribed = 1; };
+    MQTTAsync_subscribe(static_cast<MQTTAsync>(ctx), sub_filter.c_str(), 1, &r);
+  };
+  MQTTAsync_connect(c, &opts);
+  while (st.subscribed == 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  std::printf("ready\n");
+  std::fflush(stdout);
+  int idle = 0;
+  uint64_t last = 0;
+  while (st.count < expect && idle < 100) {  // 10 s without progress ends it
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    idle = st.count == last ? idle + 1 : 0;
+    last = st.count;
+  }
+  const double secs = static_cast<double>(st.last_us - st.first_us) / 1e6;
+  std::printf("received %llu in %.3f s\n", static_cast<unsigned long long>(st.count.load()), secs);
+  std::fflush(stdout);
+  return 0;
+}
+
+// ---- scenarios ----
+
+void Throughput(const Config& c, double rate, double seconds, int devices) {
+  const std::string map = c.source_dir + "/bench/registers_bench.json";
+  const std::string dsn = FreshDatabase(c, absl::StrCat("bench_ingest_", getpid()));
+  Ingest ingest = StartIngest(c, dsn, "bench", map);
+  Publisher pub(c.mqtt_url, 2);
+  CommitWatcher watcher(dsn);
+
+  // 1. Sustained: a fixed offered rate.
+  PublishRun sustained = Publish(pub, "bench", devices, rate, seconds, 0);
+  const bool all = WaitCommitted(watcher, sustained.frames, 60);
+  std::vector<double> lat = watcher.TakeLatencies();
+  const double commit_rate = static_cast<double>(watcher.seen()) /
+                             (static_cast<double>(watcher.last_us() - sustained.first_us) / 1e6);
+  std::printf("ingest sustained: offered %.0f frames/s for %.0f s (%llu frames, %d devices, QoS 1)\n", rate,
+              sustained.seconds, static_cast<unsigned long long>(sustained.frames), devices);
+  std::printf("  committed %llu%s at %.0f frames/s; publish->commit p50 %.1f ms, p99 %.1f ms, max %.1f ms"
+              " (targets: >= 20000 frames/s, p99 <= 100 ms)\n",
+              static_cast<unsigned long long>(watcher.seen()), all ? "" : " (NOT ALL)", commit_rate,
+              Percentile(lat, 0.5), Percentile(lat, 0.99), Percentile(lat, 1.0));
+
+  // 2. Flat out: as fast as the publisher can go; time until everything is committed.
+  const uint64_t before = watcher.seen();
+  PublishRun flat = Publish(pub, "bench", devices, 0, seconds, 1u << 30);
+  const bool all_flat = WaitCommitted(watcher, before + flat.frames, 120);
+  watcher.TakeLatencies();
+  const double ours = static_cast<double>(watcher.seen() - before) /
+                      (static_cast<double>(watcher.last_us() - flat.first_us) / 1e6);
+  const std::string metrics = HttpGet(ingest.http_port, "/metrics");
+  std::printf("ingest flat out: published %llu frames at %.0f/s; committed%s at %.0f frames/s"
+              " (db batches: %.0f records avg)\n",
+              static_cast<unsigned long long>(flat.frames), static_cast<double>(flat.frames) / flat.seconds,
+              all_flat ? "" : " (NOT ALL)", ours,
+              MetricValue(metrics, "devbridge_ingest_db_batch_records_sum") /
+                  std::max(1.0, MetricValue(metrics, "devbridge_ingest_db_batch_records_count")));
+  watcher.Stop();
+  ingest.child->Stop();
+
+  // 3. The peer: a bare Paho subscriber in its own process, same publisher, same burst size.
+  const uint64_t n = flat.frames;
+  FILE* bare = popen(absl::StrCat(c.bin_dir, "/bench/ingest_bench bare-subscriber ", c.mqtt_url, " 'peer/+/data' ", n)
+                         .c_str(),
+                     "r");
+  char line[256] = {0};
+  if (fgets(line, sizeof line, bare) == nullptr || std::strncmp(line, "ready", 5) != 0) {
+    std::fprintf(stderr, "bare subscriber did not start\n");
+    std::exit(1);
+  }
+  uint64_t sent = 0;
+  std::vector<std::string> topics;
+  for (int d = 0; d < devices; ++d) topics.push_back(absl::StrCat("peer/dev-", d, "/data"));
+  const auto t0 = std::chrono::steady_clock::now();
+  for (; sent < n; ++sent) pub.Send(topics[sent % topics.size()], Frame(static_cast<uint32_t>(sent), NowMicros()));
+  pub.Drain();
+  const double pub_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  unsigned long long got = 0;
+  double secs = 0;
+  if (fgets(line, sizeof line, bare) != nullptr) std::sscanf(line, "received %llu in %lf s", &got, &secs);
+  pclose(bare);
+  const double peer = secs > 0 ? static_cast<double>(got) / std::max(secs, pub_secs) : 0;
+  std::printf("bare Paho subscriber (counts only): %llu of %llu at %.0f msg/s\n", got,
+              static_cast<unsigned long long>(n), peer);
+  std::printf("ours/bare = %.2f (target >= 0.35); for reference ThingsBoard reports 5000 msg/s on 2 vCPUs\n",
+              peer > 0 ? ours / peer : 0);
+}
+
+void DispatchBench(const Config& c, int devices) {
+  const std::string dsn = FreshDatabase(c, absl::StrCat("bench_dispatch_", getpid()));
+  Ingest ingest = StartIngest(c, dsn, "dispatch", c.source_dir + "/config/registers.json");
+  Child sim({c.bin_dir + "/sim/devbridge-sim", "--mqtt_url=" + c.mqtt_url, "--topic_prefix=dispatch",
+             absl::StrCat("--devices=", devices), "--heartbeat_interval=2s", "--stats_interval=0",
+             "--register_map=" + c.source_dir + "/config/registers.json", "--log_level=warn"},
+            c.log_dir + "/sim-dispatch.log");
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", ingest.grpc_port), grpc::InsecureChannelCredentials());
+  auto stub = v1::Ingest::NewStub(channel);
+  for (int i = 0; i < 300; ++i) {
+    grpc::ClientContext ctx;
+    v1::ListDevicesResponse list;
+    stub->ListDevices(&ctx, {}, &list);
+    int online = 0;
+    for (const auto& d : list.devices()) online += d.online();
+    if (online == devices) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  auto device = [](int i) {
+    char id[32];
+    std::snprintf(id, sizeof id, "sim-%04d", i + 1);
+    return std::string(id);
+  };
+
+  // Open loop at 200 commands/s for 10 s.
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::Command req;
+    v1::CommandResult resp;
+    int64_t start_us = 0;
+  };
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<double> lat;
+  int outstanding = 0, errors = 0;
+  const int total = 2000;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < total; ++i) {
+    std::this_thread::sleep_until(t0 + std::chrono::microseconds(5000 * i));
+    auto* call = new Call;
+    call->req.set_device_id(device(i % devices));
+    call->req.set_address(0);
+    call->req.set_count(12);
+    call->start_us = NowMicros();
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      ++outstanding;
+    }
+    stub->async()->Dispatch(&call->ctx, &call->req, &call->resp, [&, call](grpc::Status s) {
+      const double ms = static_cast<double>(NowMicros() - call->start_us) / 1000.0;
+      std::lock_guard<std::mutex> lock(mu);
+      if (s.ok() && call->resp.code() == 200) lat.push_back(ms); else ++errors;
+      --outstanding;
+      cv.notify_all();
+      delete call;
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return outstanding == 0; });
+  }
+  std::printf("dispatch at 200 commands/s (%d devices, read of 12 registers, zero reply delay): p50 %.2f ms,"
+              " p99 %.2f ms, errors %d (targets: p50 <= 1 ms, p99 <= 3 ms)\n",
+              devices, Percentile(lat, 0.5), Percentile(lat, 0.99), errors);
+
+  // Ceiling: every device kept busy (one command in flight each, as Modbus allows).
+  std::atomic<uint64_t> done{0};
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < devices; ++w) {
+    workers.emplace_back([&, w] {
+      while (!stop) {
+        grpc::ClientContext ctx;
+        v1::Command req;
+        req.set_device_id(device(w));
+        req.set_count(12);
+        v1::CommandResult resp;
+        if (stub->Dispatch(&ctx, req, &resp).ok() && resp.code() == 200) done.fetch_add(1);
+      }
+    });
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  stop = true;
+  for (auto& t : workers) t.join();
+  std::printf("dispatch ceiling: %.0f commands/s with %d devices busy\n", static_cast<double>(done.load()) / 5.0,
+              devices);
+  sim.Stop();
+  ingest.child->Stop();
+}
+
+void StreamBench(const Config& c, int events) {
+  Ingest ingest = StartIngest(c, "none", "stream", c.source_dir + "/config/registers.json",
+                              {absl::StrCat("--replay_buffer=", events + 1000)});
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", ingest.grpc_port), grpc::InsecureChannelCredentials());
+  auto stub = v1::Ingest::NewStub(channel);
+  // Fill the replay buffer through Publish from a few threads.
+  std::vector<std::thread> fillers;
+  const int threads = 8;
+  const auto f0 = std::chrono::steady_clock::now();
+  for (int t = 0; t < threads; ++t) {
+    fillers.emplace_back([&, t] {
+      v1::PushMessage m;
+      m.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
+      m.set_system_id(absl::StrCat("sys-", t));
+      m.set_data(R"({"temperature":21.5,"humidity":45.1,"voltage":230.2})");
+      for (int i = t; i < events; i += threads) {
+        grpc::ClientContext ctx;
+        v1::PublishResponse r;
+        stub->Publish(&ctx, m, &r);
+      }
+    });
+  }
+  for (auto& t : fillers) t.join();
+  const double fill_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - f0).count();
+  grpc::ClientContext ctx;
+  v1::SubscribeRequest req;
+  req.set_node_id("bench");
+  req.set_from_oldest(true);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto reader = stub->Subscribe(&ctx, req);
+  v1::EventBatch batch;
+  int got = 0;
+  v1::Event e;
+  while (got < events && reader->Read(&batch)) {
+    for (const auto& bytes : batch.events()) {
+      e.ParseFromString(bytes);
+      ++got;
+    }
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ctx.TryCancel();
+  std::printf("event stream: %d events to one subscriber in %.2f s = %.0f events/s, parsed"
+              " (target >= 100000/s); Publish filled them at %.0f/s\n",
+              got, secs, got / secs, events / fill_secs);
+  ingest.child->Stop();
+}
+
+}  // namespace
+}  // namespace devbridge::bench
+
+int main(int argc, char** argv) {
+  using namespace devbridge::bench;
+  const std::string mode = argc > 1 ? argv[1] : "all";
+  if (mode == "bare-subscriber" && argc == 5) {
+    return BareSubscriber(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10));
+  }
+  Config c;
+  c.mqtt_url = Env("DEVBRIDGE_TEST_MQTT_URL");
+  c.pg_dsn = Env("DEVBRIDGE_TEST_PG_DSN");
+  c.source_dir = DEVBRIDGE_SOURCE_DIR;
+  c.bin_dir = SelfDir() + "/..";
+  c.log_dir = Env("DEVBRIDGE_TEST_DIR");
+  if (mode == "all" || mode == "throughput") Throughput(c, argc > 2 ? std::atof(argv[2]) : 20000, 10, 100);
+  if (mode == "all" || mode == "dispatch") DispatchBench(c, 50);
+  if (mode == "all" || mode == "stream") StreamBench(c, 200000);
+  return 0;
+}
