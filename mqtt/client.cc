@@ -1,6 +1,13 @@
 #include "mqtt/client.h"
 
 #include <MQTTAsync.h>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cstdlib>
 
 #include <random>
 #include <string_view>
@@ -12,6 +19,38 @@ namespace devbridge::mqtt {
 namespace {
 
 constexpr int kConnectTimeoutSeconds = 5;
+
+// Paho MQTT C leaves Nagle's algorithm on. A QoS 1 exchange then stalls: the PUBACK we
+// send for a message leaves our next small PUBLISH waiting for the broker's delayed ACK
+// (~40 ms on Linux). Paho has no option for it, so after each connect we set TCP_NODELAY
+// on this process's TCP sockets connected to the broker's port. The option only changes
+// when segments are sent.
+void DisableNagleTowards(int port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return;
+  while (dirent* entry = readdir(dir)) {
+    const int fd = std::atoi(entry->d_name);
+    if (fd <= 2) continue;
+    int type = 0;
+    socklen_t len = sizeof type;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) continue;
+    sockaddr_storage peer{};
+    socklen_t peer_len = sizeof peer;
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) continue;
+    int peer_port = -1;
+    if (peer.ss_family == AF_INET) peer_port = ntohs(reinterpret_cast<sockaddr_in*>(&peer)->sin_port);
+    if (peer.ss_family == AF_INET6) peer_port = ntohs(reinterpret_cast<sockaddr_in6*>(&peer)->sin6_port);
+    if (peer_port != port) continue;
+    const int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  closedir(dir);
+}
+
+int PortOf(const std::string& url) {
+  const size_t colon = url.rfind(':');
+  return colon == std::string::npos ? 1883 : std::atoi(url.c_str() + colon + 1);
+}
 
 std::string PahoError(int rc) {
   const char* text = MQTTAsync_strerror(rc);
@@ -256,6 +295,7 @@ void Client::OnConnectSuccess(void* context, void* /*response*/) {
                                            topics.data(), qos.data(), &opts);
     if (rc != MQTTASYNC_SUCCESS) log->error("subscribe failed to start: {}", PahoError(rc));
   }
+  DisableNagleTowards(PortOf(self->options_.url));
   log->info("connected to {} as {}", self->options_.url, self->options_.client_id);
   self->SetConnected(true);
   if (self->paused_) {

@@ -36,6 +36,7 @@ persistence_location $dir/
 autosave_interval 1
 max_queued_messages 1000000
 max_inflight_messages 1000
+set_tcp_nodelay true
 message_size_limit 2097152
 log_dest stderr
 log_type error
