@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -168,7 +169,12 @@ void RequireNonEmpty(absl::string_view flag, absl::string_view value) {
 
 void RequireInRange(absl::string_view flag, double value, double min, double max) {
   if (!(value >= min && value <= max)) {
-    FlagError(flag, absl::StrFormat("must be between %g and %g, got %g", min, max, value));
+    // Whole numbers print as such (1000000, not 1e+06).
+    auto text = [](double v) {
+      return v == std::floor(v) && std::fabs(v) < 1e15 ? absl::StrCat(static_cast<int64_t>(v))
+                                                       : absl::StrFormat("%g", v);
+    };
+    FlagError(flag, absl::StrCat("must be between ", text(min), " and ", text(max), ", got ", text(value)));
   }
 }
 

@@ -40,12 +40,6 @@ int main(int argc, char** argv) {
   o.first_index = absl::GetFlag(FLAGS_first_index);
   o.id_prefix = absl::GetFlag(FLAGS_id_prefix);
   o.profile = absl::GetFlag(FLAGS_profile);
-  auto map = devbridge::regmap::RegisterMap::LoadFile(absl::GetFlag(FLAGS_register_map));
-  if (!map.ok()) FlagError("register_map", map.status().message());
-  o.register_map = std::make_shared<const devbridge::regmap::RegisterMap>(*std::move(map));
-  if (!o.profile.empty() && o.register_map->FindProfile(o.profile) == nullptr) {
-    FlagError("profile", "no such profile in the register map");
-  }
   o.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   devbridge::common::RequirePositive("heartbeat_interval", o.heartbeat_interval);
   o.data_interval = absl::GetFlag(FLAGS_data_interval);
@@ -58,6 +52,12 @@ int main(int argc, char** argv) {
   devbridge::common::RequireInRange("devices_per_connection", o.devices_per_connection, 1, 100000);
   o.qos = absl::GetFlag(FLAGS_qos);
   devbridge::common::RequireInRange("qos", o.qos, 0, 2);
+  auto map = devbridge::regmap::RegisterMap::LoadFile(absl::GetFlag(FLAGS_register_map));
+  if (!map.ok()) FlagError("register_map", map.status().message());
+  o.register_map = std::make_shared<const devbridge::regmap::RegisterMap>(*std::move(map));
+  if (!o.profile.empty() && o.register_map->FindProfile(o.profile) == nullptr) {
+    FlagError("profile", "no such profile in the register map");
+  }
 
   auto sim = devbridge::sim::Simulator::Start(o);
   if (!sim.ok()) {

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 
@@ -26,6 +27,14 @@ std::string UniqueTopicPrefix();
 
 // Runs tests/harness/svc ACTION (stop-mqtt, start-mqtt, stop-pg, start-pg); true on success.
 bool Harness(const std::string& action);
+
+// Runs `argv` as a child process with stdout and stderr going to `log_path`; returns its pid.
+int Spawn(const std::vector<std::string>& argv, const std::string& log_path);
+// Waits up to `timeout` for child `pid` to exit; returns its exit status, or -1 on timeout
+// (the child is then killed).
+int WaitExit(int pid, absl::Duration timeout);
+// The text of a file ("" if unreadable).
+std::string ReadFile(const std::string& path);
 
 // Polls `condition` every few milliseconds until it holds or `timeout` passes.
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout = absl::Seconds(10));

@@ -1,0 +1,92 @@
+// The real devbridge-ingest and devbridge-sim binaries: configuration errors exit 2 with one
+// line naming the option, and SIGTERM shuts ingest down cleanly with exit status 0.
+#include <signal.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "gtest/gtest.h"
+#include "tests/component/test_env.h"
+
+namespace devbridge::testing {
+namespace {
+
+const std::string kIngest = DEVBRIDGE_INGEST_BIN;
+const std::string kSim = DEVBRIDGE_SIM_BIN;
+
+// Runs a binary that should fail at once; returns {exit status, output}.
+std::pair<int, std::string> RunFailing(std::vector<std::string> argv) {
+  const std::string log = absl::StrCat(std::getenv("DEVBRIDGE_TEST_DIR"), "/fail-", getpid(), ".log");
+  const int pid = Spawn(argv, log);
+  const int status = WaitExit(pid, absl::Seconds(10));
+  return {status, ReadFile(log)};
+}
+
+TEST(Binaries, BadValuesExitTwoWithOneLineNamingTheOption) {
+  struct Case {
+    std::vector<std::string> argv;
+    std::string expected;
+  } cases[] = {
+      {{kIngest, "--command_timeout=5"}, "devbridge-ingest: --command_timeout: bad value \"5\""},
+      {{kIngest, "--mqtt_qos=3"}, "devbridge-ingest: --mqtt_qos: must be between 0 and 2"},
+      {{kIngest, "--register_map=/nonexistent.json"}, "devbridge-ingest: --register_map: /nonexistent.json: cannot open"},
+      {{kIngest, "--pg_dsn="}, "devbridge-ingest: --pg_dsn: is required"},
+      {{kIngest, "--bogus=1"}, "devbridge-ingest: --bogus: unknown option"},
+      {{kSim, "--drop_rate=1.5"}, "devbridge-sim: --drop_rate: must be between 0 and 1"},
+      {{kSim, "--devices=0"}, "devbridge-sim: --devices: must be between 1 and 1000000"},
+      {{kSim, "--profile=nope", "--register_map=" DEVBRIDGE_SOURCE_DIR "/config/registers.json"},
+       "devbridge-sim: --profile: no such profile"},
+  };
+  for (const auto& c : cases) {
+    auto [status, output] = RunFailing(c.argv);
+    EXPECT_EQ(status, 2) << c.argv[1] << ": " << output;
+    EXPECT_EQ(output.rfind(c.expected, 0), 0u) << c.argv[1] << ": " << output;
+    EXPECT_EQ(std::count(output.begin(), output.end(), '\n'), 1) << "one line: " << output;
+  }
+}
+
+TEST(Binaries, EnvironmentFallbackIsRead) {
+  setenv("DEVBRIDGE_MQTT_QOS", "9", 1);
+  auto [status, output] = RunFailing({kIngest});
+  unsetenv("DEVBRIDGE_MQTT_QOS");
+  EXPECT_EQ(status, 2);
+  EXPECT_NE(output.find("--mqtt_qos"), std::string::npos) << output;
+}
+
+TEST(Binaries, HelpListsEveryContractOption) {
+  const std::string log = absl::StrCat(std::getenv("DEVBRIDGE_TEST_DIR"), "/help-", getpid(), ".log");
+  ASSERT_EQ(WaitExit(Spawn({kIngest, "--help"}, log), absl::Seconds(10)), 0);
+  const std::string help = ReadFile(log);
+  for (const char* option :
+       {"mqtt_url", "mqtt_client_id", "mqtt_username", "mqtt_password", "mqtt_qos", "topic_prefix", "shared_group",
+        "pg_dsn", "grpc_listen", "http_listen", "heartbeat_timeout", "sweep_interval", "register_map",
+        "command_timeout", "command_queue_depth", "fleet_system", "replay_buffer"}) {
+    EXPECT_NE(help.find(absl::StrCat("--", option, " (default: ")), std::string::npos) << option;
+  }
+  ASSERT_EQ(WaitExit(Spawn({kSim, "--help"}, log), absl::Seconds(10)), 0);
+  const std::string sim_help = ReadFile(log);
+  for (const char* option : {"mqtt_url", "topic_prefix", "devices", "id_prefix", "profile", "register_map",
+                             "heartbeat_interval", "data_interval", "reply_delay", "crc_error_rate", "drop_rate"}) {
+    EXPECT_NE(sim_help.find(absl::StrCat("--", option, " (default: ")), std::string::npos) << option;
+  }
+}
+
+TEST(Binaries, IngestShutsDownCleanlyOnSigterm) {
+  const std::string dsn = CreateTestDatabase();
+  const std::string log = absl::StrCat(std::getenv("DEVBRIDGE_TEST_DIR"), "/ingest-", getpid(), ".log");
+  const int pid = Spawn({kIngest, "--mqtt_url=" + MqttUrl(), "--pg_dsn=" + dsn, "--grpc_listen=127.0.0.1:0",
+                         "--http_listen=127.0.0.1:0", "--mqtt_client_id=sigterm-" + std::to_string(getpid()),
+                         "--topic_prefix=" + UniqueTopicPrefix(),
+                         "--register_map=" DEVBRIDGE_SOURCE_DIR "/config/registers.json"},
+                        log);
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(log).find("connected to") != std::string::npos; }))
+      << ReadFile(log);
+  kill(pid, SIGTERM);
+  EXPECT_EQ(WaitExit(pid, absl::Seconds(20)), 0) << ReadFile(log);
+  const std::string out = ReadFile(log);
+  EXPECT_NE(out.find("signal 15: shutting down"), std::string::npos) << out;
+  EXPECT_NE(out.find("stopped"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace devbridge::testing
