@@ -53,6 +53,13 @@ Session* Registry::ByClient(const std::string& client_id) {
   return it == by_client_.end() ? nullptr : ByConn(it->second);
 }
 
+std::vector<const Session*> Registry::LocalSessions() const {
+  std::vector<const Session*> out;
+  out.reserve(by_conn_.size());
+  for (const auto& [conn, s] : by_conn_) out.push_back(&s);
+  return out;
+}
+
 bool Registry::Join(ConnId conn, const std::string& group) {
   Session* s = ByConn(conn);
   if (s == nullptr || !s->groups.insert(group).second) return false;

@@ -54,6 +54,7 @@ class Registry {
   std::vector<ConnId> SystemConns(const std::string& system_id) const;
   std::vector<ConnId> GroupConns(const std::string& system_id, const std::string& group) const;
   size_t local_sessions() const { return by_conn_.size(); }
+  std::vector<const Session*> LocalSessions() const;
 
   // Cluster view, fed by membership events (including this node's own).
   void MemberUp(const std::string& client_id, const std::string& system_id, const std::string& node);

@@ -1,0 +1,693 @@
+#include "services/push/core/push_node.h"
+
+#include <algorithm>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "common/uuid.h"
+#include "nlohmann/json.hpp"
+
+namespace devbridge::push {
+namespace {
+
+using Json = nlohmann::json;
+using common::kCodeBadRequest;
+using common::kCodeForbidden;
+using common::kCodeNotFound;
+using common::kCodeUnauthorized;
+using common::kCodeUnavailable;
+
+// Close codes (RFC 6455 and ours).
+constexpr int kClosePolicy = 1008;
+constexpr int kCloseSlowConsumer = 4008;
+constexpr int kCloseReplaced = 4009;
+constexpr int kCloseByApi = 4000;
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string UrlDecode(absl::string_view in) {
+  std::string out;
+  out.reserve(in.size());
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      out.push_back(' ');
+    } else if (in[i] == '%' && i + 2 < in.size() && HexValue(in[i + 1]) >= 0 && HexValue(in[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(HexValue(in[i + 1]) * 16 + HexValue(in[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(in[i]);
+    }
+  }
+  return out;
+}
+
+absl::Status ApiError(int code, absl::string_view msg) {
+  return common::Error(static_cast<common::ResultCode>(code),
+                       code == kCodeNotFound      ? absl::StatusCode::kNotFound
+                       : code == kCodeUnavailable ? absl::StatusCode::kUnavailable
+                                                  : absl::StatusCode::kInvalidArgument,
+                       msg);
+}
+
+std::string Hex(const std::string& bytes) {
+  return absl::AsciiStrToUpper(absl::BytesToHexString(bytes));
+}
+
+}  // namespace
+
+std::string IsoTime(int64_t unix_ms) {
+  return absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixMillis(unix_ms), absl::UTCTimeZone());
+}
+
+std::string CommandResultJson(const v1::CommandResult& r) {
+  std::string out = "{\"commandId\":";
+  AppendJsonString(&out, r.command_id());
+  out.append(",\"requestId\":");
+  AppendJsonString(&out, r.request_id());
+  out.append(",\"deviceId\":");
+  AppendJsonString(&out, r.device_id());
+  absl::StrAppend(&out, ",\"unit\":", r.unit(), ",\"function\":", r.function(), ",\"address\":", r.address(),
+                  ",\"count\":", r.count(), ",\"request\":");
+  AppendJsonString(&out, Hex(r.request()));
+  out.append(",\"response\":");
+  AppendJsonString(&out, Hex(r.response()));
+  out.append(",\"values\":{");
+  for (int i = 0; i < r.values_size(); ++i) {
+    const v1::DecodedValue& v = r.values(i);
+    if (i > 0) out.push_back(',');
+    AppendJsonString(&out, v.name());
+    absl::StrAppend(&out, ":{\"value\":", v.json_value().empty() ? "null" : v.json_value(), ",\"unit\":");
+    AppendJsonString(&out, v.unit());
+    out.append(",\"raw\":[");
+    for (int k = 0; k < v.raw_size(); ++k) absl::StrAppend(&out, k ? "," : "", v.raw(k));
+    out.append("]}");
+  }
+  absl::StrAppend(&out, "},\"latencyMs\":", absl::StrFormat("%.3f", r.latency_ms()), ",\"receivedAt\":");
+  AppendJsonString(&out, IsoTime(r.received_at_unix_ms()));
+  absl::StrAppend(&out, ",\"solicited\":", r.solicited() ? "true" : "false", ",\"exception\":");
+  if (r.exception_code() != 0) {
+    absl::StrAppend(&out, "{\"code\":", r.exception_code(), ",\"name\":");
+    AppendJsonString(&out, r.exception_name());
+    out.push_back('}');
+  } else {
+    out.append("null");
+  }
+  out.push_back('}');
+  return out;
+}
+
+PushNode::PushNode(NodeOptions options, Transport* transport, Upstream* upstream, common::MetricsRegistry* metrics)
+    : options_(std::move(options)),
+      transport_(transport),
+      upstream_(upstream),
+      history_(options_.history_size, options_.history_ttl) {
+  auto& r = *metrics;
+  m_.connections = &r.AddGauge("devbridge_push_connections", "WebSocket connections open on this replica.");
+  m_.connects = &r.AddCounter("devbridge_push_connects_total", "WebSocket connections accepted.");
+  m_.refused = &r.AddCounter("devbridge_push_handshakes_refused_total", "Handshakes refused (400/401/403).");
+  m_.frames_in = &r.AddCounter("devbridge_push_frames_in_total", "Client frames received.");
+  m_.frames_out = &r.AddCounter("devbridge_push_frames_out_total", "Frames sent to clients.");
+  m_.bytes_out = &r.AddCounter("devbridge_push_bytes_out_total", "Bytes of frames sent to clients.");
+  m_.joins = &r.AddCounter("devbridge_push_joins_total", "Group joins.");
+  m_.client_errors = &r.AddCounter("devbridge_push_client_errors_total", "Error frames sent for bad client frames.");
+  m_.slow_closes = &r.AddCounter("devbridge_push_slow_consumer_closes_total", "Connections closed with 4008.");
+  m_.error_closes = &r.AddCounter("devbridge_push_error_budget_closes_total", "Connections closed for too many errors.");
+  m_.replaced = &r.AddCounter("devbridge_push_replaced_total", "Sessions replaced by a reused clientId (4009).");
+  m_.commands = &r.AddCounter("devbridge_push_commands_total", "Commands accepted from web pages.");
+  m_.recovered = &r.AddCounter("devbridge_push_recovered_messages_total", "Messages replayed by recover.");
+  m_.gone = &r.AddCounter("devbridge_push_recover_gone_total", "Streams that could not be recovered (410).");
+  m_.events = &r.AddCounter("devbridge_push_events_total", "Events received from ingest.");
+  m_.delivery_ms = &r.AddHistogram("devbridge_push_delivery_latency_ms", "Event emitted by ingest to frame queued, ms.",
+                                   common::LatencyBucketsMs());
+}
+
+std::variant<ConnectRequest, Refusal> PushNode::Validate(absl::string_view query, absl::string_view origin,
+                                                         absl::Time now) {
+  auto refuse = [this](int status, std::string message) -> std::variant<ConnectRequest, Refusal> {
+    m_.refused->Inc();
+    return Refusal{status, std::move(message)};
+  };
+  if (!options_.allowed_origins.empty() && !origin.empty() &&
+      std::find(options_.allowed_origins.begin(), options_.allowed_origins.end(), origin) ==
+          options_.allowed_origins.end()) {
+    return refuse(403, absl::StrCat("origin ", origin, " is not allowed"));
+  }
+  std::map<std::string, std::string> params;
+  for (absl::string_view pair : absl::StrSplit(query, '&', absl::SkipEmpty())) {
+    const size_t eq = pair.find('=');
+    params[UrlDecode(pair.substr(0, eq))] = eq == absl::string_view::npos ? "" : UrlDecode(pair.substr(eq + 1));
+  }
+  ConnectRequest req;
+  req.system_id = params["systemId"];
+  if (req.system_id.empty()) return refuse(400, "systemId is required");
+  if (!IsValidName(req.system_id)) return refuse(400, "systemId must be 1-64 characters of [A-Za-z0-9_.:-]");
+  req.client_id = params["clientId"];
+  if (!req.client_id.empty() && !IsValidName(req.client_id)) {
+    return refuse(400, "clientId must be 1-64 characters of [A-Za-z0-9_.:-]");
+  }
+  for (absl::string_view g : absl::StrSplit(params["groups"], ',', absl::SkipEmpty())) {
+    if (!IsValidName(g)) return refuse(400, absl::StrCat("group \"", g, "\" must be 1-64 characters of [A-Za-z0-9_.:-]"));
+    req.groups.emplace_back(g);
+  }
+  if (auto it = params.find("recover"); it != params.end() && !it->second.empty()) {
+    const Json r = Json::parse(it->second, nullptr, false);
+    if (!r.is_object()) return refuse(400, "recover must be a JSON object of stream: [epoch, offset]");
+    for (const auto& [stream, pos] : r.items()) {
+      if (!pos.is_array() || pos.size() != 2 || !pos[0].is_string() || !pos[1].is_number_unsigned()) {
+        return refuse(400, absl::StrCat("recover.", stream, " must be [epoch, offset]"));
+      }
+      if (stream != "system" && !(absl::StartsWith(stream, "group:") && IsValidName(stream.substr(6)))) {
+        return refuse(400, absl::StrCat("recover stream \"", stream, "\" must be \"system\" or \"group:NAME\""));
+      }
+      req.recover[stream] = {pos[0].get<std::string>(), pos[1].get<uint64_t>()};
+    }
+  }
+  if (!options_.auth_secret.empty()) {
+    const std::string token = params["token"];
+    if (token.empty()) return refuse(401, "token is required");
+    absl::StatusOr<Claims> claims = VerifyJwt(token, options_.auth_secret, now);
+    if (!claims.ok()) return refuse(401, std::string(claims.status().message()));
+    if (claims->sub != req.system_id) return refuse(401, "token is for another systemId");
+    if (!claims->cid.empty()) {
+      if (!req.client_id.empty() && req.client_id != claims->cid) return refuse(401, "token is for another clientId");
+      req.client_id = claims->cid;
+    }
+    if (claims->groups) {
+      for (const auto& g : req.groups) {
+        if (std::find(claims->groups->begin(), claims->groups->end(), g) == claims->groups->end()) {
+          return refuse(403, absl::StrCat("token does not allow group ", g));
+        }
+      }
+    }
+    req.claims = *std::move(claims);
+  }
+  if (req.client_id.empty()) req.client_id = common::NewUuid();
+  return req;
+}
+
+void PushNode::SendTo(ConnId conn, const std::shared_ptr<const std::string>& frame) {
+  if (closing_.count(conn) > 0) return;
+  const size_t waiting = transport_->Send(conn, frame);
+  m_.frames_out->Inc();
+  m_.bytes_out->Inc(frame->size());
+  if (waiting > options_.send_queue_bytes) {
+    closing_.insert(conn);
+    m_.slow_closes->Inc();
+    transport_->Close(conn, kCloseSlowConsumer, "slow consumer");
+  }
+}
+
+void PushNode::SendText(ConnId conn, std::string text) {
+  SendTo(conn, std::make_shared<const std::string>(std::move(text)));
+}
+
+void PushNode::OnOpen(ConnId conn, ConnectRequest request, absl::Time now) {
+  Session s;
+  s.conn = conn;
+  s.client_id = request.client_id;
+  s.system_id = request.system_id;
+  s.connected_at = now;
+  if (request.claims) {
+    s.allowed_groups = request.claims->groups;
+    s.may_command = request.claims->cmd;
+  }
+  if (std::optional<ConnId> old = registry_.Add(s)) {
+    m_.replaced->Inc();
+    closing_.insert(*old);
+    errors_.erase(*old);
+    transport_->Close(*old, kCloseReplaced, "replaced by a new connection with the same clientId");
+  }
+  m_.connects->Inc();
+  m_.connections->Set(static_cast<int64_t>(registry_.local_sessions()));
+  ServerFrame hello;
+  hello.type = "connected";
+  hello.system_id = request.system_id;
+  std::string data = "{\"clientId\":";
+  AppendJsonString(&data, request.client_id);
+  data.append(",\"systemId\":");
+  AppendJsonString(&data, request.system_id);
+  data.append(",\"node\":");
+  AppendJsonString(&data, options_.node_id);
+  data.append(",\"epoch\":");
+  AppendJsonString(&data, history_.epoch());
+  data.push_back('}');
+  hello.data_json = std::move(data);
+  SendText(conn, hello.ToJson());
+  PublishMembership(v1::PushMessage::CLIENT_UP, s);
+  for (const auto& g : request.groups) Join(conn, g, /*reply=*/false);
+  Recover(conn, request, now);
+}
+
+void PushNode::Recover(ConnId conn, const ConnectRequest& request, absl::Time now) {
+  std::vector<std::shared_ptr<const std::string>> missed;
+  for (const auto& [stream, pos] : request.recover) {
+    std::string key;
+    if (stream == "system") {
+      key = StreamKey(request.system_id, "");
+    } else {
+      const std::string group = stream.substr(6);
+      Session* s = registry_.ByConn(conn);
+      if (s == nullptr || s->groups.count(group) == 0) {
+        SendText(conn, ErrorFrame(kCodeBadRequest, "recover a group only together with joining it (groups=...)", "",
+                                  stream));
+        continue;
+      }
+      key = StreamKey(request.system_id, group);
+    }
+    if (!history_.Since(key, pos.first, pos.second, now, &missed)) {
+      m_.gone->Inc();
+      SendText(conn, ErrorFrame(common::kCodeGone,
+                                absl::StrCat("messages after offset ", pos.second, " of epoch ", pos.first,
+                                             " are gone; continuing live"),
+                                "", stream));
+      continue;
+    }
+    m_.recovered->Inc(missed.size());
+    for (const auto& frame : missed) SendTo(conn, frame);
+  }
+}
+
+void PushNode::OnClose(ConnId conn) {
+  closing_.erase(conn);
+  errors_.erase(conn);
+  std::optional<Session> s = registry_.Remove(conn);
+  m_.connections->Set(static_cast<int64_t>(registry_.local_sessions()));
+  if (!s) return;
+  for (const auto& g : s->groups) PublishMembership(v1::PushMessage::UNBIND_GROUP, *s, g);
+  // If the same clientId has already reconnected here, it is not gone.
+  if (registry_.ByClient(s->client_id) == nullptr) PublishMembership(v1::PushMessage::CLIENT_DOWN, *s);
+}
+
+void PushNode::ClientError(ConnId conn, int code, const std::string& msg, const std::string& request_id,
+                           absl::Time now) {
+  m_.client_errors->Inc();
+  SendText(conn, ErrorFrame(code, msg, request_id));
+  std::deque<absl::Time>& times = errors_[conn];
+  times.push_back(now);
+  while (!times.empty() && now - times.front() > options_.error_window) times.pop_front();
+  if (static_cast<int>(times.size()) > options_.error_budget && closing_.insert(conn).second) {
+    m_.error_closes->Inc();
+    transport_->Close(conn, kClosePolicy,
+                      absl::StrCat("more than ", options_.error_budget, " errors in ",
+                                   absl::FormatDuration(options_.error_window)));
+  }
+}
+
+void PushNode::OnMessage(ConnId conn, absl::string_view text, absl::Time now) {
+  m_.frames_in->Inc();
+  if (registry_.ByConn(conn) == nullptr || closing_.count(conn) > 0) return;
+  std::string request_id;
+  absl::StatusOr<ClientFrame> frame = ParseClientFrame(text, &request_id);
+  if (!frame.ok()) return ClientError(conn, kCodeBadRequest, std::string(frame.status().message()), request_id, now);
+  switch (frame->action) {
+    case ClientFrame::kPing: {
+      ServerFrame pong;
+      pong.type = "pong";
+      pong.system_id = registry_.ByConn(conn)->system_id;
+      SendText(conn, pong.ToJson());
+      return;
+    }
+    case ClientFrame::kJoin: {
+      const Session* s = registry_.ByConn(conn);
+      if (s->allowed_groups && std::find(s->allowed_groups->begin(), s->allowed_groups->end(), frame->group) ==
+                                   s->allowed_groups->end()) {
+        return ClientError(conn, kCodeForbidden, absl::StrCat("token does not allow group ", frame->group), "", now);
+      }
+      return Join(conn, frame->group, /*reply=*/true);
+    }
+    case ClientFrame::kLeave:
+      return Leave(conn, frame->group, /*reply=*/true);
+    case ClientFrame::kCommand:
+      return HandleCommand(conn, frame->command, now);
+  }
+}
+
+void PushNode::Join(ConnId conn, const std::string& group, bool reply) {
+  Session* s = registry_.ByConn(conn);
+  const bool changed = registry_.Join(conn, group);
+  if (changed) {
+    m_.joins->Inc();
+    PublishMembership(v1::PushMessage::BIND_GROUP, *s, group);
+  }
+  if (reply) {
+    ServerFrame joined;
+    joined.type = "joined";
+    joined.system_id = s->system_id;
+    joined.group_name = group;
+    SendText(conn, joined.ToJson());
+  }
+}
+
+void PushNode::Leave(ConnId conn, const std::string& group, bool reply) {
+  Session* s = registry_.ByConn(conn);
+  if (registry_.Leave(conn, group)) PublishMembership(v1::PushMessage::UNBIND_GROUP, *s, group);
+  if (reply) {
+    ServerFrame left;
+    left.type = "left";
+    left.system_id = s->system_id;
+    left.group_name = group;
+    SendText(conn, left.ToJson());
+  }
+}
+
+void PushNode::PublishMembership(v1::PushMessage::Kind kind, const Session& session, const std::string& group) {
+  v1::PushMessage m;
+  m.set_kind(kind);
+  m.set_system_id(session.system_id);
+  m.add_client_ids(session.client_id);
+  m.set_group_name(group);
+  m.set_user_id(session.user_id);
+  m.set_extend(session.extend);
+  m.set_origin_node(options_.node_id);
+  m.set_message_id(common::NewUuid());
+  if (kind == v1::PushMessage::CLIENT_UP) registry_.MemberUp(session.client_id, session.system_id, options_.node_id);
+  if (kind == v1::PushMessage::BIND_GROUP) registry_.MemberJoin(session.client_id, group);
+  if (kind == v1::PushMessage::UNBIND_GROUP) registry_.MemberLeave(session.client_id, group);
+  if (kind == v1::PushMessage::CLIENT_DOWN) registry_.MemberDown(session.client_id, options_.node_id);
+  upstream_->Publish(std::move(m), [](absl::Status s) {
+    if (!s.ok()) common::Logger("push.node")->warn("membership update not published: {}", s.message());
+  });
+}
+
+void PushNode::PublishSnapshot() {
+  Json members = Json::array();
+  for (const Session* s : registry_.LocalSessions()) {
+    Json groups = Json::array();
+    for (const auto& g : s->groups) groups.push_back(g);
+    members.push_back({{"c", s->client_id}, {"s", s->system_id}, {"g", std::move(groups)}});
+  }
+  v1::PushMessage m;
+  m.set_kind(v1::PushMessage::NODE_SNAPSHOT);
+  m.set_origin_node(options_.node_id);
+  m.set_message_id(common::NewUuid());
+  m.set_data(members.dump());
+  upstream_->Publish(std::move(m), [](absl::Status) {});
+}
+
+void PushNode::OnUpstream(bool up) {
+  if (!up) return;
+  v1::PushMessage hello;
+  hello.set_kind(v1::PushMessage::NODE_HELLO);
+  hello.set_origin_node(options_.node_id);
+  hello.set_message_id(common::NewUuid());
+  upstream_->Publish(std::move(hello), [](absl::Status) {});
+  PublishSnapshot();
+}
+
+void PushNode::HandleCommand(ConnId conn, const CommandFrame& c, absl::Time now) {
+  const Session* s = registry_.ByConn(conn);
+  if (!s->may_command) return ClientError(conn, kCodeForbidden, "token does not allow commands (cmd)", c.request_id, now);
+  if (!options_.auth_secret.empty() && c.device_id != s->system_id && s->system_id != options_.fleet_system) {
+    return ClientError(conn, kCodeForbidden,
+                       absl::StrCat("commands from system ", s->system_id, " may only address device ", s->system_id),
+                       c.request_id, now);
+  }
+  if (!upstream_->up()) return ClientError(conn, kCodeUnavailable, "ingest is unavailable; try again", c.request_id, now);
+  v1::Command cmd;
+  cmd.set_command_id(common::NewUuid());
+  cmd.set_request_id(c.request_id);
+  cmd.set_device_id(c.device_id);
+  cmd.set_function(c.function);
+  if (c.unit) cmd.set_unit(*c.unit);
+  cmd.set_address(c.address);
+  cmd.set_count(c.count);
+  for (uint32_t v : c.values) cmd.add_values(v);
+  cmd.set_timeout_ms(c.timeout_ms);
+  cmd.set_origin_node(options_.node_id);
+  cmd.set_client_id(s->client_id);
+  cmd.set_system_id(s->system_id);
+  m_.commands->Inc();
+  ServerFrame accepted;
+  accepted.type = "command.accepted";
+  accepted.system_id = s->system_id;
+  std::string data = "{\"requestId\":";
+  AppendJsonString(&data, c.request_id);
+  data.append(",\"commandId\":");
+  AppendJsonString(&data, cmd.command_id());
+  data.push_back('}');
+  accepted.data_json = std::move(data);
+  SendText(conn, accepted.ToJson());
+  const std::string client_id = s->client_id;
+  v1::Command sent = cmd;
+  upstream_->Dispatch(std::move(cmd), [this, client_id, sent](absl::StatusOr<v1::CommandResult> result) {
+    if (result.ok()) return;  // the outcome arrives through the event stream, to every replica
+    Session* asker = registry_.ByClient(client_id);
+    if (asker == nullptr) return;
+    v1::CommandResult failed;
+    failed.set_command_id(sent.command_id());
+    failed.set_request_id(sent.request_id());
+    failed.set_device_id(sent.device_id());
+    failed.set_function(sent.function());
+    failed.set_address(sent.address());
+    failed.set_count(sent.count());
+    failed.set_solicited(true);
+    failed.set_received_at_unix_ms(absl::ToUnixMillis(absl::Now()));
+    ServerFrame frame;
+    frame.type = "command.result";
+    frame.code = kCodeUnavailable;
+    frame.msg = absl::StrCat("ingest unavailable: ", result.status().message());
+    frame.system_id = asker->system_id;
+    frame.data_json = CommandResultJson(failed);
+    SendText(asker->conn, frame.ToJson());
+  });
+}
+
+void PushNode::Fanout(const v1::Event& event, ServerFrame frame, absl::Time now) {
+  for (const v1::StreamOffset& s : event.streams()) {
+    frame.system_id = s.system_id();
+    frame.group_name = s.group_name();
+    frame.offset = s.offset();
+    frame.epoch = event.epoch();
+    auto bytes = std::make_shared<const std::string>(frame.ToJson());
+    history_.Add(StreamKey(s.system_id(), s.group_name()), s.offset(), bytes, now);
+    const std::vector<ConnId> conns =
+        s.group_name().empty() ? registry_.SystemConns(s.system_id()) : registry_.GroupConns(s.system_id(), s.group_name());
+    for (ConnId c : conns) SendTo(c, bytes);
+  }
+}
+
+void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
+  m_.events->Inc();
+  if (event.has_reset() || event.epoch() != history_.epoch()) {
+    if (event.has_reset()) {
+      common::Logger("push.node")->warn("event stream reset: {}", event.reset().reason());
+    }
+    history_.Reset(event.epoch());
+    if (event.has_reset()) return;
+  }
+  if (event.at_unix_ms() > 0) {
+    m_.delivery_ms->Observe(std::max(0.0, absl::ToDoubleMilliseconds(now - absl::FromUnixMillis(event.at_unix_ms()))));
+  }
+  ServerFrame frame;
+  if (event.has_device_state()) {
+    const v1::DeviceState& d = event.device_state();
+    frame.type = d.online() ? "device.online" : "device.offline";
+    frame.code = common::kCodeSuccess;
+    std::string data = "{\"deviceId\":";
+    AppendJsonString(&data, d.device_id());
+    absl::StrAppend(&data, ",\"online\":", d.online() ? "true" : "false", ",\"meta\":",
+                    d.meta_json().empty() ? "null" : d.meta_json(), ",\"at\":");
+    AppendJsonString(&data, IsoTime(event.at_unix_ms()));
+    data.push_back('}');
+    frame.data_json = std::move(data);
+    return Fanout(event, std::move(frame), now);
+  }
+  if (event.has_data()) {
+    const v1::CommandResult& r = event.data();
+    frame.type = r.solicited() ? "command.result" : "device.data";
+    frame.message_id = r.command_id();
+    frame.code = r.code();
+    frame.msg = r.msg();
+    frame.data_json = CommandResultJson(r);
+    Fanout(event, frame, now);
+    // The asker gets it once: directly, unless it already got it as a member of a stream.
+    if (r.solicited() && r.origin_node() == options_.node_id && !r.client_id().empty()) {
+      Session* asker = registry_.ByClient(r.client_id());
+      bool got_it = false;
+      for (const auto& s : event.streams()) got_it |= asker != nullptr && s.group_name().empty() && s.system_id() == asker->system_id;
+      if (asker != nullptr && !got_it) {
+        frame.system_id = asker->system_id;
+        frame.group_name.clear();
+        frame.offset = 0;
+        SendText(asker->conn, frame.ToJson());
+      }
+    }
+    return;
+  }
+  if (!event.has_push()) return;
+  const v1::PushMessage& m = event.push();
+  switch (m.kind()) {
+    case v1::PushMessage::SEND_TO_SYSTEM:
+    case v1::PushMessage::SEND_TO_GROUP:
+      frame.type = "message";
+      frame.message_id = m.message_id();
+      frame.code = m.code();
+      frame.msg = m.msg();
+      frame.data_json = m.data();
+      frame.send_user_id = m.send_user_id();
+      return Fanout(event, std::move(frame), now);
+    case v1::PushMessage::SEND_TO_CLIENTS:
+      frame.type = "message";
+      frame.message_id = m.message_id();
+      frame.code = m.code();
+      frame.msg = m.msg();
+      frame.data_json = m.data();
+      frame.send_user_id = m.send_user_id();
+      frame.system_id = m.system_id();
+      for (const auto& id : m.client_ids()) {
+        Session* s = registry_.ByClient(id);
+        if (s != nullptr && s->system_id == m.system_id()) SendText(s->conn, frame.ToJson());
+      }
+      return;
+    case v1::PushMessage::BIND_GROUP:
+    case v1::PushMessage::UNBIND_GROUP: {
+      const bool bind = m.kind() == v1::PushMessage::BIND_GROUP;
+      const std::string& client = m.client_ids_size() > 0 ? m.client_ids(0) : std::string();
+      if (m.origin_node() != options_.node_id) {
+        if (bind) {
+          registry_.MemberJoin(client, m.group_name());
+        } else {
+          registry_.MemberLeave(client, m.group_name());
+        }
+        // A bind through the API for a client connected here.
+        if (Session* s = registry_.ByClient(client); s != nullptr && s->system_id == m.system_id()) {
+          if (bind) {
+            s->user_id = m.user_id();
+            s->extend = m.extend();
+            registry_.Join(s->conn, m.group_name());
+          } else {
+            registry_.Leave(s->conn, m.group_name());
+          }
+        }
+      }
+      frame.type = "presence";
+      frame.code = bind ? common::kCodeJoined : common::kCodeLeft;
+      frame.msg = bind ? "joined" : "left";
+      std::string data = "{\"clientId\":";
+      AppendJsonString(&data, client);
+      data.append(",\"userId\":");
+      AppendJsonString(&data, m.user_id());
+      data.append(",\"extend\":");
+      AppendJsonString(&data, m.extend());
+      data.push_back('}');
+      frame.data_json = std::move(data);
+      return Fanout(event, std::move(frame), now);
+    }
+    case v1::PushMessage::CLOSE_CLIENT:
+      for (const auto& id : m.client_ids()) {
+        Session* s = registry_.ByClient(id);
+        if (s != nullptr && closing_.insert(s->conn).second) transport_->Close(s->conn, kCloseByApi, "closed by the API");
+      }
+      return;
+    case v1::PushMessage::CLIENT_UP:
+      if (m.origin_node() != options_.node_id && m.client_ids_size() > 0) {
+        registry_.MemberUp(m.client_ids(0), m.system_id(), m.origin_node());
+        // The same clientId connected elsewhere: this older session is replaced.
+        if (Session* s = registry_.ByClient(m.client_ids(0)); s != nullptr && closing_.insert(s->conn).second) {
+          m_.replaced->Inc();
+          transport_->Close(s->conn, kCloseReplaced, "replaced by a new connection with the same clientId");
+        }
+      }
+      return;
+    case v1::PushMessage::CLIENT_DOWN:
+      if (m.origin_node() != options_.node_id && m.client_ids_size() > 0) {
+        registry_.MemberDown(m.client_ids(0), m.origin_node());
+      }
+      return;
+    case v1::PushMessage::NODE_HELLO:
+      if (m.origin_node() != options_.node_id) PublishSnapshot();
+      return;
+    case v1::PushMessage::NODE_SNAPSHOT: {
+      if (m.origin_node() == options_.node_id) return;
+      registry_.NodeGone(m.origin_node());
+      const Json members = Json::parse(m.data(), nullptr, false);
+      if (!members.is_array()) return;
+      for (const auto& member : members) {
+        const std::string id = member.value("c", "");
+        registry_.MemberUp(id, member.value("s", ""), m.origin_node());
+        for (const auto& g : member.value("g", Json::array())) {
+          if (g.is_string()) registry_.MemberJoin(id, g.get<std::string>());
+        }
+      }
+      return;
+    }
+    case v1::PushMessage::NODE_DOWN:
+      if (m.origin_node() != options_.node_id) registry_.NodeGone(m.origin_node());
+      return;
+    default:
+      return;
+  }
+}
+
+void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::string>)> done) {
+  if (!IsValidName(m.system_id())) return done(ApiError(kCodeBadRequest, "systemId must be 1-64 characters of [A-Za-z0-9_.:-]"));
+  if (!m.data().empty()) {
+    if (!Json::accept(m.data())) return done(ApiError(kCodeBadRequest, "data must be JSON"));
+  }
+  switch (m.kind()) {
+    case v1::PushMessage::SEND_TO_CLIENTS:
+    case v1::PushMessage::CLOSE_CLIENT: {
+      if (m.client_ids_size() == 0) return done(ApiError(kCodeBadRequest, "clientId is required"));
+      bool any = false;
+      for (const auto& id : m.client_ids()) {
+        if (!IsValidName(id)) return done(ApiError(kCodeBadRequest, absl::StrCat("bad clientId \"", id, "\"")));
+        const Member* member = registry_.FindMember(id);
+        any |= member != nullptr && member->system_id == m.system_id();
+      }
+      if (!any) return done(ApiError(kCodeNotFound, "client is not online"));
+      break;
+    }
+    case v1::PushMessage::SEND_TO_GROUP:
+      if (!IsValidName(m.group_name())) return done(ApiError(kCodeBadRequest, "groupName is required"));
+      break;
+    case v1::PushMessage::BIND_GROUP:
+    case v1::PushMessage::UNBIND_GROUP: {
+      if (!IsValidName(m.group_name())) return done(ApiError(kCodeBadRequest, "groupName is required"));
+      if (m.client_ids_size() != 1) return done(ApiError(kCodeBadRequest, "clientId is required"));
+      const Member* member = registry_.FindMember(m.client_ids(0));
+      if (member == nullptr || member->system_id != m.system_id()) return done(ApiError(kCodeNotFound, "client is not online"));
+      break;
+    }
+    case v1::PushMessage::SEND_TO_SYSTEM:
+      break;
+    default:
+      return done(ApiError(kCodeBadRequest, "unsupported operation"));
+  }
+  if (!upstream_->up()) return done(ApiError(kCodeUnavailable, "ingest is unavailable; try again"));
+  const std::string id = common::NewUuid();
+  m.set_message_id(id);
+  m.set_origin_node(options_.node_id);
+  upstream_->Publish(std::move(m), [id, done = std::move(done)](absl::Status s) {
+    if (!s.ok()) return done(ApiError(kCodeUnavailable, absl::StrCat("ingest unavailable: ", s.message())));
+    done(id);
+  });
+}
+
+std::vector<std::string> PushNode::Online(const std::string& system_id, const std::string& group) const {
+  return registry_.Online(system_id, group);
+}
+
+absl::Status PushNode::CheckApiToken(absl::string_view authorization, absl::string_view system_id, absl::Time now) const {
+  if (options_.auth_secret.empty()) return absl::OkStatus();
+  if (!absl::StartsWith(authorization, "Bearer ")) {
+    return absl::UnauthenticatedError("Authorization: Bearer <token> is required");
+  }
+  absl::StatusOr<Claims> claims = VerifyJwt(authorization.substr(7), options_.auth_secret, now);
+  if (!claims.ok()) return claims.status();
+  if (!claims->api) return absl::UnauthenticatedError("token lacks the api claim");
+  if (!system_id.empty() && claims->sub != system_id) return absl::UnauthenticatedError("token is for another systemId");
+  return absl::OkStatus();
+}
+
+}  // namespace devbridge::push

@@ -1,0 +1,151 @@
+// One push replica's logic, free of any network: WebSocket sessions (handshake checks,
+// client frames, commands, recovery), routing of the cluster's event stream to local
+// connections, and the Push API. The transport (websocketpp) and the upstream (ingest over
+// gRPC) are interfaces, so all of it runs in unit tests. Io thread only.
+#ifndef DEVBRIDGE_SERVICES_PUSH_CORE_PUSH_NODE_H_
+#define DEVBRIDGE_SERVICES_PUSH_CORE_PUSH_NODE_H_
+
+#include <deque>
+#include <functional>
+#include <map>
+#include <optional>
+#include <variant>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "devbridge/v1/events.pb.h"
+#include "services/push/core/frames.h"
+#include "services/push/core/history.h"
+#include "services/push/core/jwt.h"
+#include "services/push/core/registry.h"
+
+namespace devbridge::push {
+
+// Sends frames to connections. Implementations must not block.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Queues `frame` for `conn`; returns the bytes now waiting to be written to it.
+  virtual size_t Send(ConnId conn, const std::shared_ptr<const std::string>& frame) = 0;
+  virtual void Close(ConnId conn, int code, const std::string& reason) = 0;
+};
+
+// The way to ingest. Thread-safe; `done` callbacks run on the io thread.
+class Upstream {
+ public:
+  virtual ~Upstream() = default;
+  virtual bool up() const = 0;
+  virtual void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) = 0;
+  virtual void Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) = 0;
+};
+
+struct NodeOptions {
+  std::string node_id = "push";
+  std::string fleet_system = "fleet";
+  std::string auth_secret;                   // empty: no auth
+  std::vector<std::string> allowed_origins;  // empty: any
+  size_t history_size = 1000;
+  absl::Duration history_ttl = absl::Minutes(5);
+  size_t send_queue_bytes = 1 << 20;
+  int error_budget = 20;                     // errors allowed per window before 1008
+  absl::Duration error_window = absl::Seconds(10);
+};
+
+// A validated WebSocket handshake.
+struct ConnectRequest {
+  std::string system_id;
+  std::string client_id;
+  std::vector<std::string> groups;
+  std::map<std::string, std::pair<std::string, uint64_t>> recover;  // stream name → (epoch, offset)
+  std::optional<Claims> claims;
+};
+
+// An HTTP refusal of a handshake or API call.
+struct Refusal {
+  int status;
+  std::string message;
+};
+
+class PushNode {
+ public:
+  PushNode(NodeOptions options, Transport* transport, Upstream* upstream, common::MetricsRegistry* metrics);
+
+  // Checks GET /ws's query string and Origin header. A refusal carries 400, 401 or 403.
+  std::variant<ConnectRequest, Refusal> Validate(absl::string_view query, absl::string_view origin, absl::Time now);
+  void OnOpen(ConnId conn, ConnectRequest request, absl::Time now);
+  void OnMessage(ConnId conn, absl::string_view text, absl::Time now);
+  void OnClose(ConnId conn);
+
+  // Events from ingest's stream, in order.
+  void OnEvent(const v1::Event& event, absl::Time now);
+  // The event stream came up (true) or went down.
+  void OnUpstream(bool up);
+
+  // The Push API (HTTP and gRPC). `message` carries the operation; a message id is chosen
+  // here. `done` gets the message id or an error with a result code (400, 404, 503).
+  void Submit(v1::PushMessage message, std::function<void(absl::StatusOr<std::string>)> done);
+  // Clients online in a system (or one of its groups), across the cluster.
+  std::vector<std::string> Online(const std::string& system_id, const std::string& group) const;
+  // Checks an API token (Authorization: Bearer ...): api claim, and sub == system when given.
+  absl::Status CheckApiToken(absl::string_view authorization, absl::string_view system_id, absl::Time now) const;
+
+  const Registry& registry() const { return registry_; }
+  const History& history() const { return history_; }
+  const NodeOptions& options() const { return options_; }
+  bool upstream_up() const { return upstream_->up(); }
+
+ private:
+  void SendTo(ConnId conn, const std::shared_ptr<const std::string>& frame);
+  void SendText(ConnId conn, std::string text);
+  void ClientError(ConnId conn, int code, const std::string& msg, const std::string& request_id, absl::Time now);
+  void HandleCommand(ConnId conn, const CommandFrame& command, absl::Time now);
+  void Join(ConnId conn, const std::string& group, bool reply);
+  void Leave(ConnId conn, const std::string& group, bool reply);
+  void PublishMembership(v1::PushMessage::Kind kind, const Session& session, const std::string& group = "");
+  void PublishSnapshot();
+  // Builds a frame per stream of `event`, records it in the history and sends it to the
+  // stream's local connections. `except` is not sent to (it got the frame another way).
+  void Fanout(const v1::Event& event, ServerFrame frame, absl::Time now);
+  void Recover(ConnId conn, const ConnectRequest& request, absl::Time now);
+
+  NodeOptions options_;
+  Transport* transport_;
+  Upstream* upstream_;
+  Registry registry_;
+  History history_;
+  absl::flat_hash_map<ConnId, std::deque<absl::Time>> errors_;
+  absl::flat_hash_set<ConnId> closing_;
+
+  struct Metrics {
+    common::Gauge* connections;
+    common::Counter* connects;
+    common::Counter* refused;
+    common::Counter* frames_in;
+    common::Counter* frames_out;
+    common::Counter* bytes_out;
+    common::Counter* joins;
+    common::Counter* client_errors;
+    common::Counter* slow_closes;
+    common::Counter* error_closes;
+    common::Counter* replaced;
+    common::Counter* commands;
+    common::Counter* recovered;
+    common::Counter* gone;
+    common::Counter* events;
+    common::Histogram* delivery_ms;
+  } m_;
+};
+
+// "2026-11-26T03:10:00.123Z"
+std::string IsoTime(int64_t unix_ms);
+// The `data` of command.result / device.data (CONTRACT §5).
+std::string CommandResultJson(const v1::CommandResult& r);
+
+}  // namespace devbridge::push
+
+#endif  // DEVBRIDGE_SERVICES_PUSH_CORE_PUSH_NODE_H_

@@ -1,0 +1,426 @@
+// PushNode against fakes: a transport that records frames, and a fake ingest "bus" that
+// sequences published messages into events (stamping stream offsets as ingest does) and
+// delivers them to every node, so cluster behaviour is tested with two nodes in-process.
+#include "services/push/core/push_node.h"
+
+#include "common/status.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace devbridge::push {
+namespace {
+
+using Json = nlohmann::json;
+const absl::Time t0 = absl::FromUnixSeconds(1800000000);
+
+class FakeTransport : public Transport {
+ public:
+  size_t Send(ConnId conn, const std::shared_ptr<const std::string>& frame) override {
+    frames[conn].push_back(Json::parse(*frame));
+    return buffered;
+  }
+  void Close(ConnId conn, int code, const std::string& reason) override { closed[conn] = {code, reason}; }
+  std::vector<Json> Of(ConnId conn, const std::string& type) {
+    std::vector<Json> out;
+    for (const auto& f : frames[conn]) {
+      if (f["type"] == type) out.push_back(f);
+    }
+    return out;
+  }
+  std::map<ConnId, std::vector<Json>> frames;
+  std::map<ConnId, std::pair<int, std::string>> closed;
+  size_t buffered = 0;
+};
+
+class Bus;
+
+class FakeUpstream : public Upstream {
+ public:
+  explicit FakeUpstream(Bus* bus) : bus_(bus) {}
+  bool up() const override { return is_up; }
+  void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) override;
+  void Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) override {
+    dispatched.push_back(command);
+    done(dispatch_error.ok() ? absl::StatusOr<v1::CommandResult>(v1::CommandResult()) : dispatch_error);
+  }
+  bool is_up = true;
+  absl::Status dispatch_error;
+  std::vector<v1::Command> dispatched;
+
+ private:
+  Bus* bus_;
+};
+
+// Sequences events like ingest: one epoch, seq, offsets per stream; delivers to every node.
+class Bus {
+ public:
+  void Attach(PushNode* node) { nodes_.push_back(node); }
+  void Emit(v1::Event e, std::vector<std::pair<std::string, std::string>> streams) {
+    e.set_epoch(epoch);
+    e.set_seq(++seq_);
+    e.set_at_unix_ms(absl::ToUnixMillis(t0));
+    for (const auto& [system, group] : streams) {
+      auto* s = e.add_streams();
+      s->set_system_id(system);
+      s->set_group_name(group);
+      s->set_offset(++offsets_[system + "/" + group]);
+    }
+    for (PushNode* n : nodes_) n->OnEvent(e, t0);
+  }
+  void Publish(const v1::PushMessage& m) {
+    v1::Event e;
+    *e.mutable_push() = m;
+    std::vector<std::pair<std::string, std::string>> streams;
+    if (m.kind() == v1::PushMessage::SEND_TO_SYSTEM) streams = {{m.system_id(), ""}};
+    if (m.kind() == v1::PushMessage::SEND_TO_GROUP || m.kind() == v1::PushMessage::BIND_GROUP ||
+        m.kind() == v1::PushMessage::UNBIND_GROUP) {
+      streams = {{m.system_id(), m.group_name()}};
+    }
+    Emit(e, streams);
+  }
+  std::string epoch = "ep1";
+
+ private:
+  std::vector<PushNode*> nodes_;
+  uint64_t seq_ = 0;
+  std::map<std::string, uint64_t> offsets_;
+};
+
+void FakeUpstream::Publish(v1::PushMessage message, std::function<void(absl::Status)> done) {
+  if (!is_up) return done(absl::UnavailableError("down"));
+  bus_->Publish(message);
+  done(absl::OkStatus());
+}
+
+class PushNodeTest : public ::testing::Test {
+ protected:
+  PushNodeTest() : up_a_(&bus_), up_b_(&bus_) {
+    a_ = Make("node-a", &ta_, &up_a_, &ma_);
+    b_ = Make("node-b", &tb_, &up_b_, &mb_);
+    bus_.Attach(a_.get());
+    bus_.Attach(b_.get());
+    // The first event of the epoch sets it on every node.
+    v1::Event start;
+    start.mutable_push()->set_kind(v1::PushMessage::NODE_HELLO);
+    start.mutable_push()->set_origin_node("nobody");
+    bus_.Emit(start, {});
+  }
+  std::unique_ptr<PushNode> Make(const std::string& id, Transport* t, Upstream* u, common::MetricsRegistry* m,
+                                 const std::string& secret = "") {
+    NodeOptions o;
+    o.node_id = id;
+    o.auth_secret = secret;
+    o.send_queue_bytes = 1000;
+    return std::make_unique<PushNode>(o, t, u, m);
+  }
+  // Opens a connection on `node` with query `query`; fails the test on refusal.
+  void Open(PushNode* node, ConnId conn, const std::string& query) {
+    auto v = node->Validate(query, "", t0);
+    ASSERT_TRUE(std::holds_alternative<ConnectRequest>(v)) << std::get<Refusal>(v).message;
+    node->OnOpen(conn, std::get<ConnectRequest>(v), t0);
+  }
+  v1::Event DeviceOnline(const std::string& id) {
+    v1::Event e;
+    e.mutable_device_state()->set_device_id(id);
+    e.mutable_device_state()->set_online(true);
+    return e;
+  }
+
+  Bus bus_;
+  FakeTransport ta_, tb_;
+  FakeUpstream up_a_, up_b_;
+  common::MetricsRegistry ma_, mb_;
+  std::unique_ptr<PushNode> a_, b_;
+};
+
+TEST_F(PushNodeTest, HandshakeValidation) {
+  auto refusal = [&](const std::string& q) {
+    auto v = a_->Validate(q, "", t0);
+    return std::holds_alternative<Refusal>(v) ? std::get<Refusal>(v) : Refusal{0, ""};
+  };
+  EXPECT_EQ(refusal("").status, 400);
+  EXPECT_EQ(refusal("clientId=x").message, "systemId is required");
+  EXPECT_EQ(refusal("systemId=a%20b").status, 400);
+  EXPECT_EQ(refusal("systemId=s&clientId=bad/id").status, 400);
+  EXPECT_EQ(refusal("systemId=s&groups=ok,bad%20g").status, 400);
+  EXPECT_EQ(refusal("systemId=s&recover=notjson").status, 400);
+  EXPECT_EQ(refusal("systemId=s&recover=%7B%22system%22%3A5%7D").status, 400);
+  auto ok = a_->Validate("systemId=fleet&groups=ops,eng&recover=%7B%22system%22%3A%5B%22ep1%22%2C3%5D%7D", "", t0);
+  ASSERT_TRUE(std::holds_alternative<ConnectRequest>(ok));
+  const auto& req = std::get<ConnectRequest>(ok);
+  EXPECT_EQ(req.groups, (std::vector<std::string>{"ops", "eng"}));
+  EXPECT_EQ(req.recover.at("system").second, 3u);
+  EXPECT_EQ(req.client_id.size(), 36u) << "a UUID when no clientId is given";
+}
+
+TEST_F(PushNodeTest, AuthAndOrigin) {
+  FakeTransport t;
+  common::MetricsRegistry m;
+  auto secure = Make("s", &t, &up_a_, &m, "k");
+  auto status = [&](const std::string& q) {
+    auto v = secure->Validate(q, "", t0);
+    return std::holds_alternative<Refusal>(v) ? std::get<Refusal>(v).status : 0;
+  };
+  const std::string good = SignJwt(R"({"sub":"fleet","groups":["ops"],"cmd":true,"exp":1900000000})", "k");
+  EXPECT_EQ(status("systemId=fleet"), 401);
+  EXPECT_EQ(status("systemId=fleet&token=garbage"), 401);
+  EXPECT_EQ(status("systemId=other&token=" + good), 401);
+  EXPECT_EQ(status("systemId=fleet&groups=eng&token=" + good), 403);
+  EXPECT_EQ(status("systemId=fleet&groups=ops&token=" + good), 0);
+  NodeOptions o;
+  o.allowed_origins = {"https://ok.example"};
+  PushNode strict(o, &t, &up_a_, &m);
+  EXPECT_TRUE(std::holds_alternative<Refusal>(strict.Validate("systemId=s", "https://evil.example", t0)));
+  EXPECT_TRUE(std::holds_alternative<ConnectRequest>(strict.Validate("systemId=s", "https://ok.example", t0)));
+}
+
+TEST_F(PushNodeTest, ConnectedFramePingAndErrors) {
+  Open(a_.get(), 1, "systemId=fleet&clientId=c1");
+  auto connected = ta_.Of(1, "connected");
+  ASSERT_EQ(connected.size(), 1u);
+  EXPECT_EQ(connected[0]["code"], 0);
+  EXPECT_EQ(connected[0]["data"]["clientId"], "c1");
+  EXPECT_EQ(connected[0]["data"]["node"], "node-a");
+  EXPECT_EQ(connected[0]["data"]["epoch"], "ep1");
+  a_->OnMessage(1, R"({"action":"ping"})", t0);
+  EXPECT_EQ(ta_.Of(1, "pong").size(), 1u);
+  a_->OnMessage(1, "garbage", t0);
+  auto errors = ta_.Of(1, "error");
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0]["code"], 400);
+  EXPECT_TRUE(ta_.closed.empty()) << "one error keeps the connection";
+  for (int i = 0; i < 20; ++i) a_->OnMessage(1, "{}", t0 + absl::Milliseconds(i));
+  ASSERT_EQ(ta_.closed.count(1), 1u);
+  EXPECT_EQ(ta_.closed[1].first, 1008);
+}
+
+TEST_F(PushNodeTest, ErrorsOutsideTheWindowAreForgiven) {
+  Open(a_.get(), 1, "systemId=fleet");
+  for (int i = 0; i < 40; ++i) a_->OnMessage(1, "{}", t0 + absl::Seconds(i));
+  EXPECT_TRUE(ta_.closed.empty());
+}
+
+TEST_F(PushNodeTest, DeviceEventsReachTheDeviceSystemAndTheFleetWithOffsets) {
+  Open(a_.get(), 1, "systemId=fleet");
+  Open(b_.get(), 2, "systemId=sim-0001");
+  Open(b_.get(), 3, "systemId=sim-0002");
+  bus_.Emit(DeviceOnline("sim-0001"), {{"sim-0001", ""}, {"fleet", ""}});
+  auto fleet = ta_.Of(1, "device.online");
+  auto own = tb_.Of(2, "device.online");
+  ASSERT_EQ(fleet.size(), 1u);
+  ASSERT_EQ(own.size(), 1u);
+  EXPECT_TRUE(tb_.Of(3, "device.online").empty());
+  EXPECT_EQ(fleet[0]["systemId"], "fleet");
+  EXPECT_EQ(fleet[0]["offset"], 1);
+  EXPECT_EQ(fleet[0]["epoch"], "ep1");
+  EXPECT_EQ(fleet[0]["data"]["deviceId"], "sim-0001");
+  EXPECT_EQ(own[0]["systemId"], "sim-0001");
+}
+
+TEST_F(PushNodeTest, ApiReachesClientsOnEveryNodeAndListOnlineCountsThem) {
+  Open(a_.get(), 1, "systemId=fleet&clientId=on-a");
+  Open(b_.get(), 2, "systemId=fleet&clientId=on-b");
+  EXPECT_EQ(a_->Online("fleet", ""), (std::vector<std::string>{"on-a", "on-b"}));
+  EXPECT_EQ(b_->Online("fleet", ""), (std::vector<std::string>{"on-a", "on-b"}));
+  v1::PushMessage to_a;
+  to_a.set_kind(v1::PushMessage::SEND_TO_CLIENTS);
+  to_a.set_system_id("fleet");
+  to_a.add_client_ids("on-a");
+  to_a.set_data(R"({"hello":1})");
+  to_a.set_send_user_id("u7");
+  absl::StatusOr<std::string> id;
+  b_->Submit(to_a, [&](absl::StatusOr<std::string> r) { id = r; });  // through the other node
+  ASSERT_TRUE(id.ok()) << id.status();
+  auto got = ta_.Of(1, "message");
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0]["messageId"], *id);
+  EXPECT_EQ(got[0]["data"]["hello"], 1);
+  EXPECT_EQ(got[0]["sendUserId"], "u7");
+  EXPECT_TRUE(tb_.Of(2, "message").empty());
+
+  v1::PushMessage all;
+  all.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
+  all.set_system_id("fleet");
+  all.set_data("\"hi\"");
+  a_->Submit(all, [](absl::StatusOr<std::string>) {});
+  EXPECT_EQ(ta_.Of(1, "message").size(), 2u);
+  EXPECT_EQ(tb_.Of(2, "message").size(), 1u);
+  EXPECT_EQ(tb_.Of(2, "message")[0]["offset"], ta_.Of(1, "message")[1]["offset"]) << "same offset on every node";
+
+  v1::PushMessage nobody = to_a;
+  nobody.set_client_ids(0, "ghost");
+  b_->Submit(nobody, [&](absl::StatusOr<std::string> r) { id = r; });
+  EXPECT_EQ(common::ResultCodeOf(id.status()), common::kCodeNotFound);
+  v1::PushMessage bad = all;
+  bad.set_data("{not json");
+  b_->Submit(bad, [&](absl::StatusOr<std::string> r) { id = r; });
+  EXPECT_EQ(common::ResultCodeOf(id.status()), common::kCodeBadRequest);
+
+  v1::PushMessage close;
+  close.set_kind(v1::PushMessage::CLOSE_CLIENT);
+  close.set_system_id("fleet");
+  close.add_client_ids("on-a");
+  b_->Submit(close, [&](absl::StatusOr<std::string> r) { id = r; });
+  ASSERT_TRUE(id.ok());
+  EXPECT_EQ(ta_.closed.count(1), 1u) << "closed wherever it is";
+}
+
+TEST_F(PushNodeTest, JoinSendsPresenceToGroupMembersOnEveryNode) {
+  Open(a_.get(), 1, "systemId=fleet&clientId=x&groups=ops");
+  Open(b_.get(), 2, "systemId=fleet&clientId=y");
+  b_->OnMessage(2, R"({"action":"join","group":"ops"})", t0);
+  EXPECT_EQ(tb_.Of(2, "joined").size(), 1u);
+  auto presence = ta_.Of(1, "presence");
+  ASSERT_GE(presence.size(), 1u);
+  EXPECT_EQ(presence.back()["code"], 1001);
+  EXPECT_EQ(presence.back()["data"]["clientId"], "y");
+  EXPECT_EQ(presence.back()["groupName"], "ops");
+  EXPECT_EQ(a_->Online("fleet", "ops"), (std::vector<std::string>{"x", "y"}));
+  v1::PushMessage g;
+  g.set_kind(v1::PushMessage::SEND_TO_GROUP);
+  g.set_system_id("fleet");
+  g.set_group_name("ops");
+  a_->Submit(g, [](absl::StatusOr<std::string>) {});
+  EXPECT_EQ(ta_.Of(1, "message").size(), 1u);
+  EXPECT_EQ(tb_.Of(2, "message").size(), 1u);
+  b_->OnMessage(2, R"({"action":"leave","group":"ops"})", t0);
+  EXPECT_EQ(ta_.Of(1, "presence").back()["code"], 1002);
+  EXPECT_EQ(a_->Online("fleet", "ops"), std::vector<std::string>{"x"});
+}
+
+TEST_F(PushNodeTest, RecoverReplaysMissedMessagesOnAnotherNodeOr410) {
+  Open(a_.get(), 1, "systemId=fleet&clientId=c");
+  for (int i = 0; i < 3; ++i) bus_.Emit(DeviceOnline("d" + std::to_string(i)), {{"fleet", ""}});
+  const auto seen = ta_.Of(1, "device.online");
+  ASSERT_EQ(seen.size(), 3u);
+  a_->OnClose(1);
+  for (int i = 3; i < 5; ++i) bus_.Emit(DeviceOnline("d" + std::to_string(i)), {{"fleet", ""}});
+  // Reconnect to the other node, recovering after offset 3 of ep1.
+  Open(b_.get(), 2, "systemId=fleet&clientId=c&recover=%7B%22system%22%3A%5B%22ep1%22%2C3%5D%7D");
+  auto replayed = tb_.Of(2, "device.online");
+  ASSERT_EQ(replayed.size(), 2u);
+  EXPECT_EQ(replayed[0]["offset"], 4);
+  EXPECT_EQ(replayed[1]["offset"], 5);
+  EXPECT_EQ(replayed[0]["data"]["deviceId"], "d3");
+  bus_.Emit(DeviceOnline("d5"), {{"fleet", ""}});
+  EXPECT_EQ(tb_.Of(2, "device.online").back()["offset"], 6) << "then live, no gap or duplicate";
+  Open(b_.get(), 3, "systemId=fleet&recover=%7B%22system%22%3A%5B%22old%22%2C3%5D%7D");
+  auto gone = tb_.Of(3, "error");
+  ASSERT_EQ(gone.size(), 1u);
+  EXPECT_EQ(gone[0]["code"], 410);
+  EXPECT_EQ(gone[0]["data"]["stream"], "system");
+}
+
+TEST_F(PushNodeTest, SlowConsumerIsClosedWith4008) {
+  Open(a_.get(), 1, "systemId=fleet");
+  Open(a_.get(), 2, "systemId=fleet");
+  ta_.buffered = 5000;  // more than send_queue_bytes
+  bus_.Emit(DeviceOnline("d"), {{"fleet", ""}});
+  EXPECT_EQ(ta_.closed[1].first, 4008);
+  EXPECT_EQ(ta_.closed[1].second, "slow consumer");
+}
+
+TEST_F(PushNodeTest, ReusedClientIdReplacesTheOldSessionAcrossNodes) {
+  Open(a_.get(), 1, "systemId=fleet&clientId=same");
+  Open(a_.get(), 2, "systemId=fleet&clientId=same");
+  EXPECT_EQ(ta_.closed[1].first, 4009);
+  Open(b_.get(), 3, "systemId=fleet&clientId=same");
+  EXPECT_EQ(ta_.closed[2].first, 4009) << "the session on the other node is replaced too";
+  EXPECT_EQ(a_->Online("fleet", ""), std::vector<std::string>{"same"});
+}
+
+TEST_F(PushNodeTest, CommandIsAcceptedAtOnceAndItsResultReachesTheAskerOnce) {
+  Open(a_.get(), 1, "systemId=fleet&clientId=asker");
+  a_->OnMessage(1, R"({"action":"command","requestId":"r1","deviceId":"sim-0001","address":0,"count":2})", t0);
+  auto accepted = ta_.Of(1, "command.accepted");
+  ASSERT_EQ(accepted.size(), 1u);
+  EXPECT_EQ(accepted[0]["data"]["requestId"], "r1");
+  ASSERT_EQ(up_a_.dispatched.size(), 1u);
+  const v1::Command& sent = up_a_.dispatched[0];
+  EXPECT_EQ(sent.command_id(), accepted[0]["data"]["commandId"]);
+  EXPECT_EQ(sent.client_id(), "asker");
+  EXPECT_EQ(sent.origin_node(), "node-a");
+  // Ingest emits the result on the device's and the fleet's streams.
+  v1::Event result;
+  v1::CommandResult* r = result.mutable_data();
+  r->set_command_id(sent.command_id());
+  r->set_request_id("r1");
+  r->set_device_id("sim-0001");
+  r->set_code(200);
+  r->set_msg("success");
+  r->set_solicited(true);
+  r->set_origin_node("node-a");
+  r->set_client_id("asker");
+  r->set_system_id("fleet");
+  r->set_request(std::string("\x01\x03", 2));
+  auto* v = r->add_values();
+  v->set_name("temperature");
+  v->set_json_value("21.5");
+  v->set_unit("°C");
+  v->add_raw(215);
+  bus_.Emit(result, {{"sim-0001", ""}, {"fleet", ""}});
+  auto results = ta_.Of(1, "command.result");
+  ASSERT_EQ(results.size(), 1u) << "once, though the asker is in the fleet stream too";
+  EXPECT_EQ(results[0]["code"], 200);
+  EXPECT_EQ(results[0]["data"]["values"]["temperature"]["value"], 21.5);
+  EXPECT_EQ(results[0]["data"]["request"], "0103");
+  EXPECT_TRUE(results[0]["data"]["exception"].is_null());
+}
+
+TEST_F(PushNodeTest, CommandResultReachesAnAskerOutsideTheStreamsDirectly) {
+  Open(a_.get(), 1, "systemId=console&clientId=asker");
+  a_->OnMessage(1, R"({"action":"command","requestId":"r1","deviceId":"sim-0001","address":0,"count":1})", t0);
+  v1::Event result;
+  result.mutable_data()->set_solicited(true);
+  result.mutable_data()->set_origin_node("node-a");
+  result.mutable_data()->set_client_id("asker");
+  result.mutable_data()->set_code(2004);
+  bus_.Emit(result, {{"sim-0001", ""}, {"fleet", ""}});
+  auto results = ta_.Of(1, "command.result");
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0]["code"], 2004);
+  EXPECT_FALSE(results[0].contains("offset")) << "direct copies are not stream messages";
+}
+
+TEST_F(PushNodeTest, CommandRefusals) {
+  FakeTransport t;
+  common::MetricsRegistry m;
+  auto secure = Make("s", &t, &up_a_, &m, "k");
+  auto open = [&](ConnId conn, const std::string& claims, const std::string& system) {
+    auto v = secure->Validate("systemId=" + system + "&token=" + SignJwt(claims, "k"), "", t0);
+    ASSERT_TRUE(std::holds_alternative<ConnectRequest>(v));
+    secure->OnOpen(conn, std::get<ConnectRequest>(v), t0);
+  };
+  open(1, R"({"sub":"sim-0001","exp":1900000000})", "sim-0001");
+  open(2, R"({"sub":"sim-0001","cmd":true,"exp":1900000000})", "sim-0001");
+  const std::string to_other = R"({"action":"command","requestId":"r","deviceId":"sim-0002","address":0,"count":1})";
+  const std::string to_own = R"({"action":"command","requestId":"r","deviceId":"sim-0001","address":0,"count":1})";
+  secure->OnMessage(1, to_own, t0);
+  EXPECT_EQ(t.Of(1, "error").back()["code"], 403);
+  secure->OnMessage(2, to_other, t0);
+  EXPECT_EQ(t.Of(2, "error").back()["code"], 403);
+  EXPECT_EQ(t.Of(2, "error").back()["data"]["requestId"], "r");
+  up_a_.is_up = false;
+  secure->OnMessage(2, to_own, t0);
+  EXPECT_EQ(t.Of(2, "error").back()["code"], 503);
+  absl::StatusOr<std::string> id;
+  v1::PushMessage all;
+  all.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
+  all.set_system_id("fleet");
+  a_->Submit(all, [&](absl::StatusOr<std::string> r) { id = r; });
+  EXPECT_EQ(common::ResultCodeOf(id.status()), common::kCodeUnavailable);
+}
+
+TEST_F(PushNodeTest, ApiTokens) {
+  FakeTransport t;
+  common::MetricsRegistry m;
+  auto secure = Make("s", &t, &up_a_, &m, "k");
+  EXPECT_FALSE(secure->CheckApiToken("", "fleet", t0).ok());
+  EXPECT_FALSE(secure->CheckApiToken("Bearer " + SignJwt(R"({"sub":"fleet","exp":1900000000})", "k"), "fleet", t0).ok());
+  EXPECT_TRUE(secure->CheckApiToken("Bearer " + SignJwt(R"({"sub":"fleet","api":true,"exp":1900000000})", "k"), "fleet", t0).ok());
+  EXPECT_FALSE(secure->CheckApiToken("Bearer " + SignJwt(R"({"sub":"x","api":true,"exp":1900000000})", "k"), "fleet", t0).ok());
+  EXPECT_TRUE(a_->CheckApiToken("", "fleet", t0).ok()) << "no auth configured";
+}
+
+}  // namespace
+}  // namespace devbridge::push
