@@ -20,9 +20,11 @@ constexpr uint32_t kMaxReadings = 10000;
 class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
  public:
   Subscription(Poster post, EventLog* log, v1::SubscribeRequest request, std::atomic<int>* count,
-               common::Counter* sent)
-      : post_(std::move(post)), log_(log), request_(std::move(request)), count_(count), sent_(sent) {
+               common::Counter* sent, NodeTracker* nodes)
+      : post_(std::move(post)), log_(log), request_(std::move(request)), count_(count), sent_(sent), nodes_(nodes) {
     count_->fetch_add(1);
+    // Tell the subscriber at once that the stream is up, even if no event comes for a while.
+    StartSendInitialMetadata();
     post_([this] { Begin(); });
   }
 
@@ -43,6 +45,7 @@ class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
     post_([this] {
       *alive_ = false;
       count_->fetch_sub(1);
+      nodes_->Left(request_.node_id(), log_);
       common::Logger("ingest.rpc")->info("subscriber {} left at seq {}", request_.node_id(), next_ - 1);
       delete this;
     });
@@ -50,6 +53,7 @@ class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
 
  private:
   void Begin() {
+    nodes_->Joined(request_.node_id());
     ReadStart start = log_->Start(request_);
     next_ = start.next_seq;
     reset_ = std::move(start.reset);
@@ -112,6 +116,7 @@ class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
   v1::SubscribeRequest request_;
   std::atomic<int>* count_;
   common::Counter* sent_;
+  NodeTracker* nodes_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::shared_ptr<const std::string> reset_;
   v1::EventBatch batch_;
@@ -132,6 +137,24 @@ grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx, grpc::StatusC
 }
 
 }  // namespace
+
+void NodeTracker::Joined(const std::string& node) {
+  if (!node.empty()) ++streams_[node];
+}
+
+void NodeTracker::Left(const std::string& node, EventLog* log) {
+  if (node.empty()) return;
+  auto it = streams_.find(node);
+  if (it == streams_.end() || --it->second > 0) return;
+  streams_.erase(it);
+  // The node's last stream ended: its clients are gone as far as the cluster knows.
+  v1::Event event;
+  v1::PushMessage* m = event.mutable_push();
+  m->set_kind(v1::PushMessage::NODE_DOWN);
+  m->set_origin_node(node);
+  log->Append(std::move(event), {}, absl::Now());
+  common::Logger("ingest.rpc")->info("push node {} has no stream left: announced NODE_DOWN", node);
+}
 
 std::vector<StreamRef> StreamsOf(const v1::PushMessage& message) {
   switch (message.kind()) {
@@ -211,8 +234,11 @@ grpc::ServerUnaryReactor* IngestService::GetReadings(grpc::CallbackServerContext
 }
 
 grpc::ServerWriteReactor<v1::EventBatch>* IngestService::Subscribe(
-    grpc::CallbackServerContext* /*ctx*/, const v1::SubscribeRequest* request) {
-  return new Subscription(post_, log_, *request, &subscribers_, events_sent_);
+    grpc::CallbackServerContext* ctx, const v1::SubscribeRequest* request) {
+  // The epoch never changes in a process, so reading it here is safe. Subscribers see this
+  // initial metadata as soon as the stream is established.
+  ctx->AddInitialMetadata("devbridge-epoch", log_->epoch());
+  return new Subscription(post_, log_, *request, &subscribers_, events_sent_, &nodes_);
 }
 
 grpc::ServerUnaryReactor* IngestService::Publish(grpc::CallbackServerContext* ctx,
@@ -221,7 +247,10 @@ grpc::ServerUnaryReactor* IngestService::Publish(grpc::CallbackServerContext* ct
   if (request->kind() == v1::PushMessage::KIND_UNSPECIFIED) {
     return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "kind is required");
   }
-  if (!IsValidDeviceId(request->system_id())) {
+  const bool node_message = request->kind() == v1::PushMessage::NODE_HELLO ||
+                            request->kind() == v1::PushMessage::NODE_SNAPSHOT ||
+                            request->kind() == v1::PushMessage::NODE_DOWN;
+  if (!node_message && !IsValidDeviceId(request->system_id())) {
     return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "system_id must match [A-Za-z0-9_.:-]{1,64}");
   }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();

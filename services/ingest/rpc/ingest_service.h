@@ -6,6 +6,9 @@
 
 #include <atomic>
 #include <functional>
+#include <string>
+
+#include "absl/container/flat_hash_map.h"
 
 #include "common/metrics.h"
 #include "devbridge/v1/ingest.grpc.pb.h"
@@ -17,6 +20,17 @@ namespace devbridge::ingest {
 
 // Runs a function on the io thread.
 using Poster = std::function<void(std::function<void()>)>;
+
+// Counts event streams per push node id (io thread only). When a node's last stream ends,
+// NODE_DOWN goes into the event log, so every other replica forgets that node's clients.
+class NodeTracker {
+ public:
+  void Joined(const std::string& node);
+  void Left(const std::string& node, EventLog* log);
+
+ private:
+  absl::flat_hash_map<std::string, int> streams_;
+};
 
 class IngestService final : public v1::Ingest::CallbackService {
  public:
@@ -47,6 +61,7 @@ class IngestService final : public v1::Ingest::CallbackService {
   Store* store_;
   std::atomic<int> subscribers_{0};
   common::Counter* events_sent_;
+  NodeTracker nodes_;
 };
 
 // The streams a Push API operation is a message of (see docs/design.md): a system's stream

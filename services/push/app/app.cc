@@ -1,0 +1,161 @@
+#include "services/push/app/app.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <asio.hpp>
+#include <future>
+#include <thread>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "services/push/core/push_node.h"
+#include "services/push/http/http_api.h"
+#include "services/push/rpc/push_service.h"
+#include "services/push/upstream/ingest_link.h"
+#include "services/push/ws/ws_server.h"
+
+namespace devbridge::push {
+
+struct App::Impl : public Transport, public WsHandler {
+  explicit Impl(PushOptions o) : options(std::move(o)), log(common::Logger("push")) {}
+
+  void Post(std::function<void()> fn) { asio::post(io, std::move(fn)); }
+
+  // Transport
+  size_t Send(ConnId conn, const std::shared_ptr<const std::string>& frame) override { return ws->Send(conn, *frame); }
+  void Close(ConnId conn, int code, const std::string& reason) override { ws->Close(conn, code, reason); }
+
+  // WsHandler
+  std::optional<std::pair<int, std::string>> OnHandshake(uint64_t conn, absl::string_view query,
+                                                         absl::string_view origin) override {
+    auto result = node->Validate(query, origin, absl::Now());
+    if (auto* refusal = std::get_if<Refusal>(&result)) {
+      log->debug("handshake refused ({}): {}", refusal->status, refusal->message);
+      return std::make_pair(refusal->status, refusal->message);
+    }
+    pending[conn] = std::get<ConnectRequest>(std::move(result));
+    return std::nullopt;
+  }
+  void OnOpen(uint64_t conn) override {
+    auto it = pending.find(conn);
+    if (it == pending.end()) return;
+    ConnectRequest req = std::move(it->second);
+    pending.erase(it);
+    node->OnOpen(conn, std::move(req), absl::Now());
+  }
+  void OnMessage(uint64_t conn, absl::string_view text) override { node->OnMessage(conn, text, absl::Now()); }
+  void OnClose(uint64_t conn) override {
+    pending.erase(conn);
+    node->OnClose(conn);
+  }
+  void OnHttp(const httpd::Request& request, std::function<void(httpd::Response)> reply) override {
+    api->Handle(request, std::move(reply));
+  }
+
+  PushOptions options;
+  std::shared_ptr<spdlog::logger> log;
+  common::MetricsRegistry metrics;
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
+  std::unique_ptr<IngestLink> link;
+  std::unique_ptr<PushNode> node;
+  std::unique_ptr<HttpApi> api;
+  absl::flat_hash_map<uint64_t, ConnectRequest> pending;
+  std::unique_ptr<WsServer> ws;
+  std::unique_ptr<PushService> service;
+  std::unique_ptr<grpc::Server> grpc_server;
+  int grpc_port = 0;
+  std::thread io_thread;
+  bool shut_down = false;
+};
+
+absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
+  auto impl = std::make_unique<Impl>(std::move(options));
+  Impl& s = *impl;
+  const PushOptions& o = s.options;
+  if (o.node_id.empty()) return absl::InvalidArgumentError("node_id is empty");
+  if (o.auth_secret.empty()) {
+    s.log->warn("auth_secret is empty: WebSocket clients and API callers are NOT authenticated");
+  }
+  LinkOptions lo;
+  lo.ingest_addr = o.ingest_addr;
+  lo.node_id = o.node_id;
+  s.link = std::make_unique<IngestLink>(
+      lo, [&s](std::function<void()> fn) { s.Post(std::move(fn)); },
+      [&s](std::vector<v1::Event> events) {
+        const absl::Time now = absl::Now();
+        for (const v1::Event& e : events) s.node->OnEvent(e, now);
+      },
+      [&s](bool up) {
+        s.log->log(up ? spdlog::level::info : spdlog::level::warn, "upstream ingest {}", up ? "up" : "DOWN");
+        s.node->OnUpstream(up);
+      },
+      &s.metrics);
+  NodeOptions no;
+  no.node_id = o.node_id;
+  no.fleet_system = o.fleet_system;
+  no.auth_secret = o.auth_secret;
+  no.allowed_origins = o.allowed_origins;
+  no.history_size = o.history_size;
+  no.history_ttl = o.history_ttl;
+  no.send_queue_bytes = o.send_queue_bytes;
+  s.node = std::make_unique<PushNode>(no, &s, s.link.get(), &s.metrics);
+  s.api = std::make_unique<HttpApi>(s.node.get(), o.web_root, &s.metrics);
+
+  WsOptions wo;
+  wo.listen = o.listen;
+  wo.max_message_bytes = o.max_message_bytes;
+  wo.ping_interval = o.ping_interval;
+  wo.pong_timeout = o.pong_timeout;
+  auto ws = WsServer::Start(s.io, wo, &s);
+  if (!ws.ok()) return ws.status();
+  s.ws = *std::move(ws);
+
+  s.service = std::make_unique<PushService>([&s](std::function<void()> fn) { s.Post(std::move(fn)); }, s.node.get());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(o.grpc_listen, grpc::InsecureServerCredentials(), &s.grpc_port);
+  builder.RegisterService(s.service.get());
+  s.grpc_server = builder.BuildAndStart();
+  if (!s.grpc_server || s.grpc_port == 0) return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", o.grpc_listen));
+
+  s.io_thread = std::thread([&s] { s.io.run(); });
+  s.link->Start();
+  s.log->info("node {}: WebSocket and HTTP on {} (port {}), gRPC on {} (port {}), ingest at {}, web_root {}",
+              o.node_id, o.listen, s.ws->port(), o.grpc_listen, s.grpc_port, o.ingest_addr,
+              o.web_root.empty() ? "(none)" : o.web_root);
+  return std::unique_ptr<App>(new App(std::move(impl)));
+}
+
+App::App(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+App::~App() { Shutdown(); }
+
+int App::port() const { return impl_->ws->port(); }
+int App::grpc_port() const { return impl_->grpc_port; }
+
+void App::Shutdown() {
+  Impl& s = *impl_;
+  if (s.shut_down) return;
+  s.shut_down = true;
+  s.log->info("shutting down");
+  s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  std::promise<void> closed;
+  s.Post([&s, &closed] {
+    s.ws->Shutdown();
+    closed.set_value();
+  });
+  closed.get_future().wait();
+  s.link->Stop();
+  // Give close frames a moment to go out, then stop the loop.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  s.work.reset();
+  s.io.stop();
+  s.io_thread.join();
+  s.log->info("stopped");
+}
+
+}  // namespace devbridge::push

@@ -1,0 +1,152 @@
+#include "services/push/http/http_api.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+#include "nlohmann/json.hpp"
+
+namespace devbridge::push {
+namespace {
+
+using Json = nlohmann::json;
+
+std::string Str(const Json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return "";
+  return it->is_string() ? it->get<std::string>() : it->dump();
+}
+
+}  // namespace
+
+httpd::Response ApiReply(int code, const std::string& msg, const std::string& data_json) {
+  std::string body = absl::StrCat("{\"code\":", code, ",\"msg\":");
+  AppendJsonString(&body, msg);
+  absl::StrAppend(&body, ",\"data\":", data_json.empty() ? "null" : data_json, "}");
+  return {code == 0 ? 200 : code, "application/json", body};
+}
+
+std::string ContentType(const std::string& path) {
+  static const std::pair<const char*, const char*> kTypes[] = {
+      {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+      {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
+      {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
+      {".ico", "image/x-icon"}, {".txt", "text/plain; charset=utf-8"}, {".webmanifest", "application/manifest+json"}};
+  for (const auto& [ext, type] : kTypes) {
+    if (absl::EndsWith(path, ext)) return type;
+  }
+  return "application/octet-stream";
+}
+
+HttpApi::HttpApi(PushNode* node, std::string web_root, common::MetricsRegistry* metrics)
+    : node_(node), web_root_(std::move(web_root)), metrics_(metrics) {
+  api_calls_ = &metrics->AddCounter("devbridge_push_api_calls_total", "HTTP API calls.");
+  api_errors_ = &metrics->AddCounter("devbridge_push_api_errors_total", "HTTP API calls answered with an error.");
+}
+
+void HttpApi::Handle(const httpd::Request& request, std::function<void(httpd::Response)> reply) {
+  if (request.path == "/healthz") {
+    const bool up = node_->upstream_up();
+    return reply({up ? 200 : 503, "text/plain; charset=utf-8", up ? "ok\n" : "unavailable: no event stream from ingest\n"});
+  }
+  if (request.path == "/metrics") {
+    return reply({200, "text/plain; version=0.0.4; charset=utf-8", metrics_->Render()});
+  }
+  if (absl::StartsWith(request.path, "/api/")) {
+    if (request.method != "POST") return reply(ApiReply(405, "use POST", ""));
+    return Api(request.path.substr(5), request, std::move(reply));
+  }
+  if (request.method != "GET" && request.method != "HEAD") return reply({405, "text/plain", "method not allowed\n"});
+  reply(Static(request.path));
+}
+
+httpd::Response HttpApi::Static(const std::string& path) const {
+  if (web_root_.empty()) return {404, "text/plain; charset=utf-8", "no web_root configured\n"};
+  std::string rel = path == "/" || path.empty() ? "/index.html" : path;
+  if (absl::StrContains(rel, "..") || absl::StrContains(rel, "//")) return {404, "text/plain", "not found\n"};
+  std::ifstream in(web_root_ + rel, std::ios::binary);
+  if (!in) return {404, "text/plain; charset=utf-8", "not found\n"};
+  std::stringstream body;
+  body << in.rdbuf();
+  return {200, ContentType(rel), body.str()};
+}
+
+void HttpApi::Api(const std::string& op, const httpd::Request& request, std::function<void(httpd::Response)> reply) {
+  api_calls_->Inc();
+  auto fail = [&](int code, const std::string& msg) {
+    api_errors_->Inc();
+    reply(ApiReply(code, msg, ""));
+  };
+  auto header = [&](const char* name) {
+    auto it = request.headers.find(name);
+    return it == request.headers.end() ? std::string() : it->second;
+  };
+  const std::string system = header("systemid");
+  if (system.empty()) return fail(400, "header SystemId is required");
+  if (absl::Status auth = node_->CheckApiToken(header("authorization"), system, absl::Now()); !auth.ok()) {
+    return fail(401, std::string(auth.message()));
+  }
+  const Json body = request.body.empty() ? Json::object() : Json::parse(request.body, nullptr, false);
+  if (!body.is_object()) return fail(400, "body must be a JSON object");
+
+  if (op == "get_online_list") {
+    const std::vector<std::string> list = node_->Online(system, Str(body, "groupName"));
+    Json data = {{"count", list.size()}, {"list", list}};
+    return reply(ApiReply(0, "success", data.dump()));
+  }
+  v1::PushMessage m;
+  m.set_system_id(system);
+  m.set_send_user_id(Str(body, "sendUserId"));
+  m.set_msg(Str(body, "msg"));
+  if (auto code = body.find("code"); code != body.end() && code->is_number_integer()) m.set_code(code->get<int>());
+  if (auto data = body.find("data"); data != body.end()) m.set_data(data->dump());
+  if (op == "send_to_client") {
+    m.set_kind(v1::PushMessage::SEND_TO_CLIENTS);
+    m.add_client_ids(Str(body, "clientId"));
+  } else if (op == "send_to_clients") {
+    m.set_kind(v1::PushMessage::SEND_TO_CLIENTS);
+    auto ids = body.find("clientIds");
+    if (ids == body.end() || !ids->is_array()) return fail(400, "clientIds must be an array");
+    for (const auto& id : *ids) m.add_client_ids(id.is_string() ? id.get<std::string>() : id.dump());
+  } else if (op == "send_to_group") {
+    m.set_kind(v1::PushMessage::SEND_TO_GROUP);
+    m.set_group_name(Str(body, "groupName"));
+  } else if (op == "send_to_system") {
+    m.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
+  } else if (op == "bind_to_group") {
+    m.set_kind(v1::PushMessage::BIND_GROUP);
+    m.add_client_ids(Str(body, "clientId"));
+    m.set_group_name(Str(body, "groupName"));
+    m.set_user_id(Str(body, "userId"));
+    m.set_extend(Str(body, "extend"));
+  } else if (op == "unbind_from_group") {
+    m.set_kind(v1::PushMessage::UNBIND_GROUP);
+    m.add_client_ids(Str(body, "clientId"));
+    m.set_group_name(Str(body, "groupName"));
+  } else if (op == "close_client") {
+    m.set_kind(v1::PushMessage::CLOSE_CLIENT);
+    m.add_client_ids(Str(body, "clientId"));
+  } else {
+    return fail(404, absl::StrCat("no API /api/", op));
+  }
+  const bool returns_id = m.kind() == v1::PushMessage::SEND_TO_CLIENTS || m.kind() == v1::PushMessage::SEND_TO_GROUP ||
+                          m.kind() == v1::PushMessage::SEND_TO_SYSTEM;
+  node_->Submit(std::move(m), [this, returns_id, reply = std::move(reply)](absl::StatusOr<std::string> id) {
+    if (!id.ok()) {
+      api_errors_->Inc();
+      return reply(ApiReply(common::ResultCodeOf(id.status()), std::string(id.status().message()), ""));
+    }
+    std::string data;
+    if (returns_id) {
+      data = "{\"messageId\":";
+      AppendJsonString(&data, *id);
+      data.push_back('}');
+    }
+    reply(ApiReply(0, "success", data));
+  });
+}
+
+}  // namespace devbridge::push

@@ -1,0 +1,149 @@
+#include "services/push/upstream/ingest_link.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+#include "common/log.h"
+
+namespace devbridge::push {
+
+IngestLink::IngestLink(LinkOptions options, Poster post, std::function<void(std::vector<v1::Event>)> on_events,
+                       std::function<void(bool)> on_state, common::MetricsRegistry* metrics)
+    : options_(std::move(options)),
+      post_(std::move(post)),
+      on_events_(std::move(on_events)),
+      on_state_(std::move(on_state)) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  channel_ = grpc::CreateCustomChannel(options_.ingest_addr, grpc::InsecureChannelCredentials(), args);
+  stub_ = v1::Ingest::NewStub(channel_);
+  reconnects_ = &metrics->AddCounter("devbridge_push_upstream_reconnects_total", "Event stream reconnects.");
+  resets_ = &metrics->AddCounter("devbridge_push_upstream_resets_total", "Event stream resumes that lost events.");
+  metrics->AddGaugeFn("devbridge_push_upstream_up", "1 while the event stream from ingest is up.", {},
+                      [this] { return up_.load() ? 1.0 : 0.0; });
+}
+
+IngestLink::~IngestLink() { Stop(); }
+
+void IngestLink::Start() {
+  thread_ = std::thread([this] { SubscribeLoop(); });
+}
+
+void IngestLink::Stop() {
+  if (stopping_.exchange(true)) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (current_ != nullptr) current_->TryCancel();
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void IngestLink::SetUp(bool up) {
+  if (up_.exchange(up) == up) return;
+  post_([this, up] { on_state_(up); });
+}
+
+void IngestLink::SubscribeLoop() {
+  auto log = common::Logger("push.upstream");
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<double> jitter(0.5, 1.0);
+  absl::Duration backoff = options_.min_backoff;
+  bool first = true;
+  while (!stopping_) {
+    grpc::ClientContext ctx;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) break;
+      current_ = &ctx;
+    }
+    v1::SubscribeRequest req;
+    req.set_node_id(options_.node_id);
+    if (epoch_.empty()) {
+      req.set_from_oldest(true);  // fill the recovery histories with what ingest still holds
+    } else {
+      req.set_resume_epoch(epoch_);
+      req.set_resume_after_seq(seq_);
+    }
+    std::unique_ptr<grpc::ClientReader<v1::EventBatch>> reader = stub_->Subscribe(&ctx, req);
+    reader->WaitForInitialMetadata();
+    if (ctx.GetServerInitialMetadata().count("devbridge-epoch") > 0) {
+      if (!first) reconnects_->Inc();
+      log->info("event stream from {} is up ({})", options_.ingest_addr,
+                epoch_.empty() ? std::string("from the oldest event held")
+                               : absl::StrCat("resuming after ", epoch_, "/", seq_));
+      first = false;
+      backoff = options_.min_backoff;
+      SetUp(true);
+      v1::EventBatch batch;
+      while (reader->Read(&batch)) {
+        std::vector<v1::Event> events(batch.events_size());
+        for (int i = 0; i < batch.events_size(); ++i) {
+          if (!events[i].ParseFromString(batch.events(i))) continue;
+          if (events[i].has_reset()) resets_->Inc();
+          if (events[i].seq() > 0) {
+            epoch_ = events[i].epoch();
+            seq_ = events[i].seq();
+          } else if (events[i].has_reset()) {
+            epoch_ = events[i].epoch();
+            seq_ = events[i].reset().oldest_seq() > 0 ? events[i].reset().oldest_seq() - 1 : 0;
+          }
+        }
+        post_([this, events = std::move(events)]() mutable { on_events_(std::move(events)); });
+      }
+    }
+    const grpc::Status status = reader->Finish();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      current_ = nullptr;
+    }
+    SetUp(false);
+    if (stopping_) break;
+    log->warn("event stream from {} ended: {}; reconnecting", options_.ingest_addr, status.error_message());
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(backoff * jitter(rng)), [this] { return stopping_.load(); });
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+void IngestLink::Publish(v1::PushMessage message, std::function<void(absl::Status)> done) {
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::PushMessage request;
+    v1::PublishResponse response;
+  };
+  auto call = std::make_shared<Call>();
+  call->request = std::move(message);
+  call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.publish_deadline));
+  stub_->async()->Publish(&call->ctx, &call->request, &call->response,
+                          [this, call, done = std::move(done)](grpc::Status status) mutable {
+                            post_([status, done = std::move(done)] { done(common::FromGrpcStatus(status)); });
+                          });
+}
+
+void IngestLink::Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) {
+  struct Call {
+    grpc::ClientContext ctx;
+    v1::Command request;
+    v1::CommandResult response;
+  };
+  auto call = std::make_shared<Call>();
+  const absl::Duration timeout = absl::Milliseconds(command.timeout_ms() == 0 ? 60000 : command.timeout_ms());
+  call->request = std::move(command);
+  call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout + absl::Seconds(5)));
+  stub_->async()->Dispatch(&call->ctx, &call->request, &call->response,
+                           [this, call, done = std::move(done)](grpc::Status status) mutable {
+                             post_([call, status, done = std::move(done)] {
+                               if (!status.ok()) return done(common::FromGrpcStatus(status));
+                               done(call->response);
+                             });
+                           });
+}
+
+}  // namespace devbridge::push

@@ -1,0 +1,74 @@
+// Push's link to ingest over gRPC: the event stream (subscribed on a thread of its own,
+// resumed after the last event seen, reconnected with backoff), and Dispatch and Publish
+// calls on the callback API. Everything it hands back is posted to the io thread.
+#ifndef DEVBRIDGE_SERVICES_PUSH_UPSTREAM_INGEST_LINK_H_
+#define DEVBRIDGE_SERVICES_PUSH_UPSTREAM_INGEST_LINK_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "devbridge/v1/ingest.grpc.pb.h"
+#include "services/push/core/push_node.h"
+
+namespace devbridge::push {
+
+using Poster = std::function<void(std::function<void()>)>;
+
+struct LinkOptions {
+  std::string ingest_addr = "127.0.0.1:7070";
+  std::string node_id;
+  absl::Duration min_backoff = absl::Milliseconds(100);
+  absl::Duration max_backoff = absl::Seconds(5);
+  absl::Duration publish_deadline = absl::Seconds(5);
+};
+
+class IngestLink : public Upstream {
+ public:
+  // `on_events` gets each batch of events in order; `on_state` each change of the stream's
+  // state. Both run on the io thread through `post`.
+  IngestLink(LinkOptions options, Poster post, std::function<void(std::vector<v1::Event>)> on_events,
+             std::function<void(bool)> on_state, common::MetricsRegistry* metrics);
+  ~IngestLink() override;
+
+  void Start();
+  void Stop();
+
+  bool up() const override { return up_.load(); }
+  void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) override;
+  void Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) override;
+
+ private:
+  void SubscribeLoop();
+  void SetUp(bool up);
+
+  LinkOptions options_;
+  Poster post_;
+  std::function<void(std::vector<v1::Event>)> on_events_;
+  std::function<void(bool)> on_state_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::Ingest::Stub> stub_;
+  std::atomic<bool> up_{false};
+  std::atomic<bool> stopping_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  grpc::ClientContext* current_ = nullptr;  // guarded by mu_
+  std::string epoch_;                       // last event seen (subscriber thread only)
+  uint64_t seq_ = 0;
+  std::thread thread_;
+  common::Counter* reconnects_;
+  common::Counter* resets_;
+};
+
+}  // namespace devbridge::push
+
+#endif  // DEVBRIDGE_SERVICES_PUSH_UPSTREAM_INGEST_LINK_H_

@@ -1,0 +1,214 @@
+#include "services/push/ws/ws_server.h"
+
+#include <websocketpp/config/asio_no_tls.hpp>
+#include <websocketpp/server.hpp>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+
+namespace devbridge::push {
+namespace {
+
+// Each connection carries its id from the handshake on.
+struct ConnectionData {
+  uint64_t id = 0;
+  bool opened = false;
+};
+
+struct Config : public websocketpp::config::asio {
+  typedef websocketpp::config::asio core;
+  typedef core::concurrency_type concurrency_type;
+  typedef core::request_type request_type;
+  typedef core::response_type response_type;
+  typedef core::message_type message_type;
+  typedef core::con_msg_manager_type con_msg_manager_type;
+  typedef core::endpoint_msg_manager_type endpoint_msg_manager_type;
+  typedef core::alog_type alog_type;
+  typedef core::elog_type elog_type;
+  typedef core::rng_type rng_type;
+  typedef core::transport_type transport_type;
+  typedef core::endpoint_base endpoint_base;
+  typedef ConnectionData connection_base;
+  static const size_t connection_read_buffer_size = 16384;
+};
+
+using Server = websocketpp::server<Config>;
+using ConnectionPtr = Server::connection_ptr;
+
+constexpr int kCloseNoPong = 4010;
+
+}  // namespace
+
+struct WsServer::Impl {
+  Impl(asio::io_context& io_context, WsOptions o, WsHandler* h) : io(io_context), options(std::move(o)), handler(h) {}
+
+  ConnectionPtr Find(uint64_t id) {
+    auto it = conns.find(id);
+    if (it == conns.end()) return nullptr;
+    std::error_code ec;
+    ConnectionPtr con = server.get_con_from_hdl(it->second, ec);
+    return ec ? nullptr : con;
+  }
+
+  void ArmPing() {
+    ping_timer->expires_after(absl::ToChronoMilliseconds(options.ping_interval));
+    ping_timer->async_wait([this](std::error_code ec) {
+      if (ec) return;
+      for (const auto& [id, hdl] : conns) {
+        std::error_code e;
+        ConnectionPtr con = server.get_con_from_hdl(hdl, e);
+        if (!e && con->get_state() == websocketpp::session::state::open) con->ping("", e);
+      }
+      ArmPing();
+    });
+  }
+
+  asio::io_context& io;
+  WsOptions options;
+  WsHandler* handler;
+  Server server;
+  uint64_t next_id = 1;
+  absl::flat_hash_map<uint64_t, websocketpp::connection_hdl> conns;
+  std::unique_ptr<asio::steady_timer> ping_timer;
+  bool shut_down = false;
+};
+
+absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, WsOptions options, WsHandler* handler) {
+  auto impl = std::make_unique<Impl>(io, std::move(options), handler);
+  Impl* s = impl.get();
+  Server& server = s->server;
+  server.clear_access_channels(websocketpp::log::alevel::all);
+  server.clear_error_channels(websocketpp::log::elevel::all);
+  std::error_code ec;
+  server.init_asio(&io, ec);
+  if (ec) return absl::InternalError(absl::StrCat("websocketpp init: ", ec.message()));
+  server.set_reuse_addr(true);
+  server.set_max_message_size(s->options.max_message_bytes);
+  server.set_max_http_body_size(s->options.max_http_body_bytes);
+  server.set_listen_backlog(4096);
+  server.set_pong_timeout(static_cast<long>(absl::ToInt64Milliseconds(s->options.pong_timeout)));
+
+  server.set_validate_handler([s](websocketpp::connection_hdl hdl) {
+    ConnectionPtr con = s->server.get_con_from_hdl(hdl);
+    const std::string resource = con->get_resource();
+    const size_t q = resource.find('?');
+    const std::string path = resource.substr(0, q);
+    if (path != "/ws") {
+      con->set_status(websocketpp::http::status_code::not_found);
+      con->set_body("{\"code\":404,\"msg\":\"WebSocket endpoint is /ws\"}");
+      return false;
+    }
+    con->id = s->next_id++;
+    auto refusal = s->handler->OnHandshake(con->id, q == std::string::npos ? "" : resource.substr(q + 1),
+                                           con->get_request_header("Origin"));
+    if (refusal) {
+      con->set_status(static_cast<websocketpp::http::status_code::value>(refusal->first));
+      std::string body = absl::StrCat("{\"code\":", refusal->first, ",\"msg\":\"");
+      for (char c : refusal->second) body += (c == '"' || c == '\\') ? '\'' : c;
+      body += "\"}";
+      con->set_body(body);
+      con->append_header("Content-Type", "application/json");
+      return false;
+    }
+    s->conns[con->id] = hdl;
+    return true;
+  });
+  server.set_open_handler([s](websocketpp::connection_hdl hdl) {
+    ConnectionPtr con = s->server.get_con_from_hdl(hdl);
+    con->opened = true;
+    s->handler->OnOpen(con->id);
+  });
+  server.set_message_handler([s](websocketpp::connection_hdl hdl, Server::message_ptr msg) {
+    ConnectionPtr con = s->server.get_con_from_hdl(hdl);
+    s->handler->OnMessage(con->id, msg->get_payload());
+  });
+  auto closed = [s](websocketpp::connection_hdl hdl) {
+    std::error_code e;
+    ConnectionPtr con = s->server.get_con_from_hdl(hdl, e);
+    if (e || con->id == 0) return;
+    if (s->conns.erase(con->id) > 0) s->handler->OnClose(con->id);
+  };
+  server.set_close_handler(closed);
+  server.set_fail_handler(closed);
+  server.set_pong_timeout_handler([s](websocketpp::connection_hdl hdl, std::string) {
+    std::error_code e;
+    ConnectionPtr con = s->server.get_con_from_hdl(hdl, e);
+    if (!e) con->close(kCloseNoPong, "no pong", e);
+  });
+  server.set_http_handler([s](websocketpp::connection_hdl hdl) {
+    ConnectionPtr con = s->server.get_con_from_hdl(hdl);
+    httpd::Request request;
+    request.method = con->get_request().get_method();
+    const std::string resource = con->get_resource();
+    const size_t q = resource.find('?');
+    request.path = resource.substr(0, q);
+    if (q != std::string::npos) request.query = resource.substr(q + 1);
+    for (const auto& [name, value] : con->get_request().get_headers()) {
+      request.headers[absl::AsciiStrToLower(name)] = value;
+    }
+    request.body = con->get_request_body();
+    con->defer_http_response();
+    // The reply keeps the connection alive: a deferred response has no pending I/O holding it.
+    s->handler->OnHttp(request, [con](httpd::Response response) {
+      std::error_code e;
+      ConnectionPtr c = con;
+      c->set_status(static_cast<websocketpp::http::status_code::value>(response.status));
+      c->append_header("Content-Type", response.content_type);
+      c->set_body(response.body);
+      c->send_http_response(e);
+    });
+  });
+
+  auto hp = httpd::SplitHostPort(s->options.listen);
+  if (!hp.ok()) return hp.status();
+  const asio::ip::address address = asio::ip::make_address(hp->first, ec);
+  if (ec) return absl::InvalidArgumentError(absl::StrCat("bad host in \"", s->options.listen, "\""));
+  server.listen(asio::ip::tcp::endpoint(address, static_cast<uint16_t>(hp->second)), ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot listen on ", s->options.listen, ": ", ec.message()));
+  server.start_accept(ec);
+  if (ec) return absl::UnavailableError(absl::StrCat("cannot accept on ", s->options.listen, ": ", ec.message()));
+  s->ping_timer = std::make_unique<asio::steady_timer>(io);
+  s->ArmPing();
+  return std::unique_ptr<WsServer>(new WsServer(std::move(impl)));
+}
+
+WsServer::WsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+WsServer::~WsServer() = default;
+
+int WsServer::port() const {
+  std::error_code ec;
+  auto ep = impl_->server.get_local_endpoint(ec);
+  return ec ? 0 : ep.port();
+}
+
+size_t WsServer::Send(uint64_t conn, const std::string& text) {
+  ConnectionPtr con = impl_->Find(conn);
+  if (!con) return 0;
+  std::error_code ec = con->send(text, websocketpp::frame::opcode::text);
+  return ec ? 0 : con->get_buffered_amount();
+}
+
+void WsServer::Close(uint64_t conn, int code, const std::string& reason) {
+  ConnectionPtr con = impl_->Find(conn);
+  if (!con) return;
+  std::error_code ec;
+  con->close(static_cast<websocketpp::close::status::value>(code), reason, ec);
+}
+
+void WsServer::Shutdown() {
+  if (impl_->shut_down) return;
+  impl_->shut_down = true;
+  std::error_code ec;
+  impl_->server.stop_listening(ec);
+  if (impl_->ping_timer) impl_->ping_timer->cancel();
+  std::vector<uint64_t> ids;
+  for (const auto& [id, hdl] : impl_->conns) ids.push_back(id);
+  for (uint64_t id : ids) Close(id, websocketpp::close::status::going_away, "server shutting down");
+}
+
+size_t WsServer::open_connections() const { return impl_->conns.size(); }
+
+}  // namespace devbridge::push
