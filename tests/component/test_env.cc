@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <asio.hpp>
 #include <fstream>
 #include <sstream>
 
@@ -98,6 +99,29 @@ std::string ReadFile(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+std::string HttpRequest(int port, const std::string& method, const std::string& path,
+                        const std::vector<std::pair<std::string, std::string>>& headers, const std::string& body,
+                        int* status) {
+  try {
+    asio::io_context io;
+    asio::ip::tcp::socket socket(io);
+    socket.connect({asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)});
+    std::string req = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for (const auto& [k, v] : headers) absl::StrAppend(&req, k, ": ", v, "\r\n");
+    absl::StrAppend(&req, "Content-Length: ", body.size(), "\r\n\r\n", body);
+    asio::write(socket, asio::buffer(req));
+    std::string out;
+    std::error_code ec;
+    asio::read(socket, asio::dynamic_buffer(out), ec);
+    if (status != nullptr) *status = out.size() > 12 ? std::atoi(out.substr(9, 3).c_str()) : 0;
+    const size_t at = out.find("\r\n\r\n");
+    return at == std::string::npos ? "" : out.substr(at + 4);
+  } catch (const std::exception& e) {
+    if (status != nullptr) *status = 0;
+    return e.what();
+  }
 }
 
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout) {

@@ -36,6 +36,11 @@ int WaitExit(int pid, absl::Duration timeout);
 // The text of a file ("" if unreadable).
 std::string ReadFile(const std::string& path);
 
+// A plain HTTP/1.1 request to 127.0.0.1:port; returns the body and sets *status.
+std::string HttpRequest(int port, const std::string& method, const std::string& path,
+                        const std::vector<std::pair<std::string, std::string>>& headers = {},
+                        const std::string& body = "", int* status = nullptr);
+
 // Polls `condition` every few milliseconds until it holds or `timeout` passes.
 bool WaitFor(const std::function<bool()>& condition, absl::Duration timeout = absl::Seconds(10));
 

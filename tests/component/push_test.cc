@@ -1,0 +1,329 @@
+// Two devbridge-push replicas against the real ingest, mosquitto and PostgreSQL, with
+// simulated devices and real WebSocket clients.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "devbridge/v1/push.grpc.pb.h"
+#include "services/push/app/app.h"
+#include "services/push/core/jwt.h"
+#include "tests/component/ingest_fixture.h"
+#include "tests/component/test_env.h"
+#include "tests/component/ws_client.h"
+
+namespace devbridge::testing {
+namespace {
+
+using Json = nlohmann::json;
+
+class PushTest : public IngestFixture {
+ protected:
+  void TearDown() override {
+    b_.reset();
+    a_.reset();
+    IngestFixture::TearDown();
+  }
+  std::unique_ptr<push::App> StartPush(const std::string& node,
+                                       const std::function<void(push::PushOptions&)>& adjust = nullptr) {
+    push::PushOptions o;
+    o.ingest_addr = absl::StrCat("127.0.0.1:", app_->grpc_port());
+    o.listen = "127.0.0.1:0";
+    o.grpc_listen = "127.0.0.1:0";
+    o.node_id = node;
+    o.ping_interval = absl::Seconds(5);
+    if (adjust) adjust(o);
+    auto app = push::App::Create(o);
+    EXPECT_TRUE(app.ok()) << app.status();
+    if (!app.ok()) return nullptr;
+    const int port = (*app)->port();
+    EXPECT_TRUE(WaitFor([&] {
+      int status = 0;
+      HttpRequest(port, "GET", "/healthz", {}, "", &status);
+      return status == 200;
+    })) << node << " never healthy";
+    return *std::move(app);
+  }
+  void StartCluster(const std::function<void(push::PushOptions&)>& adjust = nullptr) {
+    StartIngest();
+    a_ = StartPush("node-a", adjust);
+    b_ = StartPush("node-b", adjust);
+  }
+  Json Api(push::App* app, const std::string& op, const Json& body, const std::string& system = "fleet",
+           int* status = nullptr, const std::string& token = "") {
+    std::vector<std::pair<std::string, std::string>> headers = {{"SystemId", system},
+                                                                {"Content-Type", "application/json"}};
+    if (!token.empty()) headers.emplace_back("Authorization", "Bearer " + token);
+    return Json::parse(HttpRequest(app->port(), "POST", "/api/" + op, headers, body.dump(), status), nullptr, false);
+  }
+  // Waits until get_online_list on `app` shows `n` clients (membership crosses replicas).
+  bool WaitOnline(push::App* app, size_t n, const std::string& system = "fleet") {
+    return WaitFor([&] { return Api(app, "get_online_list", Json::object(), system)["data"]["count"] == n; });
+  }
+
+  std::unique_ptr<push::App> a_, b_;
+};
+
+TEST_F(PushTest, EveryApiOperationWorksAcrossReplicas) {
+  StartCluster();
+  auto on_a = WsClient::Connect(a_->port(), "systemId=fleet&clientId=alice&groups=ops");
+  auto on_b = WsClient::Connect(b_->port(), "systemId=fleet&clientId=bob");
+  ASSERT_TRUE(on_a->open());
+  ASSERT_TRUE(on_b->open());
+  EXPECT_EQ(on_a->WaitForType("connected")["data"]["node"], "node-a");
+  ASSERT_TRUE(WaitOnline(b_.get(), 2)) << "b must count the client on a";
+  ASSERT_TRUE(WaitOnline(a_.get(), 2));
+
+  Json r = Api(b_.get(), "send_to_client", {{"clientId", "alice"}, {"sendUserId", "ops-bot"}, {"code", 7}, {"msg", "hi"}, {"data", {{"x", 1}}}});
+  ASSERT_EQ(r["code"], 0) << r;
+  Json got = on_a->WaitFor([](const Json& f) { return f["type"] == "message" && f["code"] == 7; });
+  EXPECT_EQ(got["messageId"], r["data"]["messageId"]);
+  EXPECT_EQ(got["data"]["x"], 1);
+  EXPECT_EQ(got["sendUserId"], "ops-bot");
+
+  r = Api(a_.get(), "send_to_clients", {{"clientIds", {"alice", "bob"}}, {"data", "both"}});
+  ASSERT_EQ(r["code"], 0) << r;
+  EXPECT_FALSE(on_b->WaitFor([](const Json& f) { return f["type"] == "message" && f["data"] == "both"; }).is_null());
+
+  r = Api(b_.get(), "send_to_group", {{"groupName", "ops"}, {"data", "grp"}});
+  ASSERT_EQ(r["code"], 0) << r;
+  Json g = on_a->WaitFor([](const Json& f) { return f["type"] == "message" && f["data"] == "grp"; });
+  EXPECT_EQ(g["groupName"], "ops");
+  EXPECT_GT(g["offset"].get<int>(), 0);
+
+  r = Api(b_.get(), "bind_to_group", {{"clientId", "bob"}, {"groupName", "ops"}, {"userId", "u-bob"}, {"extend", "x"}});
+  ASSERT_EQ(r["code"], 0) << r;
+  Json presence = on_a->WaitFor([](const Json& f) {
+    return f["type"] == "presence" && f["code"] == 1001 && f["data"]["clientId"] == "bob";
+  });
+  EXPECT_EQ(presence["data"]["userId"], "u-bob");
+  EXPECT_TRUE(WaitFor([&] { return Api(a_.get(), "get_online_list", {{"groupName", "ops"}})["data"]["count"] == 2; }));
+  r = Api(a_.get(), "send_to_system", {{"data", "all"}});
+  ASSERT_EQ(r["code"], 0);
+  Json sys_a = on_a->WaitFor([](const Json& f) { return f["type"] == "message" && f["data"] == "all"; });
+  Json sys_b = on_b->WaitFor([](const Json& f) { return f["type"] == "message" && f["data"] == "all"; });
+  EXPECT_EQ(sys_a["offset"], sys_b["offset"]) << "epoch and offset are the same on every replica";
+  EXPECT_EQ(sys_a["epoch"], sys_b["epoch"]);
+
+  r = Api(a_.get(), "unbind_from_group", {{"clientId", "bob"}, {"groupName", "ops"}});
+  ASSERT_EQ(r["code"], 0);
+  EXPECT_FALSE(on_a->WaitFor([](const Json& f) { return f["type"] == "presence" && f["code"] == 1002; }).is_null());
+
+  int status = 0;
+  r = Api(a_.get(), "send_to_client", {{"clientId", "nobody"}}, "fleet", &status);
+  EXPECT_EQ(r["code"], 404);
+  EXPECT_EQ(status, 404);
+  r = Api(a_.get(), "no_such_op", Json::object(), "fleet", &status);
+  EXPECT_EQ(status, 404);
+
+  r = Api(a_.get(), "close_client", {{"clientId", "bob"}});
+  ASSERT_EQ(r["code"], 0);
+  EXPECT_TRUE(on_b->WaitClosed()) << "closed wherever it is";
+  EXPECT_TRUE(WaitOnline(a_.get(), 1));
+}
+
+TEST_F(PushTest, GrpcPushApiAcrossReplicas) {
+  StartCluster();
+  auto on_a = WsClient::Connect(a_->port(), "systemId=fleet&clientId=carol");
+  ASSERT_TRUE(on_a->open());
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", b_->grpc_port()), grpc::InsecureChannelCredentials());
+  auto stub = v1::Push::NewStub(channel);
+  ASSERT_TRUE(WaitFor([&] {
+    grpc::ClientContext ctx;
+    v1::ListOnlineRequest req;
+    req.set_system_id("fleet");
+    v1::ListOnlineReply reply;
+    return stub->ListOnline(&ctx, req, &reply).ok() && reply.count() == 1;
+  }));
+  grpc::ClientContext ctx;
+  v1::SendToClientRequest req;
+  req.set_system_id("fleet");
+  req.set_client_id("carol");
+  req.set_data(R"({"via":"grpc"})");
+  v1::SendReply reply;
+  ASSERT_TRUE(stub->SendToClient(&ctx, req, &reply).ok());
+  Json got = on_a->WaitFor([](const Json& f) { return f["type"] == "message"; });
+  EXPECT_EQ(got["data"]["via"], "grpc");
+  EXPECT_EQ(got["messageId"], reply.message_id());
+  grpc::ClientContext ctx2;
+  req.set_client_id("ghost");
+  EXPECT_EQ(stub->SendToClient(&ctx2, req, &reply).error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(PushTest, DeviceEventsFanOutAndCommandsRoundTrip) {
+  StartCluster();
+  auto fleet = WsClient::Connect(a_->port(), "systemId=fleet&clientId=console");
+  ASSERT_TRUE(fleet->open());
+  auto sim = StartSim();
+  const std::string id = sim->DeviceId(0);
+  auto own = WsClient::Connect(b_->port(), "systemId=" + id);
+  ASSERT_TRUE(own->open());
+  Json online = fleet->WaitFor([&](const Json& f) { return f["type"] == "device.online" && f["data"]["deviceId"] == id; });
+  ASSERT_FALSE(online.is_null()) << "fleet gets every device's events";
+  EXPECT_EQ(online["systemId"], "fleet");
+
+  fleet->Send(Json({{"action", "command"}, {"requestId", "req-1"}, {"deviceId", id}, {"address", 0}, {"count", 12}}).dump());
+  Json accepted = fleet->WaitForType("command.accepted");
+  ASSERT_FALSE(accepted.is_null());
+  EXPECT_EQ(accepted["data"]["requestId"], "req-1");
+  Json result = fleet->WaitForType("command.result");
+  ASSERT_FALSE(result.is_null()) << "no command.result";
+  EXPECT_EQ(result["code"], 200) << result;
+  EXPECT_EQ(result["data"]["commandId"], accepted["data"]["commandId"]);
+  EXPECT_EQ(result["data"]["deviceId"], id);
+  EXPECT_TRUE(result["data"]["values"].contains("temperature"));
+  EXPECT_EQ(result["data"]["values"]["temperature"]["unit"], "°C");
+  EXPECT_EQ(result["data"]["request"], "01030000000C45CF");
+  Json on_device = own->WaitForType("command.result");
+  EXPECT_EQ(on_device["data"]["commandId"], accepted["data"]["commandId"]) << "the device's system gets it too";
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(fleet->Frames("command.result").size(), 1u) << "the asker gets it once";
+
+  fleet->Send(Json({{"action", "command"}, {"requestId", "req-2"}, {"deviceId", id}, {"address", 0}}).dump());
+  Json error = fleet->WaitFor([](const Json& f) { return f["type"] == "error" && f["data"]["requestId"] == "req-2"; });
+  EXPECT_EQ(error["code"], 400);
+  EXPECT_TRUE(fleet->open()) << "a malformed frame keeps the connection";
+}
+
+TEST_F(PushTest, RecoveryAfterReconnectOnAnotherReplica) {
+  StartCluster();
+  auto first = WsClient::Connect(a_->port(), "systemId=fleet&clientId=r1&groups=ops");
+  ASSERT_TRUE(first->open());
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(Api(a_.get(), "send_to_system", {{"data", i}})["code"], 0);
+  ASSERT_TRUE(WaitFor([&] { return first->Frames("message").size() == 3; }));
+  const Json last = first->Frames("message").back();
+  first->Close();
+  for (int i = 3; i < 6; ++i) ASSERT_EQ(Api(b_.get(), "send_to_system", {{"data", i}})["code"], 0);
+  const std::string recover = absl::StrCat("%7B%22system%22%3A%5B%22", last["epoch"].get<std::string>(), "%22%2C",
+                                           last["offset"].get<int>(), "%5D%7D");
+  // Wait until b has seen the three messages (it learns of them through ingest).
+  absl::SleepFor(absl::Milliseconds(300));
+  auto again = WsClient::Connect(b_->port(), "systemId=fleet&clientId=r1&recover=" + recover);
+  ASSERT_TRUE(again->open());
+  ASSERT_TRUE(WaitFor([&] { return again->Frames("message").size() == 3; }));
+  auto replayed = again->Frames("message");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(replayed[i]["data"], i + 3);
+    EXPECT_EQ(replayed[i]["offset"], last["offset"].get<int>() + 1 + i);
+  }
+  auto stale = WsClient::Connect(b_->port(), "systemId=fleet&recover=%7B%22system%22%3A%5B%22nope%22%2C1%5D%7D");
+  Json gone = stale->WaitForType("error");
+  EXPECT_EQ(gone["code"], 410);
+  EXPECT_EQ(gone["data"]["stream"], "system");
+}
+
+TEST_F(PushTest, AuthAcceptsAndRejects) {
+  StartCluster([](push::PushOptions& o) { o.auth_secret = "test-secret"; });
+  const std::string good = push::SignJwt(R"({"sub":"fleet","cmd":true,"groups":["ops"],"exp":4102444800})", "test-secret");
+  const std::string wrong = push::SignJwt(R"({"sub":"fleet","exp":4102444800})", "other-secret");
+  EXPECT_EQ(WsClient::Connect(a_->port(), "systemId=fleet")->http_status(), 401);
+  EXPECT_EQ(WsClient::Connect(a_->port(), "systemId=fleet&token=" + wrong)->http_status(), 401);
+  EXPECT_EQ(WsClient::Connect(a_->port(), "systemId=other&token=" + good)->http_status(), 401);
+  EXPECT_EQ(WsClient::Connect(a_->port(), "systemId=fleet&groups=eng&token=" + good)->http_status(), 403);
+  EXPECT_EQ(WsClient::Connect(a_->port(), "clientId=x")->http_status(), 400);
+  auto ok = WsClient::Connect(a_->port(), "systemId=fleet&groups=ops&token=" + good);
+  EXPECT_TRUE(ok->open());
+  int status = 0;
+  Api(a_.get(), "send_to_system", {{"data", 1}}, "fleet", &status);
+  EXPECT_EQ(status, 401) << "the API needs a token with api: true";
+  const std::string api = push::SignJwt(R"({"sub":"fleet","api":true,"exp":4102444800})", "test-secret");
+  EXPECT_EQ(Api(a_.get(), "send_to_system", {{"data", 1}}, "fleet", &status, api)["code"], 0);
+}
+
+// A client that completes the handshake and then never reads.
+int StalledClient(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  const int small = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return -1;
+  const std::string req =
+      "GET /ws?systemId=fleet&clientId=stalled HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) return -1;
+  char buf[512];
+  if (read(fd, buf, sizeof buf) <= 0) return -1;  // the 101 response; then nothing more is read
+  return fd;
+}
+
+TEST_F(PushTest, SlowConsumerIsClosedWhileAFastOneKeepsReceiving) {
+  StartIngest();
+  a_ = StartPush("node-a", [](push::PushOptions& o) { o.send_queue_bytes = 64 * 1024; });
+  auto fast = WsClient::Connect(a_->port(), "systemId=fleet&clientId=fast");
+  ASSERT_TRUE(fast->open());
+  const int stalled = StalledClient(a_->port());
+  ASSERT_GE(stalled, 0);
+  ASSERT_TRUE(WaitOnline(a_.get(), 2));
+  const std::string big(16 * 1024, 'x');
+  constexpr int kMessages = 400;
+  for (int i = 0; i < kMessages; ++i) ASSERT_EQ(Api(a_.get(), "send_to_system", {{"data", big}})["code"], 0);
+  EXPECT_TRUE(WaitFor([&] { return fast->Frames("message").size() == kMessages; }, absl::Seconds(30)))
+      << "fast got " << fast->Frames("message").size();
+  EXPECT_TRUE(WaitFor([&] {
+    const std::string m = HttpRequest(a_->port(), "GET", "/metrics");
+    return m.find("devbridge_push_slow_consumer_closes_total 1") != std::string::npos;
+  })) << "the stalled client was not closed";
+  EXPECT_TRUE(WaitOnline(a_.get(), 1));
+  close(stalled);
+}
+
+TEST_F(PushTest, OversizeFramesAndTooManyErrorsClose) {
+  StartIngest();
+  a_ = StartPush("node-a", [](push::PushOptions& o) { o.max_message_bytes = 1024; });
+  auto big = WsClient::Connect(a_->port(), "systemId=fleet");
+  ASSERT_TRUE(big->open());
+  big->Send(std::string(4096, ' '));
+  ASSERT_TRUE(big->WaitClosed());
+  EXPECT_EQ(big->close_code(), 1009);
+  auto noisy = WsClient::Connect(a_->port(), "systemId=fleet");
+  for (int i = 0; i < 25; ++i) noisy->Send("nonsense");
+  ASSERT_TRUE(noisy->WaitClosed());
+  EXPECT_EQ(noisy->close_code(), 1008);
+  EXPECT_GE(noisy->Frames("error").size(), 20u);
+}
+
+TEST_F(PushTest, ReusedClientIdReplacesTheOldSession) {
+  StartCluster();
+  auto first = WsClient::Connect(a_->port(), "systemId=fleet&clientId=dup");
+  ASSERT_TRUE(first->open());
+  auto second = WsClient::Connect(b_->port(), "systemId=fleet&clientId=dup");
+  ASSERT_TRUE(second->open());
+  ASSERT_TRUE(first->WaitClosed());
+  EXPECT_EQ(first->close_code(), 4009);
+  EXPECT_TRUE(second->open());
+}
+
+TEST_F(PushTest, IngestRestartKeepsClientsAndCommandsGet503Meanwhile) {
+  StartCluster();
+  auto client = WsClient::Connect(a_->port(), "systemId=fleet&clientId=keeper");
+  ASSERT_TRUE(client->open());
+  auto sim = StartSim();
+  ASSERT_FALSE(client->WaitForType("device.online").is_null());
+  const int grpc_port = app_->grpc_port();
+  StopIngest();
+  int status = 0;
+  EXPECT_TRUE(WaitFor([&] {
+    HttpRequest(a_->port(), "GET", "/healthz", {}, "", &status);
+    return status == 503;
+  })) << "healthz must say ingest is away";
+  client->Send(Json({{"action", "command"}, {"requestId", "r"}, {"deviceId", sim->DeviceId(0)}, {"address", 0}, {"count", 1}}).dump());
+  Json refused = client->WaitFor([](const Json& f) { return f["type"] == "error" && f["data"]["requestId"] == "r"; });
+  EXPECT_EQ(refused["code"], 503);
+  EXPECT_TRUE(client->open()) << "clients stay connected while ingest is away";
+  StartIngest([&](ingest::IngestOptions& o) { o.grpc_listen = absl::StrCat("127.0.0.1:", grpc_port); });
+  EXPECT_TRUE(WaitFor([&] {
+    HttpRequest(a_->port(), "GET", "/healthz", {}, "", &status);
+    return status == 200;
+  }, absl::Seconds(20))) << "push reconnects to ingest";
+  // The new ingest knows nothing yet; the device comes back online with its next heartbeat.
+  EXPECT_FALSE(client->WaitFor([](const Json& f) { return f["type"] == "device.online"; }).is_null());
+  EXPECT_TRUE(WaitFor([&] { return client->Frames("device.online").size() >= 2; })) << "events flow again";
+  EXPECT_TRUE(client->open());
+}
+
+}  // namespace
+}  // namespace devbridge::testing
