@@ -25,7 +25,7 @@ struct App::Impl : public Transport, public WsHandler {
   void Post(std::function<void()> fn) { asio::post(io, std::move(fn)); }
 
   // Transport
-  size_t Send(ConnId conn, const std::shared_ptr<const std::string>& frame) override { return ws->Send(conn, *frame); }
+  size_t Send(ConnId conn, const std::shared_ptr<const std::string>& frame) override { return ws->Send(conn, frame); }
   void Close(ConnId conn, int code, const std::string& reason) override { ws->Close(conn, code, reason); }
 
   // WsHandler

@@ -1,6 +1,8 @@
 #include "services/push/ws/ws_server.h"
 
 #include <websocketpp/config/asio_no_tls.hpp>
+#include <websocketpp/concurrency/none.hpp>
+#include <websocketpp/frame.hpp>
 #include <websocketpp/server.hpp>
 
 #include "absl/container/flat_hash_map.h"
@@ -17,9 +19,10 @@ struct ConnectionData {
   bool opened = false;
 };
 
+// One io thread runs the server, so websocketpp needs neither locks nor strands.
 struct Config : public websocketpp::config::asio {
   typedef websocketpp::config::asio core;
-  typedef core::concurrency_type concurrency_type;
+  typedef websocketpp::concurrency::none concurrency_type;
   typedef core::request_type request_type;
   typedef core::response_type response_type;
   typedef core::message_type message_type;
@@ -28,7 +31,11 @@ struct Config : public websocketpp::config::asio {
   typedef core::alog_type alog_type;
   typedef core::elog_type elog_type;
   typedef core::rng_type rng_type;
-  typedef core::transport_type transport_type;
+  struct transport_config : public core::transport_config {
+    typedef websocketpp::concurrency::none concurrency_type;
+    static bool const enable_multithreading = false;
+  };
+  typedef websocketpp::transport::asio::endpoint<transport_config> transport_type;
   typedef core::endpoint_base endpoint_base;
   typedef ConnectionData connection_base;
   static const size_t connection_read_buffer_size = 16384;
@@ -73,6 +80,9 @@ struct WsServer::Impl {
   absl::flat_hash_map<uint64_t, websocketpp::connection_hdl> conns;
   std::unique_ptr<asio::steady_timer> ping_timer;
   bool shut_down = false;
+  // The last frame sent and its prepared message (see Send).
+  std::shared_ptr<const std::string> prepared_for;
+  Server::message_ptr prepared;
 };
 
 absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, WsOptions options, WsHandler* handler) {
@@ -184,10 +194,22 @@ int WsServer::port() const {
   return ec ? 0 : ep.port();
 }
 
-size_t WsServer::Send(uint64_t conn, const std::string& text) {
+size_t WsServer::Send(uint64_t conn, const std::shared_ptr<const std::string>& text) {
   ConnectionPtr con = impl_->Find(conn);
   if (!con) return 0;
-  std::error_code ec = con->send(text, websocketpp::frame::opcode::text);
+  // A fan-out sends the same frame to many connections in a row: frame it once (a server
+  // frame is unmasked, so it is the same for all) and queue the one message everywhere.
+  if (impl_->prepared_for != text) {
+    Server::message_ptr msg = con->get_message(websocketpp::frame::opcode::text, 0);
+    websocketpp::frame::basic_header header(websocketpp::frame::opcode::text, text->size(), true, false);
+    websocketpp::frame::extended_header extended(text->size());
+    msg->set_header(websocketpp::frame::prepare_header(header, extended));
+    msg->set_payload(*text);
+    msg->set_prepared(true);
+    impl_->prepared = std::move(msg);
+    impl_->prepared_for = text;
+  }
+  std::error_code ec = con->send(impl_->prepared);
   return ec ? 0 : con->get_buffered_amount();
 }
 

@@ -54,7 +54,8 @@ class WsServer {
 
   int port() const;
   // Queues a text frame; returns the bytes now waiting to be written to that connection.
-  size_t Send(uint64_t conn, const std::string& text);
+  // Sending the same `text` pointer to many connections in a row frames it only once.
+  size_t Send(uint64_t conn, const std::shared_ptr<const std::string>& text);
   void Close(uint64_t conn, int code, const std::string& reason);
   // Stops accepting and closes every connection with 1001 (going away).
   void Shutdown();

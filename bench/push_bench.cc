@@ -1,0 +1,252 @@
+// Push fan-out benchmark (issue 4): ~100-byte messages to 1,000 WebSocket clients held by
+// separate client processes; deliveries/s and send→receive latency. In the same run a
+// Node.js `ws` broadcast server (bench/peer) does the same work, and the ratio is printed.
+//
+//   push_bench fanout [clients=1000] [rate=300 msg/s] [seconds=10]
+//   push_bench clients PORT PATH N OUT_FILE     (a client process; used by fanout)
+//
+// Run through scripts/bench, which starts the broker and the database.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+#include <websocketpp/client.hpp>
+#include <websocketpp/config/asio_no_tls_client.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
+
+namespace devbridge::bench {
+namespace {
+
+using WsClient = websocketpp::client<websocketpp::config::asio_client>;
+
+std::atomic<bool> g_stop{false};
+
+// ---- client process: N connections, records the latency of every message ----
+int Clients(int port, const std::string& path, int n, const std::string& out_file) {
+  signal(SIGTERM, [](int) { g_stop = true; });
+  WsClient client;
+  client.clear_access_channels(websocketpp::log::alevel::all);
+  client.clear_error_channels(websocketpp::log::elevel::all);
+  client.init_asio();
+  std::atomic<int> open{0};
+  std::vector<float> latencies;
+  latencies.reserve(1 << 22);
+  uint64_t received = 0;
+  int64_t first_us = 0, last_us = 0;
+  client.set_open_handler([&](websocketpp::connection_hdl) { open.fetch_add(1); });
+  client.set_message_handler([&](websocketpp::connection_hdl, WsClient::message_ptr msg) {
+    const std::string& p = msg->get_payload();
+    const size_t at = p.find("\"t\":");
+    if (at == std::string::npos) return;  // e.g. push's "connected" frame
+    const int64_t sent = std::strtoll(p.c_str() + at + 4, nullptr, 10);
+    const int64_t now = NowMicros();
+    if (received++ == 0) first_us = now;
+    last_us = now;
+    latencies.push_back(static_cast<float>(now - sent) / 1000.0f);
+  });
+  for (int i = 0; i < n; ++i) {
+    std::error_code ec;
+    auto con = client.get_connection(absl::StrCat("ws://127.0.0.1:", port, path, i), ec);
+    if (!ec) client.connect(con);
+  }
+  std::thread io([&] { client.run(); });
+  while (open.load() < n && !g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  std::printf("ready %d\n", open.load());
+  std::fflush(stdout);
+  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  client.stop();
+  io.join();
+  std::ofstream out(out_file, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(&first_us), sizeof first_us);
+  out.write(reinterpret_cast<const char*>(&last_us), sizeof last_us);
+  out.write(reinterpret_cast<const char*>(latencies.data()), static_cast<std::streamsize>(latencies.size() * sizeof(float)));
+  return 0;
+}
+
+struct Result {
+  uint64_t deliveries = 0;
+  double seconds = 0;
+  double p50 = 0, p99 = 0;
+  int sent = 0;
+};
+
+// Starts `procs` client processes holding `clients` connections to port/path, sends `rate`
+// messages/s for `seconds` with `send`, and collects what the clients received.
+Result Run(const std::string& self, const std::string& dir, int port, const std::string& path, int clients, int procs,
+           double rate, double seconds, const std::function<void(const std::string&)>& send) {
+  std::vector<FILE*> pipes;
+  std::vector<std::string> outs;
+  const int per = clients / procs;
+  for (int p = 0; p < procs; ++p) {
+    outs.push_back(absl::StrCat(dir, "/lat-", port, "-", p, ".bin"));
+    const std::string cmd =
+        absl::StrCat("exec ", self, " clients ", port, " '", path, p, "-' ", per, " ", outs.back());
+    pipes.push_back(popen(cmd.c_str(), "r"));
+  }
+  for (FILE* f : pipes) {
+    char line[64] = {0};
+    if (fgets(line, sizeof line, f) == nullptr) std::fprintf(stderr, "a client process failed\n");
+  }
+  const std::string pad(40, 'x');
+  // Open loop: a pool of senders keeps the offered rate even when one send is slow.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::string> queue;
+  bool done = false;
+  std::vector<std::thread> senders;
+  for (int t = 0; t < 16; ++t) {
+    senders.emplace_back([&] {
+      for (;;) {
+        std::string msg;
+        {
+          std::unique_lock<std::mutex> lock(mu);
+          cv.wait(lock, [&] { return done || !queue.empty(); });
+          if (queue.empty()) return;
+          msg = std::move(queue.front());
+          queue.pop_front();
+        }
+        send(msg);
+      }
+    });
+  }
+  const int64_t start_us = NowMicros();
+  const auto t0 = std::chrono::steady_clock::now();
+  Result r;
+  for (int i = 0;; ++i) {
+    const auto due = t0 + std::chrono::microseconds(static_cast<int64_t>(1e6 * i / rate));
+    if (std::chrono::duration<double>(due - t0).count() >= seconds) break;
+    std::this_thread::sleep_until(due);
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      queue.push_back(absl::StrCat("{\"t\":", NowMicros(), ",\"i\":", i, ",\"pad\":\"", pad, "\"}"));
+    }
+    cv.notify_one();
+    ++r.sent;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    done = true;
+  }
+  cv.notify_all();
+  for (auto& t : senders) t.join();
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // let the last ones arrive
+  // Stop the client processes (SIGTERM) and read what they recorded.
+  std::system(absl::StrCat("pkill -TERM -f '", self, " clients ", port, " '").c_str());
+  for (FILE* f : pipes) pclose(f);
+  std::vector<double> all;
+  int64_t last_us = start_us;
+  for (const auto& out : outs) {
+    std::ifstream in(out, std::ios::binary);
+    int64_t first = 0, last = 0;
+    in.read(reinterpret_cast<char*>(&first), sizeof first);
+    in.read(reinterpret_cast<char*>(&last), sizeof last);
+    last_us = std::max(last_us, last);
+    float v;
+    while (in.read(reinterpret_cast<char*>(&v), sizeof v)) all.push_back(v);
+  }
+  r.deliveries = all.size();
+  r.seconds = static_cast<double>(last_us - start_us) / 1e6;  // first send to last delivery
+  r.p50 = Percentile(all, 0.5);
+  r.p99 = Percentile(all, 0.99);
+  return r;
+}
+
+void Fanout(int clients, double rate, double seconds) {
+  const std::string self = SelfDir() + "/push_bench";
+  const std::string bin = SelfDir() + "/..";
+  const std::string dir = Env("DEVBRIDGE_TEST_DIR");
+  const std::string src = DEVBRIDGE_SOURCE_DIR;
+  const int procs = 4;
+
+  // devbridge: ingest (no database needed for fan-out) and one push replica.
+  const int ingest_grpc = FreePort(), ingest_http = FreePort(), push_port = FreePort(), push_grpc = FreePort();
+  Child ingest({bin + "/services/ingest/devbridge-ingest", "--mqtt_url=" + Env("DEVBRIDGE_TEST_MQTT_URL"),
+                "--pg_dsn=none", absl::StrCat("--grpc_listen=127.0.0.1:", ingest_grpc),
+                absl::StrCat("--http_listen=127.0.0.1:", ingest_http), "--mqtt_client_id=bench-fanout",
+                "--register_map=" + src + "/config/registers.json", "--log_level=warn"},
+               dir + "/fanout-ingest.log");
+  Child push({bin + "/services/push/devbridge-push", absl::StrCat("--ingest_addr=127.0.0.1:", ingest_grpc),
+              absl::StrCat("--listen=127.0.0.1:", push_port), absl::StrCat("--grpc_listen=127.0.0.1:", push_grpc),
+              "--log_level=warn"},
+             dir + "/fanout-push.log");
+  if (!WaitHealthy(push_port, 30)) {
+    std::fprintf(stderr, "push did not become healthy\n");
+    return;
+  }
+  auto post = [](int port, const std::string& path, const std::string& body, const std::string& extra) {
+    asio::io_context io;
+    asio::ip::tcp::socket s(io);
+    s.connect({asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)});
+    const std::string req = absl::StrCat("POST ", path, " HTTP/1.1\r\nHost: b\r\nConnection: close\r\n", extra,
+                                         "Content-Length: ", body.size(), "\r\n\r\n", body);
+    asio::write(s, asio::buffer(req));
+    std::string out;
+    std::error_code ec;
+    asio::read(s, asio::dynamic_buffer(out), ec);
+  };
+  auto send_push = [&](const std::string& data) {
+    post(push_port, "/api/send_to_system", absl::StrCat("{\"data\":", data, "}"), "SystemId: fleet\r\n");
+  };
+  Result ours = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, rate, seconds, send_push);
+  Result ours_max = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, rate * 5, seconds, send_push);
+  push.Stop();
+  ingest.Stop();
+
+  // The peer: Node.js ws broadcasting the same payloads.
+  const int peer_port = FreePort();
+  Child peer({"/usr/bin/node", src + "/bench/peer/ws_broadcast.js", std::to_string(peer_port)}, dir + "/fanout-peer.log");
+  if (!WaitHealthy(peer_port, 30)) {
+    std::fprintf(stderr, "the Node ws peer did not start (npm install in bench/peer?)\n");
+    return;
+  }
+  auto send_peer = [&](const std::string& data) { post(peer_port, "/send", data, ""); };
+  Result theirs = Run(self, dir, peer_port, "/ws?c", clients, procs, rate, seconds, send_peer);
+  Result theirs_max = Run(self, dir, peer_port, "/ws?c", clients, procs, rate * 5, seconds, send_peer);
+  peer.Stop();
+
+  auto print = [&](const char* who, double offered, const Result& r) {
+    std::printf("%-20s %5.0f msg/s x %d clients: %9llu of %9llu delivered, %7.0f deliveries/s,"
+                " send->receive p50 %6.1f ms, p99 %7.1f ms\n",
+                who, offered, clients, static_cast<unsigned long long>(r.deliveries),
+                static_cast<unsigned long long>(static_cast<uint64_t>(r.sent) * clients), r.deliveries / r.seconds,
+                r.p50, r.p99);
+  };
+  std::printf("fan-out of ~100-byte messages (send_to_system / broadcast) to %d WebSocket clients in %d processes:\n",
+              clients, procs);
+  print("devbridge push", rate, ours);
+  print("Node.js ws (peer)", rate, theirs);
+  print("devbridge push", rate * 5, ours_max);
+  print("Node.js ws (peer)", rate * 5, theirs_max);
+  std::printf("ours/peer = %.2f at %.0f msg/s offered, %.2f at %.0f msg/s (targets: >= 200000 deliveries/s with"
+              " p99 <= 100 ms; ours/peer >= 2.5)\n",
+              (ours.deliveries / ours.seconds) / std::max(1.0, theirs.deliveries / theirs.seconds), rate,
+              (ours_max.deliveries / ours_max.seconds) / std::max(1.0, theirs_max.deliveries / theirs_max.seconds),
+              rate * 5);
+}
+
+}  // namespace
+}  // namespace devbridge::bench
+
+int main(int argc, char** argv) {
+  using namespace devbridge::bench;
+  const std::string mode = argc > 1 ? argv[1] : "fanout";
+  if (mode == "clients" && argc == 6) return Clients(std::atoi(argv[2]), argv[3], std::atoi(argv[4]), argv[5]);
+  if (mode == "fanout") {
+    Fanout(argc > 2 ? std::atoi(argv[2]) : 1000, argc > 3 ? std::atof(argv[3]) : 200, argc > 4 ? std::atof(argv[4]) : 10);
+    return 0;
+  }
+  std::fprintf(stderr, "usage: push_bench fanout [clients] [rate] [seconds]\n");
+  return 2;
+}
