@@ -12,6 +12,7 @@ namespace {
 
 const std::string kIngest = DEVBRIDGE_INGEST_BIN;
 const std::string kSim = DEVBRIDGE_SIM_BIN;
+const std::string kPush = DEVBRIDGE_PUSH_BIN;
 
 // Runs a binary that should fail at once; returns {exit status, output}.
 std::pair<int, std::string> RunFailing(std::vector<std::string> argv) {
@@ -31,6 +32,10 @@ TEST(Binaries, BadValuesExitTwoWithOneLineNamingTheOption) {
       {{kIngest, "--register_map=/nonexistent.json"}, "devbridge-ingest: --register_map: /nonexistent.json: cannot open"},
       {{kIngest, "--pg_dsn="}, "devbridge-ingest: --pg_dsn: is required"},
       {{kIngest, "--bogus=1"}, "devbridge-ingest: --bogus: unknown option"},
+      {{kPush, "--send_queue_bytes=10"}, "devbridge-push: --send_queue_bytes: must be between 1024 and 1073741824"},
+      {{kPush, "--pong_timeout=0s"}, "devbridge-push: --pong_timeout: must be a positive duration"},
+      {{kPush, "--listen=nohost"}, "devbridge-push: --listen: bad address"},
+      {{kPush, "--web_root=/nonexistent"}, "devbridge-push: --web_root: not a readable directory"},
       {{kSim, "--drop_rate=1.5"}, "devbridge-sim: --drop_rate: must be between 0 and 1"},
       {{kSim, "--devices=0"}, "devbridge-sim: --devices: must be between 1 and 1000000"},
       {{kSim, "--profile=nope", "--register_map=" DEVBRIDGE_SOURCE_DIR "/config/registers.json"},
@@ -61,6 +66,13 @@ TEST(Binaries, HelpListsEveryContractOption) {
         "pg_dsn", "grpc_listen", "http_listen", "heartbeat_timeout", "sweep_interval", "register_map",
         "command_timeout", "command_queue_depth", "fleet_system", "replay_buffer"}) {
     EXPECT_NE(help.find(absl::StrCat("--", option, " (default: ")), std::string::npos) << option;
+  }
+  ASSERT_EQ(WaitExit(Spawn({kPush, "--help"}, log), absl::Seconds(10)), 0);
+  const std::string push_help = ReadFile(log);
+  for (const char* option : {"ingest_addr", "listen", "grpc_listen", "node_id", "auth_secret", "web_root",
+                             "max_message_bytes", "send_queue_bytes", "ping_interval", "pong_timeout", "history_size",
+                             "history_ttl"}) {
+    EXPECT_NE(push_help.find(absl::StrCat("--", option, " (default: ")), std::string::npos) << option;
   }
   ASSERT_EQ(WaitExit(Spawn({kSim, "--help"}, log), absl::Seconds(10)), 0);
   const std::string sim_help = ReadFile(log);

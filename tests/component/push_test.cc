@@ -18,6 +18,25 @@ namespace {
 
 using Json = nlohmann::json;
 
+// A client that completes the handshake and then never reads.
+int StalledClient(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  const int small = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return -1;
+  const std::string req =
+      "GET /ws?systemId=fleet&clientId=stalled HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) return -1;
+  char buf[512];
+  if (read(fd, buf, sizeof buf) <= 0) return -1;  // the 101 response; then nothing more is read
+  return fd;
+}
+
 class PushTest : public IngestFixture {
  protected:
   void TearDown() override {
@@ -231,25 +250,6 @@ TEST_F(PushTest, AuthAcceptsAndRejects) {
   EXPECT_EQ(Api(a_.get(), "send_to_system", {{"data", 1}}, "fleet", &status, api)["code"], 0);
 }
 
-// A client that completes the handshake and then never reads.
-int StalledClient(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  const int small = 4096;
-  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return -1;
-  const std::string req =
-      "GET /ws?systemId=fleet&clientId=stalled HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-  if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) return -1;
-  char buf[512];
-  if (read(fd, buf, sizeof buf) <= 0) return -1;  // the 101 response; then nothing more is read
-  return fd;
-}
-
 TEST_F(PushTest, SlowConsumerIsClosedWhileAFastOneKeepsReceiving) {
   StartIngest();
   a_ = StartPush("node-a", [](push::PushOptions& o) { o.send_queue_bytes = 64 * 1024; });
@@ -269,6 +269,24 @@ TEST_F(PushTest, SlowConsumerIsClosedWhileAFastOneKeepsReceiving) {
   })) << "the stalled client was not closed";
   EXPECT_TRUE(WaitOnline(a_.get(), 1));
   close(stalled);
+}
+
+TEST_F(PushTest, AClientThatNeverAnswersPingsIsClosed) {
+  StartIngest();
+  a_ = StartPush("node-a", [](push::PushOptions& o) {
+    o.ping_interval = absl::Milliseconds(300);
+    o.pong_timeout = absl::Milliseconds(300);
+  });
+  auto alive = WsClient::Connect(a_->port(), "systemId=fleet&clientId=alive");  // answers pings itself
+  ASSERT_TRUE(alive->open());
+  const int mute = StalledClient(a_->port());
+  ASSERT_GE(mute, 0);
+  ASSERT_TRUE(WaitOnline(a_.get(), 2));
+  EXPECT_TRUE(WaitOnline(a_.get(), 1)) << "the silent client must be closed after pong_timeout";
+  EXPECT_TRUE(alive->open());
+  const auto online = Api(a_.get(), "get_online_list", Json::object())["data"]["list"];
+  EXPECT_EQ(online, Json::array({"alive"}));
+  close(mute);
 }
 
 TEST_F(PushTest, OversizeFramesAndTooManyErrorsClose) {
