@@ -19,6 +19,7 @@ namespace {
 std::vector<std::string> Parse(std::vector<std::string> args) {
   args.insert(args.begin(), "prog");
   std::vector<char*> argv;
+  argv.reserve(args.size());
   for (auto& a : args) argv.push_back(a.data());
   return ParseFlags(static_cast<int>(argv.size()), argv.data(), "prog", "a test program");
 }

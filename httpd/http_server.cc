@@ -11,7 +11,7 @@
 namespace devbridge::httpd {
 namespace {
 
-constexpr size_t kMaxHeaderBytes = 16 * 1024;
+constexpr size_t kMaxHeaderBytes = size_t{16} * 1024;
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:

@@ -267,7 +267,7 @@ absl::StatusOr<Request> ParseRequest(absl::Span<const uint8_t> frame) {
     default: {  // kWriteMultipleRegisters
       if (frame.size() < 9) return FrameError("request too short: %d bytes", frame.size());
       const size_t byte_count = frame[6];
-      if (word < 1 || word > kMaxWriteCount || byte_count != 2u * word ||
+      if (word < 1 || word > kMaxWriteCount || byte_count != size_t{2} * word ||
           frame.size() != 9 + byte_count) {
         return FrameError("malformed write-multiple request: quantity %d, byte count %d, %d bytes",
                           word, byte_count, frame.size());

@@ -20,7 +20,7 @@ constexpr std::array<int, 256> MakeHexTable() {
   for (int c = '0'; c <= '9'; ++c) t[c] = c - '0';
   for (int c = 'a'; c <= 'f'; ++c) t[c] = c - 'a' + 10;
   for (int c = 'A'; c <= 'F'; ++c) t[c] = c - 'A' + 10;
-  for (int c : {' ', '\t', '\n', '\r', '\v', '\f'}) t[c] = -1;
+  for (unsigned char c : {' ', '\t', '\n', '\r', '\v', '\f'}) t[c] = -1;
   return t;
 }
 constexpr std::array<int, 256> kHex = MakeHexTable();

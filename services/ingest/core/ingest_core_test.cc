@@ -74,7 +74,7 @@ class IngestCoreTest : public ::testing::Test {
     return c;
   }
 
-  static std::string Reply(std::vector<uint16_t> registers, uint8_t unit = 1) {
+  static std::string Reply(const std::vector<uint16_t>& registers, uint8_t unit = 1) {
     return modbus::ToHex(modbus::BuildReadReply(unit, modbus::kReadHoldingRegisters, registers));
   }
 

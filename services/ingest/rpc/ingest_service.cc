@@ -11,7 +11,7 @@ namespace devbridge::ingest {
 namespace {
 
 constexpr int kMaxBatchEvents = 1000;
-constexpr size_t kMaxBatchBytes = 512 * 1024;
+constexpr size_t kMaxBatchBytes = size_t{512} * 1024;
 constexpr uint32_t kDefaultReadings = 100;
 constexpr uint32_t kMaxReadings = 10000;
 

@@ -489,7 +489,7 @@ void Store::GetReadings(std::string device_id, absl::Time since, size_t limit, R
   {
     std::lock_guard<std::mutex> lock(read_mu_);
     if (read_stopping_) return job(nullptr);
-    reads_.push_back(std::move(job));
+    reads_.emplace_back(std::move(job));
   }
   read_cv_.notify_one();
 }

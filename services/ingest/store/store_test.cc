@@ -117,7 +117,7 @@ TEST(Store, DatabaseOutageLosesNothingAndPushesBack) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry metrics;
   StoreOptions options{dsn};
-  options.max_queue_bytes = 64 * 1024;
+  options.max_queue_bytes = size_t{64} * 1024;
   options.max_backoff = absl::Milliseconds(200);
   auto store = Store::Start(options, &metrics);
   std::atomic<int> spaces{0};
