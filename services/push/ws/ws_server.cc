@@ -53,20 +53,38 @@ struct WsServer::Impl {
 
   ConnectionPtr Find(uint64_t id) {
     auto it = conns.find(id);
-    if (it == conns.end()) return nullptr;
-    std::error_code ec;
-    ConnectionPtr con = server.get_con_from_hdl(it->second, ec);
-    return ec ? nullptr : con;
+    return it == conns.end() ? nullptr : it->second;
+  }
+
+  // Sends and closes are queued and carried out together right after the current handler:
+  // frames for one connection that pile up in one run go out in one write.
+  void Schedule() {
+    if (flush_scheduled) return;
+    flush_scheduled = true;
+    asio::post(io, [this] { Flush(); });
+  }
+
+  void Flush() {
+    flush_scheduled = false;
+    std::vector<Action> actions;
+    actions.swap(pending);
+    for (Action& a : actions) {
+      std::error_code ec;
+      if (a.msg) {
+        a.con->send(a.msg);
+      } else {
+        a.con->close(static_cast<websocketpp::close::status::value>(a.code), a.reason, ec);
+      }
+    }
   }
 
   void ArmPing() {
     ping_timer->expires_after(absl::ToChronoMilliseconds(options.ping_interval));
     ping_timer->async_wait([this](std::error_code ec) {
       if (ec) return;
-      for (const auto& [id, hdl] : conns) {
+      for (const auto& [id, con] : conns) {
         std::error_code e;
-        ConnectionPtr con = server.get_con_from_hdl(hdl, e);
-        if (!e && con->get_state() == websocketpp::session::state::open) con->ping("", e);
+        if (con->get_state() == websocketpp::session::state::open) con->ping("", e);
       }
       ArmPing();
     });
@@ -77,7 +95,15 @@ struct WsServer::Impl {
   WsHandler* handler;
   Server server;
   uint64_t next_id = 1;
-  absl::flat_hash_map<uint64_t, websocketpp::connection_hdl> conns;
+  absl::flat_hash_map<uint64_t, ConnectionPtr> conns;  // validated until closed
+  struct Action {
+    ConnectionPtr con;
+    Server::message_ptr msg;  // a send; null for a close
+    int code = 0;
+    std::string reason;
+  };
+  std::vector<Action> pending;
+  bool flush_scheduled = false;
   std::unique_ptr<asio::steady_timer> ping_timer;
   bool shut_down = false;
   // The last frame sent and its prepared message (see Send).
@@ -122,7 +148,7 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
       con->append_header("Content-Type", "application/json");
       return false;
     }
-    s->conns[con->id] = hdl;
+    s->conns[con->id] = con;
     return true;
   });
   server.set_open_handler([s](websocketpp::connection_hdl hdl) {
@@ -209,15 +235,16 @@ size_t WsServer::Send(uint64_t conn, const std::shared_ptr<const std::string>& t
     impl_->prepared = std::move(msg);
     impl_->prepared_for = text;
   }
-  std::error_code ec = con->send(impl_->prepared);
-  return ec ? 0 : con->get_buffered_amount();
+  impl_->pending.push_back({con, impl_->prepared, 0, {}});
+  impl_->Schedule();
+  return con->get_buffered_amount();
 }
 
 void WsServer::Close(uint64_t conn, int code, const std::string& reason) {
   ConnectionPtr con = impl_->Find(conn);
   if (!con) return;
-  std::error_code ec;
-  con->close(static_cast<websocketpp::close::status::value>(code), reason, ec);
+  impl_->pending.push_back({con, nullptr, code, reason});
+  impl_->Schedule();
 }
 
 void WsServer::Shutdown() {
@@ -227,8 +254,9 @@ void WsServer::Shutdown() {
   impl_->server.stop_listening(ec);
   if (impl_->ping_timer) impl_->ping_timer->cancel();
   std::vector<uint64_t> ids;
-  for (const auto& [id, hdl] : impl_->conns) ids.push_back(id);
+  for (const auto& [id, con] : impl_->conns) ids.push_back(id);
   for (uint64_t id : ids) Close(id, websocketpp::close::status::going_away, "server shutting down");
+  impl_->Flush();
 }
 
 size_t WsServer::open_connections() const { return impl_->conns.size(); }
