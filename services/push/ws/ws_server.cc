@@ -21,23 +21,23 @@ struct ConnectionData {
 
 // One io thread runs the server, so websocketpp needs neither locks nor strands.
 struct Config : public websocketpp::config::asio {
-  typedef websocketpp::config::asio core;
-  typedef websocketpp::concurrency::none concurrency_type;
-  typedef core::request_type request_type;
-  typedef core::response_type response_type;
-  typedef core::message_type message_type;
-  typedef core::con_msg_manager_type con_msg_manager_type;
-  typedef core::endpoint_msg_manager_type endpoint_msg_manager_type;
-  typedef core::alog_type alog_type;
-  typedef core::elog_type elog_type;
-  typedef core::rng_type rng_type;
+  using core = websocketpp::config::asio;
+  using concurrency_type = websocketpp::concurrency::none;
+  using request_type = core::request_type;
+  using response_type = core::response_type;
+  using message_type = core::message_type;
+  using con_msg_manager_type = core::con_msg_manager_type;
+  using endpoint_msg_manager_type = core::endpoint_msg_manager_type;
+  using alog_type = core::alog_type;
+  using elog_type = core::elog_type;
+  using rng_type = core::rng_type;
   struct transport_config : public core::transport_config {
-    typedef websocketpp::concurrency::none concurrency_type;
+    using concurrency_type = websocketpp::concurrency::none;
     static bool const enable_multithreading = false;
   };
-  typedef websocketpp::transport::asio::endpoint<transport_config> transport_type;
-  typedef core::endpoint_base endpoint_base;
-  typedef ConnectionData connection_base;
+  using transport_type = websocketpp::transport::asio::endpoint<transport_config>;
+  using endpoint_base = core::endpoint_base;
+  using connection_base = ConnectionData;
   static const size_t connection_read_buffer_size = 16384;
 };
 
@@ -126,7 +126,7 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
   server.set_listen_backlog(4096);
   server.set_pong_timeout(static_cast<long>(absl::ToInt64Milliseconds(s->options.pong_timeout)));
 
-  server.set_validate_handler([s](websocketpp::connection_hdl hdl) {
+  server.set_validate_handler([s](const websocketpp::connection_hdl& hdl) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
     const std::string resource = con->get_resource();
     const size_t q = resource.find('?');
@@ -151,16 +151,16 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
     s->conns[con->id] = con;
     return true;
   });
-  server.set_open_handler([s](websocketpp::connection_hdl hdl) {
+  server.set_open_handler([s](const websocketpp::connection_hdl& hdl) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
     con->opened = true;
     s->handler->OnOpen(con->id);
   });
-  server.set_message_handler([s](websocketpp::connection_hdl hdl, Server::message_ptr msg) {
+  server.set_message_handler([s](const websocketpp::connection_hdl& hdl, const Server::message_ptr& msg) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
     s->handler->OnMessage(con->id, msg->get_payload());
   });
-  auto closed = [s](websocketpp::connection_hdl hdl) {
+  auto closed = [s](const websocketpp::connection_hdl& hdl) {
     std::error_code e;
     ConnectionPtr con = s->server.get_con_from_hdl(hdl, e);
     if (e || con->id == 0) return;
@@ -168,12 +168,12 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
   };
   server.set_close_handler(closed);
   server.set_fail_handler(closed);
-  server.set_pong_timeout_handler([s](websocketpp::connection_hdl hdl, std::string) {
+  server.set_pong_timeout_handler([s](const websocketpp::connection_hdl& hdl, const std::string&) {
     std::error_code e;
     ConnectionPtr con = s->server.get_con_from_hdl(hdl, e);
     if (!e) con->close(kCloseNoPong, "no pong", e);
   });
-  server.set_http_handler([s](websocketpp::connection_hdl hdl) {
+  server.set_http_handler([s](const websocketpp::connection_hdl& hdl) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
     httpd::Request request;
     request.method = con->get_request().get_method();
@@ -187,9 +187,9 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
     request.body = con->get_request_body();
     con->defer_http_response();
     // The reply keeps the connection alive: a deferred response has no pending I/O holding it.
-    s->handler->OnHttp(request, [con](httpd::Response response) {
+    s->handler->OnHttp(request, [con](const httpd::Response& response) {
       std::error_code e;
-      ConnectionPtr c = con;
+      const ConnectionPtr& c = con;
       c->set_status(static_cast<websocketpp::http::status_code::value>(response.status));
       c->append_header("Content-Type", response.content_type);
       c->set_body(response.body);
