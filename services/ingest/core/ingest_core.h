@@ -111,9 +111,6 @@ std::string BadFrameKind(const absl::Status& status);
 // {"temperature":{"value":23.5,"unit":"°C","raw":[235]}, ...}.
 std::string ValuesJson(const std::vector<regmap::DecodedValue>& values);
 
-// Appends `text` to `out` as a JSON string literal, quotes included.
-void AppendJsonString(std::string* out, absl::string_view text);
-
 }  // namespace devbridge::ingest
 
 #endif  // DEVBRIDGE_SERVICES_INGEST_CORE_INGEST_CORE_H_

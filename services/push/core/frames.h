@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/json.h"
 
 namespace devbridge::push {
 
@@ -62,8 +63,7 @@ absl::StatusOr<ClientFrame> ParseClientFrame(absl::string_view text, std::string
 // Group names: 1..64 characters of [A-Za-z0-9_.:-] (the contract's id charset).
 bool IsValidName(absl::string_view name);
 
-// Appends `text` as a JSON string literal.
-void AppendJsonString(std::string* out, absl::string_view text);
+using common::AppendJsonString;
 
 }  // namespace devbridge::push
 

@@ -527,29 +527,31 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
   }
   if (!event.has_push()) return;
   const v1::PushMessage& m = event.push();
+  const bool is_send = m.kind() == v1::PushMessage::SEND_TO_SYSTEM || m.kind() == v1::PushMessage::SEND_TO_GROUP ||
+                       m.kind() == v1::PushMessage::SEND_TO_CLIENTS;
+  if (is_send) {
+    frame.type = "message";
+    frame.message_id = m.message_id();
+    frame.code = m.code();
+    frame.msg = m.msg();
+    frame.data_json = m.data();
+    frame.send_user_id = m.send_user_id();
+  }
   switch (m.kind()) {
     case v1::PushMessage::SEND_TO_SYSTEM:
     case v1::PushMessage::SEND_TO_GROUP:
-      frame.type = "message";
-      frame.message_id = m.message_id();
-      frame.code = m.code();
-      frame.msg = m.msg();
-      frame.data_json = m.data();
-      frame.send_user_id = m.send_user_id();
       return Fanout(event, std::move(frame), now);
-    case v1::PushMessage::SEND_TO_CLIENTS:
-      frame.type = "message";
-      frame.message_id = m.message_id();
-      frame.code = m.code();
-      frame.msg = m.msg();
-      frame.data_json = m.data();
-      frame.send_user_id = m.send_user_id();
+    case v1::PushMessage::SEND_TO_CLIENTS: {
       frame.system_id = m.system_id();
+      std::shared_ptr<const std::string> bytes;
       for (const auto& id : m.client_ids()) {
         Session* s = registry_.ByClient(id);
-        if (s != nullptr && s->system_id == m.system_id()) SendText(s->conn, frame.ToJson());
+        if (s == nullptr || s->system_id != m.system_id()) continue;
+        if (!bytes) bytes = std::make_shared<const std::string>(frame.ToJson());
+        SendTo(s->conn, bytes);
       }
       return;
+    }
     case v1::PushMessage::BIND_GROUP:
     case v1::PushMessage::UNBIND_GROUP: {
       const bool bind = m.kind() == v1::PushMessage::BIND_GROUP;

@@ -1,0 +1,17 @@
+// Small JSON writing helpers for hot paths that build JSON text by hand.
+#ifndef DEVBRIDGE_COMMON_JSON_H_
+#define DEVBRIDGE_COMMON_JSON_H_
+
+#include <string>
+
+#include "absl/strings/string_view.h"
+
+namespace devbridge::common {
+
+// Appends `text` to `out` as a JSON string literal, quotes included, escaping what JSON
+// requires (quote, backslash, control characters). UTF-8 passes through unchanged.
+void AppendJsonString(std::string* out, absl::string_view text);
+
+}  // namespace devbridge::common
+
+#endif  // DEVBRIDGE_COMMON_JSON_H_
