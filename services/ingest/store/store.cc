@@ -429,19 +429,15 @@ void Store::WriterLoop() {
       const size_t committed = batch.size();
       batch.clear();
       const size_t left = queued_bytes_.fetch_sub(bytes) - bytes;
-      bool call_on_space = false;
+      lock.lock();
+      const bool call_on_space = was_full_ && left <= options_.max_queue_bytes / 2;
+      if (call_on_space) was_full_ = false;
+      lock.unlock();
+      // Before Flush() waiters learn of the commit, so they see its effects.
+      if (call_on_space && on_space_) on_space_();
       lock.lock();
       committed_ += committed;
-      if (was_full_ && left <= options_.max_queue_bytes / 2) {
-        was_full_ = false;
-        call_on_space = true;
-      }
       flushed_cv_.notify_all();
-      if (call_on_space && on_space_) {
-        lock.unlock();
-        on_space_();
-        lock.lock();
-      }
     } else {
       m_.retries->Inc();
       lock.lock();

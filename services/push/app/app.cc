@@ -85,7 +85,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   lo.node_id = o.node_id;
   s.link = std::make_unique<IngestLink>(
       lo, [&s](std::function<void()> fn) { s.Post(std::move(fn)); },
-      [&s](std::vector<v1::Event> events) {
+      [&s](const std::vector<v1::Event>& events) {
         const absl::Time now = absl::Now();
         for (const v1::Event& e : events) s.node->OnEvent(e, now);
       },

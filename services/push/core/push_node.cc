@@ -375,7 +375,7 @@ void PushNode::PublishMembership(v1::PushMessage::Kind kind, const Session& sess
   if (kind == v1::PushMessage::BIND_GROUP) registry_.MemberJoin(session.client_id, group);
   if (kind == v1::PushMessage::UNBIND_GROUP) registry_.MemberLeave(session.client_id, group);
   if (kind == v1::PushMessage::CLIENT_DOWN) registry_.MemberDown(session.client_id, options_.node_id);
-  upstream_->Publish(std::move(m), [](absl::Status s) {
+  upstream_->Publish(std::move(m), [](const absl::Status& s) {
     if (!s.ok()) common::Logger("push.node")->warn("membership update not published: {}", s.message());
   });
 }
@@ -392,7 +392,7 @@ void PushNode::PublishSnapshot() {
   m.set_origin_node(options_.node_id);
   m.set_message_id(common::NewUuid());
   m.set_data(members.dump());
-  upstream_->Publish(std::move(m), [](absl::Status) {});
+  upstream_->Publish(std::move(m), [](const absl::Status&) {});
 }
 
 void PushNode::OnUpstream(bool up) {
@@ -401,7 +401,7 @@ void PushNode::OnUpstream(bool up) {
   hello.set_kind(v1::PushMessage::NODE_HELLO);
   hello.set_origin_node(options_.node_id);
   hello.set_message_id(common::NewUuid());
-  upstream_->Publish(std::move(hello), [](absl::Status) {});
+  upstream_->Publish(std::move(hello), [](const absl::Status&) {});
   PublishSnapshot();
 }
 
@@ -440,7 +440,7 @@ void PushNode::HandleCommand(ConnId conn, const CommandFrame& c, absl::Time now)
   SendText(conn, accepted.ToJson());
   const std::string client_id = s->client_id;
   v1::Command sent = cmd;
-  upstream_->Dispatch(std::move(cmd), [this, client_id, sent](absl::StatusOr<v1::CommandResult> result) {
+  upstream_->Dispatch(std::move(cmd), [this, client_id, sent](const absl::StatusOr<v1::CommandResult>& result) {
     if (result.ok()) return;  // the outcome arrives through the event stream, to every replica
     Session* asker = registry_.ByClient(client_id);
     if (asker == nullptr) return;
@@ -670,7 +670,7 @@ void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::
   const std::string id = common::NewUuid();
   m.set_message_id(id);
   m.set_origin_node(options_.node_id);
-  upstream_->Publish(std::move(m), [id, done = std::move(done)](absl::Status s) {
+  upstream_->Publish(std::move(m), [id, done = std::move(done)](const absl::Status& s) {
     if (!s.ok()) return done(ApiError(kCodeUnavailable, absl::StrCat("ingest unavailable: ", s.message())));
     done(id);
   });

@@ -122,7 +122,7 @@ void IngestLink::Publish(v1::PushMessage message, std::function<void(absl::Statu
   call->request = std::move(message);
   call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.publish_deadline));
   stub_->async()->Publish(&call->ctx, &call->request, &call->response,
-                          [this, call, done = std::move(done)](grpc::Status status) mutable {
+                          [this, call, done = std::move(done)](const grpc::Status& status) mutable {
                             post_([status, done = std::move(done)] { done(common::FromGrpcStatus(status)); });
                           });
 }
@@ -138,7 +138,7 @@ void IngestLink::Dispatch(v1::Command command, std::function<void(absl::StatusOr
   call->request = std::move(command);
   call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout + absl::Seconds(5)));
   stub_->async()->Dispatch(&call->ctx, &call->request, &call->response,
-                           [this, call, done = std::move(done)](grpc::Status status) mutable {
+                           [this, call, done = std::move(done)](const grpc::Status& status) mutable {
                              post_([call, status, done = std::move(done)] {
                                if (!status.ok()) return done(common::FromGrpcStatus(status));
                                done(call->response);
