@@ -24,4 +24,16 @@ void AppendJsonString(std::string* out, absl::string_view text) {
   out->push_back('"');
 }
 
+std::string JsonStringObject(std::initializer_list<std::pair<absl::string_view, absl::string_view>> fields) {
+  std::string out = "{";
+  for (const auto& [key, value] : fields) {
+    if (out.size() > 1) out.push_back(',');
+    AppendJsonString(&out, key);
+    out.push_back(':');
+    AppendJsonString(&out, value);
+  }
+  out.push_back('}');
+  return out;
+}
+
 }  // namespace devbridge::common

@@ -89,3 +89,19 @@ TEST(Uuid, CanonicalVersion4AndUnique) {
 
 }  // namespace
 }  // namespace devbridge::common
+
+#include "common/json.h"
+
+namespace devbridge::common {
+namespace {
+
+TEST(Json, StringsAndStringObjectsAreEscaped) {
+  std::string out;
+  AppendJsonString(&out, "a\"b\\c\n\x01");
+  EXPECT_EQ(out, R"("a\"b\\c\n\u0001")");
+  EXPECT_EQ(JsonStringObject({{"k", "v"}, {"q", "\""}}), R"({"k":"v","q":"\""})");
+  EXPECT_EQ(JsonStringObject({}), "{}");
+}
+
+}  // namespace
+}  // namespace devbridge::common

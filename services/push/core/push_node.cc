@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "common/uuid.h"
@@ -233,16 +234,10 @@ void PushNode::OnOpen(ConnId conn, ConnectRequest request, absl::Time now) {
   ServerFrame hello;
   hello.type = "connected";
   hello.system_id = request.system_id;
-  std::string data = "{\"clientId\":";
-  AppendJsonString(&data, request.client_id);
-  data.append(",\"systemId\":");
-  AppendJsonString(&data, request.system_id);
-  data.append(",\"node\":");
-  AppendJsonString(&data, options_.node_id);
-  data.append(",\"epoch\":");
-  AppendJsonString(&data, history_.epoch());
-  data.push_back('}');
-  hello.data_json = std::move(data);
+  hello.data_json = common::JsonStringObject({{"clientId", request.client_id},
+                                              {"systemId", request.system_id},
+                                              {"node", options_.node_id},
+                                              {"epoch", history_.epoch()}});
   SendText(conn, hello.ToJson());
   PublishMembership(v1::PushMessage::CLIENT_UP, s);
   for (const auto& g : request.groups) Join(conn, g, /*reply=*/false);
@@ -431,12 +426,7 @@ void PushNode::HandleCommand(ConnId conn, const CommandFrame& c, absl::Time now)
   ServerFrame accepted;
   accepted.type = "command.accepted";
   accepted.system_id = s->system_id;
-  std::string data = "{\"requestId\":";
-  AppendJsonString(&data, c.request_id);
-  data.append(",\"commandId\":");
-  AppendJsonString(&data, cmd.command_id());
-  data.push_back('}');
-  accepted.data_json = std::move(data);
+  accepted.data_json = common::JsonStringObject({{"requestId", c.request_id}, {"commandId", cmd.command_id()}});
   SendText(conn, accepted.ToJson());
   const std::string client_id = s->client_id;
   v1::Command sent = cmd;
@@ -576,14 +566,8 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
       frame.type = "presence";
       frame.code = bind ? common::kCodeJoined : common::kCodeLeft;
       frame.msg = bind ? "joined" : "left";
-      std::string data = "{\"clientId\":";
-      AppendJsonString(&data, client);
-      data.append(",\"userId\":");
-      AppendJsonString(&data, m.user_id());
-      data.append(",\"extend\":");
-      AppendJsonString(&data, m.extend());
-      data.push_back('}');
-      frame.data_json = std::move(data);
+      frame.data_json =
+          common::JsonStringObject({{"clientId", client}, {"userId", m.user_id()}, {"extend", m.extend()}});
       return Fanout(event, std::move(frame), now);
     }
     case v1::PushMessage::CLOSE_CLIENT:
