@@ -7,6 +7,7 @@
 //
 // Run through scripts/bench, which starts the broker and the database.
 #include <signal.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +17,8 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <sstream>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -34,12 +37,20 @@ using WsClient = websocketpp::client<websocketpp::config::asio_client>;
 std::atomic<bool> g_stop{false};
 
 // ---- client process: N connections, records the latency of every message ----
-int Clients(int port, const std::string& path, int n, const std::string& out_file) {
+int Clients(int port, const std::string& path, int n, const std::string& out_file, const std::string& source_ip) {
   signal(SIGTERM, [](int) { g_stop = true; });
   WsClient client;
   client.clear_access_channels(websocketpp::log::alevel::all);
   client.clear_error_channels(websocketpp::log::elevel::all);
   client.init_asio();
+  if (!source_ip.empty()) {
+    // Spread connections over 127.0.0.x source addresses: one address has ~28k ports.
+    client.set_socket_init_handler([source_ip](websocketpp::connection_hdl, asio::ip::tcp::socket& socket) {
+      std::error_code ec;
+      if (!socket.is_open()) socket.open(asio::ip::tcp::v4(), ec);
+      socket.bind(asio::ip::tcp::endpoint(asio::ip::make_address(source_ip), 0), ec);
+    });
+  }
   std::atomic<int> open{0};
   std::vector<float> latencies;
   latencies.reserve(1 << 22);
@@ -62,7 +73,10 @@ int Clients(int port, const std::string& path, int n, const std::string& out_fil
     if (!ec) client.connect(con);
   }
   std::thread io([&] { client.run(); });
-  while (open.load() < n && !g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (open.load() < n && !g_stop && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   std::printf("ready %d\n", open.load());
   std::fflush(stdout);
   while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -236,17 +250,115 @@ void Fanout(int clients, double rate, double seconds) {
               rate * 5);
 }
 
+
+// ---- idle connections: memory per connection and CPU at idle, ours and the Node peer ----
+
+long RssKiB(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+double CpuSeconds(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');
+  std::istringstream rest(stat.substr(close + 2));
+  std::string field;
+  double utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::atof(field.c_str());
+    if (i == 15) stime = std::atof(field.c_str());
+  }
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+struct IdleResult {
+  int connected = 0;
+  double kib_per_conn = 0;
+  double idle_cpu_percent = 0;
+};
+
+IdleResult Idle(const std::string& self, const std::string& dir, pid_t server, int port, const std::string& path,
+                int n, double idle_seconds, int first_ip) {
+  const int procs = 4;
+  const long before = RssKiB(server);
+  std::vector<FILE*> pipes;
+  for (int p = 0; p < procs; ++p) {
+    const std::string cmd = absl::StrCat("exec ", self, " clients ", port, " '", path, p, "-' ", n / procs, " ", dir,
+                                         "/idle-", port, "-", p, ".bin 127.0.0.", first_ip + p);
+    pipes.push_back(popen(cmd.c_str(), "r"));
+  }
+  IdleResult r;
+  for (FILE* f : pipes) {
+    int ready = 0;
+    if (std::fscanf(f, "ready %d", &ready) == 1) r.connected += ready;
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));  // settle
+  const long after = RssKiB(server);
+  const double cpu0 = CpuSeconds(server);
+  std::this_thread::sleep_for(std::chrono::duration<double>(idle_seconds));
+  const double cpu1 = CpuSeconds(server);
+  r.kib_per_conn = r.connected > 0 ? static_cast<double>(after - before) / r.connected : 0;
+  r.idle_cpu_percent = 100.0 * (cpu1 - cpu0) / idle_seconds;
+  std::system(absl::StrCat("pkill -TERM -f '", self, " clients ", port, " '").c_str());
+  for (FILE* f : pipes) pclose(f);
+  return r;
+}
+
+void Connections(int n, double idle_seconds) {
+  const std::string self = SelfDir() + "/push_bench";
+  const std::string bin = SelfDir() + "/..";
+  const std::string dir = Env("DEVBRIDGE_TEST_DIR");
+  const std::string src = DEVBRIDGE_SOURCE_DIR;
+  const int ingest_grpc = FreePort(), ingest_http = FreePort(), push_port = FreePort(), push_grpc = FreePort();
+  Child ingest({bin + "/services/ingest/devbridge-ingest", "--mqtt_url=" + Env("DEVBRIDGE_TEST_MQTT_URL"),
+                "--pg_dsn=none", absl::StrCat("--grpc_listen=127.0.0.1:", ingest_grpc),
+                absl::StrCat("--http_listen=127.0.0.1:", ingest_http), "--mqtt_client_id=bench-idle",
+                "--register_map=" + src + "/config/registers.json", "--log_level=warn"},
+               dir + "/idle-ingest.log");
+  Child push({bin + "/services/push/devbridge-push", absl::StrCat("--ingest_addr=127.0.0.1:", ingest_grpc),
+              absl::StrCat("--listen=0.0.0.0:", push_port), absl::StrCat("--grpc_listen=127.0.0.1:", push_grpc),
+              "--log_level=warn"},
+             dir + "/idle-push.log");
+  if (!WaitHealthy(push_port, 30)) return;
+  IdleResult ours = Idle(self, dir, push.pid(), push_port, "/ws?systemId=fleet&clientId=i", n, idle_seconds, 2);
+  push.Stop();
+  ingest.Stop();
+  const int peer_port = FreePort();
+  Child peer({"/usr/bin/node", src + "/bench/peer/ws_broadcast.js", std::to_string(peer_port)}, dir + "/idle-peer.log");
+  if (!WaitHealthy(peer_port, 30)) return;
+  IdleResult theirs = Idle(self, dir, peer.pid(), peer_port, "/ws?i", n, idle_seconds, 10);
+  peer.Stop();
+  std::printf("idle connections (pings every 25 s), %d asked:\n", n);
+  std::printf("  devbridge push:    %d connected, %.1f KiB RSS per connection, %.2f%% CPU at idle over %.0f s\n",
+              ours.connected, ours.kib_per_conn, ours.idle_cpu_percent, idle_seconds);
+  std::printf("  Node.js ws (peer): %d connected, %.1f KiB RSS per connection, %.2f%% CPU at idle over %.0f s\n",
+              theirs.connected, theirs.kib_per_conn, theirs.idle_cpu_percent, idle_seconds);
+  std::printf("  memory per connection peer/ours = %.2f (target: ours <= 8 KiB)\n",
+              ours.kib_per_conn > 0 ? theirs.kib_per_conn / ours.kib_per_conn : 0);
+}
+
 }  // namespace
 }  // namespace devbridge::bench
 
 int main(int argc, char** argv) {
   using namespace devbridge::bench;
   const std::string mode = argc > 1 ? argv[1] : "fanout";
-  if (mode == "clients" && argc == 6) return Clients(std::atoi(argv[2]), argv[3], std::atoi(argv[4]), argv[5]);
+  if (mode == "clients" && (argc == 6 || argc == 7)) {
+    return Clients(std::atoi(argv[2]), argv[3], std::atoi(argv[4]), argv[5], argc == 7 ? argv[6] : "");
+  }
+  if (mode == "connections") {
+    Connections(argc > 2 ? std::atoi(argv[2]) : 18000, argc > 3 ? std::atof(argv[3]) : 30);
+    return 0;
+  }
   if (mode == "fanout") {
     Fanout(argc > 2 ? std::atoi(argv[2]) : 1000, argc > 3 ? std::atof(argv[3]) : 200, argc > 4 ? std::atof(argv[4]) : 10);
     return 0;
   }
-  std::fprintf(stderr, "usage: push_bench fanout [clients] [rate] [seconds]\n");
+  std::fprintf(stderr, "usage: push_bench fanout [clients] [rate] [seconds] | connections [n] [idle_seconds]\n");
   return 2;
 }

@@ -38,7 +38,8 @@ struct Config : public websocketpp::config::asio {
   using transport_type = websocketpp::transport::asio::endpoint<transport_config>;
   using endpoint_base = core::endpoint_base;
   using connection_base = ConnectionData;
-  static const size_t connection_read_buffer_size = 16384;
+  // Client frames are small; a smaller read buffer is a smaller connection.
+  static const size_t connection_read_buffer_size = 4096;
 };
 
 using Server = websocketpp::server<Config>;
