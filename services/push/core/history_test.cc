@@ -11,6 +11,7 @@ std::shared_ptr<const std::string> F(int i) { return std::make_shared<const std:
 
 std::vector<std::string> Texts(const std::vector<std::shared_ptr<const std::string>>& v) {
   std::vector<std::string> out;
+  out.reserve(v.size());
   for (const auto& p : v) out.push_back(*p);
   return out;
 }

@@ -3,6 +3,7 @@
 // delivers them to every node, so cluster behaviour is tested with two nodes in-process.
 #include "services/push/core/push_node.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -55,7 +56,7 @@ class FakeUpstream : public Upstream {
 class Bus {
  public:
   void Attach(PushNode* node) { nodes_.push_back(node); }
-  void Emit(v1::Event e, std::vector<std::pair<std::string, std::string>> streams) {
+  void Emit(v1::Event e, const std::vector<std::pair<std::string, std::string>>& streams) {
     e.set_epoch(epoch);
     e.set_seq(++seq_);
     e.set_at_unix_ms(absl::ToUnixMillis(t0));
@@ -63,7 +64,7 @@ class Bus {
       auto* s = e.add_streams();
       s->set_system_id(system);
       s->set_group_name(group);
-      s->set_offset(++offsets_[system + "/" + group]);
+      s->set_offset(++offsets_[absl::StrCat(system, "/", group)]);
     }
     for (PushNode* n : nodes_) n->OnEvent(e, t0);
   }
@@ -229,7 +230,7 @@ TEST_F(PushNodeTest, ApiReachesClientsOnEveryNodeAndListOnlineCountsThem) {
   to_a.set_data(R"({"hello":1})");
   to_a.set_send_user_id("u7");
   absl::StatusOr<std::string> id;
-  b_->Submit(to_a, [&](absl::StatusOr<std::string> r) { id = r; });  // through the other node
+  b_->Submit(to_a, [&](absl::StatusOr<std::string> r) { id = std::move(r); });  // through the other node
   ASSERT_TRUE(id.ok()) << id.status();
   auto got = ta_.Of(1, "message");
   ASSERT_EQ(got.size(), 1u);
@@ -242,25 +243,25 @@ TEST_F(PushNodeTest, ApiReachesClientsOnEveryNodeAndListOnlineCountsThem) {
   all.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
   all.set_system_id("fleet");
   all.set_data("\"hi\"");
-  a_->Submit(all, [](absl::StatusOr<std::string>) {});
+  a_->Submit(all, [](const absl::StatusOr<std::string>&) {});
   EXPECT_EQ(ta_.Of(1, "message").size(), 2u);
   EXPECT_EQ(tb_.Of(2, "message").size(), 1u);
   EXPECT_EQ(tb_.Of(2, "message")[0]["offset"], ta_.Of(1, "message")[1]["offset"]) << "same offset on every node";
 
   v1::PushMessage nobody = to_a;
   nobody.set_client_ids(0, "ghost");
-  b_->Submit(nobody, [&](absl::StatusOr<std::string> r) { id = r; });
+  b_->Submit(nobody, [&](absl::StatusOr<std::string> r) { id = std::move(r); });
   EXPECT_EQ(common::ResultCodeOf(id.status()), common::kCodeNotFound);
   v1::PushMessage bad = all;
   bad.set_data("{not json");
-  b_->Submit(bad, [&](absl::StatusOr<std::string> r) { id = r; });
+  b_->Submit(bad, [&](absl::StatusOr<std::string> r) { id = std::move(r); });
   EXPECT_EQ(common::ResultCodeOf(id.status()), common::kCodeBadRequest);
 
   v1::PushMessage close;
   close.set_kind(v1::PushMessage::CLOSE_CLIENT);
   close.set_system_id("fleet");
   close.add_client_ids("on-a");
-  b_->Submit(close, [&](absl::StatusOr<std::string> r) { id = r; });
+  b_->Submit(close, [&](absl::StatusOr<std::string> r) { id = std::move(r); });
   ASSERT_TRUE(id.ok());
   EXPECT_EQ(ta_.closed.count(1), 1u) << "closed wherever it is";
 }
@@ -280,7 +281,7 @@ TEST_F(PushNodeTest, JoinSendsPresenceToGroupMembersOnEveryNode) {
   g.set_kind(v1::PushMessage::SEND_TO_GROUP);
   g.set_system_id("fleet");
   g.set_group_name("ops");
-  a_->Submit(g, [](absl::StatusOr<std::string>) {});
+  a_->Submit(g, [](const absl::StatusOr<std::string>&) {});
   EXPECT_EQ(ta_.Of(1, "message").size(), 1u);
   EXPECT_EQ(tb_.Of(2, "message").size(), 1u);
   b_->OnMessage(2, R"({"action":"leave","group":"ops"})", t0);
@@ -407,7 +408,7 @@ TEST_F(PushNodeTest, CommandRefusals) {
   v1::PushMessage all;
   all.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
   all.set_system_id("fleet");
-  a_->Submit(all, [&](absl::StatusOr<std::string> r) { id = r; });
+  a_->Submit(all, [&](absl::StatusOr<std::string> r) { id = std::move(r); });
   EXPECT_EQ(common::ResultCodeOf(id.status()), common::kCodeUnavailable);
 }
 
