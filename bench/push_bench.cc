@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <iterator>
 #include <sstream>
 #include <mutex>
@@ -177,28 +178,52 @@ Result Run(const std::string& self, const std::string& dir, int port, const std:
   return r;
 }
 
+// ingest (no database: these benchmarks are about push) and one push replica, as binaries.
+struct Devbridge {
+  std::unique_ptr<Child> ingest;
+  std::unique_ptr<Child> push;
+  int push_port = 0;
+
+  void Stop() {
+    push->Stop();
+    ingest->Stop();
+  }
+};
+
+std::unique_ptr<Devbridge> StartDevbridge(const std::string& name, const std::string& push_host) {
+  const std::string bin = SelfDir() + "/..";
+  const std::string dir = Env("DEVBRIDGE_TEST_DIR");
+  const int ingest_grpc = FreePort(), ingest_http = FreePort(), push_grpc = FreePort();
+  auto d = std::make_unique<Devbridge>();
+  d->push_port = FreePort();
+  d->ingest = std::make_unique<Child>(
+      std::vector<std::string>{bin + "/services/ingest/devbridge-ingest", "--mqtt_url=" + Env("DEVBRIDGE_TEST_MQTT_URL"),
+                               "--pg_dsn=none", absl::StrCat("--grpc_listen=127.0.0.1:", ingest_grpc),
+                               absl::StrCat("--http_listen=127.0.0.1:", ingest_http), "--mqtt_client_id=bench-" + name,
+                               std::string("--register_map=") + DEVBRIDGE_SOURCE_DIR + "/config/registers.json",
+                               "--log_level=warn"},
+      dir + "/" + name + "-ingest.log");
+  d->push = std::make_unique<Child>(
+      std::vector<std::string>{bin + "/services/push/devbridge-push", absl::StrCat("--ingest_addr=127.0.0.1:", ingest_grpc),
+                               absl::StrCat("--listen=", push_host, ":", d->push_port),
+                               absl::StrCat("--grpc_listen=127.0.0.1:", push_grpc), "--log_level=warn"},
+      dir + "/" + name + "-push.log");
+  if (!WaitHealthy(d->push_port, 30)) {
+    std::fprintf(stderr, "push did not become healthy; see %s/%s-push.log\n", dir.c_str(), name.c_str());
+    return nullptr;
+  }
+  return d;
+}
+
 void Fanout(int clients, double rate, double seconds) {
   const std::string self = SelfDir() + "/push_bench";
-  const std::string bin = SelfDir() + "/..";
   const std::string dir = Env("DEVBRIDGE_TEST_DIR");
   const std::string src = DEVBRIDGE_SOURCE_DIR;
   const int procs = 4;
 
-  // devbridge: ingest (no database needed for fan-out) and one push replica.
-  const int ingest_grpc = FreePort(), ingest_http = FreePort(), push_port = FreePort(), push_grpc = FreePort();
-  Child ingest({bin + "/services/ingest/devbridge-ingest", "--mqtt_url=" + Env("DEVBRIDGE_TEST_MQTT_URL"),
-                "--pg_dsn=none", absl::StrCat("--grpc_listen=127.0.0.1:", ingest_grpc),
-                absl::StrCat("--http_listen=127.0.0.1:", ingest_http), "--mqtt_client_id=bench-fanout",
-                "--register_map=" + src + "/config/registers.json", "--log_level=warn"},
-               dir + "/fanout-ingest.log");
-  Child push({bin + "/services/push/devbridge-push", absl::StrCat("--ingest_addr=127.0.0.1:", ingest_grpc),
-              absl::StrCat("--listen=127.0.0.1:", push_port), absl::StrCat("--grpc_listen=127.0.0.1:", push_grpc),
-              "--log_level=warn"},
-             dir + "/fanout-push.log");
-  if (!WaitHealthy(push_port, 30)) {
-    std::fprintf(stderr, "push did not become healthy\n");
-    return;
-  }
+  std::unique_ptr<Devbridge> devbridge = StartDevbridge("fanout", "127.0.0.1");
+  if (!devbridge) return;
+  const int push_port = devbridge->push_port;
   auto post = [](int port, const std::string& path, const std::string& body, const std::string& extra) {
     asio::io_context io;
     asio::ip::tcp::socket s(io);
@@ -215,8 +240,7 @@ void Fanout(int clients, double rate, double seconds) {
   };
   Result ours = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, rate, seconds, send_push);
   Result ours_max = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, rate * 5, seconds, send_push);
-  push.Stop();
-  ingest.Stop();
+  devbridge->Stop();
 
   // The peer: Node.js ws broadcasting the same payloads.
   const int peer_port = FreePort();
@@ -311,23 +335,13 @@ IdleResult Idle(const std::string& self, const std::string& dir, pid_t server, i
 
 void Connections(int n, double idle_seconds) {
   const std::string self = SelfDir() + "/push_bench";
-  const std::string bin = SelfDir() + "/..";
   const std::string dir = Env("DEVBRIDGE_TEST_DIR");
   const std::string src = DEVBRIDGE_SOURCE_DIR;
-  const int ingest_grpc = FreePort(), ingest_http = FreePort(), push_port = FreePort(), push_grpc = FreePort();
-  Child ingest({bin + "/services/ingest/devbridge-ingest", "--mqtt_url=" + Env("DEVBRIDGE_TEST_MQTT_URL"),
-                "--pg_dsn=none", absl::StrCat("--grpc_listen=127.0.0.1:", ingest_grpc),
-                absl::StrCat("--http_listen=127.0.0.1:", ingest_http), "--mqtt_client_id=bench-idle",
-                "--register_map=" + src + "/config/registers.json", "--log_level=warn"},
-               dir + "/idle-ingest.log");
-  Child push({bin + "/services/push/devbridge-push", absl::StrCat("--ingest_addr=127.0.0.1:", ingest_grpc),
-              absl::StrCat("--listen=0.0.0.0:", push_port), absl::StrCat("--grpc_listen=127.0.0.1:", push_grpc),
-              "--log_level=warn"},
-             dir + "/idle-push.log");
-  if (!WaitHealthy(push_port, 30)) return;
-  IdleResult ours = Idle(self, dir, push.pid(), push_port, "/ws?systemId=fleet&clientId=i", n, idle_seconds, 2);
-  push.Stop();
-  ingest.Stop();
+  std::unique_ptr<Devbridge> devbridge = StartDevbridge("idle", "0.0.0.0");
+  if (!devbridge) return;
+  IdleResult ours = Idle(self, dir, devbridge->push->pid(), devbridge->push_port, "/ws?systemId=fleet&clientId=i", n,
+                         idle_seconds, 2);
+  devbridge->Stop();
   const int peer_port = FreePort();
   Child peer({"/usr/bin/node", src + "/bench/peer/ws_broadcast.js", std::to_string(peer_port)}, dir + "/idle-peer.log");
   if (!WaitHealthy(peer_port, 30)) return;

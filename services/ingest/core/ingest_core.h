@@ -62,7 +62,7 @@ class IngestCore {
   // intake is paused and silence means nothing).
   void Tick(absl::Time now, bool sweep_liveness = true);
 
-  // Fails every command (code 503-like 2002 with `reason`), for shutdown.
+  // Fails every command with code 503 and `reason`, for shutdown.
   void FailAll(absl::Time now, const std::string& reason);
 
   const DeviceTable& devices() const { return devices_; }

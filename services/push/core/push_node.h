@@ -109,7 +109,7 @@ class PushNode {
   void PublishMembership(v1::PushMessage::Kind kind, const Session& session, const std::string& group = "");
   void PublishSnapshot();
   // Builds a frame per stream of `event`, records it in the history and sends it to the
-  // stream's local connections. `except` is not sent to (it got the frame another way).
+  // stream's local connections.
   void Fanout(const v1::Event& event, ServerFrame frame, absl::Time now);
   void Recover(ConnId conn, const ConnectRequest& request, absl::Time now);
 
