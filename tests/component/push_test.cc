@@ -205,6 +205,42 @@ TEST_F(PushTest, DeviceEventsFanOutAndCommandsRoundTrip) {
   EXPECT_TRUE(fleet->open()) << "a malformed frame keeps the connection";
 }
 
+TEST_F(PushTest, DashboardReadsDevicesAndReadingsThroughEitherReplica) {
+  StartCluster([](push::PushOptions& o) { o.auth_secret = "test-secret"; });
+  auto sim = StartSim();
+  const std::string id = sim->DeviceId(0);
+  ASSERT_EQ(Dispatch(Read(id, 0, 12)).code(), 200);
+  const std::string fleet = push::SignJwt(R"({"sub":"fleet","exp":4102444800})", "test-secret");
+  const std::string own = push::SignJwt(absl::StrCat(R"({"sub":")", id, R"(","exp":4102444800})"), "test-secret");
+  const std::string other = push::SignJwt(R"({"sub":"sim-999","exp":4102444800})", "test-secret");
+  auto get = [](push::App* app, const std::string& path, int* status) {
+    return Json::parse(HttpRequest(app->port(), "GET", path, {}, "", status), nullptr, false);
+  };
+  int status = 0;
+  Json devices = get(b_.get(), "/api/devices?token=" + fleet, &status);
+  ASSERT_EQ(status, 200) << devices;
+  ASSERT_FALSE(devices["data"]["devices"].empty()) << devices;
+  EXPECT_EQ(devices["data"]["devices"][0]["deviceId"], id);
+  EXPECT_EQ(devices["data"]["devices"][0]["online"], true);
+
+  Json readings = get(a_.get(), "/api/readings?limit=5&deviceId=" + id + "&token=" + own, &status);
+  ASSERT_EQ(status, 200) << readings;
+  ASSERT_EQ(readings["data"]["readings"].size(), 1u) << readings;
+  EXPECT_EQ(readings["data"]["readings"][0]["deviceId"], id);
+  EXPECT_TRUE(readings["data"]["readings"][0]["values"].contains("temperature"));
+
+  get(a_.get(), "/api/devices", &status);
+  EXPECT_EQ(status, 401) << "no token";
+  get(a_.get(), "/api/devices?token=" + own, &status);
+  EXPECT_EQ(status, 401) << "a device's token does not list the fleet";
+  get(a_.get(), "/api/readings?deviceId=" + id + "&token=" + other, &status);
+  EXPECT_EQ(status, 401) << "another device's token";
+  EXPECT_EQ(get(a_.get(), "/api/readings?deviceId=a%20b&token=" + fleet, &status)["code"], 400);
+  EXPECT_EQ(get(a_.get(), "/api/readings?limit=0&deviceId=" + id + "&token=" + fleet, &status)["code"], 400);
+  HttpRequest(a_->port(), "POST", "/api/devices", {}, "", &status);
+  EXPECT_EQ(status, 405);
+}
+
 TEST_F(PushTest, RecoveryAfterReconnectOnAnotherReplica) {
   StartCluster();
   auto first = WsClient::Connect(a_->port(), "systemId=fleet&clientId=r1&groups=ops");

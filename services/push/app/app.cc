@@ -103,7 +103,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   no.history_ttl = o.history_ttl;
   no.send_queue_bytes = o.send_queue_bytes;
   s.node = std::make_unique<PushNode>(no, &s, s.link.get(), &s.metrics);
-  s.api = std::make_unique<HttpApi>(s.node.get(), o.web_root, &s.metrics);
+  s.api = std::make_unique<HttpApi>(s.node.get(), s.link.get(), o.web_root, &s.metrics);
 
   WsOptions wo;
   wo.listen = o.listen;

@@ -11,6 +11,7 @@
 #include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
+#include "common/url.h"
 #include "common/uuid.h"
 #include "nlohmann/json.hpp"
 
@@ -29,29 +30,6 @@ constexpr int kClosePolicy = 1008;
 constexpr int kCloseSlowConsumer = 4008;
 constexpr int kCloseReplaced = 4009;
 constexpr int kCloseByApi = 4000;
-
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-std::string UrlDecode(absl::string_view in) {
-  std::string out;
-  out.reserve(in.size());
-  for (size_t i = 0; i < in.size(); ++i) {
-    if (in[i] == '+') {
-      out.push_back(' ');
-    } else if (in[i] == '%' && i + 2 < in.size() && HexValue(in[i + 1]) >= 0 && HexValue(in[i + 2]) >= 0) {
-      out.push_back(static_cast<char>(HexValue(in[i + 1]) * 16 + HexValue(in[i + 2])));
-      i += 2;
-    } else {
-      out.push_back(in[i]);
-    }
-  }
-  return out;
-}
 
 absl::Status ApiError(int code, absl::string_view msg) {
   return common::Error(static_cast<common::ResultCode>(code),
@@ -144,11 +122,7 @@ std::variant<ConnectRequest, Refusal> PushNode::Validate(absl::string_view query
           options_.allowed_origins.end()) {
     return refuse(403, absl::StrCat("origin ", origin, " is not allowed"));
   }
-  std::map<std::string, std::string> params;
-  for (absl::string_view pair : absl::StrSplit(query, '&', absl::SkipEmpty())) {
-    const size_t eq = pair.find('=');
-    params[UrlDecode(pair.substr(0, eq))] = eq == absl::string_view::npos ? "" : UrlDecode(pair.substr(eq + 1));
-  }
+  std::map<std::string, std::string> params = ParseQuery(query);
   ConnectRequest req;
   req.system_id = params["systemId"];
   if (req.system_id.empty()) return refuse(400, "systemId is required");

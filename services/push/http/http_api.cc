@@ -1,12 +1,15 @@
 #include "services/push/http/http_api.h"
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
+#include "common/url.h"
 #include "nlohmann/json.hpp"
 
 namespace devbridge::push {
@@ -31,42 +34,57 @@ httpd::Response ApiReply(int code, const std::string& msg, const std::string& da
 
 std::string ContentType(const std::string& path) {
   static const std::pair<const char*, const char*> kTypes[] = {
-      {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
-      {".mjs", "text/javascript; charset=utf-8"}, {".css", "text/css; charset=utf-8"},
-      {".json", "application/json"}, {".svg", "image/svg+xml"}, {".png", "image/png"},
-      {".ico", "image/x-icon"}, {".txt", "text/plain; charset=utf-8"}, {".webmanifest", "application/manifest+json"}};
+      {".html", "text/html; charset=utf-8"},
+      {".js", "text/javascript; charset=utf-8"},
+      {".mjs", "text/javascript; charset=utf-8"},
+      {".css", "text/css; charset=utf-8"},
+      {".json", "application/json"},
+      {".svg", "image/svg+xml"},
+      {".png", "image/png"},
+      {".ico", "image/x-icon"},
+      {".txt", "text/plain; charset=utf-8"},
+      {".webmanifest", "application/manifest+json"}};
   for (const auto& [ext, type] : kTypes) {
     if (absl::EndsWith(path, ext)) return type;
   }
   return "application/octet-stream";
 }
 
-HttpApi::HttpApi(PushNode* node, std::string web_root, common::MetricsRegistry* metrics)
-    : node_(node), web_root_(std::move(web_root)), metrics_(metrics) {
+HttpApi::HttpApi(PushNode* node, DeviceDirectory* directory, std::string web_root,
+                 common::MetricsRegistry* metrics)
+    : node_(node), directory_(directory), web_root_(std::move(web_root)), metrics_(metrics) {
   api_calls_ = &metrics->AddCounter("devbridge_push_api_calls_total", "HTTP API calls.");
-  api_errors_ = &metrics->AddCounter("devbridge_push_api_errors_total", "HTTP API calls answered with an error.");
+  api_errors_ = &metrics->AddCounter("devbridge_push_api_errors_total",
+                                     "HTTP API calls answered with an error.");
 }
 
 void HttpApi::Handle(const httpd::Request& request, std::function<void(httpd::Response)> reply) {
   if (request.path == "/healthz") {
     const bool up = node_->upstream_up();
-    return reply({up ? 200 : 503, "text/plain; charset=utf-8", up ? "ok\n" : "unavailable: no event stream from ingest\n"});
+    return reply({up ? 200 : 503, "text/plain; charset=utf-8",
+                  up ? "ok\n" : "unavailable: no event stream from ingest\n"});
   }
   if (request.path == "/metrics") {
     return reply({200, "text/plain; version=0.0.4; charset=utf-8", metrics_->Render()});
+  }
+  if (request.path == "/api/devices" || request.path == "/api/readings") {
+    if (request.method != "GET") return reply(ApiReply(405, "use GET", ""));
+    return Query(request, std::move(reply));
   }
   if (absl::StartsWith(request.path, "/api/")) {
     if (request.method != "POST") return reply(ApiReply(405, "use POST", ""));
     return Api(request.path.substr(5), request, std::move(reply));
   }
-  if (request.method != "GET" && request.method != "HEAD") return reply({405, "text/plain", "method not allowed\n"});
+  if (request.method != "GET" && request.method != "HEAD")
+    return reply({405, "text/plain", "method not allowed\n"});
   reply(Static(request.path));
 }
 
 httpd::Response HttpApi::Static(const std::string& path) const {
   if (web_root_.empty()) return {404, "text/plain; charset=utf-8", "no web_root configured\n"};
   std::string rel = path == "/" || path.empty() ? "/index.html" : path;
-  if (absl::StrContains(rel, "..") || absl::StrContains(rel, "//")) return {404, "text/plain", "not found\n"};
+  if (absl::StrContains(rel, "..") || absl::StrContains(rel, "//"))
+    return {404, "text/plain", "not found\n"};
   std::ifstream in(web_root_ + rel, std::ios::binary);
   if (!in) return {404, "text/plain; charset=utf-8", "not found\n"};
   std::stringstream body;
@@ -74,7 +92,100 @@ httpd::Response HttpApi::Static(const std::string& path) const {
   return {200, ContentType(rel), body.str()};
 }
 
-void HttpApi::Api(const std::string& op, const httpd::Request& request, std::function<void(httpd::Response)> reply) {
+absl::Status HttpApi::CheckReadToken(const httpd::Request& request, const std::string& token,
+                                     const std::string& device_id) const {
+  const NodeOptions& o = node_->options();
+  if (o.auth_secret.empty()) return absl::OkStatus();
+  std::string jwt = token;
+  if (auto it = request.headers.find("authorization");
+      it != request.headers.end() && absl::StartsWith(it->second, "Bearer ")) {
+    jwt = it->second.substr(7);
+  }
+  if (jwt.empty())
+    return absl::UnauthenticatedError("a token is required (Authorization: Bearer or ?token=)");
+  ASSIGN_OR_RETURN(Claims claims, VerifyJwt(jwt, o.auth_secret, absl::Now()));
+  if (claims.sub == o.fleet_system || (!device_id.empty() && claims.sub == device_id)) {
+    return absl::OkStatus();
+  }
+  return absl::UnauthenticatedError(
+      absl::StrCat("token is for system ", claims.sub, ", not ", o.fleet_system,
+                   device_id.empty() ? "" : absl::StrCat(" or ", device_id)));
+}
+
+void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Response)> reply) {
+  api_calls_->Inc();
+  auto fail = [this, &reply](int code, const std::string& msg) {
+    api_errors_->Inc();
+    reply(ApiReply(code, msg, ""));
+  };
+  std::map<std::string, std::string> params = ParseQuery(request.query);
+  const bool readings = request.path == "/api/readings";
+  const std::string device = params["deviceId"];
+  if (readings && !IsValidName(device)) {
+    return fail(400, "deviceId must be 1-64 characters of [A-Za-z0-9_.:-]");
+  }
+  if (absl::Status auth = CheckReadToken(request, params["token"], device); !auth.ok()) {
+    return fail(401, std::string(auth.message()));
+  }
+  if (directory_ == nullptr || !node_->upstream_up()) return fail(503, "ingest is unavailable");
+  auto answer = [this, reply = std::move(reply)](const absl::Status& status, std::string data) {
+    if (!status.ok()) {
+      api_errors_->Inc();
+      const int code = common::ResultCodeOf(status);
+      return reply(
+          ApiReply(code >= 400 && code < 600 ? code : 503, std::string(status.message()), ""));
+    }
+    reply(ApiReply(0, "success", data));
+  };
+  if (!readings) {
+    return directory_->ListDevices([answer](absl::StatusOr<v1::ListDevicesResponse> r) {
+      if (!r.ok()) return answer(r.status(), "");
+      std::sort(
+          r->mutable_devices()->begin(), r->mutable_devices()->end(),
+          [](const v1::Device& a, const v1::Device& b) { return a.device_id() < b.device_id(); });
+      Json list = Json::array();
+      for (const v1::Device& d : r->devices()) {
+        Json meta = Json::parse(d.meta_json().empty() ? "{}" : d.meta_json(), nullptr, false);
+        list.push_back({{"deviceId", d.device_id()},
+                        {"online", d.online()},
+                        {"firstSeen", IsoTime(d.first_seen_unix_ms())},
+                        {"lastSeen", IsoTime(d.last_seen_unix_ms())},
+                        {"meta", meta.is_discarded() ? Json::object() : meta}});
+      }
+      answer(absl::OkStatus(), Json{{"devices", std::move(list)}}.dump());
+    });
+  }
+  v1::GetReadingsRequest req;
+  req.set_device_id(device);
+  int64_t since = 0;
+  int limit = 100;
+  if (!params["since"].empty() && (!absl::SimpleAtoi(params["since"], &since) || since < 0)) {
+    return answer(common::Error(common::kCodeBadRequest, absl::StatusCode::kInvalidArgument,
+                                "since must be a Unix time in milliseconds"),
+                  "");
+  }
+  if (!params["limit"].empty() &&
+      (!absl::SimpleAtoi(params["limit"], &limit) || limit < 1 || limit > 10000)) {
+    return answer(common::Error(common::kCodeBadRequest, absl::StatusCode::kInvalidArgument,
+                                "limit must be 1..10000"),
+                  "");
+  }
+  req.set_since_unix_ms(since);
+  req.set_limit(static_cast<uint32_t>(limit));
+  directory_->GetReadings(std::move(req), [answer](absl::StatusOr<v1::GetReadingsResponse> r) {
+    if (!r.ok()) return answer(r.status(), "");
+    std::string data = "{\"readings\":[";
+    for (int i = 0; i < r->readings_size(); ++i) {
+      if (i > 0) data.push_back(',');
+      data += CommandResultJson(r->readings(i));
+    }
+    data += "]}";
+    answer(absl::OkStatus(), std::move(data));
+  });
+}
+
+void HttpApi::Api(const std::string& op, const httpd::Request& request,
+                  std::function<void(httpd::Response)> reply) {
   api_calls_->Inc();
   auto fail = [&](int code, const std::string& msg) {
     api_errors_->Inc();
@@ -86,10 +197,12 @@ void HttpApi::Api(const std::string& op, const httpd::Request& request, std::fun
   };
   const std::string system = header("systemid");
   if (system.empty()) return fail(400, "header SystemId is required");
-  if (absl::Status auth = node_->CheckApiToken(header("authorization"), system, absl::Now()); !auth.ok()) {
+  if (absl::Status auth = node_->CheckApiToken(header("authorization"), system, absl::Now());
+      !auth.ok()) {
     return fail(401, std::string(auth.message()));
   }
-  const Json body = request.body.empty() ? Json::object() : Json::parse(request.body, nullptr, false);
+  const Json body =
+      request.body.empty() ? Json::object() : Json::parse(request.body, nullptr, false);
   if (!body.is_object()) return fail(400, "body must be a JSON object");
 
   if (op == "get_online_list") {
@@ -101,7 +214,8 @@ void HttpApi::Api(const std::string& op, const httpd::Request& request, std::fun
   m.set_system_id(system);
   m.set_send_user_id(Str(body, "sendUserId"));
   m.set_msg(Str(body, "msg"));
-  if (auto code = body.find("code"); code != body.end() && code->is_number_integer()) m.set_code(code->get<int>());
+  if (auto code = body.find("code"); code != body.end() && code->is_number_integer())
+    m.set_code(code->get<int>());
   if (auto data = body.find("data"); data != body.end()) m.set_data(data->dump());
   if (op == "send_to_client") {
     m.set_kind(v1::PushMessage::SEND_TO_CLIENTS);
@@ -110,7 +224,8 @@ void HttpApi::Api(const std::string& op, const httpd::Request& request, std::fun
     m.set_kind(v1::PushMessage::SEND_TO_CLIENTS);
     auto ids = body.find("clientIds");
     if (ids == body.end() || !ids->is_array()) return fail(400, "clientIds must be an array");
-    for (const auto& id : *ids) m.add_client_ids(id.is_string() ? id.get<std::string>() : id.dump());
+    for (const auto& id : *ids)
+      m.add_client_ids(id.is_string() ? id.get<std::string>() : id.dump());
   } else if (op == "send_to_group") {
     m.set_kind(v1::PushMessage::SEND_TO_GROUP);
     m.set_group_name(Str(body, "groupName"));
@@ -132,21 +247,24 @@ void HttpApi::Api(const std::string& op, const httpd::Request& request, std::fun
   } else {
     return fail(404, absl::StrCat("no API /api/", op));
   }
-  const bool returns_id = m.kind() == v1::PushMessage::SEND_TO_CLIENTS || m.kind() == v1::PushMessage::SEND_TO_GROUP ||
+  const bool returns_id = m.kind() == v1::PushMessage::SEND_TO_CLIENTS ||
+                          m.kind() == v1::PushMessage::SEND_TO_GROUP ||
                           m.kind() == v1::PushMessage::SEND_TO_SYSTEM;
-  node_->Submit(std::move(m), [this, returns_id, reply = std::move(reply)](absl::StatusOr<std::string> id) {
-    if (!id.ok()) {
-      api_errors_->Inc();
-      return reply(ApiReply(common::ResultCodeOf(id.status()), std::string(id.status().message()), ""));
-    }
-    std::string data;
-    if (returns_id) {
-      data = "{\"messageId\":";
-      AppendJsonString(&data, *id);
-      data.push_back('}');
-    }
-    reply(ApiReply(0, "success", data));
-  });
+  node_->Submit(
+      std::move(m), [this, returns_id, reply = std::move(reply)](absl::StatusOr<std::string> id) {
+        if (!id.ok()) {
+          api_errors_->Inc();
+          return reply(
+              ApiReply(common::ResultCodeOf(id.status()), std::string(id.status().message()), ""));
+        }
+        std::string data;
+        if (returns_id) {
+          data = "{\"messageId\":";
+          AppendJsonString(&data, *id);
+          data.push_back('}');
+        }
+        reply(ApiReply(0, "success", data));
+      });
 }
 
 }  // namespace devbridge::push

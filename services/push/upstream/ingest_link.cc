@@ -8,7 +8,8 @@
 
 namespace devbridge::push {
 
-IngestLink::IngestLink(LinkOptions options, Poster post, std::function<void(std::vector<v1::Event>)> on_events,
+IngestLink::IngestLink(LinkOptions options, Poster post,
+                       std::function<void(std::vector<v1::Event>)> on_events,
                        std::function<void(bool)> on_state, common::MetricsRegistry* metrics)
     : options_(std::move(options)),
       post_(std::move(post)),
@@ -21,12 +22,15 @@ IngestLink::IngestLink(LinkOptions options, Poster post, std::function<void(std:
   args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  channel_ = grpc::CreateCustomChannel(options_.ingest_addr, grpc::InsecureChannelCredentials(), args);
+  channel_ =
+      grpc::CreateCustomChannel(options_.ingest_addr, grpc::InsecureChannelCredentials(), args);
   stub_ = v1::Ingest::NewStub(channel_);
-  reconnects_ = &metrics->AddCounter("devbridge_push_upstream_reconnects_total", "Event stream reconnects.");
-  resets_ = &metrics->AddCounter("devbridge_push_upstream_resets_total", "Event stream resumes that lost events.");
-  metrics->AddGaugeFn("devbridge_push_upstream_up", "1 while the event stream from ingest is up.", {},
-                      [this] { return up_.load() ? 1.0 : 0.0; });
+  reconnects_ =
+      &metrics->AddCounter("devbridge_push_upstream_reconnects_total", "Event stream reconnects.");
+  resets_ = &metrics->AddCounter("devbridge_push_upstream_resets_total",
+                                 "Event stream resumes that lost events.");
+  metrics->AddGaugeFn("devbridge_push_upstream_up", "1 while the event stream from ingest is up.",
+                      {}, [this] { return up_.load() ? 1.0 : 0.0; });
 }
 
 IngestLink::~IngestLink() { Stop(); }
@@ -105,45 +109,73 @@ void IngestLink::SubscribeLoop() {
     }
     SetUp(false);
     if (stopping_) break;
-    log->warn("event stream from {} ended: {}; reconnecting", options_.ingest_addr, status.error_message());
+    log->warn("event stream from {} ended: {}; reconnecting", options_.ingest_addr,
+              status.error_message());
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(backoff * jitter(rng)), [this] { return stopping_.load(); });
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(backoff * jitter(rng)),
+                 [this] { return stopping_.load(); });
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
 
-void IngestLink::Publish(v1::PushMessage message, std::function<void(absl::Status)> done) {
-  struct Call {
+// One unary call on the callback API: `method(async_stub, ctx, request, response, callback)`
+// starts it; `done` gets the response or the error on the io thread.
+template <typename Request, typename Response, typename Method>
+void IngestLink::Call(Method method, Request request, absl::Duration deadline,
+                      std::function<void(absl::StatusOr<Response>)> done) {
+  struct State {
     grpc::ClientContext ctx;
-    v1::PushMessage request;
-    v1::PublishResponse response;
+    Request request;
+    Response response;
   };
-  auto call = std::make_shared<Call>();
-  call->request = std::move(message);
-  call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.publish_deadline));
-  stub_->async()->Publish(&call->ctx, &call->request, &call->response,
-                          [this, call, done = std::move(done)](const grpc::Status& status) mutable {
-                            post_([status, done = std::move(done)] { done(common::FromGrpcStatus(status)); });
-                          });
+  auto call = std::make_shared<State>();
+  call->request = std::move(request);
+  call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  method(stub_->async(), &call->ctx, &call->request, &call->response,
+         [this, call, done = std::move(done)](const grpc::Status& status) mutable {
+           post_([call, status, done = std::move(done)] {
+             if (!status.ok()) return done(common::FromGrpcStatus(status));
+             done(std::move(call->response));
+           });
+         });
 }
 
-void IngestLink::Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) {
-  struct Call {
-    grpc::ClientContext ctx;
-    v1::Command request;
-    v1::CommandResult response;
-  };
-  auto call = std::make_shared<Call>();
-  const absl::Duration timeout = absl::Milliseconds(command.timeout_ms() == 0 ? 60000 : command.timeout_ms());
-  call->request = std::move(command);
-  call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + timeout + absl::Seconds(5)));
-  stub_->async()->Dispatch(&call->ctx, &call->request, &call->response,
-                           [this, call, done = std::move(done)](const grpc::Status& status) mutable {
-                             post_([call, status, done = std::move(done)] {
-                               if (!status.ok()) return done(common::FromGrpcStatus(status));
-                               done(call->response);
-                             });
-                           });
+void IngestLink::Publish(v1::PushMessage message, std::function<void(absl::Status)> done) {
+  Call<v1::PushMessage, v1::PublishResponse>(
+      [](auto* stub, auto* ctx, auto* req, auto* resp, auto cb) {
+        stub->Publish(ctx, req, resp, std::move(cb));
+      },
+      std::move(message), options_.publish_deadline,
+      [done = std::move(done)](const absl::StatusOr<v1::PublishResponse>& r) { done(r.status()); });
+}
+
+void IngestLink::Dispatch(v1::Command command,
+                          std::function<void(absl::StatusOr<v1::CommandResult>)> done) {
+  // The command's own timeout, then a margin for ingest to answer with 2002 itself.
+  const absl::Duration timeout =
+      absl::Milliseconds(command.timeout_ms() == 0 ? 60000 : command.timeout_ms());
+  Call<v1::Command, v1::CommandResult>(
+      [](auto* stub, auto* ctx, auto* req, auto* resp, auto cb) {
+        stub->Dispatch(ctx, req, resp, std::move(cb));
+      },
+      std::move(command), timeout + absl::Seconds(5), std::move(done));
+}
+
+void IngestLink::ListDevices(std::function<void(absl::StatusOr<v1::ListDevicesResponse>)> done) {
+  Call<v1::ListDevicesRequest, v1::ListDevicesResponse>(
+      [](auto* stub, auto* ctx, auto* req, auto* resp, auto cb) {
+        stub->ListDevices(ctx, req, resp, std::move(cb));
+      },
+      {}, options_.publish_deadline, std::move(done));
+}
+
+void IngestLink::GetReadings(v1::GetReadingsRequest request,
+                             std::function<void(absl::StatusOr<v1::GetReadingsResponse>)> done) {
+  Call<v1::GetReadingsRequest, v1::GetReadingsResponse>(
+      [](auto* stub, auto* ctx, auto* req, auto* resp, auto cb) {
+        stub->GetReadings(ctx, req, resp, std::move(cb));
+      },
+      std::move(request), options_.publish_deadline, std::move(done));
 }
 
 }  // namespace devbridge::push

@@ -1,6 +1,7 @@
 // Push's link to ingest over gRPC: the event stream (subscribed on a thread of its own,
-// resumed after the last event seen, reconnected with backoff), and Dispatch and Publish
-// calls on the callback API. Everything it hands back is posted to the io thread.
+// resumed after the last event seen, reconnected with backoff), and Dispatch, Publish,
+// ListDevices and GetReadings calls on the callback API. Everything it hands back is posted to the
+// io thread.
 #ifndef DEVBRIDGE_SERVICES_PUSH_UPSTREAM_INGEST_LINK_H_
 #define DEVBRIDGE_SERVICES_PUSH_UPSTREAM_INGEST_LINK_H_
 
@@ -18,6 +19,7 @@
 #include "absl/time/time.h"
 #include "common/metrics.h"
 #include "devbridge/v1/ingest.grpc.pb.h"
+#include "services/push/core/directory.h"
 #include "services/push/core/push_node.h"
 
 namespace devbridge::push {
@@ -32,11 +34,12 @@ struct LinkOptions {
   absl::Duration publish_deadline = absl::Seconds(5);
 };
 
-class IngestLink : public Upstream {
+class IngestLink : public Upstream, public DeviceDirectory {
  public:
   // `on_events` gets each batch of events in order; `on_state` each change of the stream's
   // state. Both run on the io thread through `post`.
-  IngestLink(LinkOptions options, Poster post, std::function<void(std::vector<v1::Event>)> on_events,
+  IngestLink(LinkOptions options, Poster post,
+             std::function<void(std::vector<v1::Event>)> on_events,
              std::function<void(bool)> on_state, common::MetricsRegistry* metrics);
   ~IngestLink() override;
 
@@ -45,11 +48,18 @@ class IngestLink : public Upstream {
 
   bool up() const override { return up_.load(); }
   void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) override;
-  void Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) override;
+  void Dispatch(v1::Command command,
+                std::function<void(absl::StatusOr<v1::CommandResult>)> done) override;
+  void ListDevices(std::function<void(absl::StatusOr<v1::ListDevicesResponse>)> done) override;
+  void GetReadings(v1::GetReadingsRequest request,
+                   std::function<void(absl::StatusOr<v1::GetReadingsResponse>)> done) override;
 
  private:
   void SubscribeLoop();
   void SetUp(bool up);
+  template <typename Request, typename Response, typename Method>
+  void Call(Method method, Request request, absl::Duration deadline,
+            std::function<void(absl::StatusOr<Response>)> done);
 
   LinkOptions options_;
   Poster post_;
