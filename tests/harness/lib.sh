@@ -1,6 +1,8 @@
 # Shared functions of the test harness: a real mosquitto and a real PostgreSQL, each on a
 # free loopback port, with state under one directory ($DEVBRIDGE_TEST_DIR). Sourced by
-# tests/harness/with-services and tests/harness/svc; not run on its own.
+# tests/harness/with-services, tests/harness/svc and scripts/demo; not run on its own.
+# DEVBRIDGE_PG_OPTIONS replaces the test-speed PostgreSQL settings (the demo keeps fsync on);
+# DEVBRIDGE_MQTT_LISTEN_ADDR the broker's listen address (127.0.0.1).
 
 harness_log() { echo "harness: $*" >&2; }
 
@@ -29,7 +31,7 @@ mqtt_start() {
   local dir=$DEVBRIDGE_TEST_DIR/mqtt port=$DEVBRIDGE_TEST_MQTT_PORT
   mkdir -p "$dir"
   cat >"$dir/mosquitto.conf" <<CONF
-listener $port 127.0.0.1
+listener $port ${DEVBRIDGE_MQTT_LISTEN_ADDR:-127.0.0.1}
 allow_anonymous true
 persistence true
 persistence_location $dir/
@@ -73,7 +75,7 @@ pg_start() {
       { cat "$dir/initdb.log" >&2; return 1; }
   fi
   if ! as_pg_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 30 \
-    -o "-p $DEVBRIDGE_TEST_PG_PORT -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+    -o "-p $DEVBRIDGE_TEST_PG_PORT -k $dir -c listen_addresses=127.0.0.1 ${DEVBRIDGE_PG_OPTIONS:--c fsync=off -c synchronous_commit=off -c full_page_writes=off} -c max_connections=200" \
     start >/dev/null; then
     harness_log "PostgreSQL did not start:"
     cat "$dir/postgres.log" >&2

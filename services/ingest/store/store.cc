@@ -186,7 +186,7 @@ std::vector<v1::CommandResult> QueryReadings(pqxx::connection& conn, const std::
                                              absl::Time since, size_t limit) {
   pqxx::read_transaction tx(conn);
   pqxx::result rows = tx.exec_params(
-      "SELECT (extract(epoch from received_at) * 1000)::bigint, coalesce(command_id::text, ''),"
+      "SELECT floor(extract(epoch from received_at) * 1000)::bigint, coalesce(command_id::text, ''),"
       " unit, function, address, raw, \"values\"::text FROM readings"
       " WHERE device_id = $1 AND received_at >= to_timestamp($2::double precision / 1000)"
       " ORDER BY received_at DESC, id DESC LIMIT $3",

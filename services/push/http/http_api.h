@@ -2,7 +2,7 @@
 // API under /api/ (POST), /healthz, /metrics and the dashboard's static files from web_root;
 // and, for the dashboard, two read-only queries answered by ingest:
 //   GET /api/devices                                  → {"devices":[{deviceId, online, ...}]}
-//   GET /api/readings?deviceId=ID&since=MS&limit=N    → {"readings":[newest first]}
+//   GET /api/readings?deviceId=ID&since=MS&limit=N    → {"readings":[the newest N, oldest first]}
 // Runs on the io thread.
 #ifndef DEVBRIDGE_SERVICES_PUSH_HTTP_HTTP_API_H_
 #define DEVBRIDGE_SERVICES_PUSH_HTTP_HTTP_API_H_

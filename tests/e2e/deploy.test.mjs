@@ -1,0 +1,129 @@
+// deploy/: there is no Docker engine here, so the compose file is checked the way the
+// engine would read it (Debian's docker-compose `config`), and everything it and the
+// Dockerfile name is checked against the real thing: every DEVBRIDGE_<NAME> variable and
+// flag is one the binary accepts, every build target exists, every runtime package is a
+// Debian 12 package, every copied path exists, and nginx accepts the proxy config.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { BUILD, ROOT } from './demo.mjs';
+
+const DEPLOY = join(ROOT, 'deploy');
+const BINARIES = { ingest: 'services/ingest/devbridge-ingest', push: 'services/push/devbridge-push', sim: 'sim/devbridge-sim' };
+
+function compose(...args) {
+  return spawnSync('docker-compose', ['-f', join(DEPLOY, 'docker-compose.yml'), ...args], { encoding: 'utf8' });
+}
+
+// The compose file as docker-compose resolves it, every profile included, as JSON.
+function resolvedConfig() {
+  const yaml = compose('--profile', 'sim', 'config');
+  assert.equal(yaml.status, 0, yaml.stderr);
+  const json = execFileSync('python3', ['-c', 'import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))'],
+    { input: yaml.stdout, encoding: 'utf8' });
+  return JSON.parse(json);
+}
+
+// The flag names a binary lists in --help.
+function flagsOf(target) {
+  const help = spawnSync(join(BUILD, BINARIES[target]), ['--help'], { encoding: 'utf8' });
+  return new Set([...`${help.stdout}${help.stderr}`.matchAll(/--([a-z0-9_]+) \(default/g)].map((m) => m[1]));
+}
+
+// Dockerfile stages: target → { env: [names], copies: [source paths], from }.
+function dockerfileStages() {
+  const stages = {};
+  let current = null;
+  for (const raw of readFileSync(join(DEPLOY, 'Dockerfile'), 'utf8').split('\n')) {
+    const line = raw.trim();
+    let m;
+    if ((m = line.match(/^FROM\s+(\S+)\s+AS\s+(\S+)/i))) {
+      current = stages[m[2]] = { from: m[1], env: [], copies: [], built: [] };
+    } else if (current && (m = line.match(/^ENV\s+(\w+)=/))) {
+      current.env.push(m[1]);
+    } else if (current && (m = line.match(/^COPY\s+--from=build\s+\/build\/(\S+)/))) {
+      current.built.push(m[1]);
+    } else if (current && (m = line.match(/^COPY\s+(?!--)(\S+)\s+\S+$/))) {
+      current.copies.push(m[1]);
+    }
+  }
+  return stages;
+}
+
+test('docker-compose accepts the compose file, with and without the sim profile', () => {
+  for (const args of [['config', '-q'], ['--profile', 'sim', 'config', '-q']]) {
+    const r = compose(...args);
+    assert.equal(r.status, 0, `docker-compose ${args.join(' ')}: ${r.stderr}`);
+  }
+  const { services, volumes } = resolvedConfig();
+  assert.deepEqual(Object.keys(services).sort(), ['ingest', 'mosquitto', 'nginx', 'postgres', 'push', 'sim']);
+  for (const [name, s] of Object.entries(services)) {
+    assert.deepEqual(s.profiles, name === 'sim' ? ['sim'] : undefined, `${name}: only the simulator is optional`);
+  }
+  assert.ok(!services.push.ports && !services.push.container_name, 'push can be scaled (--scale push=N)');
+  assert.ok(services.postgres.volumes.some((v) => String(v).startsWith('pg-data:/var/lib/postgresql/data')), 'PostgreSQL data in a volume');
+  assert.ok('pg-data' in volumes);
+});
+
+test('every DEVBRIDGE_ variable and flag in compose and the Dockerfile is one the binary accepts', () => {
+  const config = resolvedConfig();
+  const stages = dockerfileStages();
+  let checked = 0;
+  for (const [name, service] of Object.entries(config.services)) {
+    const target = service.build?.target;
+    if (!target) continue;
+    assert.ok(BINARIES[target], `service ${name} builds target ${target}, which is not a devbridge binary`);
+    assert.ok(stages[target], `Dockerfile has no stage ${target} (service ${name})`);
+    assert.equal(service.build.dockerfile, 'deploy/Dockerfile');
+    const flags = flagsOf(target);
+    assert.ok(flags.size > 5, `--help of ${target} lists its flags`);
+    const names = [...Object.keys(service.environment || {}), ...stages[target].env].filter((k) => k.startsWith('DEVBRIDGE_'));
+    for (const env of names) {
+      assert.ok(flags.has(env.slice('DEVBRIDGE_'.length).toLowerCase()), `${name}: ${env} is not an option of ${BINARIES[target]}`);
+      checked++;
+    }
+    for (const arg of [].concat(service.command || [])) {
+      const m = String(arg).match(/^--([a-z0-9_]+)=/);
+      assert.ok(m && flags.has(m[1]), `${name}: command argument ${arg} is not an option of ${target}`);
+      checked++;
+    }
+    assert.ok(service.healthcheck || target === 'sim', `${name} has a health check`);
+  }
+  assert.ok(checked >= 15, `checked ${checked} names`);
+});
+
+test('the Dockerfile copies what exists and installs Debian 12 packages', () => {
+  const stages = dockerfileStages();
+  assert.match(stages.build.from, /^debian:12/);
+  assert.match(stages.runtime.from, /^debian:12/);
+  for (const [name, stage] of Object.entries(stages)) {
+    for (const src of stage.copies) assert.ok(existsSync(join(ROOT, src)) || src === '.', `${name}: COPY ${src} does not exist`);
+    for (const built of stage.built) assert.ok(existsSync(join(BUILD, built)), `${name}: the build makes no ${built}`);
+  }
+  const text = readFileSync(join(DEPLOY, 'Dockerfile'), 'utf8');
+  const install = text.match(/apt-get install -y --no-install-recommends\s+\\?([\s\S]*?)&&/)[1];
+  const packages = install.replace(/\\/g, ' ').split(/\s+/).filter(Boolean);
+  assert.ok(packages.includes('libpqxx-6.4'));
+  if (spawnSync('apt-cache', ['show', 'bash']).status !== 0) {
+    console.log('apt has no package lists here: package names not checked');
+    return;
+  }
+  for (const p of packages) assert.equal(spawnSync('apt-cache', ['show', p]).status, 0, `${p} is not a Debian package`);
+});
+
+test('nginx accepts the proxy configuration', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'devbridge-nginx-'));
+  try {
+    mkdirSync(join(dir, 'logs'));
+    const r = spawnSync('nginx', ['-t', '-p', dir, '-c', join(DEPLOY, 'nginx.conf'), '-g', `pid ${dir}/nginx.pid; error_log stderr;`],
+      { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const conf = readFileSync(join(DEPLOY, 'nginx.conf'), 'utf8');
+    assert.match(conf, /proxy_set_header Upgrade \$http_upgrade/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

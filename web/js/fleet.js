@@ -1,0 +1,101 @@
+// The fleet's state as the dashboard sees it: one record per device, built from
+// /api/devices and /api/readings and kept current by the event stream. No DOM here.
+
+export class Fleet {
+  constructor() {
+    this.devices = new Map();  // deviceId → {deviceId, online, lastSeen (ms), values, frames, series}
+  }
+
+  device(id) {
+    let d = this.devices.get(id);
+    if (!d) {
+      d = { deviceId: id, online: false, lastSeen: 0, firstSeen: 0, meta: {}, values: {}, order: [], frames: [], series: [] };
+      this.devices.set(id, d);
+    }
+    return d;
+  }
+
+  // From GET /api/devices.
+  load(list) {
+    for (const item of list) {
+      const d = this.device(item.deviceId);
+      d.online = !!item.online;
+      d.lastSeen = Math.max(d.lastSeen, Date.parse(item.lastSeen) || 0);
+      d.firstSeen = Date.parse(item.firstSeen) || 0;
+      d.meta = item.meta || {};
+    }
+  }
+
+  // Adds a stored or live reading (the data of device.data / command.result with code 200).
+  // Live readings list values in register-map order (stored ones come back from jsonb
+  // reordered), so they set the order values are shown in.
+  addReading(r, { live = false, maxFrames = 50, maxSeries = 500 } = {}) {
+    const d = this.device(r.deviceId);
+    const names = Object.keys(r.values || {});
+    if (live ? names.length > 0 : d.order.length === 0) d.order = names;
+    const at = Date.parse(r.receivedAt) || Date.now();
+    d.lastSeen = Math.max(d.lastSeen, at);
+    for (const [name, v] of Object.entries(r.values || {})) {
+      const known = d.values[name];
+      if (!known || known.at <= at) d.values[name] = { value: v.value, unit: v.unit, at };
+    }
+    if (!d.frames.some((f) => f.commandId === r.commandId && f.receivedAt === r.receivedAt)) {
+      d.frames.push(r);
+      d.frames.sort((a, b) => Date.parse(a.receivedAt) - Date.parse(b.receivedAt));
+      if (d.frames.length > maxFrames) d.frames.splice(0, d.frames.length - maxFrames);
+      const point = { at, values: {} };
+      for (const [name, v] of Object.entries(r.values || {})) {
+        if (typeof v.value === 'number') point.values[name] = v.value;
+      }
+      d.series.push(point);
+      d.series.sort((a, b) => a.at - b.at);
+      if (d.series.length > maxSeries) d.series.splice(0, d.series.length - maxSeries);
+    }
+    return d;
+  }
+
+  // Applies one server frame; returns the device it changed, or null.
+  apply(frame) {
+    const data = frame.data || {};
+    if (!data.deviceId) return null;
+    switch (frame.type) {
+      case 'device.online':
+      case 'device.offline': {
+        const d = this.device(data.deviceId);
+        d.online = frame.type === 'device.online';
+        const at = Date.parse(data.at) || Date.now();
+        if (d.online) d.lastSeen = Math.max(d.lastSeen, at);
+        if (data.meta && typeof data.meta === 'object') d.meta = data.meta;
+        return d;
+      }
+      case 'device.data':
+      case 'command.result':
+        if (frame.code === 200) return this.addReading(data, { live: true });
+        return this.devices.get(data.deviceId) || null;
+      default:
+        return null;
+    }
+  }
+
+  // A device's values as [name, {value, unit, at}] in display order.
+  orderedValues(id) {
+    const d = this.devices.get(id);
+    if (!d) return [];
+    const names = [...d.order.filter((n) => n in d.values), ...Object.keys(d.values).filter((n) => !d.order.includes(n)).sort()];
+    return names.map((n) => [n, d.values[n]]);
+  }
+
+  // Devices sorted by id.
+  list() {
+    return [...this.devices.values()].sort((a, b) => a.deviceId.localeCompare(b.deviceId, undefined, { numeric: true }));
+  }
+
+  // Names of the numeric values a device has reported, for the chart's picker.
+  numericNames(id) {
+    const d = this.devices.get(id);
+    if (!d) return [];
+    const names = new Set();
+    for (const p of d.series) for (const n of Object.keys(p.values)) names.add(n);
+    return [...names].sort();
+  }
+}
