@@ -38,8 +38,10 @@ struct Config : public websocketpp::config::asio {
   using transport_type = websocketpp::transport::asio::endpoint<transport_config>;
   using endpoint_base = core::endpoint_base;
   using connection_base = ConnectionData;
-  // Client frames are small; a smaller read buffer is a smaller connection.
-  static const size_t connection_read_buffer_size = 4096;
+  // The read buffer lives inside every connection object. Client frames are small (pings,
+  // joins, commands), and larger ones are simply read in several steps, so 512 bytes keep an
+  // idle connection small (websocketpp's default, 16 KiB, would dominate its memory).
+  static const size_t connection_read_buffer_size = 512;
 };
 
 using Server = websocketpp::server<Config>;
@@ -122,6 +124,7 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
   server.init_asio(&io, ec);
   if (ec) return absl::InternalError(absl::StrCat("websocketpp init: ", ec.message()));
   server.set_reuse_addr(true);
+  server.set_user_agent("");  // no Server header, and no copy of it in every connection
   server.set_max_message_size(s->options.max_message_bytes);
   server.set_max_http_body_size(s->options.max_http_body_bytes);
   server.set_listen_backlog(4096);
@@ -155,6 +158,11 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
   server.set_open_handler([s](const websocketpp::connection_hdl& hdl) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
     con->opened = true;
+    // websocketpp keeps the handshake's request and response (header maps and strings, about
+    // 1 KiB) for the connection's whole life, though nothing reads them after the upgrade:
+    // OnHandshake took what it needed. Dropping them keeps idle connections small.
+    const_cast<Config::request_type&>(con->get_request()) = Config::request_type();
+    const_cast<Config::response_type&>(con->get_response()) = Config::response_type();
     s->handler->OnOpen(con->id);
   });
   server.set_message_handler([s](const websocketpp::connection_hdl& hdl, const Server::message_ptr& msg) {
