@@ -25,6 +25,9 @@ ABSL_FLAG(int, max_message_bytes, 65536, "largest client frame; larger closes th
 ABSL_FLAG(int, send_queue_bytes, 1048576, "unsent bytes a client may have before it is closed (4008)");
 ABSL_FLAG(absl::Duration, ping_interval, absl::Seconds(25), "how often clients are pinged");
 ABSL_FLAG(absl::Duration, pong_timeout, absl::Seconds(10), "a client that does not answer a ping in time is closed");
+ABSL_FLAG(absl::Duration, flush_interval, absl::Milliseconds(25),
+          "least time between two rounds of socket writes; frames queued meanwhile share one write per client "
+          "(fewer system calls under load, at most this much added latency; 0: write at once)");
 ABSL_FLAG(int, history_size, 1000, "messages kept per system and per group for recover");
 ABSL_FLAG(absl::Duration, history_ttl, absl::Minutes(5), "how long messages are kept for recover");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
@@ -67,6 +70,8 @@ int main(int argc, char** argv) {
   devbridge::common::RequirePositive("ping_interval", o.ping_interval);
   o.pong_timeout = absl::GetFlag(FLAGS_pong_timeout);
   devbridge::common::RequirePositive("pong_timeout", o.pong_timeout);
+  o.flush_interval = absl::GetFlag(FLAGS_flush_interval);
+  if (o.flush_interval > absl::Seconds(1)) devbridge::common::FlagError("flush_interval", "must be at most 1s");
   const int history = absl::GetFlag(FLAGS_history_size);
   devbridge::common::RequireInRange("history_size", history, 0, 10000000);
   o.history_size = static_cast<size_t>(history);

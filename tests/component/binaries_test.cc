@@ -34,6 +34,7 @@ TEST(Binaries, BadValuesExitTwoWithOneLineNamingTheOption) {
       {{kIngest, "--bogus=1"}, "devbridge-ingest: --bogus: unknown option"},
       {{kPush, "--send_queue_bytes=10"}, "devbridge-push: --send_queue_bytes: must be between 1024 and 1073741824"},
       {{kPush, "--pong_timeout=0s"}, "devbridge-push: --pong_timeout: must be a positive duration"},
+      {{kPush, "--flush_interval=2s"}, "devbridge-push: --flush_interval: must be at most 1s"},
       {{kPush, "--listen=nohost"}, "devbridge-push: --listen: bad address"},
       {{kPush, "--web_root=/nonexistent"}, "devbridge-push: --web_root: not a readable directory"},
       {{kSim, "--drop_rate=1.5"}, "devbridge-sim: --drop_rate: must be between 0 and 1"},

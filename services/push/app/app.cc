@@ -110,6 +110,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   wo.max_message_bytes = o.max_message_bytes;
   wo.ping_interval = o.ping_interval;
   wo.pong_timeout = o.pong_timeout;
+  wo.flush_interval = o.flush_interval;
   auto ws = WsServer::Start(s.io, wo, &s);
   if (!ws.ok()) return ws.status();
   s.ws = *std::move(ws);

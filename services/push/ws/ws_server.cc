@@ -61,14 +61,25 @@ struct WsServer::Impl {
 
   // Sends and closes are queued and carried out together right after the current handler:
   // frames for one connection that pile up in one run go out in one write.
+  // With a flush_interval, a round that comes sooner than that after the last one waits for
+  // the rest of the interval.
   void Schedule() {
     if (flush_scheduled) return;
     flush_scheduled = true;
-    asio::post(io, [this] { Flush(); });
+    const auto due = last_flush + flush_interval;
+    if (flush_interval.count() == 0 || std::chrono::steady_clock::now() >= due) {
+      asio::post(io, [this] { Flush(); });
+      return;
+    }
+    flush_timer->expires_at(due);
+    flush_timer->async_wait([this](std::error_code ec) {
+      if (!ec) Flush();
+    });
   }
 
   void Flush() {
     flush_scheduled = false;
+    last_flush = std::chrono::steady_clock::now();
     std::vector<Action> actions;
     actions.swap(pending);
     for (Action& a : actions) {
@@ -107,6 +118,9 @@ struct WsServer::Impl {
   };
   std::vector<Action> pending;
   bool flush_scheduled = false;
+  std::chrono::steady_clock::duration flush_interval{0};
+  std::chrono::steady_clock::time_point last_flush;
+  std::unique_ptr<asio::steady_timer> flush_timer;
   std::unique_ptr<asio::steady_timer> ping_timer;
   bool shut_down = false;
   // The last frame sent and its prepared message (see Send).
@@ -130,6 +144,12 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
   server.set_listen_backlog(4096);
   server.set_pong_timeout(static_cast<long>(absl::ToInt64Milliseconds(s->options.pong_timeout)));
 
+  // Frames go out when written (as Node's ws does): Nagle's algorithm would hold a small
+  // frame back while the client's delayed ACK of the previous one is pending.
+  server.set_socket_init_handler([](const websocketpp::connection_hdl&, asio::ip::tcp::socket& socket) {
+    std::error_code e;
+    socket.set_option(asio::ip::tcp::no_delay(true), e);
+  });
   server.set_validate_handler([s](const websocketpp::connection_hdl& hdl) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
     const std::string resource = con->get_resource();
@@ -214,6 +234,8 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
   if (ec) return absl::UnavailableError(absl::StrCat("cannot listen on ", s->options.listen, ": ", ec.message()));
   server.start_accept(ec);
   if (ec) return absl::UnavailableError(absl::StrCat("cannot accept on ", s->options.listen, ": ", ec.message()));
+  s->flush_interval = absl::ToChronoNanoseconds(s->options.flush_interval);
+  s->flush_timer = std::make_unique<asio::steady_timer>(io);
   s->ping_timer = std::make_unique<asio::steady_timer>(io);
   s->ArmPing();
   return std::unique_ptr<WsServer>(new WsServer(std::move(impl)));
@@ -262,6 +284,7 @@ void WsServer::Shutdown() {
   std::error_code ec;
   impl_->server.stop_listening(ec);
   if (impl_->ping_timer) impl_->ping_timer->cancel();
+  if (impl_->flush_timer) impl_->flush_timer->cancel();
   std::vector<uint64_t> ids;
   for (const auto& [id, con] : impl_->conns) ids.push_back(id);
   for (uint64_t id : ids) Close(id, websocketpp::close::status::going_away, "server shutting down");
