@@ -267,8 +267,10 @@ void Fanout(int clients, double rate, double seconds) {
   print("Node.js ws (peer)", rate, theirs);
   print("devbridge push", rate * 5, ours_max);
   print("Node.js ws (peer)", rate * 5, theirs_max);
-  std::printf("ours/peer = %.2f at %.0f msg/s offered, %.2f at %.0f msg/s (targets: >= 200000 deliveries/s with"
-              " p99 <= 100 ms; ours/peer >= 2.5)\n",
+  // At the lower rate the ratio is capped by what is offered; at 5x both run flat out, so that
+  // one compares the two servers' ceilings.
+  std::printf("ours/peer = %.2f at %.0f msg/s offered, %.2f at %.0f msg/s (flat out) (targets: >= 200000"
+              " deliveries/s with p99 <= 100 ms; ours/peer >= 2.5)\n",
               (ours.deliveries / ours.seconds) / std::max(1.0, theirs.deliveries / theirs.seconds), rate,
               (ours_max.deliveries / ours_max.seconds) / std::max(1.0, theirs_max.deliveries / theirs_max.seconds),
               rate * 5);
@@ -370,7 +372,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "fanout") {
-    Fanout(argc > 2 ? std::atoi(argv[2]) : 1000, argc > 3 ? std::atof(argv[3]) : 200, argc > 4 ? std::atof(argv[4]) : 10);
+    Fanout(argc > 2 ? std::atoi(argv[2]) : 1000, argc > 3 ? std::atof(argv[3]) : 300, argc > 4 ? std::atof(argv[4]) : 10);
     return 0;
   }
   std::fprintf(stderr, "usage: push_bench fanout [clients] [rate] [seconds] | connections [n] [idle_seconds]\n");

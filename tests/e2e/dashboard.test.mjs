@@ -4,7 +4,7 @@
 // Screenshots go to ./output/ (under the build folder when run by ctest).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { test } from 'node:test';
 import { chromium } from 'playwright-core';
@@ -124,6 +124,14 @@ test('dashboard: fleet, commands, offline devices, recovery across replicas', as
     await page.waitForSelector('[data-testid="device-id"]:text-is("sim-0002")');
     await shot(page, '5-phone-device');
     assert.deepEqual(errors, [], 'no script errors on the page');
+
+    // 6. The minimal client of docs/protocol.md works as printed (served from the demo's origin).
+    const doc = readFileSync(join(ROOT, 'docs/protocol.md'), 'utf8');
+    const example = doc.slice(doc.indexOf('## A minimal client')).match(/```html\n([\s\S]*?)```/)[1];
+    await page.route(`${demo.url}example.html`, (route) => route.fulfill({ contentType: 'text/html', body: example }));
+    await page.goto(`${demo.url}example.html`);
+    await waitFor('the example page to get its command result', async () =>
+      /command\.result 200 .*"deviceId":"sim-0001"/.test(await page.textContent('#out')), 20000);
   } finally {
     if (extraSim) extraSim.kill('SIGKILL');
     await browser.close();
