@@ -11,8 +11,12 @@ import { chromium } from 'playwright-core';
 import { BUILD, ROOT, startDemo, waitFor } from './demo.mjs';
 
 const OUTPUT = resolve(process.env.E2E_OUTPUT_DIR || 'output');
+// As root Chromium needs --no-sandbox; the network flags keep it from calling home (the
+// machine's network is closed). Local-network checks would block the protocol example, which
+// the test serves itself (page.route), from opening a WebSocket to localhost.
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--disable-features=LocalNetworkAccessChecks'];
 
 async function shot(page, name, fullPage = true) {
   const path = join(OUTPUT, `${name}.png`);
@@ -130,8 +134,13 @@ test('dashboard: fleet, commands, offline devices, recovery across replicas', as
     const example = doc.slice(doc.indexOf('## A minimal client')).match(/```html\n([\s\S]*?)```/)[1];
     await page.route(`${demo.url}example.html`, (route) => route.fulfill({ contentType: 'text/html', body: example }));
     await page.goto(`${demo.url}example.html`);
-    await waitFor('the example page to get its command result', async () =>
-      /command\.result 200 .*"deviceId":"sim-0001"/.test(await page.textContent('#out')), 20000);
+    const out = page.locator('#out');
+    try {
+      await waitFor('the example page to get its command result', async () =>
+        /command\.result 200 .*"deviceId":"sim-0001"/.test(await out.textContent()), 20000);
+    } catch (err) {
+      throw new Error(`${err.message}; the page shows:\n${(await out.textContent()).slice(0, 600)}`);
+    }
   } finally {
     if (extraSim) extraSim.kill('SIGKILL');
     await browser.close();
