@@ -10,7 +10,7 @@ std::string Registry::GroupKey(const std::string& system_id, const std::string& 
   return absl::StrCat(system_id, "\x1f", group);
 }
 
-std::optional<ConnId> Registry::Add(Session session) {
+std::optional<ConnId> Registry::Add(const Session& session) {
   std::optional<ConnId> replaced;
   if (auto it = by_client_.find(session.client_id); it != by_client_.end()) {
     replaced = it->second;
@@ -20,7 +20,7 @@ std::optional<ConnId> Registry::Add(Session session) {
   by_client_[session.client_id] = conn;
   system_conns_[session.system_id].insert(conn);
   for (const auto& g : session.groups) group_conns_[GroupKey(session.system_id, g)].insert(conn);
-  by_conn_.emplace(conn, std::move(session));
+  by_conn_.emplace(conn, session);
   return replaced;
 }
 

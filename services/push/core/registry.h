@@ -40,7 +40,7 @@ class Registry {
  public:
   // Adds a local session. If its clientId was already connected here, that session is
   // returned (the caller closes it with 4009) and replaced.
-  std::optional<ConnId> Add(Session session);
+  std::optional<ConnId> Add(const Session& session);
   // Removes a local session; returns it.
   std::optional<Session> Remove(ConnId conn);
   Session* ByConn(ConnId conn);

@@ -128,7 +128,7 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
     return fail(401, std::string(auth.message()));
   }
   if (directory_ == nullptr || !node_->upstream_up()) return fail(503, "ingest is unavailable");
-  auto answer = [this, reply = std::move(reply)](const absl::Status& status, std::string data) {
+  auto answer = [this, reply = std::move(reply)](const absl::Status& status, const std::string& data) {
     if (!status.ok()) {
       api_errors_->Inc();
       const int code = common::ResultCodeOf(status);
@@ -180,7 +180,7 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
       data += CommandResultJson(r->readings(i));
     }
     data += "]}";
-    answer(absl::OkStatus(), std::move(data));
+    answer(absl::OkStatus(), data);
   });
 }
 
