@@ -126,7 +126,7 @@ const fleetView = {
     const root = $('#view');
     const old = device && root.querySelector(`[data-device="${CSS.escape(device.deviceId)}"]`);
     if (old) old.replaceWith(this.card(device));
-    else this.render(root);
+    else if (!device || !this.filter || device.deviceId.includes(this.filter)) this.render(root);  // a new card
     const list = fleet.list();
     const count = $('[data-testid="fleet-count"]');
     if (count) count.textContent = `${list.filter((d) => d.online).length} of ${list.length} online`;
