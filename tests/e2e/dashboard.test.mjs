@@ -1,6 +1,7 @@
 // The dashboard in Debian's Chromium (playwright-core) against the demo topology: devices
 // come online, a read command shows decoded values, a device goes offline when its
-// simulator stops, and a reload through the other push replica recovers the history.
+// simulator stops, a reload through the other push replica recovers the history, a
+// connection the server closes is re-opened and resumed, and docs/protocol.md's client works.
 // Screenshots go to ./output/ (under the build folder when run by ctest).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -122,14 +123,33 @@ test('dashboard: fleet, commands, offline devices, recovery across replicas', as
     assert.deepEqual(errorRows, [], 'no error (such as 410: history gone) in the log');
     await shot(page, '4-recovered-events', false);
 
-    // 5. The same page on a phone-sized screen.
+    // 5. The server closes the connection (close_client through the API): the page reconnects
+    // by itself and resumes where it was.
+    const clientId = await page.evaluate(() => JSON.parse(sessionStorage.getItem('devbridge.dashboard.fleet')).clientId);
+    const detail = page.locator('[data-testid="conn-detail"]');
+    const lastShown = Math.max(...(await logOffsets(page)).filter((r) => r.offset !== null).map((r) => r.offset));
+    const closed = await fetch(new URL('/api/close_client', demo.url), {
+      method: 'POST', headers: { SystemId: 'fleet', 'Content-Type': 'application/json' }, body: JSON.stringify({ clientId }),
+    });
+    assert.equal((await closed.json()).code, 0);
+    await waitFor('the page to notice the close', async () => (await state.getAttribute('data-last-close')) === '4000', 10000);
+    await waitFor('the page to reconnect and resume', async () =>
+      (await state.textContent()).startsWith('live') && /resumed after #\d+/.test(await detail.textContent()), 20000);
+    const resumed = await waitFor('events after the reconnect', async () => {
+      const rows = (await logOffsets(page)).filter((r) => r.offset !== null);
+      return rows[rows.length - 1].offset > lastShown + 3 && rows;
+    });
+    const tail = resumed.map((r) => r.offset).filter((o) => o >= lastShown - 5);
+    for (let i = 1; i < tail.length; i++) assert.equal(tail[i], tail[i - 1] + 1, `no gap after the reconnect: ${tail.slice(0, 12)}`);
+
+    // 6. The same page on a phone-sized screen.
     await page.setViewportSize({ width: 390, height: 844 });
     await page.goto(`${demo.url}#/device/sim-0002`);
     await page.waitForSelector('[data-testid="device-id"]:text-is("sim-0002")');
     await shot(page, '5-phone-device');
     assert.deepEqual(errors, [], 'no script errors on the page');
 
-    // 6. The minimal client of docs/protocol.md works as printed (served from the demo's origin).
+    // 7. The minimal client of docs/protocol.md works as printed (served from the demo's origin).
     const doc = readFileSync(join(ROOT, 'docs/protocol.md'), 'utf8');
     const example = doc.slice(doc.indexOf('## A minimal client')).match(/```html\n([\s\S]*?)```/)[1];
     await page.route(`${demo.url}example.html`, (route) => route.fulfill({ contentType: 'text/html', body: example }));

@@ -23,6 +23,7 @@ export class Connection extends EventTarget {
     this.timer = null;
     this.pinger = null;
     this.stopped = false;
+    this.lastClose = null;  // close code of the last connection lost
   }
 
   url() {
@@ -37,7 +38,7 @@ export class Connection extends EventTarget {
   setState(state, detail = '') {
     this.state = state;
     this.detail = detail;
-    this.dispatchEvent(new CustomEvent('state', { detail: { state, detail, node: this.node } }));
+    this.dispatchEvent(new CustomEvent('state', { detail: { state, detail, node: this.node, lastClose: this.lastClose } }));
   }
 
   start() {
@@ -72,6 +73,7 @@ export class Connection extends EventTarget {
       clearInterval(this.pinger);
       if (this.ws !== ws) return;
       this.ws = null;
+      this.lastClose = e.code;
       if (this.stopped) return;
       if (e.code === 4009) {
         this.setState('closed', 'this dashboard was opened again elsewhere with the same client id');

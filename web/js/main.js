@@ -164,7 +164,9 @@ const deviceView = {
               h('label', {}, 'Timeout ms', h('input', { id: 'cmd-timeout', type: 'number', min: 1, max: 60000, placeholder: 'default' }))),
             h('button', { type: 'submit', id: 'cmd-send' }, 'Send')),
           h('div', { id: 'command-result', 'data-testid': 'command-result' })),
-        h('section', { class: 'panel wide' }, h('h2', {}, 'Raw frames'), h('div', { id: 'frames' }, this.framesTable(d))),
+        h('section', { class: 'panel wide' },
+          h('div', { class: 'panel-head' }, h('h2', {}, 'Raw frames'), h('span', { class: 'muted small' }, '* sent by the device unasked')),
+          h('div', { id: 'frames' }, this.framesTable(d))),
       ),
     );
     fnSelect.addEventListener('change', () => {
@@ -332,9 +334,10 @@ function banner(text) {
 }
 
 conn.addEventListener('state', (e) => {
-  const { state, detail, node } = e.detail;
+  const { state, detail, node, lastClose } = e.detail;
   const pill = $('#conn');
   pill.dataset.state = state;
+  if (lastClose !== null) pill.dataset.lastClose = lastClose;
   pill.textContent = state === 'live' ? `live · ${node}` : state;
   pill.title = detail;
   $('#conn-detail').textContent = detail;
