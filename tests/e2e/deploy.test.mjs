@@ -75,9 +75,9 @@ test('every DEVBRIDGE_ variable and flag in compose and the Dockerfile is one th
   for (const [name, service] of Object.entries(config.services)) {
     const target = service.build?.target;
     if (!target) continue;
-    assert.ok(BINARIES[target], `service ${name} builds target ${target}, which is not a devbridge binary`);
     assert.ok(stages[target], `Dockerfile has no stage ${target} (service ${name})`);
     assert.equal(service.build.dockerfile, 'deploy/Dockerfile');
+    if (!BINARIES[target]) continue;  // mosquitto and nginx, from Debian's packages
     const flags = flagsOf(target);
     assert.ok(flags.size > 5, `--help of ${target} lists its flags`);
     const names = [...Object.keys(service.environment || {}), ...stages[target].env].filter((k) => k.startsWith('DEVBRIDGE_'));
@@ -97,16 +97,17 @@ test('every DEVBRIDGE_ variable and flag in compose and the Dockerfile is one th
 
 test('the Dockerfile copies what exists and installs Debian 12 packages', () => {
   const stages = dockerfileStages();
-  assert.match(stages.build.from, /^debian:12/);
-  assert.match(stages.runtime.from, /^debian:12/);
+  for (const [name, stage] of Object.entries(stages)) {
+    if (!stages[stage.from]) assert.match(stage.from, /^debian:12/, `stage ${name} starts from Debian 12`);
+  }
   for (const [name, stage] of Object.entries(stages)) {
     for (const src of stage.copies) assert.ok(existsSync(join(ROOT, src)) || src === '.', `${name}: COPY ${src} does not exist`);
     for (const built of stage.built) assert.ok(existsSync(join(BUILD, built)), `${name}: the build makes no ${built}`);
   }
   const text = readFileSync(join(DEPLOY, 'Dockerfile'), 'utf8');
-  const install = text.match(/apt-get install -y --no-install-recommends\s+\\?([\s\S]*?)&&/)[1];
-  const packages = install.replace(/\\/g, ' ').split(/\s+/).filter(Boolean);
-  assert.ok(packages.includes('libpqxx-6.4'));
+  const packages = [...text.matchAll(/apt-get install -y --no-install-recommends\s+\\?([\s\S]*?)&&/g)]
+    .flatMap((m) => m[1].replace(/\\/g, ' ').split(/\s+/).filter(Boolean));
+  for (const p of ['libpqxx-6.4', 'mosquitto', 'nginx']) assert.ok(packages.includes(p), `installs ${p}`);
   if (spawnSync('apt-cache', ['show', 'bash']).status !== 0) {
     console.log('apt has no package lists here: package names not checked');
     return;
