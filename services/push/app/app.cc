@@ -6,7 +6,7 @@
 #include <future>
 #include <thread>
 
-#include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/log.h"
@@ -63,7 +63,7 @@ struct App::Impl : public Transport, public WsHandler {
   std::unique_ptr<IngestLink> link;
   std::unique_ptr<PushNode> node;
   std::unique_ptr<HttpApi> api;
-  absl::flat_hash_map<uint64_t, ConnectRequest> pending;
+  absl::node_hash_map<uint64_t, ConnectRequest> pending;  // handshakes accepted, not yet open
   std::unique_ptr<WsServer> ws;
   std::unique_ptr<PushService> service;
   std::unique_ptr<grpc::Server> grpc_server;

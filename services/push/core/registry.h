@@ -11,6 +11,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/time/time.h"
 
 namespace devbridge::push {
@@ -70,11 +71,13 @@ class Registry {
  private:
   static std::string GroupKey(const std::string& system_id, const std::string& group);
 
-  absl::flat_hash_map<ConnId, Session> by_conn_;
+  // Sessions and members are large and one per client: node maps keep the slack of a hash
+  // table's spare capacity to a pointer per slot (idle memory per connection).
+  absl::node_hash_map<ConnId, Session> by_conn_;
   absl::flat_hash_map<std::string, ConnId> by_client_;
   absl::flat_hash_map<std::string, absl::flat_hash_set<ConnId>> system_conns_;
   absl::flat_hash_map<std::string, absl::flat_hash_set<ConnId>> group_conns_;
-  absl::flat_hash_map<std::string, Member> members_;
+  absl::node_hash_map<std::string, Member> members_;
 };
 
 }  // namespace devbridge::push
