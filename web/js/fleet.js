@@ -1,6 +1,15 @@
 // The fleet's state as the dashboard sees it: one record per device, built from
 // /api/devices and /api/readings and kept current by the event stream. No DOM here.
 
+// Inserts `item` into `list` (oldest first) by `timeOf`, keeping the newest `max`. Live items
+// are the newest and just go at the end; history loaded later is put in its place.
+function insertByTime(list, item, timeOf, max) {
+  let i = list.length;
+  while (i > 0 && timeOf(list[i - 1]) > timeOf(item)) i--;
+  list.splice(i, 0, item);
+  if (list.length > max) list.splice(0, list.length - max);
+}
+
 export class Fleet {
   constructor() {
     this.devices = new Map();  // deviceId → {deviceId, online, lastSeen (ms), values, frames, series}
@@ -40,16 +49,12 @@ export class Fleet {
       if (!known || known.at <= at) d.values[name] = { value: v.value, unit: v.unit, at };
     }
     if (!d.frames.some((f) => f.commandId === r.commandId && f.receivedAt === r.receivedAt)) {
-      d.frames.push(r);
-      d.frames.sort((a, b) => Date.parse(a.receivedAt) - Date.parse(b.receivedAt));
-      if (d.frames.length > maxFrames) d.frames.splice(0, d.frames.length - maxFrames);
+      insertByTime(d.frames, r, (f) => Date.parse(f.receivedAt), maxFrames);
       const point = { at, values: {} };
       for (const [name, v] of Object.entries(r.values || {})) {
         if (typeof v.value === 'number') point.values[name] = v.value;
       }
-      d.series.push(point);
-      d.series.sort((a, b) => a.at - b.at);
-      if (d.series.length > maxSeries) d.series.splice(0, d.series.length - maxSeries);
+      insertByTime(d.series, point, (p) => p.at, maxSeries);
     }
     return d;
   }

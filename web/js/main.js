@@ -102,11 +102,10 @@ const fleetView = {
   name: 'fleet',
   render(root) {
     const list = fleet.list();
-    const online = list.filter((d) => d.online).length;
     show(root,
       h('div', { class: 'toolbar' },
         h('h1', {}, 'Fleet'),
-        h('span', { class: 'muted', 'data-testid': 'fleet-count' }, `${online} of ${list.length} online`),
+        h('span', { class: 'muted', 'data-testid': 'fleet-count' }, this.count(list)),
         h('input', { type: 'search', id: 'filter', placeholder: 'filter devices', value: this.filter || '',
           oninput: (e) => { this.filter = e.target.value; this.render(root); $('#filter').focus(); } })),
       list.length === 0 ? h('p', { class: 'empty' }, 'No devices yet. They appear here when their first heartbeat arrives.') : null,
@@ -127,9 +126,11 @@ const fleetView = {
     const old = device && root.querySelector(`[data-device="${CSS.escape(device.deviceId)}"]`);
     if (old) old.replaceWith(this.card(device));
     else if (!device || !this.filter || device.deviceId.includes(this.filter)) this.render(root);  // a new card
-    const list = fleet.list();
     const count = $('[data-testid="fleet-count"]');
-    if (count) count.textContent = `${list.filter((d) => d.online).length} of ${list.length} online`;
+    if (count) count.textContent = this.count(fleet.list());
+  },
+  count(list) {
+    return `${list.filter((d) => d.online).length} of ${list.length} online`;
   },
 };
 

@@ -112,12 +112,14 @@ absl::Status HttpApi::CheckReadToken(const httpd::Request& request, const std::s
                    device_id.empty() ? "" : absl::StrCat(" or ", device_id)));
 }
 
+httpd::Response HttpApi::Failure(int code, const std::string& msg) {
+  api_errors_->Inc();
+  return ApiReply(code, msg, "");
+}
+
 void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Response)> reply) {
   api_calls_->Inc();
-  auto fail = [this, &reply](int code, const std::string& msg) {
-    api_errors_->Inc();
-    reply(ApiReply(code, msg, ""));
-  };
+  auto fail = [this, &reply](int code, const std::string& msg) { reply(Failure(code, msg)); };
   std::map<std::string, std::string> params = ParseQuery(request.query);
   const bool readings = request.path == "/api/readings";
   const std::string device = params["deviceId"];
@@ -128,12 +130,11 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
     return fail(401, std::string(auth.message()));
   }
   if (directory_ == nullptr || !node_->upstream_up()) return fail(503, "ingest is unavailable");
-  auto answer = [this, reply = std::move(reply)](const absl::Status& status, const std::string& data) {
+  auto answer = [this, reply = std::move(reply)](const absl::Status& status,
+                                                 const std::string& data) {
     if (!status.ok()) {
-      api_errors_->Inc();
       const int code = common::ResultCodeOf(status);
-      return reply(
-          ApiReply(code >= 400 && code < 600 ? code : 503, std::string(status.message()), ""));
+      return reply(Failure(code >= 400 && code < 600 ? code : 503, std::string(status.message())));
     }
     reply(ApiReply(0, "success", data));
   };
@@ -187,10 +188,7 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
 void HttpApi::Api(const std::string& op, const httpd::Request& request,
                   std::function<void(httpd::Response)> reply) {
   api_calls_->Inc();
-  auto fail = [&](int code, const std::string& msg) {
-    api_errors_->Inc();
-    reply(ApiReply(code, msg, ""));
-  };
+  auto fail = [this, &reply](int code, const std::string& msg) { reply(Failure(code, msg)); };
   auto header = [&](const char* name) {
     auto it = request.headers.find(name);
     return it == request.headers.end() ? std::string() : it->second;
@@ -250,21 +248,19 @@ void HttpApi::Api(const std::string& op, const httpd::Request& request,
   const bool returns_id = m.kind() == v1::PushMessage::SEND_TO_CLIENTS ||
                           m.kind() == v1::PushMessage::SEND_TO_GROUP ||
                           m.kind() == v1::PushMessage::SEND_TO_SYSTEM;
-  node_->Submit(
-      std::move(m), [this, returns_id, reply = std::move(reply)](absl::StatusOr<std::string> id) {
-        if (!id.ok()) {
-          api_errors_->Inc();
-          return reply(
-              ApiReply(common::ResultCodeOf(id.status()), std::string(id.status().message()), ""));
-        }
-        std::string data;
-        if (returns_id) {
-          data = "{\"messageId\":";
-          AppendJsonString(&data, *id);
-          data.push_back('}');
-        }
-        reply(ApiReply(0, "success", data));
-      });
+  node_->Submit(std::move(m), [this, returns_id,
+                               reply = std::move(reply)](absl::StatusOr<std::string> id) {
+    if (!id.ok()) {
+      return reply(Failure(common::ResultCodeOf(id.status()), std::string(id.status().message())));
+    }
+    std::string data;
+    if (returns_id) {
+      data = "{\"messageId\":";
+      AppendJsonString(&data, *id);
+      data.push_back('}');
+    }
+    reply(ApiReply(0, "success", data));
+  });
 }
 
 }  // namespace devbridge::push

@@ -32,6 +32,8 @@ class HttpApi {
   absl::Status CheckReadToken(const httpd::Request& request, const std::string& token,
                               const std::string& device_id) const;
   httpd::Response Static(const std::string& path) const;
+  // An error reply ({"code":C,"msg":M}), counted in api_errors_.
+  httpd::Response Failure(int code, const std::string& msg);
 
   PushNode* node_;
   DeviceDirectory* directory_;

@@ -66,8 +66,8 @@ struct WsServer::Impl {
   void Schedule() {
     if (flush_scheduled) return;
     flush_scheduled = true;
-    const auto due = last_flush + flush_interval;
-    if (flush_interval.count() == 0 || std::chrono::steady_clock::now() >= due) {
+    const auto due = last_flush + absl::ToChronoNanoseconds(options.flush_interval);
+    if (options.flush_interval == absl::ZeroDuration() || std::chrono::steady_clock::now() >= due) {
       asio::post(io, [this] { Flush(); });
       return;
     }
@@ -118,7 +118,6 @@ struct WsServer::Impl {
   };
   std::vector<Action> pending;
   bool flush_scheduled = false;
-  std::chrono::steady_clock::duration flush_interval{0};
   std::chrono::steady_clock::time_point last_flush;
   std::unique_ptr<asio::steady_timer> flush_timer;
   std::unique_ptr<asio::steady_timer> ping_timer;
@@ -234,7 +233,6 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
   if (ec) return absl::UnavailableError(absl::StrCat("cannot listen on ", s->options.listen, ": ", ec.message()));
   server.start_accept(ec);
   if (ec) return absl::UnavailableError(absl::StrCat("cannot accept on ", s->options.listen, ": ", ec.message()));
-  s->flush_interval = absl::ToChronoNanoseconds(s->options.flush_interval);
   s->flush_timer = std::make_unique<asio::steady_timer>(io);
   s->ping_timer = std::make_unique<asio::steady_timer>(io);
   s->ArmPing();
