@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <utility>
 
 #include "modbus/frame.h"
 
@@ -32,11 +33,12 @@ double Wave(const regmap::Register& reg, uint32_t seed, double t) {
 
 }  // namespace
 
-DeviceModel::DeviceModel(const regmap::Profile& profile, uint32_t seed) : profile_(profile), seed_(seed) {
+DeviceModel::DeviceModel(const regmap::Profile& profile, uint32_t seed, Clock clock)
+    : profile_(profile), seed_(seed), clock_(std::move(clock)) {
   for (const auto& reg : profile_.registers) {
     for (uint32_t a = reg.address; a < reg.End(); ++a) words_[static_cast<uint16_t>(a)] = 0;
   }
-  Update(absl::Now());
+  Update(clock_());
 }
 
 void DeviceModel::Store(const regmap::Register& reg, double value) {
@@ -122,7 +124,7 @@ std::vector<uint8_t> DeviceModel::Answer(absl::Span<const uint8_t> frame) {
   for (size_t i = 0; i < request->values.size(); ++i) {
     words_[static_cast<uint16_t>(request->address + i)] = request->values[i];
   }
-  const absl::Time now = absl::Now();
+  const absl::Time now = clock_();
   for (const auto& reg : profile_.registers) {
     if (reg.address < request->address + count && reg.End() > request->address) written_[reg.name] = now;
   }

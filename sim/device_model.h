@@ -5,6 +5,7 @@
 #define DEVBRIDGE_SIM_DEVICE_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -17,8 +18,12 @@ namespace devbridge::sim {
 
 class DeviceModel {
  public:
+  // Where the model reads the time: absl::Now in the simulator, a fixed or stepped clock in
+  // tests, so that no result depends on the day it runs.
+  using Clock = std::function<absl::Time()>;
+
   // `seed` varies the waveforms between devices.
-  DeviceModel(const regmap::Profile& profile, uint32_t seed);
+  DeviceModel(const regmap::Profile& profile, uint32_t seed, Clock clock);
 
   // Moves every register to its value at time `now`.
   void Update(absl::Time now);
@@ -41,6 +46,7 @@ class DeviceModel {
 
   const regmap::Profile& profile_;
   uint32_t seed_;
+  Clock clock_;
   std::map<uint16_t, uint16_t> words_;           // every address the profile covers
   std::map<std::string, absl::Time> written_;    // register name → when a write pinned it
 };

@@ -125,7 +125,7 @@ absl::StatusOr<std::unique_ptr<Simulator>> Simulator::Start(SimOptions options) 
           o.profile.empty() ? absl::StrCat("no profile in the register map matches device ", d.id)
                             : absl::StrCat("no profile named \"", o.profile, "\" in the register map"));
     }
-    d.model = std::make_unique<DeviceModel>(*profile, static_cast<uint32_t>(i * 37 + 11));
+    d.model = std::make_unique<DeviceModel>(*profile, static_cast<uint32_t>(i * 37 + 11), absl::Now);
     d.heartbeat = std::make_unique<asio::steady_timer>(s.io);
     d.data = std::make_unique<asio::steady_timer>(s.io);
   }

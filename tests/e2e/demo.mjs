@@ -4,9 +4,11 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-export const ROOT = resolve(import.meta.dirname, '../..');
+// Not import.meta.dirname: that needs Node.js 20.11, and Debian 12 has 18.
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
 export const BUILD = process.env.DEVBRIDGE_BUILD_DIR || join(ROOT, 'build');
 
 export function freePort() {
