@@ -70,6 +70,11 @@ absl::StatusOr<Reply> ParseReadBody(absl::Span<const uint8_t> frame) {
                       byte_count, frame.size(), 5 + byte_count);
   }
   if (byte_count % 2 != 0) return FrameError("malformed read reply: odd byte count %d", byte_count);
+  // 1..125 registers (CONTRACT §3): a reply of none, or of more than any request may ask, is
+  // not a reply to anything.
+  if (byte_count == 0 || byte_count > 250) {
+    return FrameError("malformed read reply: byte count %d (want 2..250)", byte_count);
+  }
   Reply reply;
   reply.unit = frame[0];
   reply.function = frame[1];
@@ -87,6 +92,9 @@ absl::StatusOr<Reply> ParseWriteBody(absl::Span<const uint8_t> frame) {
   reply.function = frame[1];
   reply.address = Be16(&frame[2]);
   reply.quantity = frame[1] == kWriteSingleRegister ? 1 : Be16(&frame[4]);
+  if (reply.quantity == 0 || reply.quantity > 123) {
+    return FrameError("malformed write reply: quantity %d (want 1..123)", reply.quantity);
+  }
   return reply;
 }
 
@@ -203,6 +211,8 @@ absl::StatusOr<Reply> ParseReply(absl::Span<const uint8_t> frame, const Request&
 
 absl::StatusOr<Reply> ParseUnsolicited(absl::Span<const uint8_t> frame) {
   if (absl::Status s = CheckLengthAndCrc(frame); !s.ok()) return s;
+  // Unit 0 is broadcast (nobody answers it) and 248..255 are reserved: no device replies as them.
+  if (frame[0] == 0 || frame[0] > 247) return FrameError("malformed reply: unit %d cannot answer", frame[0]);
   if ((frame[1] & 0x80) != 0) return ParseException(frame);
   if (IsRead(frame[1])) return ParseReadBody(frame);
   if (IsSupportedFunction(frame[1])) return ParseWriteBody(frame);

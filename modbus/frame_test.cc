@@ -228,6 +228,25 @@ TEST(ParseUnsolicited, AcceptsEachKindAndRejectsUnknownFunctions) {
   EXPECT_NE(ParseUnsolicited(huge).status().message().find("frame too long"), std::string::npos);
 }
 
+TEST(ParseUnsolicited, RejectsRepliesNoRequestCouldHaveAsked) {
+  auto with_crc = [](std::vector<uint8_t> bytes) {
+    AppendCrc(bytes);
+    return bytes;
+  };
+  EXPECT_NE(ParseUnsolicited(with_crc({0x01, 0x03, 0x00})).status().message().find("byte count 0"), std::string::npos);
+  std::vector<uint8_t> too_many = {0x01, 0x03, 252};
+  too_many.resize(3 + 252, 0);
+  EXPECT_FALSE(ParseUnsolicited(with_crc(too_many)).ok()) << "126 registers";
+  EXPECT_NE(ParseUnsolicited(with_crc({0x01, 0x10, 0x00, 0x00, 0xFF, 0xFF})).status().message().find("quantity 65535"),
+            std::string::npos);
+  EXPECT_FALSE(ParseUnsolicited(with_crc({0x01, 0x10, 0x00, 0x00, 0x00, 0x00})).ok());
+  EXPECT_TRUE(ParseUnsolicited(with_crc({0x01, 0x10, 0x00, 0x00, 0x00, 0x7B})).ok()) << "123 is the most";
+  EXPECT_NE(ParseUnsolicited(with_crc({0xFF, 0x03, 0x02, 0x00, 0x01})).status().message().find("unit 255"),
+            std::string::npos);
+  EXPECT_FALSE(ParseUnsolicited(with_crc({0x00, 0x03, 0x02, 0x00, 0x01})).ok()) << "broadcast";
+  EXPECT_TRUE(ParseUnsolicited(with_crc({0xF7, 0x03, 0x02, 0x00, 0x01})).ok()) << "247 is the last unit";
+}
+
 TEST(ParseRequest, RoundTripsEveryFunctionAndRejectsMalformed) {
   for (uint8_t fn : {kReadHoldingRegisters, kReadInputRegisters}) {
     Request r;

@@ -1,4 +1,6 @@
 // devbridge-ingest against a real mosquitto and PostgreSQL, with simulated devices.
+#include <algorithm>
+#include <climits>
 #include <future>
 
 #include "absl/strings/str_cat.h"
@@ -274,6 +276,113 @@ TEST_F(IngestTest, PublishSequencesPushMessagesWithStreamOffsets) {
   v1::PublishResponse resp;
   m.set_system_id("bad id");
   EXPECT_EQ(stub_->Publish(&ctx, m, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(IngestTest, PublishRefusesWhatAReplicaCouldNotApply) {
+  StartIngest();
+  auto refused = [&](const std::function<void(v1::PushMessage&)>& adjust) {
+    v1::PushMessage m;
+    m.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
+    m.set_system_id("fleet");
+    m.set_origin_node("node-a");
+    m.set_data(R"({"ok":1})");
+    adjust(m);
+    grpc::ClientContext ctx;
+    v1::PublishResponse resp;
+    return stub_->Publish(&ctx, m, &resp).error_code();
+  };
+  EXPECT_EQ(refused([](v1::PushMessage&) {}), grpc::StatusCode::OK);
+  EXPECT_EQ(refused([](v1::PushMessage& m) { m.set_data(R"({"a":)"); }), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refused([](v1::PushMessage& m) { m.set_data(R"(1,"type":"device.online")"); }),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refused([](v1::PushMessage& m) { m.set_data(std::string(100000, '[')); }),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refused([](v1::PushMessage& m) {
+              m.set_kind(v1::PushMessage::NODE_SNAPSHOT);
+              m.set_data("[1]");
+            }),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refused([](v1::PushMessage& m) { m.set_kind(static_cast<v1::PushMessage::Kind>(77)); }),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refused([](v1::PushMessage& m) { m.set_kind(v1::PushMessage::CLOSE_CLIENT); }),
+            grpc::StatusCode::INVALID_ARGUMENT)
+      << "close_client names a client";
+  EXPECT_NE(HttpGet("/metrics").find("devbridge_ingest_rpc_refused_total 6"), std::string::npos);
+}
+
+TEST_F(IngestTest, ArgumentsOutOfRangeAndReusedCommandIdsAreRefused) {
+  StartIngest();
+  auto sim = StartSim([](sim::SimOptions& o) { o.devices = 5; });
+  ASSERT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM devices WHERE online") == 5; }));
+  {
+    grpc::ClientContext ctx;
+    v1::GetReadingsRequest req;
+    req.set_device_id(sim->DeviceId(0));
+    req.set_since_unix_ms(INT64_MAX);
+    v1::GetReadingsResponse resp;
+    EXPECT_EQ(stub_->GetReadings(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GetReadingsRequest req;
+    req.set_device_id(sim->DeviceId(0));
+    req.set_limit(10001);
+    v1::GetReadingsResponse resp;
+    EXPECT_EQ(stub_->GetReadings(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  // The same command id twice: the second is refused, the first row keeps its own frames.
+  v1::Command first = Read(sim->DeviceId(0), 0, 2);
+  first.set_command_id(common::NewUuid());
+  ASSERT_EQ(Dispatch(first).code(), 200);
+  v1::Command again = Read(sim->DeviceId(1), 0, 1);
+  again.set_command_id(first.command_id());
+  {
+    grpc::ClientContext ctx;
+    v1::CommandResult result;
+    EXPECT_EQ(stub_->Dispatch(&ctx, again, &result).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  }
+  ASSERT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM commands WHERE status = 'succeeded'") == 1; }));
+  EXPECT_EQ(Count("SELECT count(*) FROM commands WHERE device_id = '" + sim->DeviceId(0) + "'"), 1);
+  // Devices come in pages, in id order, each naming the next.
+  std::vector<std::string> ids;
+  std::string after;
+  int pages = 0;
+  do {
+    grpc::ClientContext ctx;
+    v1::ListDevicesRequest req;
+    req.set_limit(2);
+    req.set_after(after);
+    v1::ListDevicesResponse page;
+    ASSERT_TRUE(stub_->ListDevices(&ctx, req, &page).ok());
+    ASSERT_LE(page.devices_size(), 2);
+    for (const auto& d : page.devices()) ids.push_back(d.device_id());
+    after = page.next();
+    ASSERT_LT(++pages, 10);
+  } while (!after.empty());
+  EXPECT_EQ(pages, 3);
+  ASSERT_EQ(ids.size(), 5u);
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+  EXPECT_EQ(ids[0], sim->DeviceId(0));
+  grpc::ClientContext ctx;
+  v1::ListDevicesRequest big;
+  big.set_limit(10001);
+  v1::ListDevicesResponse resp;
+  EXPECT_EQ(stub_->ListDevices(&ctx, big, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(IngestTest, AHeartbeatPostgresCannotStoreStopsNoWrites) {
+  StartIngest();
+  auto sim = StartSim([](sim::SimOptions& o) { o.data_interval = absl::Milliseconds(50); });
+  ASSERT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM readings") >= 5; }));
+  PublishRaw("nul-1/heartbeat", R"({"fw":"\u0000"})");
+  PublishRaw(sim->DeviceId(0) + "/heartbeat", R"({"fw":"\u0000"})");
+  const int64_t before = Count("SELECT count(*) FROM readings");
+  EXPECT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM readings") > before + 20; }))
+      << "writes stopped after the heartbeat";
+  EXPECT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM devices WHERE device_id = 'nul-1'") == 1; }))
+      << "the device itself is stored, without that meta";
+  EXPECT_EQ(HttpGet("/healthz").rfind("ok", 0), 0u);
+  EXPECT_NE(HttpGet("/metrics").find("devbridge_ingest_heartbeat_meta_refused_total 2"), std::string::npos);
 }
 
 TEST_F(IngestTest, GarbageOnEveryTopicLeavesTheServiceHealthy) {

@@ -3,8 +3,13 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "devbridge/v1/push.grpc.pb.h"
 #include "services/push/app/app.h"
@@ -35,6 +40,39 @@ int StalledClient(int port) {
   char buf[512];
   if (read(fd, buf, sizeof buf) <= 0) return -1;  // the 101 response; then nothing more is read
   return fd;
+}
+
+// Sends `request` as it is and returns the HTTP status of the answer (0: none).
+int RawStatus(int port, const std::string& request) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      write(fd, request.data(), request.size()) != static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return 0;
+  }
+  timeval limit{20, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+  char buf[64] = {};
+  const ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  return n > 12 ? std::atoi(buf + 9) : 0;
+}
+
+// A file with `text` at `path`, creating folders on the way.
+void WriteFile(const std::string& path, const std::string& text) {
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path());
+  std::ofstream(path) << text;
+}
+
+// A token with `claims` (JSON members without braces) that expires an hour from now: the
+// services read the real clock, so a fixed `exp` would make the test depend on the date.
+std::string Token(absl::string_view claims, absl::string_view secret) {
+  return push::SignJwt(
+      absl::StrCat("{", claims, ",\"exp\":", absl::ToUnixSeconds(absl::Now() + absl::Hours(1)), "}"), secret);
 }
 
 class PushTest : public IngestFixture {
@@ -210,9 +248,9 @@ TEST_F(PushTest, DashboardReadsDevicesAndReadingsThroughEitherReplica) {
   auto sim = StartSim();
   const std::string id = sim->DeviceId(0);
   ASSERT_EQ(Dispatch(Read(id, 0, 12)).code(), 200);
-  const std::string fleet = push::SignJwt(R"({"sub":"fleet","exp":4102444800})", "test-secret");
-  const std::string own = push::SignJwt(absl::StrCat(R"({"sub":")", id, R"(","exp":4102444800})"), "test-secret");
-  const std::string other = push::SignJwt(R"({"sub":"sim-999","exp":4102444800})", "test-secret");
+  const std::string fleet = Token(R"("sub":"fleet")", "test-secret");
+  const std::string own = Token(absl::StrCat(R"("sub":")", id, R"(")"), "test-secret");
+  const std::string other = Token(R"("sub":"sim-999")", "test-secret");
   auto get = [](push::App* app, const std::string& path, int* status) {
     return Json::parse(HttpRequest(app->port(), "GET", path, {}, "", status), nullptr, false);
   };
@@ -270,8 +308,8 @@ TEST_F(PushTest, RecoveryAfterReconnectOnAnotherReplica) {
 
 TEST_F(PushTest, AuthAcceptsAndRejects) {
   StartCluster([](push::PushOptions& o) { o.auth_secret = "test-secret"; });
-  const std::string good = push::SignJwt(R"({"sub":"fleet","cmd":true,"groups":["ops"],"exp":4102444800})", "test-secret");
-  const std::string wrong = push::SignJwt(R"({"sub":"fleet","exp":4102444800})", "other-secret");
+  const std::string good = Token(R"("sub":"fleet","cmd":true,"groups":["ops"])", "test-secret");
+  const std::string wrong = Token(R"("sub":"fleet")", "other-secret");
   EXPECT_EQ(WsClient::Connect(a_->port(), "systemId=fleet")->http_status(), 401);
   EXPECT_EQ(WsClient::Connect(a_->port(), "systemId=fleet&token=" + wrong)->http_status(), 401);
   EXPECT_EQ(WsClient::Connect(a_->port(), "systemId=other&token=" + good)->http_status(), 401);
@@ -282,13 +320,86 @@ TEST_F(PushTest, AuthAcceptsAndRejects) {
   int status = 0;
   Api(a_.get(), "send_to_system", {{"data", 1}}, "fleet", &status);
   EXPECT_EQ(status, 401) << "the API needs a token with api: true";
-  const std::string api = push::SignJwt(R"({"sub":"fleet","api":true,"exp":4102444800})", "test-secret");
+  const std::string api = Token(R"("sub":"fleet","api":true)", "test-secret");
   EXPECT_EQ(Api(a_.get(), "send_to_system", {{"data", 1}}, "fleet", &status, api)["code"], 0);
+}
+
+TEST_F(PushTest, HostileRequestsGetTheirErrorsAndTheReplicasStayUp) {
+  const std::string root = std::filesystem::temp_directory_path() / absl::StrCat("devbridge-web-", getpid());
+  WriteFile(root + "/index.html", "<!doctype html>");
+  WriteFile(root + "/js/app.js", "export {};");
+  WriteFile(root + "/test/app.test.mjs", "secret test");
+  WriteFile(root + "/.env", "SECRET=1");
+  StartIngest();
+  a_ = StartPush("node-a", [&](push::PushOptions& o) {
+    o.auth_secret = "test-secret";
+    o.web_root = root;
+  });
+  b_ = StartPush("node-b", [&](push::PushOptions& o) { o.web_root = root; });
+  ASSERT_TRUE(a_ && b_);
+  // Tokens whose header has the wrong JSON types, on every way in (no valid token needed).
+  for (const char* header : {R"({"alg":1})", R"({"alg":null})", R"({"alg":["HS256"]})"}) {
+    const std::string token = absl::StrCat(absl::WebSafeBase64Escape(header), ".",
+                                           absl::WebSafeBase64Escape(R"({"sub":"fleet","exp":4102444800})"), ".c2ln");
+    EXPECT_EQ(WsClient::Connect(a_->port(), "systemId=fleet&token=" + token)->http_status(), 401) << header;
+    int status = 0;
+    HttpRequest(a_->port(), "GET", "/api/devices?token=" + token, {}, "", &status);
+    EXPECT_EQ(status, 401) << header;
+    HttpRequest(a_->port(), "POST", "/api/send_to_system", {{"SystemId", "fleet"}, {"Authorization", "Bearer " + token}},
+                "{}", &status);
+    EXPECT_EQ(status, 401) << header;
+  }
+  // Bodies: nested 100,000 deep, chunked, repeated or non-numeric lengths, too large.
+  int status = 0;
+  // 32,000 levels fit in max_message_bytes (64 KiB); deeper ones are refused as too large.
+  const std::string deep = std::string(32000, '[') + std::string(32000, ']');
+  HttpRequest(b_->port(), "POST", "/api/send_to_system", {{"SystemId", "fleet"}}, deep, &status);
+  EXPECT_EQ(status, 400);
+  HttpRequest(b_->port(), "POST", "/api/send_to_system", {{"SystemId", "fleet"}},
+              absl::StrCat(R"({"data":)", std::string(32000, '{'), "}"), &status);
+  EXPECT_EQ(status, 400);
+  const std::string post = "POST /api/send_to_system HTTP/1.1\r\nHost: t\r\nSystemId: fleet\r\n";
+  EXPECT_EQ(RawStatus(b_->port(), post + "Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"), 411);
+  EXPECT_EQ(RawStatus(b_->port(), post + "Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}"), 400);
+  EXPECT_EQ(RawStatus(b_->port(), post + "Content-Length: two\r\n\r\n{}"), 400);
+  EXPECT_EQ(RawStatus(b_->port(), post + "\r\n"), 400) << "a POST without Content-Length";
+  HttpRequest(b_->port(), "POST", "/api/send_to_system", {{"SystemId", "fleet"}},
+              absl::StrCat(R"({"data":")", std::string(70000, 'x'), R"("})"), &status);
+  EXPECT_EQ(status, 413) << "past max_message_bytes";
+  // Static files: only regular files, never hidden ones or the dashboard's tests.
+  EXPECT_EQ(HttpRequest(b_->port(), "GET", "/", {}, "", &status), "<!doctype html>");
+  EXPECT_EQ(status, 200);
+  HttpRequest(b_->port(), "GET", "/js/app.js", {}, "", &status);
+  EXPECT_EQ(status, 200);
+  for (const char* path : {"/js", "/js/", "/.", "/.env", "/test/app.test.mjs", "/test", "/index.html%00.png"}) {
+    HttpRequest(b_->port(), "GET", path, {}, "", &status);
+    EXPECT_EQ(status, 404) << path;
+  }
+  static const char kNul[] = "GET /index.html\0.png HTTP/1.1\r\nHost: t\r\n\r\n";
+  const int nul = RawStatus(b_->port(), std::string(kNul, sizeof kNul - 1));
+  EXPECT_TRUE(nul == 400 || nul == 404) << nul;
+  HttpRequest(b_->port(), "GET", "/../../etc/passwd", {}, "", &status);
+  EXPECT_TRUE(status == 400 || status == 404) << status;
+  // go-websocket clients register first.
+  EXPECT_EQ(Api(b_.get(), "register", {{"systemId", "fleet"}}, "", &status)["code"], 0);
+  // Both replicas are still up and serving.
+  for (push::App* app : {a_.get(), b_.get()}) {
+    HttpRequest(app->port(), "GET", "/healthz", {}, "", &status);
+    EXPECT_EQ(status, 200);
+  }
+  EXPECT_TRUE(WsClient::Connect(b_->port(), "systemId=fleet")->open());
+  std::filesystem::remove_all(root);
 }
 
 TEST_F(PushTest, SlowConsumerIsClosedWhileAFastOneKeepsReceiving) {
   StartIngest();
-  a_ = StartPush("node-a", [](push::PushOptions& o) { o.send_queue_bytes = 64 * 1024; });
+  a_ = StartPush("node-a", [](push::PushOptions& o) {
+    o.send_queue_bytes = 64 * 1024;
+    // Frames waiting for the next round of writes count as unsent too, so with the default
+    // 25 ms between rounds four of these 16 KiB messages in one round would close even the
+    // fast client: write every round at once here.
+    o.flush_interval = absl::ZeroDuration();
+  });
   auto fast = WsClient::Connect(a_->port(), "systemId=fleet&clientId=fast");
   ASSERT_TRUE(fast->open());
   const int stalled = StalledClient(a_->port());

@@ -75,6 +75,18 @@ async function api(path) {
   return body.data;
 }
 
+// Every device, page by page (/api/devices is paged: `next` names the last id of a page).
+async function allDevices() {
+  const devices = [];
+  let after = '';
+  do {
+    const data = await api(`/api/devices?limit=1000${after ? `&after=${encodeURIComponent(after)}` : ''}`);
+    devices.push(...data.devices);
+    after = data.next;
+  } while (after);
+  return devices;
+}
+
 function statusBadge(online) {
   return h('span', { class: `badge ${online ? 'on' : 'off'}`, 'data-testid': 'status' }, online ? 'online' : 'offline');
 }
@@ -304,11 +316,11 @@ addEventListener('hashchange', route);
 // ---- data ----
 async function loadDevices() {
   try {
-    const data = await api('/api/devices');
-    fleet.load(data.devices);
+    const devices = await allDevices();
+    fleet.load(devices);
     view.render($('#view'));
     // The latest values of each device, a few at a time.
-    const ids = data.devices.map((d) => d.deviceId);
+    const ids = devices.map((d) => d.deviceId);
     for (let i = 0; i < ids.length; i += 6) {
       await Promise.all(ids.slice(i, i + 6).map((id) => loadReadings(id, 5, false)));
     }
@@ -386,7 +398,7 @@ setInterval(() => {
   }
 }, 1000);
 setInterval(() => {
-  if (conn.state === 'live') api('/api/devices').then((d) => { fleet.load(d.devices); if (view === fleetView) view.render($('#view')); }).catch(() => {});
+  if (conn.state === 'live') allDevices().then((devices) => { fleet.load(devices); if (view === fleetView) view.render($('#view')); }).catch(() => {});
 }, 15000);
 
 $('#log-count').textContent = log.items.length;

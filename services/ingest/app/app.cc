@@ -148,10 +148,16 @@ struct App::Impl : public CoreOutputs {
     }
     if (request.path == "/healthz") {
       const bool mqtt_up = mqtt->connected();
-      const bool db_up = store == nullptr || store->healthy();
+      // CONTRACT §10.3: records waiting with none committed for 10 s is a failure too, even
+      // while the database answers.
+      const bool failing = store != nullptr && store->writes_failing(absl::Now());
+      const bool db_up = store == nullptr || (store->healthy() && !failing);
       std::string body = absl::StrCat(mqtt_up && db_up ? "ok" : "unavailable", "\nmqtt: ",
-                                      mqtt_up ? "up" : (mqtt->paused() ? "paused" : "down"),
-                                      "\npostgresql: ", store == nullptr ? "disabled" : (db_up ? "up" : "down"),
+                                      mqtt_up ? "up" : (mqtt->paused() ? "paused" : "down"), "\npostgresql: ",
+                                      store == nullptr ? "disabled"
+                                      : failing        ? "writes failing"
+                                      : db_up          ? "up"
+                                                       : "down",
                                       "\n");
       return {mqtt_up && db_up ? 200 : 503, "text/plain; charset=utf-8", body};
     }

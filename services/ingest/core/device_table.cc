@@ -6,14 +6,6 @@
 
 namespace devbridge::ingest {
 
-bool IsValidDeviceId(absl::string_view id) {
-  if (id.empty() || id.size() > 64) return false;
-  return std::all_of(id.begin(), id.end(), [](char c) {
-    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == ':' ||
-           c == '-';
-  });
-}
-
 bool DeviceTable::Touch(absl::string_view id, absl::Time now) {
   auto [it, inserted] = devices_.try_emplace(id);
   DeviceInfo& d = it->second;
@@ -74,6 +66,21 @@ std::vector<DeviceInfo> DeviceTable::Snapshot() const {
   out.reserve(devices_.size());
   for (const auto& [id, d] : devices_) out.push_back(d);
   std::sort(out.begin(), out.end(), [](const DeviceInfo& a, const DeviceInfo& b) { return a.id < b.id; });
+  return out;
+}
+
+std::vector<const DeviceInfo*> DeviceTable::Page(absl::string_view after, size_t limit) const {
+  std::vector<const DeviceInfo*> out;
+  for (const auto& [id, info] : devices_) {
+    if (id > after) out.push_back(&info);
+  }
+  auto by_id = [](const DeviceInfo* a, const DeviceInfo* b) { return a->id < b->id; };
+  // Only the first `limit` need sorting: select them, then order them.
+  if (out.size() > limit) {
+    std::nth_element(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(limit), out.end(), by_id);
+    out.resize(limit);
+  }
+  std::sort(out.begin(), out.end(), by_id);
   return out;
 }
 

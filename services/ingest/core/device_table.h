@@ -37,6 +37,9 @@ class DeviceTable {
   DeviceInfo* FindMutable(absl::string_view id);
   bool IsOnline(absl::string_view id) const;
   std::vector<DeviceInfo> Snapshot() const;
+  // Up to `limit` devices whose id sorts after `after` ("" for the first page), in id order.
+  // Pointers stay valid until the table next changes.
+  std::vector<const DeviceInfo*> Page(absl::string_view after, size_t limit) const;
   size_t size() const { return devices_.size(); }
   size_t online_count() const { return online_; }
 
@@ -44,9 +47,6 @@ class DeviceTable {
   absl::flat_hash_map<std::string, DeviceInfo> devices_;
   size_t online_ = 0;
 };
-
-// True for ids matching [A-Za-z0-9_.:-]{1,64} (CONTRACT §3); the same rule serves systemIds.
-bool IsValidDeviceId(absl::string_view id);
 
 }  // namespace devbridge::ingest
 

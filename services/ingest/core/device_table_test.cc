@@ -38,17 +38,5 @@ TEST(DeviceTable, SnapshotIsSortedAndMarkOffline) {
   EXPECT_EQ(table.online_count(), 1u);
 }
 
-TEST(IsValidDeviceId, ContractCharset) {
-  EXPECT_TRUE(IsValidDeviceId("sim-0001"));
-  EXPECT_TRUE(IsValidDeviceId("A.b_c:d-9"));
-  EXPECT_TRUE(IsValidDeviceId(std::string(64, 'x')));
-  EXPECT_FALSE(IsValidDeviceId(std::string(65, 'x')));
-  EXPECT_FALSE(IsValidDeviceId(""));
-  EXPECT_FALSE(IsValidDeviceId("a b"));
-  EXPECT_FALSE(IsValidDeviceId("a/b"));
-  EXPECT_FALSE(IsValidDeviceId("a+"));
-  EXPECT_FALSE(IsValidDeviceId("é"));
-}
-
 }  // namespace
 }  // namespace devbridge::ingest

@@ -2,6 +2,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/ids.h"
+#include "common/json_parse.h"
 #include "common/json.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -105,6 +107,8 @@ IngestCore::IngestCore(CoreOptions options, std::shared_ptr<const regmap::Regist
   m_.bad_hex = &r.AddCounter(bad, bad_help, {{"kind", "hex"}});
   m_.bad_malformed = &r.AddCounter(bad, bad_help, {{"kind", "malformed"}});
   m_.bad_mismatch = &r.AddCounter(bad, bad_help, {{"kind", "mismatch"}});
+  m_.meta_refused = &r.AddCounter("devbridge_ingest_heartbeat_meta_refused_total",
+                                  "Heartbeat meta not kept: it holds a NUL, which PostgreSQL cannot store.");
   m_.unsolicited = &r.AddCounter("devbridge_ingest_unsolicited_frames_total",
                                  "Valid data frames with no command in flight.");
   m_.command_latency = &r.AddHistogram("devbridge_ingest_command_latency_ms",
@@ -141,7 +145,7 @@ void IngestCore::OnMessage(absl::string_view topic, absl::string_view payload, a
     m_.unknown_topic->Inc();
     return;
   }
-  if (!IsValidDeviceId(id)) {
+  if (!common::IsValidId(id)) {
     m_.invalid_id->Inc();
     static auto log = common::Logger("ingest.core");
     log->debug("dropped message on {}: device id must match [A-Za-z0-9_.:-]{{1,64}}", topic);
@@ -193,9 +197,15 @@ void IngestCore::OnHeartbeat(const std::string& device_id, absl::string_view pay
   }
   m_.heartbeats->Inc();
   Seen(device_id, now);
-  nlohmann::json meta = nlohmann::json::parse(payload.begin(), payload.end(), nullptr, false);
-  if (!meta.is_discarded() && meta.is_object()) {
-    std::string text = meta.dump();
+  absl::StatusOr<nlohmann::json> meta = common::ParseJson(payload);
+  if (meta.ok() && meta->is_object()) {
+    // A NUL (which PostgreSQL's jsonb cannot hold) refuses the meta before it reaches SQL;
+    // the heartbeat still counts for liveness. (Invalid UTF-8 never parses.)
+    std::string text = meta->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    if (absl::StrContains(text, "\\u0000")) {
+      m_.meta_refused->Inc();
+      return;
+    }
     DeviceInfo* d = devices_.FindMutable(device_id);
     if (text != d->meta_json) {
       d->meta_json = std::move(text);
@@ -342,6 +352,15 @@ void IngestCore::StartNext(const std::string& device_id, absl::Time now) {
   out_->Store(std::move(rec));
 }
 
+void IngestCore::RememberCommandId(const std::string& command_id) {
+  if (!used_ids_.insert(command_id).second) return;
+  used_order_.push_back(command_id);
+  if (used_order_.size() > kRememberedCommandIds) {
+    used_ids_.erase(used_order_.front());
+    used_order_.pop_front();
+  }
+}
+
 void IngestCore::Submit(v1::Command command, absl::Time now, CommandDone done) {
   PendingCommand cmd;
   cmd.submitted = now;
@@ -357,10 +376,11 @@ void IngestCore::Submit(v1::Command command, absl::Time now, CommandDone done) {
     cmd.command = std::move(command);
     Finish(std::move(cmd), std::move(result), now);
   };
-  if (!IsValidDeviceId(command.device_id())) {
+  if (!common::IsValidId(command.device_id())) {
     return fail(common::kCodeBadRequest, "deviceId must match [A-Za-z0-9_.:-]{1,64}");
   }
   if (!common::IsUuid(cmd.command_id)) return fail(common::kCodeBadRequest, "commandId must be a UUID");
+  RememberCommandId(cmd.command_id);
   if (command.timeout_ms() > kMaxTimeoutMs) {
     return fail(common::kCodeBadRequest, absl::StrCat("timeoutMs ", command.timeout_ms(), " exceeds 60000"));
   }
@@ -466,6 +486,14 @@ void IngestCore::Unsolicited(const std::string& device_id, absl::string_view pay
     CountBadFrame(reply.status());
     return;
   }
+  const regmap::Profile* profile = map_->ProfileFor(device_id);
+  if (profile != nullptr && reply->unit != profile->unit) {
+    // Not from the meter the register map describes for this device: storing it would put
+    // another device's registers under this one's names.
+    CountBadFrame(absl::InvalidArgumentError(
+        absl::StrCat("unit mismatch: frame from unit ", reply->unit, ", the profile's unit is ", profile->unit)));
+    return;
+  }
   m_.unsolicited->Inc();
   v1::CommandResult result;
   result.set_device_id(device_id);
@@ -489,7 +517,6 @@ void IngestCore::Unsolicited(const std::string& device_id, absl::string_view pay
     reading.address = reply->address;
   } else {
     // A read reply names no address: it is taken as the profile's registers from its first.
-    const regmap::Profile* profile = map_->ProfileFor(device_id);
     const uint16_t address =
         profile != nullptr && !profile->registers.empty() ? profile->registers.front().address : 0;
     result.set_address(address);

@@ -5,10 +5,12 @@
 #ifndef DEVBRIDGE_SERVICES_INGEST_CORE_INGEST_CORE_H_
 #define DEVBRIDGE_SERVICES_INGEST_CORE_INGEST_CORE_H_
 
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
@@ -65,6 +67,11 @@ class IngestCore {
   // Fails every command with code 503 and `reason`, for shutdown.
   void FailAll(absl::Time now, const std::string& reason);
 
+  // True when `command_id` named a command submitted here before (the most recent
+  // kRememberedCommandIds of them are remembered).
+  bool CommandIdUsed(const std::string& command_id) const { return used_ids_.contains(command_id); }
+  static constexpr size_t kRememberedCommandIds = 100000;
+
   const DeviceTable& devices() const { return devices_; }
   const CommandTracker& commands() const { return commands_; }
 
@@ -78,6 +85,7 @@ class IngestCore {
   void Unsolicited(const std::string& device_id, absl::string_view payload, absl::Time now);
   void CountBadFrame(const absl::Status& status);
   std::vector<StreamRef> DeviceStreams(const std::string& device_id) const;
+  void RememberCommandId(const std::string& command_id);
 
   CoreOptions options_;
   std::shared_ptr<const regmap::RegisterMap> map_;
@@ -86,6 +94,8 @@ class IngestCore {
   CommandTracker commands_;
   std::vector<regmap::DecodedValue> scratch_;
   std::string topic_prefix_slash_;
+  absl::flat_hash_set<std::string> used_ids_;  // bounded by used_order_
+  std::deque<std::string> used_order_;         // oldest first
 
   struct Metrics {
     common::Counter* heartbeats;
@@ -98,6 +108,7 @@ class IngestCore {
     common::Counter* bad_malformed;
     common::Counter* bad_mismatch;
     common::Counter* unsolicited;
+    common::Counter* meta_refused;
     common::Histogram* command_latency;
     std::map<int, common::Counter*> results;
     common::Counter* results_other;

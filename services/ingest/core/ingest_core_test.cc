@@ -273,6 +273,40 @@ TEST_F(IngestCoreTest, GarbageIsCountedAndDropped) {
   EXPECT_NE(metrics.find("devbridge_ingest_messages_dropped_total{reason=\"unknown_topic\"} 3"), std::string::npos);
 }
 
+TEST_F(IngestCoreTest, HeartbeatMetaThatPostgresCannotHoldIsRefusedButCountsForLiveness) {
+  core_->OnMessage("devices/d/heartbeat", R"({"fw":"\u0000"})", t0);
+  core_->OnMessage("devices/e/heartbeat", R"({"fw":{"deep":)" + std::string(100000, '[') + "}}", t0);
+  core_->OnMessage("devices/f/heartbeat", "{\"fw\":\"\xff\xfe\"}", t0);  // not UTF-8: not JSON
+  ASSERT_NE(core_->devices().Find("d"), nullptr);
+  EXPECT_TRUE(core_->devices().Find("d")->online);
+  EXPECT_EQ(core_->devices().Find("d")->meta_json, "");
+  EXPECT_EQ(core_->devices().Find("e")->meta_json, "") << "nested past 64 levels: no meta";
+  EXPECT_EQ(core_->devices().Find("f")->meta_json, "");
+  for (const auto& r : out_.StoredOf<DeviceRecord>()) {
+    if (r.meta_json) {
+      EXPECT_EQ(r.meta_json->find("\\u0000"), std::string::npos) << *r.meta_json;
+    }
+  }
+  EXPECT_NE(metrics_.Render().find("devbridge_ingest_heartbeat_meta_refused_total 1"), std::string::npos);
+}
+
+TEST_F(IngestCoreTest, NonsenseUnsolicitedFramesAreNotStored) {
+  auto frame = [](std::vector<uint8_t> bytes) {
+    modbus::AppendCrc(bytes);
+    return modbus::ToHex(bytes);
+  };
+  core_->OnMessage("devices/d/data", frame({0x01, 0x03, 0x00}), t0);  // a read reply of no registers
+  core_->OnMessage("devices/d/data", frame({0x01, 0x10, 0x00, 0x00, 0xFF, 0xFF}), t0);  // wrote 65535 registers
+  core_->OnMessage("devices/d/data", frame({0xFF, 0x03, 0x02, 0x00, 0x01}), t0);        // unit 255
+  core_->OnMessage("devices/d/data", frame({0x07, 0x03, 0x02, 0x00, 0x01}), t0);        // unit 7: not d's meter
+  core_->OnMessage("devices/pump-1/data", frame({0x07, 0x03, 0x02, 0x00, 0x01}), t0);   // unit 7: the pump's
+  ASSERT_EQ(out_.StoredOf<ReadingRecord>().size(), 1u);
+  EXPECT_EQ(out_.StoredOf<ReadingRecord>()[0].device_id, "pump-1");
+  const std::string metrics = metrics_.Render();
+  EXPECT_NE(metrics.find("devbridge_ingest_frames_bad_total{kind=\"malformed\"} 3"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("devbridge_ingest_frames_bad_total{kind=\"mismatch\"} 1"), std::string::npos) << metrics;
+}
+
 TEST_F(IngestCoreTest, FailAllAtShutdown) {
   core_->OnMessage("devices/d/heartbeat", "{}", t0);
   auto a = Submit(Read("d", 0, 1));

@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/ids.h"
+#include "events/push_message.h"
 #include "common/log.h"
 #include "services/ingest/core/device_table.h"
 
@@ -14,6 +16,10 @@ constexpr int kMaxBatchEvents = 1000;
 constexpr size_t kMaxBatchBytes = size_t{512} * 1024;
 constexpr uint32_t kDefaultReadings = 100;
 constexpr uint32_t kMaxReadings = 10000;
+constexpr uint32_t kDefaultDevicesPage = 1000;
+constexpr uint32_t kMaxDevicesPage = 10000;
+// The last instant PostgreSQL's timestamptz and absl agree on without surprises.
+constexpr int64_t kMaxSinceMs = 253402300799999;
 
 // One subscriber of the event stream. Lives until gRPC calls OnDone; all of its state is
 // touched on the io thread only, including its deletion.
@@ -174,6 +180,8 @@ IngestService::IngestService(Poster post, IngestCore* core, EventLog* log, Store
     : post_(std::move(post)), core_(core), log_(log), store_(store) {
   events_sent_ = &metrics->AddCounter("devbridge_ingest_stream_events_sent_total",
                                       "Events written to stream subscribers.");
+  refused_ = &metrics->AddCounter("devbridge_ingest_rpc_refused_total",
+                                  "gRPC calls refused for their arguments (INVALID_ARGUMENT, ALREADY_EXISTS).");
   metrics->AddGaugeFn("devbridge_ingest_stream_subscribers", "Push replicas subscribed.", {},
                       [this] { return static_cast<double>(subscribers_.load()); });
 }
@@ -183,6 +191,14 @@ grpc::ServerUnaryReactor* IngestService::Dispatch(grpc::CallbackServerContext* c
                                                   v1::CommandResult* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   post_([this, command = *request, reactor, response]() mutable {
+    // A caller's command id names one command only: a second use would write another
+    // device's request and response into the first one's row (CONTRACT §10.2).
+    if (!command.command_id().empty() && core_->CommandIdUsed(command.command_id())) {
+      refused_->Inc();
+      reactor->Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                                   absl::StrCat("command_id ", command.command_id(), " was used before")));
+      return;
+    }
     core_->Submit(std::move(command), absl::Now(), [reactor, response](const v1::CommandResult& r) {
       *response = r;
       reactor->Finish(grpc::Status::OK);
@@ -192,11 +208,18 @@ grpc::ServerUnaryReactor* IngestService::Dispatch(grpc::CallbackServerContext* c
 }
 
 grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext* ctx,
-                                                     const v1::ListDevicesRequest* /*request*/,
+                                                     const v1::ListDevicesRequest* request,
                                                      v1::ListDevicesResponse* response) {
+  if (request->limit() > kMaxDevicesPage) {
+    refused_->Inc();
+    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("limit must be 1..", kMaxDevicesPage));
+  }
+  const uint32_t limit = request->limit() == 0 ? kDefaultDevicesPage : request->limit();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  post_([this, reactor, response] {
-    for (const DeviceInfo& d : core_->devices().Snapshot()) {
+  post_([this, reactor, response, limit, after = request->after()] {
+    const std::vector<const DeviceInfo*> page = core_->devices().Page(after, limit + 1);
+    for (size_t i = 0; i < page.size() && i < limit; ++i) {
+      const DeviceInfo& d = *page[i];
       v1::Device* out = response->add_devices();
       out->set_device_id(d.id);
       out->set_online(d.online);
@@ -204,6 +227,8 @@ grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext
       out->set_last_seen_unix_ms(absl::ToUnixMillis(d.last_seen));
       out->set_meta_json(d.meta_json);
     }
+    // One more than asked for tells whether another page follows.
+    if (page.size() > limit) response->set_next(page[limit - 1]->id);
     reactor->Finish(grpc::Status::OK);
   });
   return reactor;
@@ -212,19 +237,29 @@ grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* IngestService::GetReadings(grpc::CallbackServerContext* ctx,
                                                      const v1::GetReadingsRequest* request,
                                                      v1::GetReadingsResponse* response) {
-  if (!IsValidDeviceId(request->device_id())) {
+  if (!common::IsValidId(request->device_id())) {
     return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "device_id must match [A-Za-z0-9_.:-]{1,64}");
   }
   if (store_ == nullptr) {
     return Refuse(ctx, grpc::StatusCode::FAILED_PRECONDITION, "ingest runs without persistence (pg_dsn=none)");
   }
+  if (request->since_unix_ms() < 0 || request->since_unix_ms() > kMaxSinceMs) {
+    refused_->Inc();
+    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("since_unix_ms must be 0..", kMaxSinceMs));
+  }
+  if (request->limit() > kMaxReadings) {
+    refused_->Inc();
+    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("limit must be 1..", kMaxReadings));
+  }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  const uint32_t limit = request->limit() == 0 ? kDefaultReadings : std::min(request->limit(), kMaxReadings);
+  const uint32_t limit = request->limit() == 0 ? kDefaultReadings : request->limit();
   store_->GetReadings(request->device_id(), absl::FromUnixMillis(request->since_unix_ms()), limit,
                       [reactor, response](absl::StatusOr<std::vector<v1::CommandResult>> readings) {
                         if (!readings.ok()) {
+                          // The database's own words stay in ingest's log, not in the reply.
+                          common::Logger("ingest.rpc")->warn("GetReadings failed: {}", readings.status().message());
                           reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                                       std::string(readings.status().message())));
+                                                       "readings are unavailable: the database did not answer"));
                           return;
                         }
                         for (auto& r : *readings) *response->add_readings() = std::move(r);
@@ -244,14 +279,11 @@ grpc::ServerWriteReactor<v1::EventBatch>* IngestService::Subscribe(
 grpc::ServerUnaryReactor* IngestService::Publish(grpc::CallbackServerContext* ctx,
                                                  const v1::PushMessage* request,
                                                  v1::PublishResponse* response) {
-  if (request->kind() == v1::PushMessage::KIND_UNSPECIFIED) {
-    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "kind is required");
-  }
-  const bool node_message = request->kind() == v1::PushMessage::NODE_HELLO ||
-                            request->kind() == v1::PushMessage::NODE_SNAPSHOT ||
-                            request->kind() == v1::PushMessage::NODE_DOWN;
-  if (!node_message && !IsValidDeviceId(request->system_id())) {
-    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "system_id must match [A-Za-z0-9_.:-]{1,64}");
+  // Everything forwarded reaches every replica: refuse what a replica could not apply, and
+  // data that would not splice into a frame as one JSON value (CONTRACT §10.2).
+  if (absl::Status valid = events::ValidatePushMessage(*request); !valid.ok()) {
+    refused_->Inc();
+    return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, std::string(valid.message()));
   }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   post_([this, message = *request, reactor, response]() mutable {

@@ -61,6 +61,7 @@ class IngestService final : public v1::Ingest::CallbackService {
   Store* store_;
   std::atomic<int> subscribers_{0};
   common::Counter* events_sent_;
+  common::Counter* refused_;
   NodeTracker nodes_;
 };
 

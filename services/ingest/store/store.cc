@@ -1,11 +1,13 @@
 #include "services/ingest/store/store.h"
 
+#include <cstddef>
 #include <map>
 #include <pqxx/pqxx>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/types/span.h"
 #include "common/log.h"
 #include "modbus/payload.h"
 #include "nlohmann/json.hpp"
@@ -93,7 +95,7 @@ void Migrate(pqxx::connection& conn) {
 
 // Writes one batch in one transaction. Device rows and command rows are coalesced to their
 // latest state first: a command's queued → sent → succeeded in one batch is one upsert.
-void WriteBatch(pqxx::connection& conn, const std::vector<StoreRecord>& batch) {
+void WriteBatch(pqxx::connection& conn, absl::Span<const StoreRecord> batch) {
   std::map<std::string, DeviceRecord> devices;
   std::vector<const ReadingRecord*> readings;
   std::vector<CommandRecord> commands;
@@ -176,10 +178,74 @@ void WriteBatch(pqxx::connection& conn, const std::vector<StoreRecord>& batch) {
         " ON CONFLICT (command_id) DO UPDATE SET completed_at = EXCLUDED.completed_at,"
         " status = EXCLUDED.status, code = EXCLUDED.code,"
         " response = COALESCE(EXCLUDED.response, commands.response),"
-        " error = EXCLUDED.error";
+        " error = EXCLUDED.error"
+        // A command id reused for another device (refused by Dispatch, but only as far as
+        // ingest remembers) never mixes two devices' frames in one row.
+        " WHERE commands.device_id = EXCLUDED.device_id";
     tx.exec0(sql);
   }
   tx.commit();
+}
+
+// True for errors about the data of a statement, which no retry can cure: data exceptions
+// (class 22: a NUL in jsonb, a value out of range), integrity violations (23) and program
+// limits (54). Anything else (a lost connection, a server shutting down) is worth a retry.
+bool IsDataError(const pqxx::sql_error& e) {
+  const std::string& state = e.sqlstate();
+  return state.size() == 5 && (state.compare(0, 2, "22") == 0 || state.compare(0, 2, "23") == 0 ||
+                               state.compare(0, 2, "54") == 0);
+}
+
+// What table `rejected` keeps of a record: its kind, device and the bytes it carried.
+void WriteRejected(pqxx::connection& conn, const StoreRecord& record, const std::string& error) {
+  std::string kind, device_id, payload;
+  if (const auto* d = std::get_if<DeviceRecord>(&record)) {
+    kind = "device";
+    device_id = d->device_id;
+    payload = d->meta_json.value_or("");
+  } else if (const auto* r = std::get_if<ReadingRecord>(&record)) {
+    kind = "reading";
+    device_id = r->device_id;
+    payload = r->raw;
+  } else if (const auto* c = std::get_if<CommandRecord>(&record)) {
+    kind = "command";
+    device_id = c->device_id;
+    payload = c->request;
+  }
+  pqxx::work tx(conn);
+  // The error text comes from PostgreSQL; keep it printable so it can always be stored.
+  std::string text = error;
+  for (char& ch : text) {
+    if (ch == '\0') ch = ' ';
+  }
+  tx.exec0(absl::StrCat("INSERT INTO rejected (at, kind, device_id, payload, error) VALUES (now(), ", tx.quote(kind),
+                        ",", tx.quote(device_id), ",", ByteaLiteral(payload), ",", tx.quote(text), ")"));
+  tx.commit();
+}
+
+// Writes `records` so that a record PostgreSQL refuses for its data cannot hold up the
+// others: on a data error the batch is halved until the refused record stands alone, and
+// that one goes to table `rejected`. Records committed (or rejected) so far are counted in
+// `*done`, always a prefix of `records`, so a caller that retries after a connection error
+// resumes after them and nothing is stored twice. Other errors are thrown.
+void WriteIsolating(pqxx::connection& conn, absl::Span<const StoreRecord> records, size_t* done,
+                    std::vector<std::pair<const StoreRecord*, std::string>>* rejected) {
+  try {
+    WriteBatch(conn, records);
+    *done += records.size();
+    return;
+  } catch (const pqxx::sql_error& e) {
+    if (!IsDataError(e)) throw;
+    if (records.size() == 1) {
+      WriteRejected(conn, records[0], e.what());
+      rejected->emplace_back(&records[0], e.what());
+      ++*done;
+      return;
+    }
+  }
+  const size_t half = records.size() / 2;
+  WriteIsolating(conn, records.subspan(0, half), done, rejected);
+  WriteIsolating(conn, records.subspan(half), done, rejected);
 }
 
 std::vector<v1::CommandResult> QueryReadings(pqxx::connection& conn, const std::string& device_id,
@@ -235,6 +301,9 @@ const std::vector<std::string>& Migrations() {
       " CHECK (status IN ('queued', 'sent', 'succeeded', 'failed', 'timeout')),"
       " code integer, request bytea, response bytea null, error text null);"
       "CREATE INDEX IF NOT EXISTS commands_device_requested ON commands (device_id, requested_at desc);",
+      // 2: records PostgreSQL refused for their data (CONTRACT §10.3).
+      "CREATE TABLE IF NOT EXISTS rejected ("
+      " id bigserial primary key, at timestamptz, kind text, device_id text, payload bytea, error text);",
   };
   return kMigrations;
 }
@@ -273,6 +342,9 @@ Store::Store(StoreOptions options, common::MetricsRegistry* metrics) : options_(
   m_.rows = &r.AddCounter("devbridge_ingest_db_records_total", "Records committed.");
   m_.errors = &r.AddCounter("devbridge_ingest_db_errors_total", "Failed database operations.");
   m_.retries = &r.AddCounter("devbridge_ingest_db_retries_total", "Batches written again after an error.");
+  m_.rejected = &r.AddCounter("devbridge_ingest_db_rejected_total",
+                              "Records PostgreSQL refused for their data, kept in table rejected.");
+  last_progress_ms_ = absl::ToUnixMillis(absl::Now());
   r.AddGaugeFn("devbridge_ingest_db_queue_bytes", "Bytes waiting for the writer.", {},
                [this] { return static_cast<double>(queued_bytes_.load()); });
   r.AddGaugeFn("devbridge_ingest_db_up", "1 when the database answers.", {},
@@ -308,13 +380,14 @@ bool Store::Flush(absl::Duration timeout) {
                               [&] { return committed_ >= target; });
 }
 
+bool Store::writes_failing(absl::Time now) const {
+  return queued_bytes_.load() > 0 && now - absl::FromUnixMillis(last_progress_ms_.load()) > kWritesFailingAfter;
+}
+
 void Store::Stop(absl::Duration timeout) {
   if (!writer_.joinable()) return;
-  if (!Flush(timeout)) {
-    common::Logger("ingest.store")
-        ->error("stopping with {} records not written: the database did not take them in time",
-                queued_records());
-  }
+  // After the timeout the writer makes no new attempt; it reports what it could not write.
+  Flush(timeout);
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
@@ -359,6 +432,7 @@ void Store::WriterLoop() {
       const bool woke = cv_.wait_for(lock, std::chrono::seconds(2),
                                      [&] { return stopping_ || !queue_.empty(); });
       if (stopping_ && queue_.empty()) break;
+      if (queue_.empty()) last_progress_ms_ = absl::ToUnixMillis(absl::Now());  // nothing waits
       if (!woke) {
         // Idle: check the database so /healthz stays true to it.
         lock.unlock();
@@ -388,16 +462,20 @@ void Store::WriterLoop() {
         queue_.pop_front();
       }
     }
-    if (stopping_ && !healthy_ && failures > 0 && !conn) {
-      // Stop() already waited its flush timeout; give up rather than retry forever.
+    if (stopping_ && failures > 0) {
+      // Stop() already waited its flush timeout: give up rather than retry forever.
+      log->error("stopping with {} record(s) not written: the database did not take them in time",
+                 batch.size() + queue_.size());
       break;
     }
     lock.unlock();
     const absl::Time start = absl::Now();
     bool ok = false;
+    size_t done = 0;  // records of `batch` committed or rejected, a prefix
+    std::vector<std::pair<const StoreRecord*, std::string>> rejected;
     if (ensure()) {
       try {
-        WriteBatch(*conn, batch);
+        WriteIsolating(*conn, batch, &done, &rejected);
         ok = true;
       } catch (const pqxx::broken_connection& e) {
         conn.reset();
@@ -410,6 +488,18 @@ void Store::WriterLoop() {
         if (failures++ % 20 == 0) log->error("batch of {} records failed: {}; retrying", batch.size(), e.what());
       }
     }
+    for (const auto& [record, error] : rejected) {
+      m_.rejected->Inc();
+      if (m_.rejected->Value() <= 20 || m_.rejected->Value() % 1000 == 0) {
+        log->error("record of device {} refused by PostgreSQL, kept in table rejected ({} so far): {}",
+                   std::visit([](const auto& r) { return r.device_id; }, *record), m_.rejected->Value(), error);
+      }
+    }
+    if (!ok && done > 0) {
+      // Part of the batch is in: account for it now, and retry only the rest.
+      Committed(batch, done, absl::Now(), &lock);
+      lock.unlock();
+    }
     if (ok) {
       const absl::Time now = absl::Now();
       if (failures > 0) log->info("database writes resumed after {} failed attempts", failures);
@@ -418,26 +508,7 @@ void Store::WriterLoop() {
       healthy_ = true;
       m_.batch_size->Observe(static_cast<double>(batch.size()));
       m_.batch_ms->Observe(absl::ToDoubleMilliseconds(now - start));
-      m_.rows->Inc(batch.size());
-      size_t bytes = 0;
-      for (const StoreRecord& r : batch) {
-        bytes += RecordBytes(r);
-        if (const auto* reading = std::get_if<ReadingRecord>(&r)) {
-          m_.commit_latency_ms->Observe(absl::ToDoubleMilliseconds(now - reading->published_at));
-        }
-      }
-      const size_t committed = batch.size();
-      batch.clear();
-      const size_t left = queued_bytes_.fetch_sub(bytes) - bytes;
-      lock.lock();
-      const bool call_on_space = was_full_ && left <= options_.max_queue_bytes / 2;
-      if (call_on_space) was_full_ = false;
-      lock.unlock();
-      // Before Flush() waiters learn of the commit, so they see its effects.
-      if (call_on_space && on_space_) on_space_();
-      lock.lock();
-      committed_ += committed;
-      flushed_cv_.notify_all();
+      Committed(batch, batch.size(), now, &lock);
     } else {
       m_.retries->Inc();
       lock.lock();
@@ -445,6 +516,29 @@ void Store::WriterLoop() {
       backoff = std::min(backoff * 2, options_.max_backoff);
     }
   }
+}
+
+void Store::Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now, std::unique_lock<std::mutex>* lock) {
+  m_.rows->Inc(n);
+  size_t bytes = 0;
+  for (size_t i = 0; i < n; ++i) {
+    bytes += RecordBytes(batch[i]);
+    if (const auto* reading = std::get_if<ReadingRecord>(&batch[i])) {
+      m_.commit_latency_ms->Observe(absl::ToDoubleMilliseconds(now - reading->published_at));
+    }
+  }
+  batch.erase(batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(n));
+  last_progress_ms_ = absl::ToUnixMillis(now);
+  const size_t left = queued_bytes_.fetch_sub(bytes) - bytes;
+  lock->lock();
+  const bool call_on_space = was_full_ && left <= options_.max_queue_bytes / 2;
+  if (call_on_space) was_full_ = false;
+  lock->unlock();
+  // Before Flush() waiters learn of the commit, so they see its effects.
+  if (call_on_space && on_space_) on_space_();
+  lock->lock();
+  committed_ += n;
+  flushed_cv_.notify_all();
 }
 
 void Store::ReaderLoop() {
@@ -466,8 +560,11 @@ void Store::ReaderLoop() {
     job(conn.get());
     lock.lock();
   }
-  // Jobs left at shutdown still get an answer.
-  for (auto& job : reads_) job(nullptr);
+  // Jobs left at shutdown still get an answer, outside the lock (a callback may call back in).
+  std::deque<std::function<void(void*)>> left;
+  left.swap(reads_);
+  lock.unlock();
+  for (auto& job : left) job(nullptr);
 }
 
 void Store::GetReadings(std::string device_id, absl::Time since, size_t limit, ReadingsDone done) {
@@ -483,8 +580,11 @@ void Store::GetReadings(std::string device_id, absl::Time since, size_t limit, R
     }
   };
   {
-    std::lock_guard<std::mutex> lock(read_mu_);
-    if (read_stopping_) return job(nullptr);
+    std::unique_lock<std::mutex> lock(read_mu_);
+    if (read_stopping_) {
+      lock.unlock();
+      return job(nullptr);
+    }
     reads_.emplace_back(std::move(job));
   }
   read_cv_.notify_one();

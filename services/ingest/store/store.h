@@ -4,6 +4,8 @@
 // Push() never blocks and never refuses: the io thread checks Full() before taking more
 // MQTT messages, which is how a database outage turns into broker-side buffering. While
 // the database is away the writer keeps its batch, retries with backoff and loses nothing.
+// A record the database refuses for its data (CONTRACT §10.3) is isolated by halving the
+// batch, kept in table `rejected` with the error, and never holds up the others.
 #ifndef DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
 #define DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
 
@@ -53,13 +55,17 @@ class Store {
 
   // True when the last statement (or periodic check) against the database succeeded.
   bool healthy() const { return healthy_.load(); }
+  // True when records wait and none was committed for kWritesFailingAfter. Thread-safe.
+  bool writes_failing(absl::Time now) const;
+  static constexpr absl::Duration kWritesFailingAfter = absl::Seconds(10);
   size_t queued_bytes() const { return queued_bytes_.load(); }
   size_t queued_records() const;
 
   // Waits until every record pushed so far is committed, or `timeout` passes. Returns
   // whether everything was written.
   bool Flush(absl::Duration timeout);
-  // Flushes for at most `timeout`, then stops the threads.
+  // Flushes for at most `timeout`, then stops the threads; what could not be written by then
+  // is logged with its count and dropped.
   void Stop(absl::Duration timeout);
 
   // Readings of `device_id` received at or after `since`, the `limit` most recent, oldest
@@ -70,6 +76,9 @@ class Store {
  private:
   explicit Store(StoreOptions options, common::MetricsRegistry* metrics);
   void WriterLoop();
+  // Accounts for the first `n` records of `batch` as committed and removes them. Called on
+  // the writer thread with `lock` (on mu_) released; returns with it held.
+  void Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now, std::unique_lock<std::mutex>* lock);
   void ReaderLoop();
 
   StoreOptions options_;
@@ -85,6 +94,7 @@ class Store {
   bool was_full_ = false;   // guarded by mu_
   std::atomic<size_t> queued_bytes_{0};
   std::atomic<bool> healthy_{false};
+  std::atomic<int64_t> last_progress_ms_{0};  // last commit, or last time nothing waited
 
   std::mutex read_mu_;
   std::condition_variable read_cv_;
@@ -98,6 +108,7 @@ class Store {
     common::Counter* rows;
     common::Counter* errors;
     common::Counter* retries;
+    common::Counter* rejected;
   } m_;
 
   std::thread writer_;

@@ -131,6 +131,8 @@ TEST(Store, DatabaseOutageLosesNothingAndPushesBack) {
   EXPECT_TRUE(store->Full()) << "a queue past its bound must tell the io thread to stop taking";
   EXPECT_FALSE(store->Flush(absl::Milliseconds(300)));
   EXPECT_TRUE(WaitFor([&] { return !store->healthy(); }));
+  EXPECT_FALSE(store->writes_failing(absl::Now())) << "not yet: records have waited for less than 10 s";
+  EXPECT_TRUE(store->writes_failing(absl::Now() + Store::kWritesFailingAfter + absl::Seconds(1)));
   ASSERT_TRUE(Harness("start-pg"));
   ASSERT_TRUE(store->Flush(absl::Seconds(60)));
   EXPECT_FALSE(store->Full());
@@ -138,6 +140,54 @@ TEST(Store, DatabaseOutageLosesNothingAndPushesBack) {
   EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings"), kFrames + 1);
   EXPECT_EQ(Count(dsn, "SELECT count(DISTINCT \"values\"->'temperature'->>'value') FROM readings"), kFrames + 1);
   EXPECT_NE(metrics.Render().find("devbridge_ingest_db_retries_total"), std::string::npos);
+  EXPECT_FALSE(store->writes_failing(absl::Now() + absl::Hours(1))) << "nothing waits any more";
+}
+
+TEST(Store, ARecordThePostgresRefusesGoesToRejectedAndTheRestIsWritten) {
+  const std::string dsn = CreateTestDatabase();
+  common::MetricsRegistry metrics;
+  auto store = Store::Start({dsn}, &metrics);
+  const absl::Time t = absl::FromUnixSeconds(1700000000);
+  // jsonb cannot hold a NUL: both of these are refused by PostgreSQL itself (SQLSTATE 22P05).
+  ReadingRecord poison = Reading("bad", 500);
+  poison.values_json = R"({"fw":{"value":"\u0000","unit":"","raw":[]}})";
+  constexpr int kGood = 999;
+  for (int i = 0; i < kGood; ++i) {
+    store->Push(Reading("d", i));
+    if (i == 400) store->Push(poison);
+    if (i == 700) store->Push(DeviceRecord{"nul", true, t, t, std::string(R"({"fw":"\u0000"})")});
+  }
+  store->Push(DeviceRecord{"d", true, t, t, std::string(R"({"fw":"1.0"})")});
+  ASSERT_TRUE(store->Flush(absl::Seconds(30))) << "the refused records must not block the writer";
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings"), kGood);
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings WHERE device_id = 'bad'"), 0);
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM devices WHERE device_id = 'd'"), 1);
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM rejected"), 2);
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM rejected WHERE kind = 'reading' AND device_id = 'bad'"
+                       " AND payload = '\\x01030200f4'::bytea AND error LIKE '%Unicode%'"), 1);
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM rejected WHERE kind = 'device' AND device_id = 'nul'"), 1);
+  EXPECT_NE(metrics.Render().find("devbridge_ingest_db_rejected_total 2"), std::string::npos) << metrics.Render();
+  // The writer goes on with what comes next.
+  store->Push(Reading("d", 5000));
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings"), kGood + 1);
+}
+
+TEST(Store, StopIsBoundedWhileTheDatabaseIsAway) {
+  const std::string dsn = CreateTestDatabase();
+  common::MetricsRegistry metrics;
+  StoreOptions options{dsn};
+  options.max_backoff = absl::Milliseconds(200);
+  auto store = Store::Start(options, &metrics);
+  store->Push(Reading("d", 0));
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  ASSERT_TRUE(Harness("stop-pg"));
+  for (int i = 1; i <= 100; ++i) store->Push(Reading("d", i));
+  EXPECT_TRUE(WaitFor([&] { return !store->healthy(); }));
+  // Returns after its timeout and one last failed attempt instead of retrying forever (a
+  // hang here fails the test by ctest's timeout).
+  store->Stop(absl::Milliseconds(300));
+  ASSERT_TRUE(Harness("start-pg"));
 }
 
 TEST(Store, GetReadingsReturnsTheLatestOldestFirst) {

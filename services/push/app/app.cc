@@ -108,6 +108,9 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   WsOptions wo;
   wo.listen = o.listen;
   wo.max_message_bytes = o.max_message_bytes;
+  wo.max_http_body_bytes = o.max_message_bytes;  // an API body past it gets 413 (CONTRACT §10.1)
+  wo.handler_errors = &s.metrics.AddCounter("devbridge_push_handler_errors_total",
+                                            "WebSocket and HTTP handlers that failed with an exception (a bug).");
   wo.ping_interval = o.ping_interval;
   wo.pong_timeout = o.pong_timeout;
   wo.flush_interval = o.flush_interval;

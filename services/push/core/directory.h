@@ -14,7 +14,8 @@ namespace devbridge::push {
 class DeviceDirectory {
  public:
   virtual ~DeviceDirectory() = default;
-  virtual void ListDevices(std::function<void(absl::StatusOr<v1::ListDevicesResponse>)> done) = 0;
+  virtual void ListDevices(v1::ListDevicesRequest request,
+                           std::function<void(absl::StatusOr<v1::ListDevicesResponse>)> done) = 0;
   virtual void GetReadings(v1::GetReadingsRequest request,
                            std::function<void(absl::StatusOr<v1::GetReadingsResponse>)> done) = 0;
 };

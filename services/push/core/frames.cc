@@ -1,3 +1,5 @@
+#include "common/ids.h"
+#include "common/json_parse.h"
 #include "services/push/core/frames.h"
 
 #include <algorithm>
@@ -26,13 +28,6 @@ absl::Status ReadUint(const Json& j, const char* key, uint32_t max, uint32_t* ou
 }
 
 }  // namespace
-
-bool IsValidName(absl::string_view name) {
-  if (name.empty() || name.size() > 64) return false;
-  return std::all_of(name.begin(), name.end(), [](char c) {
-    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == ':' || c == '-';
-  });
-}
 
 std::string ServerFrame::ToJson() const {
   std::string out = "{\"type\":";
@@ -82,8 +77,9 @@ std::string ErrorFrame(int code, absl::string_view msg, absl::string_view reques
 
 absl::StatusOr<ClientFrame> ParseClientFrame(absl::string_view text, std::string* request_id) {
   request_id->clear();
-  Json j = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return Bad("frame is not valid JSON");
+  absl::StatusOr<Json> parsed = common::ParseJson(text);
+  if (!parsed.ok()) return Bad(absl::StrCat("frame: ", parsed.status().message()));
+  const Json& j = *parsed;
   if (!j.is_object()) return Bad("frame must be a JSON object");
   auto action = j.find("action");
   if (action == j.end() || !action->is_string()) return Bad("frame needs \"action\" (ping, join, leave or command)");
@@ -98,7 +94,7 @@ absl::StatusOr<ClientFrame> ParseClientFrame(absl::string_view text, std::string
     auto group = j.find("group");
     if (group == j.end() || !group->is_string()) return Bad(absl::StrCat(name, " needs \"group\""));
     frame.group = group->get<std::string>();
-    if (!IsValidName(frame.group)) return Bad("group must be 1-64 characters of [A-Za-z0-9_.:-]");
+    if (!common::IsValidId(frame.group)) return Bad("group must be 1-64 characters of [A-Za-z0-9_.:-]");
     return frame;
   }
   if (name != "command") return Bad("action must be one of ping, join, leave, command");
@@ -119,7 +115,7 @@ absl::StatusOr<ClientFrame> ParseClientFrame(absl::string_view text, std::string
   auto device = j.find("deviceId");
   if (device == j.end() || !device->is_string()) return Bad("command needs \"deviceId\"");
   c.device_id = device->get<std::string>();
-  if (!IsValidName(c.device_id)) return Bad("deviceId must be 1-64 characters of [A-Za-z0-9_.:-]");
+  if (!common::IsValidId(c.device_id)) return Bad("deviceId must be 1-64 characters of [A-Za-z0-9_.:-]");
   if (absl::Status s = ReadUint(j, "function", 255, &c.function); !s.ok()) return s;
   if (c.function != 3 && c.function != 4 && c.function != 6 && c.function != 16) {
     return Bad("function must be 3, 4, 6 or 16");

@@ -60,9 +60,6 @@ struct ClientFrame {
 // requestId could be read, `request_id` is set so the error can carry it.
 absl::StatusOr<ClientFrame> ParseClientFrame(absl::string_view text, std::string* request_id);
 
-// Group names: 1..64 characters of [A-Za-z0-9_.:-] (the contract's id charset).
-bool IsValidName(absl::string_view name);
-
 using common::AppendJsonString;
 
 }  // namespace devbridge::push

@@ -1,5 +1,8 @@
 #include "services/push/core/jwt.h"
 
+#include <cmath>
+#include <optional>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -7,7 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "nlohmann/json.hpp"
+#include "common/json_parse.h"
 
 namespace devbridge::push {
 namespace {
@@ -38,23 +41,29 @@ absl::StatusOr<Claims> VerifyJwt(absl::string_view token, absl::string_view secr
       !absl::WebSafeBase64Unescape(parts[2], &signature)) {
     return Refuse("not base64url");
   }
-  const nlohmann::json header = nlohmann::json::parse(header_json, nullptr, false);
-  if (!header.is_object() || header.value("alg", "") != "HS256") return Refuse("alg must be HS256");
+  // Header and claims come from whoever sent the token: parsed with the depth limit and read
+  // with accessors that refuse a wrong JSON type instead of throwing (CONTRACT §10.1: 401).
+  absl::StatusOr<nlohmann::json> header = common::ParseJson(header_json);
+  if (!header.ok() || !header->is_object()) return Refuse("header is not a JSON object");
+  if (common::JsonString(*header, "alg") != "HS256") return Refuse("alg must be HS256");
   const std::string expected = HmacSha256(secret, absl::StrCat(parts[0], ".", parts[1]));
   if (signature.size() != expected.size() || CRYPTO_memcmp(signature.data(), expected.data(), expected.size()) != 0) {
     return Refuse("signature does not match");
   }
-  const nlohmann::json p = nlohmann::json::parse(payload_json, nullptr, false);
-  if (!p.is_object()) return Refuse("payload is not a JSON object");
+  absl::StatusOr<nlohmann::json> payload = common::ParseJson(payload_json);
+  if (!payload.ok() || !payload->is_object()) return Refuse("payload is not a JSON object");
+  const nlohmann::json& p = *payload;
   Claims c;
-  auto sub = p.find("sub");
-  if (sub == p.end() || !sub->is_string()) return Refuse("no sub claim");
-  c.sub = sub->get<std::string>();
-  if (auto cid = p.find("cid"); cid != p.end()) {
-    if (!cid->is_string()) return Refuse("cid must be a string");
-    c.cid = cid->get<std::string>();
+  if (common::JsonMember(p, "sub") == nullptr) return Refuse("no sub claim");
+  std::optional<std::string> sub = common::JsonString(p, "sub");
+  if (!sub) return Refuse("sub must be a string");
+  c.sub = *std::move(sub);
+  if (common::JsonMember(p, "cid") != nullptr) {
+    std::optional<std::string> cid = common::JsonString(p, "cid");
+    if (!cid) return Refuse("cid must be a string");
+    c.cid = *std::move(cid);
   }
-  if (auto groups = p.find("groups"); groups != p.end()) {
+  if (const nlohmann::json* groups = common::JsonMember(p, "groups"); groups != nullptr) {
     if (!groups->is_array()) return Refuse("groups must be an array");
     c.groups.emplace();
     for (const auto& g : *groups) {
@@ -63,17 +72,20 @@ absl::StatusOr<Claims> VerifyJwt(absl::string_view token, absl::string_view secr
     }
   }
   auto flag = [&](const char* key, bool* out) -> absl::Status {
-    auto it = p.find(key);
-    if (it == p.end()) return absl::OkStatus();
-    if (!it->is_boolean()) return Refuse(absl::StrCat(key, " must be true or false"));
-    *out = it->get<bool>();
+    if (common::JsonMember(p, key) == nullptr) return absl::OkStatus();
+    std::optional<bool> value = common::JsonBool(p, key);
+    if (!value) return Refuse(absl::StrCat(key, " must be true or false"));
+    *out = *value;
     return absl::OkStatus();
   };
   if (absl::Status s = flag("cmd", &c.cmd); !s.ok()) return s;
   if (absl::Status s = flag("api", &c.api); !s.ok()) return s;
-  auto exp = p.find("exp");
-  if (exp == p.end() || !exp->is_number()) return Refuse("no exp claim");
-  c.exp = absl::FromUnixSeconds(static_cast<int64_t>(exp->get<double>()));
+  const nlohmann::json* exp = common::JsonMember(p, "exp");
+  if (exp == nullptr) return Refuse("no exp claim");
+  if (!exp->is_number()) return Refuse("exp must be a number");
+  // Seconds as a double, clamped before the conversion: a cast of 1e300 to int64 is undefined.
+  const double exp_seconds = std::fmin(std::fmax(exp->get<double>(), 0.0), 1e15);
+  c.exp = absl::FromUnixSeconds(static_cast<int64_t>(exp_seconds));
   if (c.exp <= now) return Refuse("expired");
   return c;
 }

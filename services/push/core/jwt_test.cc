@@ -1,5 +1,7 @@
 #include "services/push/core/jwt.h"
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
 namespace devbridge::push {
@@ -41,6 +43,42 @@ TEST(Jwt, Refusals) {
   EXPECT_EQ(VerifyJwt(SignJwt(R"({"sub":"s","exp":1900000000,"cmd":"yes"})", "k"), "k", kNow).status().message(),
             "bad token: cmd must be true or false");
   EXPECT_EQ(VerifyJwt(SignJwt(R"([1])", "k"), "k", kNow).status().message(), "bad token: payload is not a JSON object");
+}
+
+// A token signed by anyone: the header is checked before the signature, so these need no key.
+std::string Unsigned(absl::string_view header, absl::string_view claims) {
+  return absl::StrCat(absl::WebSafeBase64Escape(header), ".", absl::WebSafeBase64Escape(claims), ".c2ln");
+}
+
+TEST(Jwt, WrongJsonTypesInTheHeaderAreRefusedNotThrown) {
+  for (const char* header : {R"({"alg":1})", R"({"alg":null})", R"({"alg":["HS256"]})", R"({"alg":{"a":1}})",
+                             R"({"alg":true})", "[1]", "1", "\"HS256\"", "{", ""}) {
+    absl::StatusOr<Claims> claims = VerifyJwt(Unsigned(header, R"({"sub":"s","exp":1900000000})"), "k", kNow);
+    EXPECT_EQ(claims.status().code(), absl::StatusCode::kUnauthenticated) << header;
+  }
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  EXPECT_EQ(VerifyJwt(Unsigned(deep, "{}"), "k", kNow).status().code(), absl::StatusCode::kUnauthenticated);
+}
+
+TEST(Jwt, WrongJsonTypesInTheClaimsAreRefusedNotThrown) {
+  const std::pair<const char*, const char*> cases[] = {
+      {R"({"sub":1,"exp":1900000000})", "bad token: sub must be a string"},
+      {R"({"sub":null,"exp":1900000000})", "bad token: sub must be a string"},
+      {R"({"sub":"s","cid":7,"exp":1900000000})", "bad token: cid must be a string"},
+      {R"({"sub":"s","groups":"ops","exp":1900000000})", "bad token: groups must be an array"},
+      {R"({"sub":"s","groups":[1],"exp":1900000000})", "bad token: groups must hold strings"},
+      {R"({"sub":"s","api":1,"exp":1900000000})", "bad token: api must be true or false"},
+      {R"({"sub":"s","exp":"1900000000"})", "bad token: exp must be a number"},
+      {R"({"sub":"s","exp":[1]})", "bad token: exp must be a number"},
+  };
+  for (const auto& [claims, why] : cases) {
+    EXPECT_EQ(VerifyJwt(SignJwt(claims, "k"), "k", kNow).status().message(), why) << claims;
+  }
+  // Far-future and negative exp: clamped, not an undefined conversion.
+  EXPECT_TRUE(VerifyJwt(SignJwt(R"({"sub":"s","exp":1e300})", "k"), "k", kNow).ok());
+  EXPECT_FALSE(VerifyJwt(SignJwt(R"({"sub":"s","exp":-1e300})", "k"), "k", kNow).ok());
+  const std::string deep = R"({"sub":"s","exp":1900000000,"x":)" + std::string(1000, '[') + std::string(1000, ']') + "}";
+  EXPECT_EQ(VerifyJwt(SignJwt(deep, "k"), "k", kNow).status().message(), "bad token: payload is not a JSON object");
 }
 
 }  // namespace

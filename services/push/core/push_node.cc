@@ -8,11 +8,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/ids.h"
 #include "common/json.h"
+#include "common/json_parse.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "common/url.h"
 #include "common/uuid.h"
+#include "events/push_message.h"
 #include "nlohmann/json.hpp"
 
 namespace devbridge::push {
@@ -107,6 +110,8 @@ PushNode::PushNode(NodeOptions options, Transport* transport, Upstream* upstream
   m_.recovered = &r.AddCounter("devbridge_push_recovered_messages_total", "Messages replayed by recover.");
   m_.gone = &r.AddCounter("devbridge_push_recover_gone_total", "Streams that could not be recovered (410).");
   m_.events = &r.AddCounter("devbridge_push_events_total", "Events received from ingest.");
+  m_.events_rejected = &r.AddCounter("devbridge_push_events_rejected_total",
+                                     "Events from ingest that could not be applied: logged and skipped.");
   m_.delivery_ms = &r.AddHistogram("devbridge_push_delivery_latency_ms", "Event emitted by ingest to frame queued, ms.",
                                    common::LatencyBucketsMs());
 }
@@ -117,32 +122,35 @@ std::variant<ConnectRequest, Refusal> PushNode::Validate(absl::string_view query
     m_.refused->Inc();
     return Refusal{status, std::move(message)};
   };
-  if (!options_.allowed_origins.empty() && !origin.empty() &&
+  // With an allow-list, a handshake must name an allowed Origin: one without the header is
+  // refused too (CONTRACT §10.1), or any non-browser client could walk past the list.
+  if (!options_.allowed_origins.empty() &&
       std::find(options_.allowed_origins.begin(), options_.allowed_origins.end(), origin) ==
           options_.allowed_origins.end()) {
-    return refuse(403, absl::StrCat("origin ", origin, " is not allowed"));
+    return refuse(403, origin.empty() ? std::string("an Origin header is required")
+                                      : absl::StrCat("origin ", origin, " is not allowed"));
   }
   std::map<std::string, std::string> params = ParseQuery(query);
   ConnectRequest req;
   req.system_id = params["systemId"];
   if (req.system_id.empty()) return refuse(400, "systemId is required");
-  if (!IsValidName(req.system_id)) return refuse(400, "systemId must be 1-64 characters of [A-Za-z0-9_.:-]");
+  if (!common::IsValidId(req.system_id)) return refuse(400, "systemId must be 1-64 characters of [A-Za-z0-9_.:-]");
   req.client_id = params["clientId"];
-  if (!req.client_id.empty() && !IsValidName(req.client_id)) {
+  if (!req.client_id.empty() && !common::IsValidId(req.client_id)) {
     return refuse(400, "clientId must be 1-64 characters of [A-Za-z0-9_.:-]");
   }
   for (absl::string_view g : absl::StrSplit(params["groups"], ',', absl::SkipEmpty())) {
-    if (!IsValidName(g)) return refuse(400, absl::StrCat("group \"", g, "\" must be 1-64 characters of [A-Za-z0-9_.:-]"));
+    if (!common::IsValidId(g)) return refuse(400, absl::StrCat("group \"", g, "\" must be 1-64 characters of [A-Za-z0-9_.:-]"));
     req.groups.emplace_back(g);
   }
   if (auto it = params.find("recover"); it != params.end() && !it->second.empty()) {
-    const Json r = Json::parse(it->second, nullptr, false);
-    if (!r.is_object()) return refuse(400, "recover must be a JSON object of stream: [epoch, offset]");
-    for (const auto& [stream, pos] : r.items()) {
+    absl::StatusOr<Json> r = common::ParseJson(it->second);
+    if (!r.ok() || !r->is_object()) return refuse(400, "recover must be a JSON object of stream: [epoch, offset]");
+    for (const auto& [stream, pos] : r->items()) {
       if (!pos.is_array() || pos.size() != 2 || !pos[0].is_string() || !pos[1].is_number_unsigned()) {
         return refuse(400, absl::StrCat("recover.", stream, " must be [epoch, offset]"));
       }
-      if (stream != "system" && !(absl::StartsWith(stream, "group:") && IsValidName(stream.substr(6)))) {
+      if (stream != "system" && !(absl::StartsWith(stream, "group:") && common::IsValidId(stream.substr(6)))) {
         return refuse(400, absl::StrCat("recover stream \"", stream, "\" must be \"system\" or \"group:NAME\""));
       }
       req.recover[stream] = {pos[0].get<std::string>(), pos[1].get<uint64_t>()};
@@ -350,17 +358,15 @@ void PushNode::PublishMembership(v1::PushMessage::Kind kind, const Session& sess
 }
 
 void PushNode::PublishSnapshot() {
-  Json members = Json::array();
+  std::vector<events::SnapshotMember> members;
   for (const Session* s : registry_.LocalSessions()) {
-    Json groups = Json::array();
-    for (const auto& g : s->groups) groups.push_back(g);
-    members.push_back({{"c", s->client_id}, {"s", s->system_id}, {"g", std::move(groups)}});
+    members.push_back({s->client_id, s->system_id, std::vector<std::string>(s->groups.begin(), s->groups.end())});
   }
   v1::PushMessage m;
   m.set_kind(v1::PushMessage::NODE_SNAPSHOT);
   m.set_origin_node(options_.node_id);
   m.set_message_id(common::NewUuid());
-  m.set_data(members.dump());
+  m.set_data(events::EncodeSnapshot(members));
   upstream_->Publish(std::move(m), [](const absl::Status&) {});
 }
 
@@ -443,12 +449,30 @@ void PushNode::Fanout(const v1::Event& event, ServerFrame frame, absl::Time now)
 
 void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
   m_.events->Inc();
+  absl::Status applied;
+  // The last line of defence of the stream boundary: whatever an event holds, the replica
+  // logs it, counts it, skips it and goes on with the next (a poison event must not abort
+  // every replica again and again while it sits in ingest's replay buffer).
+  try {
+    applied = ApplyEvent(event, now);
+  } catch (const std::exception& e) {
+    applied = absl::InternalError(absl::StrCat("exception: ", e.what()));
+  }
+  if (!applied.ok()) {
+    m_.events_rejected->Inc();
+    common::Logger("push.node")
+        ->warn("event at epoch {} skipped: {} ({})", event.epoch(), applied.message(),
+               event.has_push() ? v1::PushMessage::Kind_Name(event.push().kind()) : "not a push message");
+  }
+}
+
+absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
   if (event.has_reset() || event.epoch() != history_.epoch()) {
     if (event.has_reset()) {
       common::Logger("push.node")->warn("event stream reset: {}", event.reset().reason());
     }
     history_.Reset(event.epoch());
-    if (event.has_reset()) return;
+    if (event.has_reset()) return absl::OkStatus();
   }
   if (event.at_unix_ms() > 0) {
     m_.delivery_ms->Observe(std::max(0.0, absl::ToDoubleMilliseconds(now - absl::FromUnixMillis(event.at_unix_ms()))));
@@ -465,7 +489,8 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
     AppendJsonString(&data, IsoTime(event.at_unix_ms()));
     data.push_back('}');
     frame.data_json = std::move(data);
-    return Fanout(event, std::move(frame), now);
+    Fanout(event, std::move(frame), now);
+    return absl::OkStatus();
   }
   if (event.has_data()) {
     const v1::CommandResult& r = event.data();
@@ -487,10 +512,12 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
         SendText(asker->conn, frame.ToJson());
       }
     }
-    return;
+    return absl::OkStatus();
   }
-  if (!event.has_push()) return;
+  if (!event.has_push()) return absl::OkStatus();
   const v1::PushMessage& m = event.push();
+  // Ingest checks what it forwards, but the stream is an input like any other.
+  RETURN_IF_ERROR(events::ValidatePushMessage(m));
   const bool is_send = m.kind() == v1::PushMessage::SEND_TO_SYSTEM || m.kind() == v1::PushMessage::SEND_TO_GROUP ||
                        m.kind() == v1::PushMessage::SEND_TO_CLIENTS;
   if (is_send) {
@@ -504,7 +531,8 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
   switch (m.kind()) {
     case v1::PushMessage::SEND_TO_SYSTEM:
     case v1::PushMessage::SEND_TO_GROUP:
-      return Fanout(event, std::move(frame), now);
+      Fanout(event, std::move(frame), now);
+      return absl::OkStatus();
     case v1::PushMessage::SEND_TO_CLIENTS: {
       frame.system_id = m.system_id();
       std::shared_ptr<const std::string> bytes;
@@ -514,7 +542,7 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
         if (!bytes) bytes = std::make_shared<const std::string>(frame.ToJson());
         SendTo(s->conn, bytes);
       }
-      return;
+      return absl::OkStatus();
     }
     case v1::PushMessage::BIND_GROUP:
     case v1::PushMessage::UNBIND_GROUP: {
@@ -542,14 +570,15 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
       frame.msg = bind ? "joined" : "left";
       frame.data_json =
           common::JsonStringObject({{"clientId", client}, {"userId", m.user_id()}, {"extend", m.extend()}});
-      return Fanout(event, std::move(frame), now);
+      Fanout(event, std::move(frame), now);
+      return absl::OkStatus();
     }
     case v1::PushMessage::CLOSE_CLIENT:
       for (const auto& id : m.client_ids()) {
         Session* s = registry_.ByClient(id);
         if (s != nullptr && closing_.insert(s->conn).second) transport_->Close(s->conn, kCloseByApi, "closed by the API");
       }
-      return;
+      return absl::OkStatus();
     case v1::PushMessage::CLIENT_UP:
       if (m.origin_node() != options_.node_id && m.client_ids_size() > 0) {
         registry_.MemberUp(m.client_ids(0), m.system_id(), m.origin_node());
@@ -559,40 +588,39 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
           transport_->Close(s->conn, kCloseReplaced, "replaced by a new connection with the same clientId");
         }
       }
-      return;
+      return absl::OkStatus();
     case v1::PushMessage::CLIENT_DOWN:
       if (m.origin_node() != options_.node_id && m.client_ids_size() > 0) {
         registry_.MemberDown(m.client_ids(0), m.origin_node());
       }
-      return;
+      return absl::OkStatus();
     case v1::PushMessage::NODE_HELLO:
       if (m.origin_node() != options_.node_id) PublishSnapshot();
-      return;
+      return absl::OkStatus();
     case v1::PushMessage::NODE_SNAPSHOT: {
-      if (m.origin_node() == options_.node_id) return;
+      if (m.origin_node() == options_.node_id) return absl::OkStatus();
+      ASSIGN_OR_RETURN(std::vector<events::SnapshotMember> members, events::DecodeSnapshot(m.data()));
       registry_.NodeGone(m.origin_node());
-      const Json members = Json::parse(m.data(), nullptr, false);
-      if (!members.is_array()) return;
-      for (const auto& member : members) {
-        const std::string id = member.value("c", "");
-        registry_.MemberUp(id, member.value("s", ""), m.origin_node());
-        for (const auto& g : member.value("g", Json::array())) {
-          if (g.is_string()) registry_.MemberJoin(id, g.get<std::string>());
-        }
+      for (const events::SnapshotMember& member : members) {
+        registry_.MemberUp(member.client_id, member.system_id, m.origin_node());
+        for (const std::string& g : member.groups) registry_.MemberJoin(member.client_id, g);
       }
-      return;
+      return absl::OkStatus();
     }
     case v1::PushMessage::NODE_DOWN:
       if (m.origin_node() != options_.node_id) registry_.NodeGone(m.origin_node());
-      return;
+      return absl::OkStatus();
     default:
-      return;
+      return absl::InvalidArgumentError("unknown push message kind");
   }
 }
 
 void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::string>)> done) {
-  if (!IsValidName(m.system_id())) return done(ApiError(kCodeBadRequest, "systemId must be 1-64 characters of [A-Za-z0-9_.:-]"));
+  if (!common::IsValidId(m.system_id())) return done(ApiError(kCodeBadRequest, "systemId must be 1-64 characters of [A-Za-z0-9_.:-]"));
   if (!m.data().empty()) {
+    if (absl::Status depth = common::CheckJsonDepth(m.data()); !depth.ok()) {
+      return done(ApiError(kCodeBadRequest, absl::StrCat("data: ", depth.message())));
+    }
     if (!Json::accept(m.data())) return done(ApiError(kCodeBadRequest, "data must be JSON"));
   }
   switch (m.kind()) {
@@ -601,7 +629,7 @@ void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::
       if (m.client_ids_size() == 0) return done(ApiError(kCodeBadRequest, "clientId is required"));
       bool any = false;
       for (const auto& id : m.client_ids()) {
-        if (!IsValidName(id)) return done(ApiError(kCodeBadRequest, absl::StrCat("bad clientId \"", id, "\"")));
+        if (!common::IsValidId(id)) return done(ApiError(kCodeBadRequest, absl::StrCat("bad clientId \"", id, "\"")));
         const Member* member = registry_.FindMember(id);
         any |= member != nullptr && member->system_id == m.system_id();
       }
@@ -609,11 +637,11 @@ void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::
       break;
     }
     case v1::PushMessage::SEND_TO_GROUP:
-      if (!IsValidName(m.group_name())) return done(ApiError(kCodeBadRequest, "groupName is required"));
+      if (!common::IsValidId(m.group_name())) return done(ApiError(kCodeBadRequest, "groupName is required"));
       break;
     case v1::PushMessage::BIND_GROUP:
     case v1::PushMessage::UNBIND_GROUP: {
-      if (!IsValidName(m.group_name())) return done(ApiError(kCodeBadRequest, "groupName is required"));
+      if (!common::IsValidId(m.group_name())) return done(ApiError(kCodeBadRequest, "groupName is required"));
       if (m.client_ids_size() != 1) return done(ApiError(kCodeBadRequest, "clientId is required"));
       const Member* member = registry_.FindMember(m.client_ids(0));
       if (member == nullptr || member->system_id != m.system_id()) return done(ApiError(kCodeNotFound, "client is not online"));

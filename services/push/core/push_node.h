@@ -81,7 +81,8 @@ class PushNode {
   void OnMessage(ConnId conn, absl::string_view text, absl::Time now);
   void OnClose(ConnId conn);
 
-  // Events from ingest's stream, in order.
+  // Events from ingest's stream, in order. An event that cannot be applied is logged,
+  // counted (devbridge_push_events_rejected_total) and skipped; nothing escapes.
   void OnEvent(const v1::Event& event, absl::Time now);
   // The event stream came up (true) or went down.
   void OnUpstream(bool up);
@@ -111,6 +112,7 @@ class PushNode {
   // Builds a frame per stream of `event`, records it in the history and sends it to the
   // stream's local connections.
   void Fanout(const v1::Event& event, ServerFrame frame, absl::Time now);
+  absl::Status ApplyEvent(const v1::Event& event, absl::Time now);
   void Recover(ConnId conn, const ConnectRequest& request, absl::Time now);
 
   NodeOptions options_;
@@ -137,6 +139,7 @@ class PushNode {
     common::Counter* recovered;
     common::Counter* gone;
     common::Counter* events;
+    common::Counter* events_rejected;
     common::Histogram* delivery_ms;
   } m_;
 };

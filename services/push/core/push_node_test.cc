@@ -3,6 +3,7 @@
 // delivers them to every node, so cluster behaviour is tested with two nodes in-process.
 #include "services/push/core/push_node.h"
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 #include "gtest/gtest.h"
@@ -173,6 +174,57 @@ TEST_F(PushNodeTest, AuthAndOrigin) {
   PushNode strict(o, &t, &up_a_, &m);
   EXPECT_TRUE(std::holds_alternative<Refusal>(strict.Validate("systemId=s", "https://evil.example", t0)));
   EXPECT_TRUE(std::holds_alternative<ConnectRequest>(strict.Validate("systemId=s", "https://ok.example", t0)));
+  auto no_origin = strict.Validate("systemId=s", "", t0);
+  ASSERT_TRUE(std::holds_alternative<Refusal>(no_origin)) << "with an allow-list, no Origin is no entry";
+  EXPECT_EQ(std::get<Refusal>(no_origin).status, 403);
+}
+
+TEST_F(PushNodeTest, TokensWithWrongJsonTypesAre401NotACrash) {
+  FakeTransport t;
+  common::MetricsRegistry m;
+  auto secure = Make("s", &t, &up_a_, &m, "k");
+  for (const char* header : {R"({"alg":1})", R"({"alg":null})", R"({"alg":["HS256"]})"}) {
+    const std::string token = absl::StrCat(absl::WebSafeBase64Escape(header), ".",
+                                           absl::WebSafeBase64Escape(R"({"sub":"fleet","exp":1900000000})"), ".x");
+    auto v = secure->Validate("systemId=fleet&token=" + token, "", t0);
+    ASSERT_TRUE(std::holds_alternative<Refusal>(v)) << header;
+    EXPECT_EQ(std::get<Refusal>(v).status, 401) << header;
+    EXPECT_EQ(secure->CheckApiToken("Bearer " + token, "fleet", t0).code(), absl::StatusCode::kUnauthenticated);
+  }
+}
+
+TEST_F(PushNodeTest, APoisonEventIsCountedAndSkippedAndTheNextOneApplies) {
+  Open(a_.get(), 1, "systemId=fleet&clientId=c1");
+  const std::vector<std::pair<v1::PushMessage::Kind, std::string>> poison = {
+      {v1::PushMessage::NODE_SNAPSHOT, "[1]"},                        // members that are not objects
+      {v1::PushMessage::NODE_SNAPSHOT, R"([{"c":["x"],"s":"fleet"}])"},  // wrong member types
+      {v1::PushMessage::NODE_SNAPSHOT, std::string(100000, '[')},      // nested past any limit
+      {v1::PushMessage::SEND_TO_SYSTEM, R"({"a":)"},                   // would break every frame
+      {v1::PushMessage::SEND_TO_SYSTEM, R"(1,"type":"device.online")"},  // would inject a second type
+      {static_cast<v1::PushMessage::Kind>(77), "1"},                   // unknown kind
+  };
+  for (const auto& [kind, data] : poison) {
+    v1::Event e;
+    e.set_epoch(bus_.epoch);
+    e.mutable_push()->set_kind(kind);
+    e.mutable_push()->set_system_id("fleet");
+    e.mutable_push()->set_origin_node("node-x");
+    e.mutable_push()->set_data(data);
+    e.add_streams()->set_system_id("fleet");
+    a_->OnEvent(e, t0);
+  }
+  EXPECT_NE(ma_.Render().find("devbridge_push_events_rejected_total 6"), std::string::npos) << ma_.Render();
+  EXPECT_TRUE(ta_.Of(1, "message").empty()) << "nothing of a poison event reaches a client";
+  EXPECT_EQ(a_->registry().FindMember("x"), nullptr);
+  // The stream goes on.
+  v1::PushMessage m;
+  m.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
+  m.set_system_id("fleet");
+  m.set_origin_node("node-b");
+  m.set_data(R"({"ok":true})");
+  bus_.Publish(m);
+  ASSERT_EQ(ta_.Of(1, "message").size(), 1u);
+  EXPECT_EQ(ta_.Of(1, "message")[0]["data"]["ok"], true);
 }
 
 TEST_F(PushNodeTest, ConnectedFramePingAndErrors) {

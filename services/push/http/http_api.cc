@@ -1,6 +1,10 @@
 #include "services/push/http/http_api.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cstdint>
+#include <optional>
 #include <fstream>
 #include <sstream>
 
@@ -8,6 +12,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/ids.h"
+#include "common/json_parse.h"
 #include "common/status.h"
 #include "common/url.h"
 #include "nlohmann/json.hpp"
@@ -17,10 +23,11 @@ namespace {
 
 using Json = nlohmann::json;
 
+// A member as go-websocket reads it: a string as it is, any other JSON value as its text.
 std::string Str(const Json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return "";
-  return it->is_string() ? it->get<std::string>() : it->dump();
+  const Json* m = common::JsonMember(j, key);
+  if (m == nullptr || m->is_null()) return "";
+  return m->is_string() ? m->get<std::string>() : m->dump();
 }
 
 }  // namespace
@@ -81,12 +88,24 @@ void HttpApi::Handle(const httpd::Request& request, std::function<void(httpd::Re
 }
 
 httpd::Response HttpApi::Static(const std::string& path) const {
+  const httpd::Response not_found{404, "text/plain; charset=utf-8", "not found\n"};
   if (web_root_.empty()) return {404, "text/plain; charset=utf-8", "no web_root configured\n"};
-  std::string rel = path == "/" || path.empty() ? "/index.html" : path;
-  if (absl::StrContains(rel, "..") || absl::StrContains(rel, "//"))
-    return {404, "text/plain", "not found\n"};
-  std::ifstream in(web_root_ + rel, std::ios::binary);
-  if (!in) return {404, "text/plain; charset=utf-8", "not found\n"};
+  const std::string rel = path == "/" || path.empty() ? "/index.html" : path;
+  // CONTRACT §10.1: a NUL or ".." is refused outright (a NUL would cut the name short at
+  // open(), so "/index.html%00.png" would serve index.html).
+  if (rel.find('\0') != std::string::npos || absl::StrContains(rel, "..")) {
+    return {400, "text/plain; charset=utf-8", "bad path\n"};
+  }
+  // Only regular files, never hidden ones or the dashboard's own tests.
+  if (rel[0] != '/' || absl::StrContains(rel, "//") || absl::StrContains(rel, "/.") ||
+      absl::StartsWith(rel, "/test/") || rel == "/test") {
+    return not_found;
+  }
+  struct stat st {};
+  const std::string file = web_root_ + rel;
+  if (stat(file.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return not_found;
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return not_found;
   std::stringstream body;
   body << in.rdbuf();
   return {200, ContentType(rel), body.str()};
@@ -123,7 +142,7 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
   std::map<std::string, std::string> params = ParseQuery(request.query);
   const bool readings = request.path == "/api/readings";
   const std::string device = params["deviceId"];
-  if (readings && !IsValidName(device)) {
+  if (readings && !common::IsValidId(device)) {
     return fail(400, "deviceId must be 1-64 characters of [A-Za-z0-9_.:-]");
   }
   if (absl::Status auth = CheckReadToken(request, params["token"], device); !auth.ok()) {
@@ -139,11 +158,20 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
     reply(ApiReply(0, "success", data));
   };
   if (!readings) {
-    return directory_->ListDevices([answer](absl::StatusOr<v1::ListDevicesResponse> r) {
+    // Paged (CONTRACT §10.1): limit (1000, at most 10000) and after, the last id of the
+    // previous page; the reply's next is the id to pass on, or null at the end.
+    v1::ListDevicesRequest page;
+    int limit = 1000;
+    if (!params["limit"].empty() && (!absl::SimpleAtoi(params["limit"], &limit) || limit < 1 || limit > 10000)) {
+      return fail(400, "limit must be 1..10000");
+    }
+    page.set_limit(static_cast<uint32_t>(limit));
+    if (!params["after"].empty()) {
+      if (!common::IsValidId(params["after"])) return fail(400, "after must be a device id");
+      page.set_after(params["after"]);
+    }
+    return directory_->ListDevices(std::move(page), [answer](absl::StatusOr<v1::ListDevicesResponse> r) {
       if (!r.ok()) return answer(r.status(), "");
-      std::sort(
-          r->mutable_devices()->begin(), r->mutable_devices()->end(),
-          [](const v1::Device& a, const v1::Device& b) { return a.device_id() < b.device_id(); });
       Json list = Json::array();
       for (const v1::Device& d : r->devices()) {
         Json meta = Json::parse(d.meta_json().empty() ? "{}" : d.meta_json(), nullptr, false);
@@ -153,16 +181,21 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
                         {"lastSeen", IsoTime(d.last_seen_unix_ms())},
                         {"meta", meta.is_discarded() ? Json::object() : meta}});
       }
-      answer(absl::OkStatus(), Json{{"devices", std::move(list)}}.dump());
+      Json data = {{"devices", std::move(list)}, {"next", nullptr}};
+      if (!r->next().empty()) data["next"] = r->next();
+      answer(absl::OkStatus(), data.dump());
     });
   }
   v1::GetReadingsRequest req;
   req.set_device_id(device);
   int64_t since = 0;
   int limit = 100;
-  if (!params["since"].empty() && (!absl::SimpleAtoi(params["since"], &since) || since < 0)) {
+  // The last millisecond of year 9999: past it PostgreSQL cannot hold the time.
+  constexpr int64_t kMaxSinceMs = 253402300799999;
+  if (!params["since"].empty() &&
+      (!absl::SimpleAtoi(params["since"], &since) || since < 0 || since > kMaxSinceMs)) {
     return answer(common::Error(common::kCodeBadRequest, absl::StatusCode::kInvalidArgument,
-                                "since must be a Unix time in milliseconds"),
+                                absl::StrCat("since must be a Unix time in milliseconds, 0..", kMaxSinceMs)),
                   "");
   }
   if (!params["limit"].empty() &&
@@ -193,16 +226,22 @@ void HttpApi::Api(const std::string& op, const httpd::Request& request,
     auto it = request.headers.find(name);
     return it == request.headers.end() ? std::string() : it->second;
   };
-  const std::string system = header("systemid");
+  absl::StatusOr<Json> parsed =
+      request.body.empty() ? Json::object() : common::ParseJson(request.body);
+  if (!parsed.ok()) return fail(400, absl::StrCat("body: ", parsed.status().message()));
+  const Json& body = *parsed;
+  if (!body.is_object()) return fail(400, "body must be a JSON object");
+  std::string system = header("systemid");
+  // go-websocket clients register before anything else, naming the system in the body.
+  if (system.empty() && op == "register") system = Str(body, "systemId");
   if (system.empty()) return fail(400, "header SystemId is required");
+  if (!common::IsValidId(system)) return fail(400, "SystemId must match [A-Za-z0-9_.:-]{1,64}");
   if (absl::Status auth = node_->CheckApiToken(header("authorization"), system, absl::Now());
       !auth.ok()) {
     return fail(401, std::string(auth.message()));
   }
-  const Json body =
-      request.body.empty() ? Json::object() : Json::parse(request.body, nullptr, false);
-  if (!body.is_object()) return fail(400, "body must be a JSON object");
-
+  // devbridge needs no registration (CONTRACT §10.2); the call exists for compatibility.
+  if (op == "register") return reply(ApiReply(0, "success", ""));
   if (op == "get_online_list") {
     const std::vector<std::string> list = node_->Online(system, Str(body, "groupName"));
     Json data = {{"count", list.size()}, {"list", list}};
@@ -212,8 +251,10 @@ void HttpApi::Api(const std::string& op, const httpd::Request& request,
   m.set_system_id(system);
   m.set_send_user_id(Str(body, "sendUserId"));
   m.set_msg(Str(body, "msg"));
-  if (auto code = body.find("code"); code != body.end() && code->is_number_integer())
-    m.set_code(code->get<int>());
+  if (std::optional<int64_t> code = common::JsonInt(body, "code");
+      code && *code >= INT32_MIN && *code <= INT32_MAX) {
+    m.set_code(static_cast<int32_t>(*code));
+  }
   if (auto data = body.find("data"); data != body.end()) m.set_data(data->dump());
   if (op == "send_to_client") {
     m.set_kind(v1::PushMessage::SEND_TO_CLIENTS);

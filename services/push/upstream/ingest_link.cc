@@ -161,12 +161,13 @@ void IngestLink::Dispatch(v1::Command command,
       std::move(command), timeout + absl::Seconds(5), std::move(done));
 }
 
-void IngestLink::ListDevices(std::function<void(absl::StatusOr<v1::ListDevicesResponse>)> done) {
+void IngestLink::ListDevices(v1::ListDevicesRequest request,
+                             std::function<void(absl::StatusOr<v1::ListDevicesResponse>)> done) {
   Call<v1::ListDevicesRequest, v1::ListDevicesResponse>(
       [](auto* stub, auto* ctx, auto* req, auto* resp, auto cb) {
         stub->ListDevices(ctx, req, resp, std::move(cb));
       },
-      {}, options_.publish_deadline, std::move(done));
+      std::move(request), options_.publish_deadline, std::move(done));
 }
 
 void IngestLink::GetReadings(v1::GetReadingsRequest request,

@@ -50,7 +50,8 @@ class IngestLink : public Upstream, public DeviceDirectory {
   void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) override;
   void Dispatch(v1::Command command,
                 std::function<void(absl::StatusOr<v1::CommandResult>)> done) override;
-  void ListDevices(std::function<void(absl::StatusOr<v1::ListDevicesResponse>)> done) override;
+  void ListDevices(v1::ListDevicesRequest request,
+                   std::function<void(absl::StatusOr<v1::ListDevicesResponse>)> done) override;
   void GetReadings(v1::GetReadingsRequest request,
                    std::function<void(absl::StatusOr<v1::GetReadingsResponse>)> done) override;
 

@@ -8,7 +8,9 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/json.h"
 #include "common/log.h"
+#include "common/metrics.h"
 
 namespace devbridge::push {
 namespace {
@@ -17,6 +19,7 @@ namespace {
 struct ConnectionData {
   uint64_t id = 0;
   bool opened = false;
+  size_t queued_bytes = 0;  // frames queued for the next round of writes, not yet handed over
 };
 
 // One io thread runs the server, so websocketpp needs neither locks nor strands.
@@ -48,6 +51,23 @@ using Server = websocketpp::server<Config>;
 using ConnectionPtr = Server::connection_ptr;
 
 constexpr int kCloseNoPong = 4010;
+
+// Runs a websocketpp handler's body. Our handlers do not throw by design; should one throw
+// anyway (a bug), the exception is logged and counted here instead of unwinding through
+// websocketpp and Asio and ending the process with every connection on it.
+template <typename F>
+bool Guard(const char* where, common::Counter* errors, F&& body) {
+  try {
+    body();
+    return true;
+  } catch (const std::exception& e) {
+    common::Logger("push.ws")->error("{} handler failed: {}", where, e.what());
+  } catch (...) {
+    common::Logger("push.ws")->error("{} handler failed with an unknown exception", where);
+  }
+  if (errors != nullptr) errors->Inc();
+  return false;
+}
 
 }  // namespace
 
@@ -85,11 +105,91 @@ struct WsServer::Impl {
     for (Action& a : actions) {
       std::error_code ec;
       if (a.msg) {
+        a.con->queued_bytes -= std::min(a.con->queued_bytes, a.msg->get_payload().size());
         a.con->send(a.msg);
       } else {
         a.con->close(static_cast<websocketpp::close::status::value>(a.code), a.reason, ec);
       }
     }
+  }
+
+  // GET /ws: the path, then the handler's checks. True to upgrade.
+  bool Validate(const ConnectionPtr& con) {
+    const std::string resource = con->get_resource();
+    const size_t q = resource.find('?');
+    const std::string path = resource.substr(0, q);
+    if (path != "/ws") {
+      con->set_status(websocketpp::http::status_code::not_found);
+      con->set_body("{\"code\":404,\"msg\":\"WebSocket endpoint is /ws\"}");
+      return false;
+    }
+    con->id = next_id++;
+    auto refusal = handler->OnHandshake(con->id, q == std::string::npos ? "" : resource.substr(q + 1),
+                                        con->get_request_header("Origin"));
+    if (refusal) {
+      con->set_status(static_cast<websocketpp::http::status_code::value>(refusal->first));
+      std::string body = absl::StrCat("{\"code\":", refusal->first, ",\"msg\":");
+      common::AppendJsonString(&body, refusal->second);
+      body += "}";
+      con->set_body(body);
+      con->append_header("Content-Type", "application/json");
+      return false;
+    }
+    conns[con->id] = con;
+    return true;
+  }
+
+  void Open(const ConnectionPtr& con) {
+    con->opened = true;
+    // websocketpp keeps the handshake's request and response (header maps and strings, about
+    // 1 KiB) for the connection's whole life, though nothing reads them after the upgrade:
+    // OnHandshake took what it needed. Dropping them keeps idle connections small.
+    const_cast<Config::request_type&>(con->get_request()) = Config::request_type();
+    const_cast<Config::response_type&>(con->get_response()) = Config::response_type();
+    handler->OnOpen(con->id);
+  }
+
+  // Any other request; the response is deferred until the handler replies.
+  void Http(const ConnectionPtr& con) {
+    // The reply keeps the connection alive: a deferred response has no pending I/O holding it.
+    auto reply = [con](const httpd::Response& response) {
+      std::error_code e;
+      con->set_status(static_cast<websocketpp::http::status_code::value>(response.status));
+      con->append_header("Content-Type", response.content_type);
+      con->set_body(response.body);
+      con->send_http_response(e);
+    };
+    const auto& raw = con->get_request();
+    // websocketpp reads a body by Content-Length only (a chunked body would be left unread and
+    // the request seen as empty) and joins a repeated header into "a, b": refuse both.
+    auto header = [&raw](const char* name) -> std::optional<std::string> {
+      std::string value = raw.get_header(name);
+      if (value.empty()) return std::nullopt;
+      return value;
+    };
+    size_t length = 0;
+    if (absl::Status framing = httpd::CheckBodyFraming(header("Transfer-Encoding"), header("Content-Length"), &length);
+        !framing.ok()) {
+      const int status = httpd::StatusOfError(framing);
+      std::string body = absl::StrCat("{\"code\":", status, ",\"msg\":");
+      common::AppendJsonString(&body, framing.message().substr(4));
+      body += ",\"data\":null}";
+      return reply({status, "application/json", body});
+    }
+    httpd::Request request;
+    request.method = raw.get_method();
+    if (request.method == "POST" && !header("Content-Length")) {
+      return reply({400, "application/json", "{\"code\":400,\"msg\":\"Content-Length is required\",\"data\":null}"});
+    }
+    const std::string resource = con->get_resource();
+    const size_t q = resource.find('?');
+    request.path = resource.substr(0, q);
+    if (q != std::string::npos) request.query = resource.substr(q + 1);
+    for (const auto& [name, value] : raw.get_headers()) {
+      request.headers[absl::AsciiStrToLower(name)] = value;
+    }
+    request.body = con->get_request_body();
+    handler->OnHttp(request, std::move(reply));
   }
 
   void ArmPing() {
@@ -150,49 +250,28 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
     socket.set_option(asio::ip::tcp::no_delay(true), e);
   });
   server.set_validate_handler([s](const websocketpp::connection_hdl& hdl) {
+    bool accepted = false;
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
-    const std::string resource = con->get_resource();
-    const size_t q = resource.find('?');
-    const std::string path = resource.substr(0, q);
-    if (path != "/ws") {
-      con->set_status(websocketpp::http::status_code::not_found);
-      con->set_body("{\"code\":404,\"msg\":\"WebSocket endpoint is /ws\"}");
-      return false;
+    const bool ok = Guard("handshake", s->options.handler_errors, [&] { accepted = s->Validate(con); });
+    if (!ok) {
+      con->set_status(websocketpp::http::status_code::internal_server_error);
+      con->set_body("{\"code\":500,\"msg\":\"internal error\"}");
     }
-    con->id = s->next_id++;
-    auto refusal = s->handler->OnHandshake(con->id, q == std::string::npos ? "" : resource.substr(q + 1),
-                                           con->get_request_header("Origin"));
-    if (refusal) {
-      con->set_status(static_cast<websocketpp::http::status_code::value>(refusal->first));
-      std::string body = absl::StrCat("{\"code\":", refusal->first, ",\"msg\":\"");
-      for (char c : refusal->second) body += (c == '"' || c == '\\') ? '\'' : c;
-      body += "\"}";
-      con->set_body(body);
-      con->append_header("Content-Type", "application/json");
-      return false;
-    }
-    s->conns[con->id] = con;
-    return true;
+    return ok && accepted;
   });
   server.set_open_handler([s](const websocketpp::connection_hdl& hdl) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
-    con->opened = true;
-    // websocketpp keeps the handshake's request and response (header maps and strings, about
-    // 1 KiB) for the connection's whole life, though nothing reads them after the upgrade:
-    // OnHandshake took what it needed. Dropping them keeps idle connections small.
-    const_cast<Config::request_type&>(con->get_request()) = Config::request_type();
-    const_cast<Config::response_type&>(con->get_response()) = Config::response_type();
-    s->handler->OnOpen(con->id);
+    Guard("open", s->options.handler_errors, [&] { s->Open(con); });
   });
   server.set_message_handler([s](const websocketpp::connection_hdl& hdl, const Server::message_ptr& msg) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
-    s->handler->OnMessage(con->id, msg->get_payload());
+    Guard("message", s->options.handler_errors, [&] { s->handler->OnMessage(con->id, msg->get_payload()); });
   });
   auto closed = [s](const websocketpp::connection_hdl& hdl) {
     std::error_code e;
     ConnectionPtr con = s->server.get_con_from_hdl(hdl, e);
     if (e || con->id == 0) return;
-    if (s->conns.erase(con->id) > 0) s->handler->OnClose(con->id);
+    if (s->conns.erase(con->id) > 0) Guard("close", s->options.handler_errors, [&] { s->handler->OnClose(con->id); });
   };
   server.set_close_handler(closed);
   server.set_fail_handler(closed);
@@ -203,26 +282,13 @@ absl::StatusOr<std::unique_ptr<WsServer>> WsServer::Start(asio::io_context& io, 
   });
   server.set_http_handler([s](const websocketpp::connection_hdl& hdl) {
     ConnectionPtr con = s->server.get_con_from_hdl(hdl);
-    httpd::Request request;
-    request.method = con->get_request().get_method();
-    const std::string resource = con->get_resource();
-    const size_t q = resource.find('?');
-    request.path = resource.substr(0, q);
-    if (q != std::string::npos) request.query = resource.substr(q + 1);
-    for (const auto& [name, value] : con->get_request().get_headers()) {
-      request.headers[absl::AsciiStrToLower(name)] = value;
-    }
-    request.body = con->get_request_body();
     con->defer_http_response();
-    // The reply keeps the connection alive: a deferred response has no pending I/O holding it.
-    s->handler->OnHttp(request, [con](const httpd::Response& response) {
+    if (!Guard("http", s->options.handler_errors, [&] { s->Http(con); })) {
       std::error_code e;
-      const ConnectionPtr& c = con;
-      c->set_status(static_cast<websocketpp::http::status_code::value>(response.status));
-      c->append_header("Content-Type", response.content_type);
-      c->set_body(response.body);
-      c->send_http_response(e);
-    });
+      con->set_status(websocketpp::http::status_code::internal_server_error);
+      con->set_body("{\"code\":500,\"msg\":\"internal error\"}");
+      con->send_http_response(e);
+    }
   });
 
   auto hp = httpd::SplitHostPort(s->options.listen);
@@ -266,7 +332,10 @@ size_t WsServer::Send(uint64_t conn, const std::shared_ptr<const std::string>& t
   }
   impl_->pending.push_back({con, impl_->prepared, 0, {}});
   impl_->Schedule();
-  return con->get_buffered_amount();
+  // What waits for this client now: what websocketpp holds plus this round's frames, so a
+  // slow consumer is caught as its queue grows, not a round later.
+  con->queued_bytes += text->size();
+  return con->get_buffered_amount() + con->queued_bytes;
 }
 
 void WsServer::Close(uint64_t conn, int code, const std::string& reason) {

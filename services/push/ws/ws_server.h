@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/metrics.h"
 #include "httpd/http_server.h"
 
 namespace asio {
@@ -33,6 +34,8 @@ struct WsOptions {
   // calls and wake-ups on both ends); after a quiet spell a frame goes out at once. 0: every
   // round of work is written at once.
   absl::Duration flush_interval = absl::ZeroDuration();
+  // Counts handler bodies that threw (a bug: they are not meant to); may be null.
+  common::Counter* handler_errors = nullptr;
 };
 
 // Called on the io thread.
