@@ -178,4 +178,12 @@ void RequireInRange(absl::string_view flag, double value, double min, double max
   }
 }
 
+void RequireOk(const absl::Status& status) {
+  if (status.ok()) return;
+  const absl::string_view message = status.message();
+  const size_t colon = message.find(": ");
+  if (colon == absl::string_view::npos) FlagError("?", message);
+  FlagError(message.substr(0, colon), message.substr(colon + 2));
+}
+
 }  // namespace devbridge::common

@@ -8,7 +8,6 @@
 #define DEVBRIDGE_COMMON_FLAGS_H_
 
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -30,6 +29,9 @@ std::string UsageText(absl::string_view program, absl::string_view summary);
 
 // Prints "PROGRAM: --flag: reason" to stderr and exits with status 2.
 [[noreturn]] void FlagError(absl::string_view flag, absl::string_view reason);
+// Nothing when `status` is OK; else FlagError with the flag its message starts with
+// ("grpc_tls_key: cannot read /x" → flag grpc_tls_key, reason "cannot read /x").
+void RequireOk(const absl::Status& status);
 
 // Parses a duration such as "500ms", "5s", "2m" or "1h30m". Rejects negative and infinite
 // values and bare numbers without a unit.

@@ -9,6 +9,7 @@
 #include "common/flags.h"
 #include "common/log.h"
 #include "common/shutdown.h"
+#include "grpcutil/security.h"
 #include "services/ingest/app/app.h"
 
 ABSL_FLAG(std::string, mqtt_url, "tcp://127.0.0.1:1883", "MQTT broker URL (tcp://host:port)");
@@ -30,6 +31,15 @@ ABSL_FLAG(absl::Duration, command_timeout, absl::Seconds(5), "default command ti
 ABSL_FLAG(int, command_queue_depth, 16, "commands that may wait per device behind the one in flight");
 ABSL_FLAG(std::string, fleet_system, "fleet", "system that receives every device's events");
 ABSL_FLAG(int, replay_buffer, 100000, "events kept for push replicas to resume from");
+ABSL_FLAG(int, replay_buffer_mb, 256, "MiB the replay buffer may hold; the oldest events go first past it");
+ABSL_FLAG(absl::Duration, forget_after, absl::Hours(24),
+          "a device offline (or a push stream unused) this long is dropped from memory; its rows stay");
+ABSL_FLAG(int, max_http_connections, 1024, "open HTTP connections past which a new one gets 503");
+ABSL_FLAG(std::string, internal_token, "",
+          "token every gRPC call must carry (authorization: Bearer ...), health checks excepted; empty: none");
+ABSL_FLAG(std::string, grpc_tls_cert, "", "PEM certificate the gRPC server presents (with grpc_tls_key): TLS");
+ABSL_FLAG(std::string, grpc_tls_key, "", "PEM private key of grpc_tls_cert");
+ABSL_FLAG(std::string, grpc_tls_ca, "", "PEM CA that must have signed the client's certificate: mutual TLS");
 ABSL_FLAG(int, max_pending_messages, 100000, "MQTT messages taken but not yet processed before intake pauses");
 ABSL_FLAG(int, db_queue_mb, 64, "MiB of records waiting for PostgreSQL before intake pauses");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
@@ -82,6 +92,19 @@ int main(int argc, char** argv) {
   const int replay = absl::GetFlag(FLAGS_replay_buffer);
   devbridge::common::RequireInRange("replay_buffer", replay, 1, 100000000);
   o.replay_buffer = static_cast<size_t>(replay);
+  const int replay_mb = absl::GetFlag(FLAGS_replay_buffer_mb);
+  devbridge::common::RequireInRange("replay_buffer_mb", replay_mb, 1, 1 << 20);
+  o.replay_buffer_bytes = static_cast<size_t>(replay_mb) << 20;
+  o.forget_after = absl::GetFlag(FLAGS_forget_after);
+  devbridge::common::RequirePositive("forget_after", o.forget_after);
+  const int http_connections = absl::GetFlag(FLAGS_max_http_connections);
+  devbridge::common::RequireInRange("max_http_connections", http_connections, 1, 1000000);
+  o.max_http_connections = static_cast<size_t>(http_connections);
+  o.security.internal_token = absl::GetFlag(FLAGS_internal_token);
+  o.security.tls_cert = absl::GetFlag(FLAGS_grpc_tls_cert);
+  o.security.tls_key = absl::GetFlag(FLAGS_grpc_tls_key);
+  o.security.tls_ca = absl::GetFlag(FLAGS_grpc_tls_ca);
+  devbridge::common::RequireOk(devbridge::grpcutil::Validate(o.security, /*server=*/true));
   const int pending = absl::GetFlag(FLAGS_max_pending_messages);
   devbridge::common::RequireInRange("max_pending_messages", pending, 16, 100000000);
   o.max_pending_messages = static_cast<size_t>(pending);

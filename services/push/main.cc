@@ -10,6 +10,7 @@
 #include "common/flags.h"
 #include "common/log.h"
 #include "common/shutdown.h"
+#include "grpcutil/security.h"
 #include "httpd/http_server.h"
 #include "services/push/app/app.h"
 
@@ -30,6 +31,15 @@ ABSL_FLAG(absl::Duration, flush_interval, absl::Milliseconds(25),
           "(fewer system calls under load, at most this much added latency; 0: write at once)");
 ABSL_FLAG(int, history_size, 1000, "messages kept per system and per group for recover");
 ABSL_FLAG(absl::Duration, history_ttl, absl::Minutes(5), "how long messages are kept for recover");
+ABSL_FLAG(int, max_groups_per_client, 128, "groups one client may be in; a join or bind past it gets 429");
+ABSL_FLAG(std::string, internal_token, "",
+          "token every gRPC call to this replica must carry (authorization: Bearer ...), health checks excepted; "
+          "also sent to ingest; empty: none");
+ABSL_FLAG(std::string, grpc_tls_cert, "", "PEM certificate: this replica's gRPC server runs TLS, and presents it to "
+          "ingest when ingest asks for a client certificate");
+ABSL_FLAG(std::string, grpc_tls_key, "", "PEM private key of grpc_tls_cert");
+ABSL_FLAG(std::string, grpc_tls_ca, "", "PEM CA: ingest's certificate must be signed by it (the channel runs TLS), "
+          "and so must gRPC clients' of this replica (mutual TLS)");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
 
 int main(int argc, char** argv) {
@@ -77,6 +87,14 @@ int main(int argc, char** argv) {
   o.history_size = static_cast<size_t>(history);
   o.history_ttl = absl::GetFlag(FLAGS_history_ttl);
   devbridge::common::RequirePositive("history_ttl", o.history_ttl);
+  const int max_groups = absl::GetFlag(FLAGS_max_groups_per_client);
+  devbridge::common::RequireInRange("max_groups_per_client", max_groups, 1, 1000000);
+  o.max_groups_per_client = static_cast<size_t>(max_groups);
+  o.security.internal_token = absl::GetFlag(FLAGS_internal_token);
+  o.security.tls_cert = absl::GetFlag(FLAGS_grpc_tls_cert);
+  o.security.tls_key = absl::GetFlag(FLAGS_grpc_tls_key);
+  o.security.tls_ca = absl::GetFlag(FLAGS_grpc_tls_ca);
+  devbridge::common::RequireOk(devbridge::grpcutil::Validate(o.security, /*server=*/false));
 
   auto app = devbridge::push::App::Create(o);
   if (!app.ok()) {

@@ -6,12 +6,14 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "devbridge/v1/push.grpc.pb.h"
+#include "grpcutil/security.h"
 #include "services/push/app/app.h"
 #include "services/push/core/jwt.h"
 #include "tests/component/ingest_fixture.h"
@@ -389,6 +391,75 @@ TEST_F(PushTest, HostileRequestsGetTheirErrorsAndTheReplicasStayUp) {
   }
   EXPECT_TRUE(WsClient::Connect(b_->port(), "systemId=fleet")->open());
   std::filesystem::remove_all(root);
+}
+
+// A CA and one certificate for 127.0.0.1 signed by it, made with openssl for this test.
+struct TestPki {
+  std::string dir, ca, cert, key;
+};
+TestPki MakePki() {
+  TestPki p;
+  p.dir = std::filesystem::temp_directory_path() / absl::StrCat("devbridge-pki-", getpid());
+  std::filesystem::create_directories(p.dir);
+  p.ca = p.dir + "/ca.pem";
+  p.cert = p.dir + "/node.pem";
+  p.key = p.dir + "/node.key";
+  const std::string script = absl::StrCat(
+      "cd ", p.dir, " && exec >openssl.log 2>&1 && ",
+      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=devbridge-test-ca && ",
+      "openssl req -newkey rsa:2048 -nodes -keyout node.key -out node.csr -subj /CN=127.0.0.1 && ",
+      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > ext && ",
+      "openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out node.pem -days 2 -extfile ext");
+  EXPECT_EQ(std::system(script.c_str()), 0) << "openssl failed; see " << p.dir << "/openssl.log";
+  return p;
+}
+
+TEST_F(PushTest, InternalCallsNeedTheTokenAndMutualTls) {
+  const TestPki pki = MakePki();
+  grpcutil::Security security{"s3cret-token", pki.cert, pki.key, pki.ca};
+  StartIngest([&](ingest::IngestOptions& o) { o.security = security; });
+  a_ = StartPush("node-a", [&](push::PushOptions& o) { o.security = security; });
+  ASSERT_TRUE(a_);
+  int status = 0;
+  EXPECT_TRUE(WaitFor([&] {
+    HttpRequest(a_->port(), "GET", "/healthz", {}, "", &status);
+    return status == 200;
+  })) << "push reaches ingest over mutual TLS with the token";
+  auto publish = [](const std::shared_ptr<grpc::ChannelCredentials>& credentials, int port, const std::string& token) {
+    auto stub = v1::Ingest::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), credentials));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    grpcutil::AddToken(&ctx, token);
+    v1::PushMessage m;
+    m.set_kind(v1::PushMessage::SEND_TO_SYSTEM);
+    m.set_system_id("fleet");
+    m.set_data("1");
+    v1::PublishResponse resp;
+    return stub->Publish(&ctx, m, &resp).error_code();
+  };
+  const auto tls = *grpcutil::ChannelCredentials(security);
+  const int port = app_->grpc_port();
+  EXPECT_EQ(publish(tls, port, "s3cret-token"), grpc::StatusCode::OK);
+  EXPECT_EQ(publish(tls, port, ""), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(publish(tls, port, "wrong"), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_NE(publish(grpc::InsecureChannelCredentials(), port, "s3cret-token"), grpc::StatusCode::OK) << "plain text";
+  grpcutil::Security no_client_cert{"", "", "", pki.ca};
+  EXPECT_NE(publish(*grpcutil::ChannelCredentials(no_client_cert), port, "s3cret-token"), grpc::StatusCode::OK)
+      << "TLS without a client certificate";
+  EXPECT_NE(HttpGet("/metrics").find("devbridge_ingest_rpc_unauthenticated_total 2"), std::string::npos);
+  // push's own gRPC API: the same token.
+  auto push_stub = v1::Push::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", a_->grpc_port()), tls));
+  for (const std::string& token : {std::string(""), std::string("s3cret-token")}) {
+    grpc::ClientContext ctx;
+    grpcutil::AddToken(&ctx, token);
+    v1::SendToSystemRequest req;
+    req.set_system_id("fleet");
+    req.set_data("{}");
+    v1::SendReply reply;
+    EXPECT_EQ(push_stub->SendToSystem(&ctx, req, &reply).error_code(),
+              token.empty() ? grpc::StatusCode::UNAUTHENTICATED : grpc::StatusCode::OK);
+  }
+  std::filesystem::remove_all(pki.dir);
 }
 
 TEST_F(PushTest, SlowConsumerIsClosedWhileAFastOneKeepsReceiving) {

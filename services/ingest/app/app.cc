@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/status.h"
 #include "common/uuid.h"
 #include "httpd/http_server.h"
 #include "mqtt/client.h"
@@ -129,13 +130,23 @@ struct App::Impl : public CoreOutputs {
     });
   }
 
+  // A whole pass over the streams: once a minute is often enough for a bound in hours.
+  void ForgetIdleStreams(absl::Time now) {
+    if (now - last_stream_sweep < absl::Minutes(1)) return;
+    event_log->ForgetIdleStreams(now, options.forget_after);
+    last_stream_sweep = now;
+  }
+  absl::Time last_stream_sweep = absl::Now();
+
   void ArmSweepTimer() {
     sweep_timer.expires_after(absl::ToChronoMilliseconds(options.sweep_interval));
     sweep_timer.async_wait([this](std::error_code ec) {
       if (ec) return;
       // While intake is paused or blocked, silence says nothing about the devices.
       const bool liveness = !(mqtt->paused() || drain_blocked);
-      core->Tick(absl::Now(), liveness);
+      const absl::Time now = absl::Now();
+      core->Tick(now, liveness);
+      ForgetIdleStreams(now);
       devices_online->Set(static_cast<int64_t>(core->devices().online_count()));
       devices_known->Set(static_cast<int64_t>(core->devices().size()));
       ArmSweepTimer();
@@ -219,7 +230,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
                        {}, [&s] { return s.mqtt ? static_cast<double>(s.mqtt->duplicates_dropped()) : 0.0; });
 
   const std::string epoch = common::RandomToken(12);
-  s.event_log = std::make_unique<EventLog>(epoch, o.replay_buffer);
+  s.event_log = std::make_unique<EventLog>(epoch, o.replay_buffer, o.replay_buffer_bytes);
   s.log->info("event stream epoch {} (replay buffer {} events)", epoch, o.replay_buffer);
 
   if (o.pg_dsn == "none") {
@@ -238,20 +249,30 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   co.heartbeat_timeout = o.heartbeat_timeout;
   co.command_timeout = o.command_timeout;
   co.command_queue_depth = o.command_queue_depth;
+  co.forget_after = o.forget_after;
   s.core = std::make_unique<IngestCore>(co, s.map, &s, &s.metrics);
 
   // gRPC first, so a failure to listen stops us before we take any message.
   s.service = std::make_unique<IngestService>([&s](std::function<void()> fn) { s.Post(std::move(fn)); },
-                                              s.core.get(), s.event_log.get(), s.store.get(), &s.metrics);
+                                              s.core.get(), s.event_log.get(), s.store.get(), &s.metrics,
+                                              o.security.internal_token);
+  ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, grpcutil::ServerCredentials(o.security));
+  if (o.security.internal_token.empty()) {
+    s.log->warn("internal_token is empty: gRPC callers are NOT authenticated (set it, and grpc_tls_*, on an "
+                "untrusted network)");
+  }
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(o.grpc_listen, grpc::InsecureServerCredentials(), &s.grpc_port);
+  builder.AddListeningPort(o.grpc_listen, credentials, &s.grpc_port);
   builder.RegisterService(s.service.get());
   s.grpc_server = builder.BuildAndStart();
   if (!s.grpc_server || s.grpc_port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", o.grpc_listen));
   }
-  auto http = httpd::HttpServer::Start(s.io, o.http_listen, [&s](const httpd::Request& r) { return s.Http(r); });
+  httpd::ServerOptions http_options;
+  http_options.max_connections = o.max_http_connections;
+  auto http = httpd::HttpServer::Start(s.io, o.http_listen, [&s](const httpd::Request& r) { return s.Http(r); },
+                                       http_options);
   if (!http.ok()) return http.status();
   s.http = *std::move(http);
 

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcutil/security.h"
 #include "regmap/register_map.h"
 
 namespace devbridge::ingest {
@@ -32,6 +33,10 @@ struct IngestOptions {
   size_t command_queue_depth = 16;
   std::string fleet_system = "fleet";
   size_t replay_buffer = 100000;
+  size_t replay_buffer_bytes = size_t{256} << 20;  // the replay buffer's bound in bytes too
+  absl::Duration forget_after = absl::Hours(24);   // offline devices and idle streams
+  size_t max_http_connections = 1024;
+  grpcutil::Security security;  // internal_token and grpc_tls_* (CONTRACT §10.2)
   size_t max_pending_messages = 100000;     // taken from MQTT, not yet processed
   size_t db_queue_bytes = size_t{64} << 20;  // records waiting for PostgreSQL
 };

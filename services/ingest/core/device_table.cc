@@ -38,6 +38,15 @@ std::vector<std::string> DeviceTable::Sweep(absl::Time now, absl::Duration timeo
   return gone;
 }
 
+std::vector<std::string> DeviceTable::Forget(absl::Time now, absl::Duration after) {
+  std::vector<std::string> gone;
+  for (const auto& [id, d] : devices_) {
+    if (!d.online && now - d.last_seen > after) gone.push_back(id);
+  }
+  for (const std::string& id : gone) devices_.erase(id);
+  return gone;
+}
+
 bool DeviceTable::MarkOffline(absl::string_view id) {
   auto it = devices_.find(id);
   if (it == devices_.end() || !it->second.online) return false;

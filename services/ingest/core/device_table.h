@@ -30,6 +30,8 @@ class DeviceTable {
 
   // Marks offline, and returns, every online device silent for longer than `timeout`.
   std::vector<std::string> Sweep(absl::Time now, absl::Duration timeout);
+  // Removes, and returns, every offline device whose last message is older than `after`.
+  std::vector<std::string> Forget(absl::Time now, absl::Duration after);
   // Marks one device offline (e.g. at shutdown); false if it was not online.
   bool MarkOffline(absl::string_view id);
 

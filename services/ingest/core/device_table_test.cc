@@ -1,5 +1,7 @@
 #include "services/ingest/core/device_table.h"
 
+#include <algorithm>
+
 #include "gtest/gtest.h"
 
 namespace devbridge::ingest {
@@ -36,6 +38,29 @@ TEST(DeviceTable, SnapshotIsSortedAndMarkOffline) {
   EXPECT_FALSE(table.MarkOffline("a"));
   EXPECT_FALSE(table.MarkOffline("zz"));
   EXPECT_EQ(table.online_count(), 1u);
+}
+
+TEST(DeviceTable, OfflineDevicesAreForgottenAfterAWhileAndPagedInIdOrder) {
+  DeviceTable table;
+  const absl::Time t = absl::FromUnixSeconds(1700000000);
+  for (const char* id : {"c", "a", "d", "b"}) table.Touch(id, t);
+  table.Touch("e", t + absl::Hours(30));
+  table.Sweep(t + absl::Hours(1), absl::Minutes(1));  // a..d offline, e not yet seen then
+  EXPECT_TRUE(table.Forget(t + absl::Hours(10), absl::Hours(24)).empty());
+  std::vector<std::string> gone = table.Forget(t + absl::Hours(25), absl::Hours(24));
+  std::sort(gone.begin(), gone.end());
+  EXPECT_EQ(gone, (std::vector<std::string>{"a", "b", "c", "d"}));
+  EXPECT_EQ(table.size(), 1u) << "online devices stay";
+  table.Touch("a", t + absl::Hours(31));
+  table.Touch("c", t + absl::Hours(31));
+  auto ids = [](const std::vector<const DeviceInfo*>& page) {
+    std::vector<std::string> out;
+    for (const DeviceInfo* d : page) out.push_back(d->id);
+    return out;
+  };
+  EXPECT_EQ(ids(table.Page("", 2)), (std::vector<std::string>{"a", "c"}));
+  EXPECT_EQ(ids(table.Page("c", 2)), (std::vector<std::string>{"e"}));
+  EXPECT_TRUE(table.Page("e", 2).empty());
 }
 
 }  // namespace

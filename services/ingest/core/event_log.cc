@@ -4,8 +4,8 @@
 
 namespace devbridge::ingest {
 
-EventLog::EventLog(std::string epoch, size_t capacity)
-    : epoch_(std::move(epoch)), capacity_(capacity == 0 ? 1 : capacity) {}
+EventLog::EventLog(std::string epoch, size_t capacity, size_t max_bytes)
+    : epoch_(std::move(epoch)), capacity_(capacity == 0 ? 1 : capacity), max_bytes_(max_bytes) {}
 
 uint64_t EventLog::Append(v1::Event event, const std::vector<StreamRef>& streams, absl::Time now) {
   const uint64_t seq = next_seq_++;
@@ -13,18 +13,40 @@ uint64_t EventLog::Append(v1::Event event, const std::vector<StreamRef>& streams
   event.set_seq(seq);
   event.set_at_unix_ms(absl::ToUnixMillis(now));
   for (const StreamRef& s : streams) {
-    uint64_t& offset = stream_offsets_[absl::StrCat(s.system_id, "\x1f", s.group_name)];
+    auto [it, inserted] = stream_offsets_.try_emplace(absl::StrCat(s.system_id, "\x1f", s.group_name));
+    StreamState& state = it->second;
+    // Offsets never exceed the seq of their event, so after any stream was forgotten a new
+    // one starting at this seq is above whatever offset a forgotten one had.
+    if (inserted && forgot_any_) state.offset = seq - 1;
+    state.last_used = now;
     v1::StreamOffset* out = event.add_streams();
     out->set_system_id(s.system_id);
     out->set_group_name(s.group_name);
-    out->set_offset(++offset);
+    out->set_offset(++state.offset);
   }
-  events_.push_back(std::make_shared<const std::string>(event.SerializeAsString()));
-  while (events_.size() > capacity_) events_.pop_front();
+  auto encoded = std::make_shared<const std::string>(event.SerializeAsString());
+  bytes_ += encoded->size();
+  events_.push_back(std::move(encoded));
+  // At least the newest event stays, however large.
+  while (events_.size() > capacity_ || (bytes_ > max_bytes_ && events_.size() > 1)) {
+    bytes_ -= events_.front()->size();
+    events_.pop_front();
+  }
   std::vector<std::function<void()>> waiters;
   waiters.swap(waiters_);
   for (auto& wake : waiters) wake();
   return seq;
+}
+
+void EventLog::ForgetIdleStreams(absl::Time now, absl::Duration idle) {
+  for (auto it = stream_offsets_.begin(); it != stream_offsets_.end();) {
+    if (now - it->second.last_used > idle) {
+      stream_offsets_.erase(it++);
+      forgot_any_ = true;
+    } else {
+      ++it;
+    }
+  }
 }
 
 ReadStart EventLog::Start(const v1::SubscribeRequest& request) const {

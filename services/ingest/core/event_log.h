@@ -1,10 +1,14 @@
 // The event stream's replay buffer: every event ingest emits gets the next sequence number
 // of this process's epoch and, for each push stream (system or group) it is a message of,
-// the next offset of that stream. Events are encoded once and kept, up to `capacity`, so a
-// push replica can resume after the last one it saw. Io thread only.
+// the next offset of that stream. Events are encoded once and kept, up to `capacity` events
+// and `max_bytes` bytes, so a push replica can resume after the last one it saw.
+// Streams unused for a while are forgotten (ForgetIdleStreams); one used again afterwards
+// continues from the current sequence number, above any offset it had, so an old recover
+// position can never be mistaken for a new one. Io thread only.
 #ifndef DEVBRIDGE_SERVICES_INGEST_CORE_EVENT_LOG_H_
 #define DEVBRIDGE_SERVICES_INGEST_CORE_EVENT_LOG_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -34,7 +38,7 @@ struct ReadStart {
 
 class EventLog {
  public:
-  EventLog(std::string epoch, size_t capacity);
+  EventLog(std::string epoch, size_t capacity, size_t max_bytes = SIZE_MAX);
 
   // Stamps `event` (epoch, seq, time, stream offsets for `streams`), encodes it, keeps it and
   // wakes every waiter. Returns the sequence number.
@@ -45,6 +49,11 @@ class EventLog {
 
   // The encoded event `seq`, or null if not held (evicted, or not appended yet).
   std::shared_ptr<const std::string> Get(uint64_t seq) const;
+
+  // Forgets the offsets of streams without a message since `idle` before `now`.
+  void ForgetIdleStreams(absl::Time now, absl::Duration idle);
+  size_t streams() const { return stream_offsets_.size(); }
+  size_t bytes() const { return bytes_; }
 
   // Calls `wake` once, on the next Append.
   void WaitForAppend(std::function<void()> wake) { waiters_.push_back(std::move(wake)); }
@@ -57,9 +66,16 @@ class EventLog {
  private:
   std::string epoch_;
   size_t capacity_;
+  size_t max_bytes_;
+  size_t bytes_ = 0;         // of the encoded events held
+  bool forgot_any_ = false;  // a stream was forgotten in this epoch: new ones start higher
   uint64_t next_seq_ = 1;
   std::deque<std::shared_ptr<const std::string>> events_;  // seq oldest_seq() .. last_seq()
-  absl::flat_hash_map<std::string, uint64_t> stream_offsets_;
+  struct StreamState {
+    uint64_t offset = 0;
+    absl::Time last_used;
+  };
+  absl::flat_hash_map<std::string, StreamState> stream_offsets_;
   std::vector<std::function<void()>> waiters_;
 };
 

@@ -47,6 +47,35 @@ TEST(EventLog, EvictsOldestBeyondCapacity) {
   EXPECT_EQ(Decode(log.Get(3)).seq(), 3u);
 }
 
+TEST(EventLog, EvictsOldestBeyondItsBytes) {
+  v1::Event big;
+  big.mutable_push()->set_data(std::string(1000, 'x'));
+  EventLog log("ep1", 100000, 10 * 1024);
+  for (int i = 0; i < 100; ++i) log.Append(big, {}, t0);
+  EXPECT_LE(log.bytes(), 10u * 1024);
+  EXPECT_GE(log.size(), 9u);
+  EXPECT_LE(log.size(), 10u);
+  EXPECT_EQ(Decode(log.Get(100)).seq(), 100u) << "the newest stays";
+  EventLog tiny("ep1", 100000, 10);
+  tiny.Append(big, {}, t0);
+  EXPECT_EQ(tiny.size(), 1u) << "one event larger than the bound is still held";
+}
+
+TEST(EventLog, IdleStreamsAreForgottenAndComeBackAboveEveryOldOffset) {
+  EventLog log("ep1", 1000);
+  for (int i = 0; i < 3; ++i) log.Append(Online("a"), {{"fleet", "g"}}, t0);
+  log.Append(Online("a"), {{"fleet", ""}}, t0 + absl::Hours(2));
+  EXPECT_EQ(log.streams(), 2u);
+  log.ForgetIdleStreams(t0 + absl::Hours(2), absl::Hours(1));
+  EXPECT_EQ(log.streams(), 1u) << "the group stream idled for two hours";
+  const uint64_t seq = log.Append(Online("a"), {{"fleet", "g"}}, t0 + absl::Hours(3));
+  const v1::Event back = Decode(log.Get(seq));
+  EXPECT_EQ(back.streams(0).offset(), seq) << "above offsets 1..3 it had";
+  EXPECT_GT(back.streams(0).offset(), 3u);
+  log.Append(Online("a"), {{"fleet", "g"}}, t0 + absl::Hours(3));
+  EXPECT_EQ(Decode(log.Get(seq + 1)).streams(0).offset(), seq + 1) << "then one by one again";
+}
+
 TEST(EventLog, ResumeWithinBufferLiveOrFromOldest) {
   EventLog log("ep", 3);
   for (int i = 0; i < 5; ++i) log.Append(Online("a"), {}, t0);

@@ -447,6 +447,12 @@ void IngestCore::ExpireCommands(absl::Time now) {
 
 void IngestCore::Tick(absl::Time now, bool sweep_liveness) {
   ExpireCommands(now);
+  // Offline devices are forgotten after forget_after, so the table is bounded by the devices
+  // seen within that time, not by every id ever seen. (Offline devices have no commands.)
+  for (const std::string& id : devices_.Forget(now, options_.forget_after)) {
+    common::Logger("ingest.core")->debug("[{}] forgotten: offline for more than {}", id,
+                                         absl::FormatDuration(options_.forget_after));
+  }
   if (sweep_liveness) {
     for (const std::string& id : devices_.Sweep(now, options_.heartbeat_timeout)) {
       common::Logger("ingest.core")->info("[{}] offline: silent for more than {}", id,

@@ -31,6 +31,8 @@ struct CoreOptions {
   size_t command_queue_depth = 16;
   size_t max_heartbeat_bytes = 4096;
   size_t max_data_bytes = 4096;
+  // A device offline for longer is dropped from memory (its rows stay; CONTRACT §10.1).
+  absl::Duration forget_after = absl::Hours(24);
 };
 
 // Where the core's decisions go. Implementations must not block.

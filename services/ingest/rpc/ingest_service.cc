@@ -6,6 +6,7 @@
 #include "absl/time/clock.h"
 #include "common/ids.h"
 #include "events/push_message.h"
+#include "grpcutil/security.h"
 #include "common/log.h"
 #include "services/ingest/core/device_table.h"
 
@@ -135,12 +136,24 @@ class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
 };
 
 // A unary reactor that refuses at once.
-grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx, grpc::StatusCode code,
-                                 const std::string& message) {
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx, const grpc::Status& status,
+                                 common::Counter* count = nullptr) {
+  if (count != nullptr) count->Inc();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(grpc::Status(code, message));
+  reactor->Finish(status);
   return reactor;
 }
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* ctx, grpc::StatusCode code,
+                                 const std::string& message) {
+  return Refuse(ctx, grpc::Status(code, message));
+}
+
+// A stream that ends at once with `status` (a subscriber without the internal token).
+class Refused final : public grpc::ServerWriteReactor<v1::EventBatch> {
+ public:
+  explicit Refused(grpc::Status status) { Finish(std::move(status)); }
+  void OnDone() override { delete this; }
+};
 
 }  // namespace
 
@@ -176,10 +189,12 @@ std::vector<StreamRef> StreamsOf(const v1::PushMessage& message) {
 }
 
 IngestService::IngestService(Poster post, IngestCore* core, EventLog* log, Store* store,
-                             common::MetricsRegistry* metrics)
-    : post_(std::move(post)), core_(core), log_(log), store_(store) {
+                             common::MetricsRegistry* metrics, std::string internal_token)
+    : post_(std::move(post)), core_(core), log_(log), store_(store), token_(std::move(internal_token)) {
   events_sent_ = &metrics->AddCounter("devbridge_ingest_stream_events_sent_total",
                                       "Events written to stream subscribers.");
+  unauthenticated_ = &metrics->AddCounter("devbridge_ingest_rpc_unauthenticated_total",
+                                          "gRPC calls refused for a missing or wrong internal token.");
   refused_ = &metrics->AddCounter("devbridge_ingest_rpc_refused_total",
                                   "gRPC calls refused for their arguments (INVALID_ARGUMENT, ALREADY_EXISTS).");
   metrics->AddGaugeFn("devbridge_ingest_stream_subscribers", "Push replicas subscribed.", {},
@@ -189,6 +204,7 @@ IngestService::IngestService(Poster post, IngestCore* core, EventLog* log, Store
 grpc::ServerUnaryReactor* IngestService::Dispatch(grpc::CallbackServerContext* ctx,
                                                   const v1::Command* request,
                                                   v1::CommandResult* response) {
+  if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) return Refuse(ctx, auth, unauthenticated_);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   post_([this, command = *request, reactor, response]() mutable {
     // A caller's command id names one command only: a second use would write another
@@ -210,6 +226,7 @@ grpc::ServerUnaryReactor* IngestService::Dispatch(grpc::CallbackServerContext* c
 grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext* ctx,
                                                      const v1::ListDevicesRequest* request,
                                                      v1::ListDevicesResponse* response) {
+  if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) return Refuse(ctx, auth, unauthenticated_);
   if (request->limit() > kMaxDevicesPage) {
     refused_->Inc();
     return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, absl::StrCat("limit must be 1..", kMaxDevicesPage));
@@ -237,6 +254,7 @@ grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* IngestService::GetReadings(grpc::CallbackServerContext* ctx,
                                                      const v1::GetReadingsRequest* request,
                                                      v1::GetReadingsResponse* response) {
+  if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) return Refuse(ctx, auth, unauthenticated_);
   if (!common::IsValidId(request->device_id())) {
     return Refuse(ctx, grpc::StatusCode::INVALID_ARGUMENT, "device_id must match [A-Za-z0-9_.:-]{1,64}");
   }
@@ -270,6 +288,10 @@ grpc::ServerUnaryReactor* IngestService::GetReadings(grpc::CallbackServerContext
 
 grpc::ServerWriteReactor<v1::EventBatch>* IngestService::Subscribe(
     grpc::CallbackServerContext* ctx, const v1::SubscribeRequest* request) {
+  if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) {
+    unauthenticated_->Inc();
+    return new Refused(std::move(auth));
+  }
   // The epoch never changes in a process, so reading it here is safe. Subscribers see this
   // initial metadata as soon as the stream is established.
   ctx->AddInitialMetadata("devbridge-epoch", log_->epoch());
@@ -279,6 +301,7 @@ grpc::ServerWriteReactor<v1::EventBatch>* IngestService::Subscribe(
 grpc::ServerUnaryReactor* IngestService::Publish(grpc::CallbackServerContext* ctx,
                                                  const v1::PushMessage* request,
                                                  v1::PublishResponse* response) {
+  if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) return Refuse(ctx, auth, unauthenticated_);
   // Everything forwarded reaches every replica: refuse what a replica could not apply, and
   // data that would not splice into a frame as one JSON value (CONTRACT §10.2).
   if (absl::Status valid = events::ValidatePushMessage(*request); !valid.ok()) {
@@ -292,6 +315,18 @@ grpc::ServerUnaryReactor* IngestService::Publish(grpc::CallbackServerContext* ct
     *event.mutable_push() = std::move(message);
     response->set_seq(log_->Append(std::move(event), streams, absl::Now()));
     response->set_epoch(log_->epoch());
+    reactor->Finish(grpc::Status::OK);
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* IngestService::Head(grpc::CallbackServerContext* ctx, const v1::HeadRequest* /*request*/,
+                                              v1::HeadResponse* response) {
+  if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) return Refuse(ctx, auth, unauthenticated_);
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  post_([this, reactor, response] {
+    response->set_epoch(log_->epoch());
+    response->set_seq(log_->last_seq());
     reactor->Finish(grpc::Status::OK);
   });
   return reactor;

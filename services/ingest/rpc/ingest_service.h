@@ -35,9 +35,10 @@ class NodeTracker {
 class IngestService final : public v1::Ingest::CallbackService {
  public:
   // `core` and `log` are touched only inside functions given to `post`. `store` may be null
-  // (running without persistence).
+  // (running without persistence). With an `internal_token`, every call must carry it
+  // (authorization: Bearer), else UNAUTHENTICATED.
   IngestService(Poster post, IngestCore* core, EventLog* log, Store* store,
-                common::MetricsRegistry* metrics);
+                common::MetricsRegistry* metrics, std::string internal_token = "");
 
   grpc::ServerUnaryReactor* Dispatch(grpc::CallbackServerContext* ctx, const v1::Command* request,
                                      v1::CommandResult* response) override;
@@ -51,6 +52,8 @@ class IngestService final : public v1::Ingest::CallbackService {
                                                       const v1::SubscribeRequest* request) override;
   grpc::ServerUnaryReactor* Publish(grpc::CallbackServerContext* ctx, const v1::PushMessage* request,
                                     v1::PublishResponse* response) override;
+  grpc::ServerUnaryReactor* Head(grpc::CallbackServerContext* ctx, const v1::HeadRequest* request,
+                                 v1::HeadResponse* response) override;
 
   int subscribers() const { return subscribers_.load(); }
 
@@ -59,9 +62,11 @@ class IngestService final : public v1::Ingest::CallbackService {
   IngestCore* core_;
   EventLog* log_;
   Store* store_;
+  std::string token_;
   std::atomic<int> subscribers_{0};
   common::Counter* events_sent_;
   common::Counter* refused_;
+  common::Counter* unauthenticated_;
   NodeTracker nodes_;
 };
 

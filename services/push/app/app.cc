@@ -68,6 +68,16 @@ struct App::Impl : public Transport, public WsHandler {
   std::unique_ptr<PushService> service;
   std::unique_ptr<grpc::Server> grpc_server;
   int grpc_port = 0;
+  asio::steady_timer sweep_timer{io};
+
+  void ArmSweepTimer() {
+    sweep_timer.expires_after(std::chrono::seconds(1));
+    sweep_timer.async_wait([this](std::error_code ec) {
+      if (ec) return;
+      node->Sweep(absl::Now());
+      ArmSweepTimer();
+    });
+  }
   std::thread io_thread;
   bool shut_down = false;
 };
@@ -80,10 +90,15 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   if (o.auth_secret.empty()) {
     s.log->warn("auth_secret is empty: WebSocket clients and API callers are NOT authenticated");
   }
+  if (o.security.internal_token.empty()) {
+    s.log->warn("internal_token is empty: gRPC callers are NOT authenticated (set it, and grpc_tls_*, on an "
+                "untrusted network)");
+  }
   LinkOptions lo;
   lo.ingest_addr = o.ingest_addr;
   lo.node_id = o.node_id;
-  s.link = std::make_unique<IngestLink>(
+  lo.security = o.security;
+  auto link = IngestLink::Create(
       lo, [&s](std::function<void()> fn) { s.Post(std::move(fn)); },
       [&s](const std::vector<v1::Event>& events) {
         const absl::Time now = absl::Now();
@@ -94,6 +109,8 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
         s.node->OnUpstream(up);
       },
       &s.metrics);
+  if (!link.ok()) return link.status();
+  s.link = *std::move(link);
   NodeOptions no;
   no.node_id = o.node_id;
   no.fleet_system = o.fleet_system;
@@ -102,6 +119,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   no.history_size = o.history_size;
   no.history_ttl = o.history_ttl;
   no.send_queue_bytes = o.send_queue_bytes;
+  no.max_groups_per_client = o.max_groups_per_client;
   s.node = std::make_unique<PushNode>(no, &s, s.link.get(), &s.metrics);
   s.api = std::make_unique<HttpApi>(s.node.get(), s.link.get(), o.web_root, &s.metrics);
 
@@ -118,14 +136,18 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   if (!ws.ok()) return ws.status();
   s.ws = *std::move(ws);
 
-  s.service = std::make_unique<PushService>([&s](std::function<void()> fn) { s.Post(std::move(fn)); }, s.node.get());
+  s.service = std::make_unique<PushService>([&s](std::function<void()> fn) { s.Post(std::move(fn)); }, s.node.get(),
+                                            o.security.internal_token);
+  auto credentials = grpcutil::ServerCredentials(o.security);
+  if (!credentials.ok()) return credentials.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(o.grpc_listen, grpc::InsecureServerCredentials(), &s.grpc_port);
+  builder.AddListeningPort(o.grpc_listen, *credentials, &s.grpc_port);
   builder.RegisterService(s.service.get());
   s.grpc_server = builder.BuildAndStart();
   if (!s.grpc_server || s.grpc_port == 0) return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", o.grpc_listen));
 
+  s.ArmSweepTimer();
   s.io_thread = std::thread([&s] { s.io.run(); });
   s.link->Start();
   s.log->info("node {}: WebSocket and HTTP on {} (port {}), gRPC on {} (port {}), ingest at {}, web_root {}",
@@ -149,6 +171,7 @@ void App::Shutdown() {
   s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   std::promise<void> closed;
   s.Post([&s, &closed] {
+    s.sweep_timer.cancel();
     s.ws->Shutdown();
     closed.set_value();
   });

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "grpcutil/security.h"
 
 namespace devbridge::push {
 
@@ -29,6 +30,10 @@ struct PushOptions {
   absl::Duration flush_interval = absl::Milliseconds(25);
   size_t history_size = 1000;
   absl::Duration history_ttl = absl::Minutes(5);
+  size_t max_groups_per_client = 128;
+  // internal_token (required of gRPC callers here, sent to ingest) and grpc_tls_* (this
+  // server's TLS, and the channel to ingest) (CONTRACT §10.2).
+  grpcutil::Security security;
 };
 
 class App {

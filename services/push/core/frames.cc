@@ -57,16 +57,16 @@ std::string ServerFrame::ToJson() const {
   return out;
 }
 
-std::string ErrorFrame(int code, absl::string_view msg, absl::string_view request_id, absl::string_view stream) {
+std::string ErrorFrame(int code, absl::string_view msg, absl::string_view request_id, absl::string_view stream,
+                       absl::string_view group) {
   std::string data = "{";
-  if (!request_id.empty()) {
-    data.append("\"requestId\":");
-    AppendJsonString(&data, request_id);
-  }
-  if (!stream.empty()) {
+  const std::pair<const char*, absl::string_view> fields[] = {
+      {"requestId", request_id}, {"stream", stream}, {"group", group}};
+  for (const auto& [name, value] : fields) {
+    if (value.empty()) continue;
     if (data.size() > 1) data.push_back(',');
-    data.append("\"stream\":");
-    AppendJsonString(&data, stream);
+    absl::StrAppend(&data, "\"", name, "\":");
+    AppendJsonString(&data, value);
   }
   data.push_back('}');
   std::string out = absl::StrCat("{\"type\":\"error\",\"code\":", code, ",\"msg\":");

@@ -33,9 +33,9 @@ struct ServerFrame {
 };
 
 // {"type":"error","code":C,"msg":M,"data":{...}}; `request_id` adds data.requestId,
-// `stream` adds data.stream.
+// `stream` adds data.stream, `group` adds data.group.
 std::string ErrorFrame(int code, absl::string_view msg, absl::string_view request_id = "",
-                       absl::string_view stream = "");
+                       absl::string_view stream = "", absl::string_view group = "");
 
 struct CommandFrame {
   std::string request_id;

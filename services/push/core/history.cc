@@ -46,6 +46,17 @@ bool History::Since(const std::string& key, const std::string& epoch, uint64_t a
   return true;
 }
 
+void History::Expire(absl::Time now) {
+  for (auto it = streams_.begin(); it != streams_.end();) {
+    Trim(it->second, now);
+    if (it->second.entries.empty()) {
+      streams_.erase(it++);
+    } else {
+      ++it;
+    }
+  }
+}
+
 void History::Reset(const std::string& epoch) {
   epoch_ = epoch;
   streams_.clear();

@@ -34,6 +34,9 @@ class History {
   // A new epoch (ingest restarted) or a gap in what we received: nothing held is
   // recoverable any more; offsets continue from the new events.
   void Reset(const std::string& epoch);
+  // Drops every stream whose messages are all older than the ttl (CONTRACT §10.1), so a
+  // stream used once does not stay forever; recovering from it afterwards gives 410.
+  void Expire(absl::Time now);
   const std::string& epoch() const { return epoch_; }
   size_t streams() const { return streams_.size(); }
 

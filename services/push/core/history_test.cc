@@ -29,6 +29,20 @@ TEST(History, ReplaysEverythingAfterTheOffsetInOrder) {
   EXPECT_EQ(out.size(), 5u);
 }
 
+TEST(History, ExpireDropsStreamsWhoseMessagesAreAllOld) {
+  History h(10, absl::Minutes(5));
+  h.Reset("ep");
+  h.Add("old", 1, F(1), t0);
+  h.Add("new", 1, F(1), t0 + absl::Minutes(4));
+  h.Expire(t0 + absl::Minutes(6));
+  EXPECT_EQ(h.streams(), 1u) << "without another message on it, the old stream goes";
+  std::vector<std::shared_ptr<const std::string>> out;
+  EXPECT_FALSE(h.Since("old", "ep", 1, t0 + absl::Minutes(6), &out)) << "its position is gone: 410";
+  EXPECT_TRUE(h.Since("new", "ep", 0, t0 + absl::Minutes(6), &out));
+  h.Expire(t0 + absl::Minutes(10));
+  EXPECT_EQ(h.streams(), 0u);
+}
+
 TEST(History, GoneWhenEvictedExpiredOtherEpochOrUnknown) {
   History h(3, absl::Minutes(5));
   h.Reset("ep");

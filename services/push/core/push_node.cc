@@ -36,9 +36,10 @@ constexpr int kCloseByApi = 4000;
 
 absl::Status ApiError(int code, absl::string_view msg) {
   return common::Error(static_cast<common::ResultCode>(code),
-                       code == kCodeNotFound      ? absl::StatusCode::kNotFound
-                       : code == kCodeUnavailable ? absl::StatusCode::kUnavailable
-                                                  : absl::StatusCode::kInvalidArgument,
+                       code == kCodeNotFound                ? absl::StatusCode::kNotFound
+                       : code == kCodeUnavailable           ? absl::StatusCode::kUnavailable
+                       : code == common::kCodeRateLimited   ? absl::StatusCode::kResourceExhausted
+                                                            : absl::StatusCode::kInvalidArgument,
                        msg);
 }
 
@@ -181,6 +182,21 @@ std::variant<ConnectRequest, Refusal> PushNode::Validate(absl::string_view query
 
 void PushNode::SendTo(ConnId conn, const std::shared_ptr<const std::string>& frame) {
   if (closing_.count(conn) > 0) return;
+  if (!unannounced_.empty()) {
+    if (auto it = unannounced_.find(conn); it != unannounced_.end()) {
+      // Held until `connected` has gone out; bounded like any client's queue.
+      size_t held = frame->size();
+      for (const auto& f : it->second) held += f->size();
+      if (held > options_.send_queue_bytes) {
+        closing_.insert(conn);
+        m_.slow_closes->Inc();
+        transport_->Close(conn, kCloseSlowConsumer, "slow consumer");
+        return;
+      }
+      it->second.push_back(frame);
+      return;
+    }
+  }
   const size_t waiting = transport_->Send(conn, frame);
   m_.frames_out->Inc();
   m_.bytes_out->Inc(frame->size());
@@ -220,10 +236,22 @@ void PushNode::OnOpen(ConnId conn, ConnectRequest request, absl::Time now) {
                                               {"systemId", request.system_id},
                                               {"node", options_.node_id},
                                               {"epoch", history_.epoch()}});
-  SendText(conn, hello.ToJson());
-  PublishMembership(v1::PushMessage::CLIENT_UP, s);
+  // `connected` waits until ingest has taken this client's CLIENT_UP, so an API call on any
+  // replica after it sees the client (CONTRACT §10.2). Frames for it meanwhile are held.
+  unannounced_[conn];
+  PublishMembership(v1::PushMessage::CLIENT_UP, s, "",
+                    [this, conn, text = hello.ToJson()]() mutable { Announce(conn, std::move(text)); });
   for (const auto& g : request.groups) Join(conn, g, /*reply=*/false);
   Recover(conn, request, now);
+}
+
+void PushNode::Announce(ConnId conn, const std::string& hello) {
+  auto it = unannounced_.find(conn);
+  if (it == unannounced_.end()) return;  // closed meanwhile
+  std::vector<std::shared_ptr<const std::string>> held = std::move(it->second);
+  unannounced_.erase(it);
+  SendText(conn, hello);
+  for (const auto& frame : held) SendTo(conn, frame);
 }
 
 void PushNode::Recover(ConnId conn, const ConnectRequest& request, absl::Time now) {
@@ -257,6 +285,7 @@ void PushNode::Recover(ConnId conn, const ConnectRequest& request, absl::Time no
 
 void PushNode::OnClose(ConnId conn) {
   closing_.erase(conn);
+  unannounced_.erase(conn);
   errors_.erase(conn);
   std::optional<Session> s = registry_.Remove(conn);
   m_.connections->Set(static_cast<int64_t>(registry_.local_sessions()));
@@ -267,9 +296,9 @@ void PushNode::OnClose(ConnId conn) {
 }
 
 void PushNode::ClientError(ConnId conn, int code, const std::string& msg, const std::string& request_id,
-                           absl::Time now) {
+                           absl::Time now, absl::string_view group) {
   m_.client_errors->Inc();
-  SendText(conn, ErrorFrame(code, msg, request_id));
+  SendText(conn, ErrorFrame(code, msg, request_id, "", group));
   std::deque<absl::Time>& times = errors_[conn];
   times.push_back(now);
   while (!times.empty() && now - times.front() > options_.error_window) times.pop_front();
@@ -300,6 +329,11 @@ void PushNode::OnMessage(ConnId conn, absl::string_view text, absl::Time now) {
       if (s->allowed_groups && std::find(s->allowed_groups->begin(), s->allowed_groups->end(), frame->group) ==
                                    s->allowed_groups->end()) {
         return ClientError(conn, kCodeForbidden, absl::StrCat("token does not allow group ", frame->group), "", now);
+      }
+      if (s->groups.size() >= options_.max_groups_per_client && !s->groups.contains(frame->group)) {
+        return ClientError(conn, common::kCodeRateLimited,
+                           absl::StrCat("at most ", options_.max_groups_per_client, " groups per client"), "", now,
+                           frame->group);
       }
       return Join(conn, frame->group, /*reply=*/true);
     }
@@ -338,7 +372,8 @@ void PushNode::Leave(ConnId conn, const std::string& group, bool reply) {
   }
 }
 
-void PushNode::PublishMembership(v1::PushMessage::Kind kind, const Session& session, const std::string& group) {
+void PushNode::PublishMembership(v1::PushMessage::Kind kind, const Session& session, const std::string& group,
+                                 std::function<void()> published) {
   v1::PushMessage m;
   m.set_kind(kind);
   m.set_system_id(session.system_id);
@@ -352,8 +387,9 @@ void PushNode::PublishMembership(v1::PushMessage::Kind kind, const Session& sess
   if (kind == v1::PushMessage::BIND_GROUP) registry_.MemberJoin(session.client_id, group);
   if (kind == v1::PushMessage::UNBIND_GROUP) registry_.MemberLeave(session.client_id, group);
   if (kind == v1::PushMessage::CLIENT_DOWN) registry_.MemberDown(session.client_id, options_.node_id);
-  upstream_->Publish(std::move(m), [](const absl::Status& s) {
+  upstream_->Publish(std::move(m), [published = std::move(published)](const absl::Status& s) {
     if (!s.ok()) common::Logger("push.node")->warn("membership update not published: {}", s.message());
+    if (published) published();
   });
 }
 
@@ -371,7 +407,11 @@ void PushNode::PublishSnapshot() {
 }
 
 void PushNode::OnUpstream(bool up) {
-  if (!up) return;
+  if (!up) {
+    // No stream to catch up with: whoever waits for it goes on with what this node knows.
+    ReleaseSyncWaiters(UINT64_MAX);
+    return;
+  }
   v1::PushMessage hello;
   hello.set_kind(v1::PushMessage::NODE_HELLO);
   hello.set_origin_node(options_.node_id);
@@ -461,9 +501,33 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
   if (!applied.ok()) {
     m_.events_rejected->Inc();
     common::Logger("push.node")
-        ->warn("event at epoch {} skipped: {} ({})", event.epoch(), applied.message(),
+        ->warn("event {} of epoch {} skipped: {} ({})", event.seq(), event.epoch(), applied.message(),
                event.has_push() ? v1::PushMessage::Kind_Name(event.push().kind()) : "not a push message");
   }
+  if (event.epoch() != history_.epoch()) return;
+  applied_seq_ = event.seq();
+  ReleaseSyncWaiters(applied_seq_);
+}
+
+void PushNode::ReleaseSyncWaiters(uint64_t seq) {
+  while (!sync_waiters_.empty() && sync_waiters_.begin()->first <= seq) {
+    std::function<void()> then = std::move(sync_waiters_.begin()->second);
+    sync_waiters_.erase(sync_waiters_.begin());
+    then();
+  }
+}
+
+void PushNode::Sync(std::function<void()> then) {
+  if (!upstream_->up()) return then();
+  upstream_->Head([this, then = std::move(then)](absl::StatusOr<v1::HeadResponse> head) mutable {
+    // Another epoch means ingest restarted: this node resets when the stream tells it, and
+    // what it knows now is all there is to know. Past the bound, answer from what is known.
+    if (!head.ok() || head->epoch() != history_.epoch() || head->seq() <= applied_seq_ ||
+        sync_waiters_.size() >= kMaxSyncWaiters) {
+      return then();
+    }
+    sync_waiters_.emplace(head->seq(), std::move(then));
+  });
 }
 
 absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
@@ -472,6 +536,8 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
       common::Logger("push.node")->warn("event stream reset: {}", event.reset().reason());
     }
     history_.Reset(event.epoch());
+    applied_seq_ = 0;
+    ReleaseSyncWaiters(UINT64_MAX);  // the seqs they wait for belong to the old epoch
     if (event.has_reset()) return absl::OkStatus();
   }
   if (event.at_unix_ms() > 0) {
@@ -548,7 +614,9 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
     case v1::PushMessage::UNBIND_GROUP: {
       const bool bind = m.kind() == v1::PushMessage::BIND_GROUP;
       const std::string& client = m.client_ids_size() > 0 ? m.client_ids(0) : std::string();
-      if (m.origin_node() != options_.node_id) {
+      // A client's own join or leave was applied here before it was published; a bind
+      // through the API is applied by every replica, the one that took the call too.
+      if (m.origin_node() != options_.node_id || m.via_api()) {
         if (bind) {
           registry_.MemberJoin(client, m.group_name());
         } else {
@@ -623,17 +691,18 @@ void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::
     }
     if (!Json::accept(m.data())) return done(ApiError(kCodeBadRequest, "data must be JSON"));
   }
+  bool names_clients = false;
   switch (m.kind()) {
     case v1::PushMessage::SEND_TO_CLIENTS:
     case v1::PushMessage::CLOSE_CLIENT: {
       if (m.client_ids_size() == 0) return done(ApiError(kCodeBadRequest, "clientId is required"));
-      bool any = false;
+      if (m.client_ids_size() > events::kMaxClientIds) {
+        return done(ApiError(kCodeBadRequest, absl::StrCat("at most ", events::kMaxClientIds, " clientIds")));
+      }
       for (const auto& id : m.client_ids()) {
         if (!common::IsValidId(id)) return done(ApiError(kCodeBadRequest, absl::StrCat("bad clientId \"", id, "\"")));
-        const Member* member = registry_.FindMember(id);
-        any |= member != nullptr && member->system_id == m.system_id();
       }
-      if (!any) return done(ApiError(kCodeNotFound, "client is not online"));
+      names_clients = true;
       break;
     }
     case v1::PushMessage::SEND_TO_GROUP:
@@ -642,9 +711,11 @@ void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::
     case v1::PushMessage::BIND_GROUP:
     case v1::PushMessage::UNBIND_GROUP: {
       if (!common::IsValidId(m.group_name())) return done(ApiError(kCodeBadRequest, "groupName is required"));
-      if (m.client_ids_size() != 1) return done(ApiError(kCodeBadRequest, "clientId is required"));
-      const Member* member = registry_.FindMember(m.client_ids(0));
-      if (member == nullptr || member->system_id != m.system_id()) return done(ApiError(kCodeNotFound, "client is not online"));
+      if (m.client_ids_size() != 1 || !common::IsValidId(m.client_ids(0))) {
+        return done(ApiError(kCodeBadRequest, "clientId is required"));
+      }
+      m.set_via_api(true);
+      names_clients = true;
       break;
     }
     case v1::PushMessage::SEND_TO_SYSTEM:
@@ -653,6 +724,34 @@ void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::
       return done(ApiError(kCodeBadRequest, "unsupported operation"));
   }
   if (!upstream_->up()) return done(ApiError(kCodeUnavailable, "ingest is unavailable; try again"));
+  if (m.kind() == v1::PushMessage::BIND_GROUP) {
+    const Member* member = registry_.FindMember(m.client_ids(0));
+    if (member != nullptr && member->groups.size() >= options_.max_groups_per_client &&
+        !member->groups.contains(m.group_name())) {
+      return done(ApiError(common::kCodeRateLimited,
+                           absl::StrCat("at most ", options_.max_groups_per_client, " groups per client")));
+    }
+  }
+  if (names_clients && !Knows(m)) {
+    // Maybe connected, bound or unbound elsewhere a moment ago: catch up with the stream
+    // before answering 404 (CONTRACT §10.2).
+    return Sync([this, m = std::move(m), done = std::move(done)]() mutable {
+      if (!Knows(m)) return done(ApiError(kCodeNotFound, "client is not online"));
+      PublishApi(std::move(m), std::move(done));
+    });
+  }
+  PublishApi(std::move(m), std::move(done));
+}
+
+bool PushNode::Knows(const v1::PushMessage& m) const {
+  for (const auto& id : m.client_ids()) {
+    const Member* member = registry_.FindMember(id);
+    if (member != nullptr && member->system_id == m.system_id()) return true;
+  }
+  return false;
+}
+
+void PushNode::PublishApi(v1::PushMessage m, std::function<void(absl::StatusOr<std::string>)> done) {
   const std::string id = common::NewUuid();
   m.set_message_id(id);
   m.set_origin_node(options_.node_id);
@@ -662,8 +761,9 @@ void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::
   });
 }
 
-std::vector<std::string> PushNode::Online(const std::string& system_id, const std::string& group) const {
-  return registry_.Online(system_id, group);
+void PushNode::Online(const std::string& system_id, const std::string& group,
+                      std::function<void(std::vector<std::string>)> done) {
+  Sync([this, system_id, group, done = std::move(done)] { done(registry_.Online(system_id, group)); });
 }
 
 absl::Status PushNode::CheckApiToken(absl::string_view authorization, absl::string_view system_id, absl::Time now) const {

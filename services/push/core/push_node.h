@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "common/metrics.h"
 #include "devbridge/v1/events.pb.h"
+#include "devbridge/v1/ingest.pb.h"
 #include "services/push/core/frames.h"
 #include "services/push/core/history.h"
 #include "services/push/core/jwt.h"
@@ -42,6 +43,11 @@ class Upstream {
   virtual bool up() const = 0;
   virtual void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) = 0;
   virtual void Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) = 0;
+  // The newest event of ingest's stream (see Ingest.Head). The default has none to offer,
+  // so a node that asks goes on at once.
+  virtual void Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) {
+    done(absl::UnimplementedError("no stream head"));
+  }
 };
 
 struct NodeOptions {
@@ -52,6 +58,7 @@ struct NodeOptions {
   size_t history_size = 1000;
   absl::Duration history_ttl = absl::Minutes(5);
   size_t send_queue_bytes = 1 << 20;
+  size_t max_groups_per_client = 128;        // a join or bind past it: 429
   int error_budget = 20;                     // errors allowed per window before 1008
   absl::Duration error_window = absl::Seconds(10);
 };
@@ -86,12 +93,17 @@ class PushNode {
   void OnEvent(const v1::Event& event, absl::Time now);
   // The event stream came up (true) or went down.
   void OnUpstream(bool up);
+  // Periodic upkeep (every second or so): drops histories whose messages all expired.
+  void Sweep(absl::Time now) { history_.Expire(now); }
 
   // The Push API (HTTP and gRPC). `message` carries the operation; a message id is chosen
   // here. `done` gets the message id or an error with a result code (400, 404, 503).
   void Submit(v1::PushMessage message, std::function<void(absl::StatusOr<std::string>)> done);
-  // Clients online in a system (or one of its groups), across the cluster.
-  std::vector<std::string> Online(const std::string& system_id, const std::string& group) const;
+  // Clients online in a system (or one of its groups), across the cluster, as of every
+  // Publish that returned before the call (CONTRACT §10.2): `done` runs once this node has
+  // applied the stream that far.
+  void Online(const std::string& system_id, const std::string& group,
+              std::function<void(std::vector<std::string>)> done);
   // Checks an API token (Authorization: Bearer ...): api claim, and sub == system when given.
   absl::Status CheckApiToken(absl::string_view authorization, absl::string_view system_id, absl::Time now) const;
 
@@ -103,17 +115,31 @@ class PushNode {
  private:
   void SendTo(ConnId conn, const std::shared_ptr<const std::string>& frame);
   void SendText(ConnId conn, std::string text);
-  void ClientError(ConnId conn, int code, const std::string& msg, const std::string& request_id, absl::Time now);
+  void ClientError(ConnId conn, int code, const std::string& msg, const std::string& request_id, absl::Time now,
+                   absl::string_view group = "");
   void HandleCommand(ConnId conn, const CommandFrame& command, absl::Time now);
   void Join(ConnId conn, const std::string& group, bool reply);
   void Leave(ConnId conn, const std::string& group, bool reply);
-  void PublishMembership(v1::PushMessage::Kind kind, const Session& session, const std::string& group = "");
+  // `published` runs once ingest has answered the publish, whether it took it or not.
+  void PublishMembership(v1::PushMessage::Kind kind, const Session& session, const std::string& group = "",
+                         std::function<void()> published = nullptr);
   void PublishSnapshot();
   // Builds a frame per stream of `event`, records it in the history and sends it to the
   // stream's local connections.
   void Fanout(const v1::Event& event, ServerFrame frame, absl::Time now);
   absl::Status ApplyEvent(const v1::Event& event, absl::Time now);
   void Recover(ConnId conn, const ConnectRequest& request, absl::Time now);
+  // Runs `then` once this node has applied every event ingest's stream held when Sync was
+  // called (at once when that is already so, or when the stream cannot say).
+  void Sync(std::function<void()> then);
+  void ReleaseSyncWaiters(uint64_t seq);  // runs the waiters for `seq` and before
+  static constexpr size_t kMaxSyncWaiters = 10000;
+  // Publishes `m` as an API call and answers `done` with its message id.
+  void PublishApi(v1::PushMessage m, std::function<void(absl::StatusOr<std::string>)> done);
+  // Whether the clients `m` names are known in its system (the 404 check of the API).
+  bool Knows(const v1::PushMessage& m) const;
+  // Sends `connected` and then what was held for `conn` while its CLIENT_UP was on its way.
+  void Announce(ConnId conn, const std::string& hello);
 
   NodeOptions options_;
   Transport* transport_;
@@ -122,6 +148,11 @@ class PushNode {
   History history_;
   absl::flat_hash_map<ConnId, std::deque<absl::Time>> errors_;
   absl::flat_hash_set<ConnId> closing_;
+  // Connections whose `connected` frame waits for ingest to take their CLIENT_UP, with the
+  // frames for them meanwhile (sent after it, in order).
+  absl::flat_hash_map<ConnId, std::vector<std::shared_ptr<const std::string>>> unannounced_;
+  uint64_t applied_seq_ = 0;  // the last event of history_.epoch() applied
+  std::multimap<uint64_t, std::function<void()>> sync_waiters_;  // by the seq they wait for
 
   struct Metrics {
     common::Gauge* connections;

@@ -3,6 +3,8 @@
 // delivers them to every node, so cluster behaviour is tested with two nodes in-process.
 #include "services/push/core/push_node.h"
 
+#include <deque>
+
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
@@ -45,6 +47,7 @@ class FakeUpstream : public Upstream {
     dispatched.push_back(command);
     done(dispatch_error.ok() ? absl::StatusOr<v1::CommandResult>(v1::CommandResult()) : dispatch_error);
   }
+  void Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) override;
   bool is_up = true;
   absl::Status dispatch_error;
   std::vector<v1::Command> dispatched;
@@ -53,7 +56,8 @@ class FakeUpstream : public Upstream {
   Bus* bus_;
 };
 
-// Sequences events like ingest: one epoch, seq, offsets per stream; delivers to every node.
+// Sequences events like ingest: one epoch, seq, offsets per stream; delivers to every node,
+// at once or, while `deferred`, when Deliver() is called (a stream that lags).
 class Bus {
  public:
   void Attach(PushNode* node) { nodes_.push_back(node); }
@@ -67,8 +71,18 @@ class Bus {
       s->set_group_name(group);
       s->set_offset(++offsets_[absl::StrCat(system, "/", group)]);
     }
-    for (PushNode* n : nodes_) n->OnEvent(e, t0);
+    queue_.push_back(std::move(e));
+    if (!deferred) Deliver();
   }
+  void Deliver() {
+    while (!queue_.empty()) {
+      v1::Event e = std::move(queue_.front());
+      queue_.pop_front();
+      for (PushNode* n : nodes_) n->OnEvent(e, t0);
+    }
+  }
+  uint64_t seq() const { return seq_; }
+  bool deferred = false;
   void Publish(const v1::PushMessage& m) {
     v1::Event e;
     *e.mutable_push() = m;
@@ -84,9 +98,17 @@ class Bus {
 
  private:
   std::vector<PushNode*> nodes_;
+  std::deque<v1::Event> queue_;
   uint64_t seq_ = 0;
   std::map<std::string, uint64_t> offsets_;
 };
+
+void FakeUpstream::Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) {
+  v1::HeadResponse head;
+  head.set_epoch(bus_->epoch);
+  head.set_seq(bus_->seq());
+  done(head);
+}
 
 void FakeUpstream::Publish(v1::PushMessage message, std::function<void(absl::Status)> done) {
   if (!is_up) return done(absl::UnavailableError("down"));
@@ -120,6 +142,12 @@ class PushNodeTest : public ::testing::Test {
     auto v = node->Validate(query, "", t0);
     ASSERT_TRUE(std::holds_alternative<ConnectRequest>(v)) << std::get<Refusal>(v).message;
     node->OnOpen(conn, std::get<ConnectRequest>(v), t0);
+  }
+  // Online() once the node has caught up with the bus.
+  static std::vector<std::string> OnlineNow(PushNode* node, const std::string& system, const std::string& group) {
+    std::vector<std::string> out;
+    node->Online(system, group, [&out](std::vector<std::string> ids) { out = std::move(ids); });
+    return out;
   }
   v1::Event DeviceOnline(const std::string& id) {
     v1::Event e;
@@ -177,6 +205,107 @@ TEST_F(PushNodeTest, AuthAndOrigin) {
   auto no_origin = strict.Validate("systemId=s", "", t0);
   ASSERT_TRUE(std::holds_alternative<Refusal>(no_origin)) << "with an allow-list, no Origin is no entry";
   EXPECT_EQ(std::get<Refusal>(no_origin).status, 403);
+}
+
+TEST_F(PushNodeTest, AnApiCallOnAnyNodeSeesClientsThatGotConnectedAndBindsThatReturned) {
+  bus_.deferred = true;  // the stream lags behind the API
+  Open(a_.get(), 1, "systemId=fleet&clientId=c1");
+  ASSERT_EQ(ta_.Of(1, "connected").size(), 1u) << "connected once ingest took the CLIENT_UP";
+  // B has not seen c1 yet; it must not answer 404 but catch up first.
+  std::optional<absl::StatusOr<std::string>> sent;
+  v1::PushMessage m;
+  m.set_kind(v1::PushMessage::SEND_TO_CLIENTS);
+  m.set_system_id("fleet");
+  m.add_client_ids("c1");
+  m.set_data("1");
+  b_->Submit(m, [&](absl::StatusOr<std::string> id) { sent = std::move(id); });
+  std::optional<std::vector<std::string>> online;
+  b_->Online("fleet", "", [&](std::vector<std::string> ids) { online = std::move(ids); });
+  EXPECT_FALSE(sent.has_value()) << "answered before catching up";
+  bus_.Deliver();
+  ASSERT_TRUE(sent.has_value());
+  EXPECT_TRUE(sent->ok()) << sent->status();
+  ASSERT_TRUE(online.has_value());
+  EXPECT_EQ(*online, std::vector<std::string>{"c1"});
+  // A bind through A's API for A's own client is applied on A too, and is seen from B.
+  v1::PushMessage bind;
+  bind.set_kind(v1::PushMessage::BIND_GROUP);
+  bind.set_system_id("fleet");
+  bind.set_group_name("g");
+  bind.add_client_ids("c1");
+  std::optional<absl::StatusOr<std::string>> bound;
+  a_->Submit(bind, [&](absl::StatusOr<std::string> id) { bound = std::move(id); });
+  ASSERT_TRUE(bound.has_value() && bound->ok());
+  std::optional<std::vector<std::string>> in_group;
+  b_->Online("fleet", "g", [&](std::vector<std::string> ids) { in_group = std::move(ids); });
+  bus_.Deliver();
+  ASSERT_TRUE(in_group.has_value());
+  EXPECT_EQ(*in_group, std::vector<std::string>{"c1"});
+  EXPECT_EQ(OnlineNow(a_.get(), "fleet", "g"), std::vector<std::string>{"c1"});
+  EXPECT_EQ(a_->registry().GroupConns("fleet", "g"), std::vector<ConnId>{1}) << "the session itself joined";
+  // A client nobody has is still a 404, after catching up.
+  m.set_client_ids(0, "nobody");
+  std::optional<absl::StatusOr<std::string>> missing;
+  b_->Submit(m, [&](absl::StatusOr<std::string> id) { missing = std::move(id); });
+  bus_.Deliver();
+  ASSERT_TRUE(missing.has_value());
+  EXPECT_EQ(common::ResultCodeOf(missing->status()), 404);
+}
+
+TEST_F(PushNodeTest, FramesForAClientWaitForItsConnectedFrame) {
+  // An upstream that answers the CLIENT_UP publish only later.
+  class SlowUpstream : public FakeUpstream {
+   public:
+    using FakeUpstream::FakeUpstream;
+    void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) override {
+      waiting.push_back(std::move(done));
+      (void)message;
+    }
+    std::vector<std::function<void(absl::Status)>> waiting;
+  };
+  SlowUpstream slow(&bus_);
+  FakeTransport t;
+  common::MetricsRegistry m;
+  auto node = Make("slow", &t, &slow, &m);
+  bus_.Attach(node.get());
+  Open(node.get(), 7, "systemId=fleet&clientId=s1&groups=ops");
+  EXPECT_TRUE(t.frames[7].empty()) << "nothing before connected";
+  bus_.Emit(DeviceOnline("d1"), {{"fleet", ""}});
+  EXPECT_TRUE(t.frames[7].empty());
+  ASSERT_FALSE(slow.waiting.empty());
+  slow.waiting.front()(absl::OkStatus());
+  ASSERT_EQ(t.frames[7].size(), 2u);
+  EXPECT_EQ(t.frames[7][0]["type"], "connected");
+  EXPECT_EQ(t.frames[7][1]["type"], "device.online");
+}
+
+TEST_F(PushNodeTest, GroupsPerClientAreBoundedForJoinsAndBinds) {
+  FakeTransport t;
+  common::MetricsRegistry m;
+  NodeOptions o;
+  o.node_id = "small";
+  o.max_groups_per_client = 2;
+  PushNode node(o, &t, &up_a_, &m);
+  bus_.Attach(&node);
+  Open(&node, 1, "systemId=fleet&clientId=c1");
+  for (const char* g : {"g1", "g2", "g3"}) node.OnMessage(1, absl::StrCat(R"({"action":"join","group":")", g, "\"}"), t0);
+  ASSERT_EQ(t.Of(1, "joined").size(), 2u);
+  auto errors = t.Of(1, "error");
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0]["code"], 429);
+  EXPECT_EQ(errors[0]["data"]["group"], "g3");
+  EXPECT_TRUE(t.closed.empty()) << "the connection stays";
+  node.OnMessage(1, R"({"action":"join","group":"g1"})", t0);
+  EXPECT_EQ(t.Of(1, "error").size(), 1u) << "joining a group it is in is no new group";
+  v1::PushMessage bind;
+  bind.set_kind(v1::PushMessage::BIND_GROUP);
+  bind.set_system_id("fleet");
+  bind.set_group_name("g4");
+  bind.add_client_ids("c1");
+  std::optional<absl::StatusOr<std::string>> result;
+  node.Submit(bind, [&](absl::StatusOr<std::string> r) { result = std::move(r); });
+  ASSERT_TRUE(result.has_value());
+  EXPECT_EQ(common::ResultCodeOf(result->status()), 429);
 }
 
 TEST_F(PushNodeTest, TokensWithWrongJsonTypesAre401NotACrash) {
@@ -273,8 +402,8 @@ TEST_F(PushNodeTest, DeviceEventsReachTheDeviceSystemAndTheFleetWithOffsets) {
 TEST_F(PushNodeTest, ApiReachesClientsOnEveryNodeAndListOnlineCountsThem) {
   Open(a_.get(), 1, "systemId=fleet&clientId=on-a");
   Open(b_.get(), 2, "systemId=fleet&clientId=on-b");
-  EXPECT_EQ(a_->Online("fleet", ""), (std::vector<std::string>{"on-a", "on-b"}));
-  EXPECT_EQ(b_->Online("fleet", ""), (std::vector<std::string>{"on-a", "on-b"}));
+  EXPECT_EQ(OnlineNow(a_.get(), "fleet", ""), (std::vector<std::string>{"on-a", "on-b"}));
+  EXPECT_EQ(OnlineNow(b_.get(), "fleet", ""), (std::vector<std::string>{"on-a", "on-b"}));
   v1::PushMessage to_a;
   to_a.set_kind(v1::PushMessage::SEND_TO_CLIENTS);
   to_a.set_system_id("fleet");
@@ -328,7 +457,7 @@ TEST_F(PushNodeTest, JoinSendsPresenceToGroupMembersOnEveryNode) {
   EXPECT_EQ(presence.back()["code"], 1001);
   EXPECT_EQ(presence.back()["data"]["clientId"], "y");
   EXPECT_EQ(presence.back()["groupName"], "ops");
-  EXPECT_EQ(a_->Online("fleet", "ops"), (std::vector<std::string>{"x", "y"}));
+  EXPECT_EQ(OnlineNow(a_.get(), "fleet", "ops"), (std::vector<std::string>{"x", "y"}));
   v1::PushMessage g;
   g.set_kind(v1::PushMessage::SEND_TO_GROUP);
   g.set_system_id("fleet");
@@ -338,7 +467,7 @@ TEST_F(PushNodeTest, JoinSendsPresenceToGroupMembersOnEveryNode) {
   EXPECT_EQ(tb_.Of(2, "message").size(), 1u);
   b_->OnMessage(2, R"({"action":"leave","group":"ops"})", t0);
   EXPECT_EQ(ta_.Of(1, "presence").back()["code"], 1002);
-  EXPECT_EQ(a_->Online("fleet", "ops"), std::vector<std::string>{"x"});
+  EXPECT_EQ(OnlineNow(a_.get(), "fleet", "ops"), std::vector<std::string>{"x"});
 }
 
 TEST_F(PushNodeTest, RecoverReplaysMissedMessagesOnAnotherNodeOr410) {
@@ -379,7 +508,7 @@ TEST_F(PushNodeTest, ReusedClientIdReplacesTheOldSessionAcrossNodes) {
   EXPECT_EQ(ta_.closed[1].first, 4009);
   Open(b_.get(), 3, "systemId=fleet&clientId=same");
   EXPECT_EQ(ta_.closed[2].first, 4009) << "the session on the other node is replaced too";
-  EXPECT_EQ(a_->Online("fleet", ""), std::vector<std::string>{"same"});
+  EXPECT_EQ(OnlineNow(a_.get(), "fleet", ""), std::vector<std::string>{"same"});
 }
 
 TEST_F(PushNodeTest, CommandIsAcceptedAtOnceAndItsResultReachesTheAskerOnce) {

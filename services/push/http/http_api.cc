@@ -243,9 +243,10 @@ void HttpApi::Api(const std::string& op, const httpd::Request& request,
   // devbridge needs no registration (CONTRACT §10.2); the call exists for compatibility.
   if (op == "register") return reply(ApiReply(0, "success", ""));
   if (op == "get_online_list") {
-    const std::vector<std::string> list = node_->Online(system, Str(body, "groupName"));
-    Json data = {{"count", list.size()}, {"list", list}};
-    return reply(ApiReply(0, "success", data.dump()));
+    return node_->Online(system, Str(body, "groupName"), [reply = std::move(reply)](std::vector<std::string> list) {
+      Json data = {{"count", list.size()}, {"list", std::move(list)}};
+      reply(ApiReply(0, "success", data.dump()));
+    });
   }
   v1::PushMessage m;
   m.set_system_id(system);

@@ -1,6 +1,7 @@
 #include "services/push/rpc/push_service.h"
 
 #include "common/grpc_status.h"
+#include "grpcutil/security.h"
 
 namespace devbridge::push {
 namespace {
@@ -26,6 +27,10 @@ void Content(const Req& req, v1::PushMessage* m) {
 grpc::ServerUnaryReactor* PushService::Submit(grpc::CallbackServerContext* ctx, v1::PushMessage m,
                                               std::function<void(const std::string&)> on_id) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   post_([this, reactor, m = std::move(m), on_id = std::move(on_id)]() mutable {
     node_->Submit(std::move(m), [reactor, on_id = std::move(on_id)](absl::StatusOr<std::string> id) {
       if (!id.ok()) return reactor->Finish(common::ToGrpcStatus(id.status()));
@@ -95,10 +100,16 @@ grpc::ServerUnaryReactor* PushService::CloseClient(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* PushService::ListOnline(grpc::CallbackServerContext* ctx, const v1::ListOnlineRequest* req,
                                                   v1::ListOnlineReply* reply) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   post_([this, reactor, reply, system = req->system_id(), group = req->group_name()] {
-    for (const auto& id : node_->Online(system, group)) reply->add_client_ids(id);
-    reply->set_count(static_cast<uint32_t>(reply->client_ids_size()));
-    reactor->Finish(grpc::Status::OK);
+    node_->Online(system, group, [reactor, reply](std::vector<std::string> ids) {
+      for (auto& id : ids) reply->add_client_ids(std::move(id));
+      reply->set_count(static_cast<uint32_t>(reply->client_ids_size()));
+      reactor->Finish(grpc::Status::OK);
+    });
   });
   return reactor;
 }

@@ -13,7 +13,10 @@ namespace devbridge::push {
 class PushService final : public v1::Push::CallbackService {
  public:
   // `node` is touched only inside functions given to `post`.
-  PushService(std::function<void(std::function<void()>)> post, PushNode* node) : post_(std::move(post)), node_(node) {}
+  // With an `internal_token`, every call must carry it (authorization: Bearer), else
+  // UNAUTHENTICATED (CONTRACT §10.2).
+  PushService(std::function<void(std::function<void()>)> post, PushNode* node, std::string internal_token = "")
+      : post_(std::move(post)), node_(node), token_(std::move(internal_token)) {}
 
   grpc::ServerUnaryReactor* SendToClient(grpc::CallbackServerContext* ctx, const v1::SendToClientRequest* req,
                                          v1::SendReply* reply) override;
@@ -39,6 +42,7 @@ class PushService final : public v1::Push::CallbackService {
 
   std::function<void(std::function<void()>)> post_;
   PushNode* node_;
+  std::string token_;
 };
 
 }  // namespace devbridge::push

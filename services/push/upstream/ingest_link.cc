@@ -22,8 +22,10 @@ IngestLink::IngestLink(LinkOptions options, Poster post,
   args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
-  channel_ =
-      grpc::CreateCustomChannel(options_.ingest_addr, grpc::InsecureChannelCredentials(), args);
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      grpcutil::ChannelCredentials(options_.security);
+  channel_ = grpc::CreateCustomChannel(options_.ingest_addr,
+                                       credentials.ok() ? *credentials : grpc::InsecureChannelCredentials(), args);
   stub_ = v1::Ingest::NewStub(channel_);
   reconnects_ =
       &metrics->AddCounter("devbridge_push_upstream_reconnects_total", "Event stream reconnects.");
@@ -31,6 +33,16 @@ IngestLink::IngestLink(LinkOptions options, Poster post,
                                  "Event stream resumes that lost events.");
   metrics->AddGaugeFn("devbridge_push_upstream_up", "1 while the event stream from ingest is up.",
                       {}, [this] { return up_.load() ? 1.0 : 0.0; });
+}
+
+absl::StatusOr<std::unique_ptr<IngestLink>> IngestLink::Create(LinkOptions options, Poster post,
+                                                              std::function<void(std::vector<v1::Event>)> on_events,
+                                                              std::function<void(bool)> on_state,
+                                                              common::MetricsRegistry* metrics) {
+  // Checked here so that a bad file is an error at start, not an insecure channel.
+  if (absl::Status valid = grpcutil::Validate(options.security, /*server=*/false); !valid.ok()) return valid;
+  return std::make_unique<IngestLink>(std::move(options), std::move(post), std::move(on_events), std::move(on_state),
+                                      metrics);
 }
 
 IngestLink::~IngestLink() { Stop(); }
@@ -42,8 +54,17 @@ void IngestLink::Start() {
 void IngestLink::Stop() {
   if (stopping_.exchange(true)) return;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     if (current_ != nullptr) current_->TryCancel();
+    // Cancelled outside the lock (a cancel may finish the call at once); the shared pointers
+    // keep each context alive until then.
+    std::vector<std::shared_ptr<grpc::ClientContext>> calls;
+    for (const auto& [ctx, owner] : calls_) calls.push_back(owner);
+    lock.unlock();
+    for (const auto& call : calls) call->TryCancel();
+    calls.clear();
+    lock.lock();
+    calls_cv_.wait(lock, [this] { return calls_.empty(); });
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
@@ -62,6 +83,7 @@ void IngestLink::SubscribeLoop() {
   bool first = true;
   while (!stopping_) {
     grpc::ClientContext ctx;
+    grpcutil::AddToken(&ctx, options_.security.internal_token);
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) break;
@@ -131,12 +153,28 @@ void IngestLink::Call(Method method, Request request, absl::Duration deadline,
   auto call = std::make_shared<State>();
   call->request = std::move(request);
   call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  grpcutil::AddToken(&call->ctx, options_.security.internal_token);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) {
+      post_([done = std::move(done)] { done(absl::UnavailableError("push is shutting down")); });
+      return;
+    }
+    calls_.emplace(&call->ctx, std::shared_ptr<grpc::ClientContext>(call, &call->ctx));
+  }
+  // `this` outlives the callback: Stop() cancels every call in flight and waits for its
+  // callback, and after Stop() no result is handed on.
   method(stub_->async(), &call->ctx, &call->request, &call->response,
          [this, call, done = std::move(done)](const grpc::Status& status) mutable {
-           post_([call, status, done = std::move(done)] {
-             if (!status.ok()) return done(common::FromGrpcStatus(status));
-             done(std::move(call->response));
-           });
+           if (!stopping_) {
+             post_([call, status, done = std::move(done)] {
+               if (!status.ok()) return done(common::FromGrpcStatus(status));
+               done(std::move(call->response));
+             });
+           }
+           std::lock_guard<std::mutex> lock(mu_);
+           calls_.erase(&call->ctx);
+           calls_cv_.notify_all();
          });
 }
 
@@ -147,6 +185,12 @@ void IngestLink::Publish(v1::PushMessage message, std::function<void(absl::Statu
       },
       std::move(message), options_.publish_deadline,
       [done = std::move(done)](const absl::StatusOr<v1::PublishResponse>& r) { done(r.status()); });
+}
+
+void IngestLink::Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) {
+  Call<v1::HeadRequest, v1::HeadResponse>(
+      [](auto* stub, auto* ctx, auto* req, auto* resp, auto cb) { stub->Head(ctx, req, resp, std::move(cb)); },
+      v1::HeadRequest(), options_.publish_deadline, std::move(done));
 }
 
 void IngestLink::Dispatch(v1::Command command,

@@ -16,8 +16,10 @@
 #include <thread>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
+#include "grpcutil/security.h"
 #include "devbridge/v1/ingest.grpc.pb.h"
 #include "services/push/core/directory.h"
 #include "services/push/core/push_node.h"
@@ -32,12 +34,18 @@ struct LinkOptions {
   absl::Duration min_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(5);
   absl::Duration publish_deadline = absl::Seconds(5);
+  grpcutil::Security security;  // internal_token sent on every call; grpc_tls_* for the channel
 };
 
 class IngestLink : public Upstream, public DeviceDirectory {
  public:
   // `on_events` gets each batch of events in order; `on_state` each change of the stream's
   // state. Both run on the io thread through `post`.
+  // Fails (InvalidArgument naming the flag) when the TLS files cannot be read.
+  static absl::StatusOr<std::unique_ptr<IngestLink>> Create(LinkOptions options, Poster post,
+                                                            std::function<void(std::vector<v1::Event>)> on_events,
+                                                            std::function<void(bool)> on_state,
+                                                            common::MetricsRegistry* metrics);
   IngestLink(LinkOptions options, Poster post,
              std::function<void(std::vector<v1::Event>)> on_events,
              std::function<void(bool)> on_state, common::MetricsRegistry* metrics);
@@ -48,6 +56,7 @@ class IngestLink : public Upstream, public DeviceDirectory {
 
   bool up() const override { return up_.load(); }
   void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) override;
+  void Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) override;
   void Dispatch(v1::Command command,
                 std::function<void(absl::StatusOr<v1::CommandResult>)> done) override;
   void ListDevices(v1::ListDevicesRequest request,
@@ -73,6 +82,9 @@ class IngestLink : public Upstream, public DeviceDirectory {
   std::mutex mu_;
   std::condition_variable cv_;
   grpc::ClientContext* current_ = nullptr;  // guarded by mu_
+  // Unary calls in flight, each kept alive until its callback ran; guarded by mu_.
+  absl::flat_hash_map<grpc::ClientContext*, std::shared_ptr<grpc::ClientContext>> calls_;
+  std::condition_variable calls_cv_;                 // a call in calls_ finished
   std::string epoch_;                       // last event seen (subscriber thread only)
   uint64_t seq_ = 0;
   std::thread thread_;

@@ -1,0 +1,1 @@
+fleetc1"opsRuZebn2

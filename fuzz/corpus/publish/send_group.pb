@@ -1,0 +1,1 @@
+fleet"opsB{"a":1}Jm1bn1

@@ -1,0 +1,49 @@
+// A WebSocket handshake's query string, recover parameter included (CONTRACT §5), on a node
+// with auth on and an Origin allow-list: refused with 400/401/403 or accepted, and an
+// accepted one opens and closes cleanly.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "services/push/core/push_node.h"
+
+namespace {
+
+using devbridge::push::ConnId;
+
+class NullTransport : public devbridge::push::Transport {
+ public:
+  size_t Send(ConnId, const std::shared_ptr<const std::string>&) override { return 0; }
+  void Close(ConnId, int, const std::string&) override {}
+};
+
+class NullUpstream : public devbridge::push::Upstream {
+ public:
+  bool up() const override { return true; }
+  void Publish(devbridge::v1::PushMessage, std::function<void(absl::Status)> done) override { done(absl::OkStatus()); }
+  void Dispatch(devbridge::v1::Command,
+                std::function<void(absl::StatusOr<devbridge::v1::CommandResult>)> done) override {
+    done(absl::UnavailableError("fuzz"));
+  }
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static NullTransport transport;
+  static NullUpstream upstream;
+  static devbridge::common::MetricsRegistry metrics;
+  devbridge::push::NodeOptions options;
+  const std::string input(reinterpret_cast<const char*>(data), size);
+  const bool with_auth = size > 0 && (data[0] & 1);
+  if (with_auth) options.auth_secret = "k";
+  devbridge::push::PushNode node(options, &transport, &upstream, &metrics);
+  const absl::Time now = absl::FromUnixSeconds(1800000000);
+  auto request = node.Validate(input, "", now);
+  if (auto* accepted = std::get_if<devbridge::push::ConnectRequest>(&request)) {
+    node.OnOpen(1, *accepted, now);
+    node.OnMessage(1, input, now);
+    node.OnClose(1);
+  }
+  return 0;
+}

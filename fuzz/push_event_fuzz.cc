@@ -1,0 +1,50 @@
+// Applying any event from ingest's stream on a push replica with clients in systems and
+// groups: a poison event is counted and skipped, and nothing escapes (CONTRACT §10.1).
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "services/push/core/push_node.h"
+
+namespace {
+
+using devbridge::push::ConnId;
+
+class NullTransport : public devbridge::push::Transport {
+ public:
+  size_t Send(ConnId, const std::shared_ptr<const std::string>& frame) override { return frame->size() % 5000; }
+  void Close(ConnId, int, const std::string&) override {}
+};
+
+class NullUpstream : public devbridge::push::Upstream {
+ public:
+  bool up() const override { return true; }
+  void Publish(devbridge::v1::PushMessage, std::function<void(absl::Status)> done) override { done(absl::OkStatus()); }
+  void Dispatch(devbridge::v1::Command,
+                std::function<void(absl::StatusOr<devbridge::v1::CommandResult>)> done) override {
+    done(absl::UnavailableError("fuzz"));
+  }
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static NullTransport transport;
+  static NullUpstream upstream;
+  static devbridge::common::MetricsRegistry metrics;
+  devbridge::v1::Event event;
+  if (!event.ParseFromArray(data, static_cast<int>(size))) return 0;
+  devbridge::push::NodeOptions options;
+  options.node_id = "fuzz";
+  options.history_size = 16;
+  devbridge::push::PushNode node(options, &transport, &upstream, &metrics);
+  const absl::Time now = absl::FromUnixSeconds(1800000000);
+  for (ConnId conn : {1, 2}) {
+    auto request = node.Validate(conn == 1 ? "systemId=fleet&clientId=c1&groups=ops" : "systemId=sim-1&clientId=c2",
+                                 "", now);
+    node.OnOpen(conn, std::get<devbridge::push::ConnectRequest>(request), now);
+  }
+  node.OnEvent(event, now);
+  node.OnEvent(event, now + absl::Seconds(1));
+  return 0;
+}
