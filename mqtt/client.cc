@@ -12,6 +12,7 @@
 #include <random>
 #include <string_view>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 
@@ -47,10 +48,25 @@ void DisableNagleTowards(int port) {
   closedir(dir);
 }
 
+}  // namespace
+
+// The broker's port in `url` ("tcp://host:1883", "ssl://[::1]:8883", "host"), or the
+// scheme's default when the URL names none.
 int PortOf(const std::string& url) {
-  const size_t colon = url.rfind(':');
-  return colon == std::string::npos ? 1883 : std::atoi(url.c_str() + colon + 1);
+  const size_t scheme_end = url.find("://");
+  const std::string scheme = scheme_end == std::string::npos ? "tcp" : url.substr(0, scheme_end);
+  const std::string rest = scheme_end == std::string::npos ? url : url.substr(scheme_end + 3);
+  const size_t bracket = rest.rfind(']');  // an IPv6 address holds colons of its own
+  const size_t colon = rest.rfind(':');
+  int port = 0;
+  if (colon != std::string::npos && (bracket == std::string::npos || colon > bracket) &&
+      absl::SimpleAtoi(rest.substr(colon + 1), &port) && port > 0 && port < 65536) {
+    return port;
+  }
+  return scheme == "ssl" || scheme == "mqtts" ? 8883 : scheme == "ws" ? 80 : scheme == "wss" ? 443 : 1883;
 }
+
+namespace {
 
 std::string PahoError(int rc) {
   const char* text = MQTTAsync_strerror(rc);
@@ -58,6 +74,37 @@ std::string PahoError(int rc) {
 }
 
 }  // namespace
+
+// Paho's callbacks, with exactly the function types Paho declares (calling a function
+// through a pointer of another type is undefined behaviour). Nothing may escape them as an
+// exception: it would unwind through Paho's C threads.
+struct PahoCallbacks {
+  static int MessageArrived(void* context, char* topic, int topic_len, MQTTAsync_message* message) {
+    auto* self = static_cast<Client*>(context);
+    const absl::string_view topic_view(topic, topic_len > 0 ? static_cast<size_t>(topic_len) : strlen(topic));
+    const absl::string_view payload(static_cast<const char*>(message->payload),
+                                    static_cast<size_t>(message->payloadlen));
+    try {
+      self->OnMessageArrived(topic_view, payload, message->qos, message->dup != 0);
+    } catch (const std::exception& e) {
+      common::Logger(self->options_.log_name)->error("message on {} dropped: {}", topic_view, e.what());
+    }
+    MQTTAsync_freeMessage(&message);
+    MQTTAsync_free(topic);
+    return 1;
+  }
+  static void ConnectionLost(void* context, char* cause) { static_cast<Client*>(context)->OnConnectionLost(cause); }
+  static void ConnectSuccess(void* context, MQTTAsync_successData* /*response*/) {
+    static_cast<Client*>(context)->OnConnectSuccess();
+  }
+  static void ConnectFailure(void* context, MQTTAsync_failureData* response) {
+    static_cast<Client*>(context)->OnConnectFailure(response != nullptr ? response->message : nullptr,
+                                                     response != nullptr ? response->code : -1);
+  }
+  static void SubscribeFailure(void* context, MQTTAsync_failureData* response) {
+    static_cast<Client*>(context)->OnSubscribeFailure(response != nullptr ? response->code : -1);
+  }
+};
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(Options options, MessageHandler on_message,
                                                        StateHandler on_state) {
@@ -76,8 +123,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(Options options, MessageH
         absl::StrCat("cannot create MQTT client for ", client->options_.url, ": ", PahoError(rc)));
   }
   client->client_ = handle;
-  rc = MQTTAsync_setCallbacks(handle, client.get(), &Client::OnConnectionLost,
-                              reinterpret_cast<MQTTAsync_messageArrived*>(&Client::OnMessageArrived),
+  rc = MQTTAsync_setCallbacks(handle, client.get(), &PahoCallbacks::ConnectionLost, &PahoCallbacks::MessageArrived,
                               nullptr);
   if (rc != MQTTASYNC_SUCCESS) return absl::InternalError(absl::StrCat("MQTTAsync_setCallbacks: ", PahoError(rc)));
   return client;
@@ -114,6 +160,11 @@ void Client::Stop(absl::Duration timeout) {
   }
   cv_.notify_all();
   if (supervisor_.joinable()) supervisor_.join();
+  {
+    // A connect still in flight would otherwise complete after Stop() and stay connected.
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [this] { return !connecting_; });
+  }
   if (client_ != nullptr && MQTTAsync_isConnected(client_)) {
     MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer;
     opts.timeout = static_cast<int>(absl::ToInt64Milliseconds(timeout));
@@ -153,8 +204,8 @@ void Client::Supervise() {
     opts.automaticReconnect = 0;  // we reconnect ourselves, with our own backoff
     if (!options_.username.empty()) opts.username = options_.username.c_str();
     if (!options_.password.empty()) opts.password = options_.password.c_str();
-    opts.onSuccess = reinterpret_cast<MQTTAsync_onSuccess*>(&Client::OnConnectSuccess);
-    opts.onFailure = reinterpret_cast<MQTTAsync_onFailure*>(&Client::OnConnectFailure);
+    opts.onSuccess = &PahoCallbacks::ConnectSuccess;
+    opts.onFailure = &PahoCallbacks::ConnectFailure;
     opts.context = this;
     const int rc = MQTTAsync_connect(client_, &opts);
     lock.lock();
@@ -221,24 +272,16 @@ void Client::Resume() {
   RequestConnect();
 }
 
-int Client::OnMessageArrived(void* context, char* topic, int topic_len, void* message) {
-  auto* self = static_cast<Client*>(context);
-  auto* msg = static_cast<MQTTAsync_message*>(message);
-  const absl::string_view topic_view(topic, topic_len > 0 ? static_cast<size_t>(topic_len) : strlen(topic));
-  const absl::string_view payload(static_cast<const char*>(msg->payload),
-                                  static_cast<size_t>(msg->payloadlen));
-  const uint64_t key = msg->qos > 0 && self->options_.dedupe_window > 0 ? self->Fingerprint(topic_view, payload) : 0;
-  if (msg->dup && key != 0 && self->SeenRecently(key)) {
+void Client::OnMessageArrived(absl::string_view topic, absl::string_view payload, int qos, bool dup) {
+  const uint64_t key = qos > 0 && options_.dedupe_window > 0 ? Fingerprint(topic, payload) : 0;
+  if (dup && key != 0 && SeenRecently(key)) {
     // The broker sent this again because our acknowledgement was lost (e.g. it restarted):
     // we already took it, so taking it again would store it twice.
-    self->duplicates_.fetch_add(1);
-  } else {
-    self->on_message_(topic_view, payload);
-    if (key != 0) self->Remember(key);
+    duplicates_.fetch_add(1);
+    return;
   }
-  MQTTAsync_freeMessage(&msg);
-  MQTTAsync_free(topic);
-  return 1;
+  on_message_(topic, payload);
+  if (key != 0) Remember(key);
 }
 
 uint64_t Client::Fingerprint(absl::string_view topic, absl::string_view payload) {
@@ -261,65 +304,60 @@ void Client::Remember(uint64_t key) {
   }
 }
 
-void Client::OnConnectionLost(void* context, char* cause) {
-  auto* self = static_cast<Client*>(context);
-  self->SetConnected(false);
-  if (self->paused_) return;
-  common::Logger(self->options_.log_name)
-      ->warn("connection to {} lost{}{}; reconnecting", self->options_.url, cause ? ": " : "",
-             cause ? cause : "");
-  self->RequestConnect();
+void Client::OnConnectionLost(const char* cause) {
+  SetConnected(false);
+  if (paused_) return;
+  common::Logger(options_.log_name)
+      ->warn("connection to {} lost{}{}; reconnecting", options_.url, cause ? ": " : "", cause ? cause : "");
+  RequestConnect();
 }
 
-void Client::OnConnectSuccess(void* context, void* /*response*/) {
-  auto* self = static_cast<Client*>(context);
-  auto log = common::Logger(self->options_.log_name);
+void Client::OnConnectSuccess() {
+  auto log = common::Logger(options_.log_name);
+  bool stopping = false;
   {
-    std::lock_guard<std::mutex> lock(self->mu_);
-    self->connecting_ = false;
-    self->backoff_ = self->options_.min_backoff;
+    std::lock_guard<std::mutex> lock(mu_);
+    connecting_ = false;
+    backoff_ = options_.min_backoff;
+    stopping = stopping_;
   }
-  self->cv_.notify_all();
-  self->connects_.fetch_add(1);
-  if (!self->options_.subscriptions.empty()) {
+  cv_.notify_all();
+  if (stopping) {
+    // Stop() came while this connect was in flight: it waits for it and disconnects.
+    return;
+  }
+  connects_.fetch_add(1);
+  if (!options_.subscriptions.empty()) {
     std::vector<char*> topics;
     std::vector<int> qos;
-    for (auto& [topic, q] : self->options_.subscriptions) {
+    for (auto& [topic, q] : options_.subscriptions) {
       topics.push_back(topic.data());
       qos.push_back(q);
     }
     MQTTAsync_responseOptions opts = MQTTAsync_responseOptions_initializer;
-    opts.onFailure = reinterpret_cast<MQTTAsync_onFailure*>(&Client::OnSubscribeFailure);
-    opts.context = self;
-    const int rc = MQTTAsync_subscribeMany(self->client_, static_cast<int>(topics.size()),
-                                           topics.data(), qos.data(), &opts);
+    opts.onFailure = &PahoCallbacks::SubscribeFailure;
+    opts.context = this;
+    const int rc = MQTTAsync_subscribeMany(client_, static_cast<int>(topics.size()), topics.data(), qos.data(), &opts);
     if (rc != MQTTASYNC_SUCCESS) log->error("subscribe failed to start: {}", PahoError(rc));
   }
-  DisableNagleTowards(PortOf(self->options_.url));
-  log->info("connected to {} as {}", self->options_.url, self->options_.client_id);
-  self->SetConnected(true);
-  if (self->paused_) {
+  DisableNagleTowards(PortOf(options_.url));
+  log->info("connected to {} as {}", options_.url, options_.client_id);
+  SetConnected(true);
+  if (paused_) {
     MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer;
-    MQTTAsync_disconnect(self->client_, &opts);
-    self->SetConnected(false);
+    MQTTAsync_disconnect(client_, &opts);
+    SetConnected(false);
   }
 }
 
-void Client::OnConnectFailure(void* context, void* response) {
-  auto* self = static_cast<Client*>(context);
-  auto* failure = static_cast<MQTTAsync_failureData*>(response);
-  common::Logger(self->options_.log_name)
-      ->warn("cannot connect to {}: {}", self->options_.url,
-             failure && failure->message ? failure->message
-                                         : PahoError(failure ? failure->code : -1).c_str());
-  self->RequestConnect();
+void Client::OnConnectFailure(const char* message, int code) {
+  common::Logger(options_.log_name)
+      ->warn("cannot connect to {}: {}", options_.url, message != nullptr ? message : PahoError(code).c_str());
+  RequestConnect();
 }
 
-void Client::OnSubscribeFailure(void* context, void* response) {
-  auto* self = static_cast<Client*>(context);
-  auto* failure = static_cast<MQTTAsync_failureData*>(response);
-  common::Logger(self->options_.log_name)
-      ->error("subscribe refused by {}: code {}", self->options_.url, failure ? failure->code : -1);
+void Client::OnSubscribeFailure(int code) {
+  common::Logger(options_.log_name)->error("subscribe refused by {}: code {}", options_.url, code);
 }
 
 }  // namespace devbridge::mqtt

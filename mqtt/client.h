@@ -87,12 +87,14 @@ class Client {
   bool SeenRecently(uint64_t key);
   void Remember(uint64_t key);
 
-  // Paho callbacks.
-  static int OnMessageArrived(void* context, char* topic, int topic_len, void* message);
-  static void OnConnectionLost(void* context, char* cause);
-  static void OnConnectSuccess(void* context, void* response);
-  static void OnConnectFailure(void* context, void* response);
-  static void OnSubscribeFailure(void* context, void* response);
+  // What Paho's callbacks do (PahoCallbacks in client.cc calls these with the exact
+  // function types Paho expects; the Paho types stay out of this header).
+  friend struct PahoCallbacks;
+  void OnMessageArrived(absl::string_view topic, absl::string_view payload, int qos, bool dup);
+  void OnConnectionLost(const char* cause);
+  void OnConnectSuccess();
+  void OnConnectFailure(const char* message, int code);
+  void OnSubscribeFailure(int code);
 
   Options options_;
   MessageHandler on_message_;
@@ -114,6 +116,10 @@ class Client {
   std::unordered_set<uint64_t> recent_set_;  // guarded by recent_mu_
   std::thread supervisor_;
 };
+
+// The broker port `url` names ("tcp://host:1883", "ssl://[::1]:8883"), or its scheme's
+// default (1883; 8883 for ssl:// and mqtts://) when it names none.
+int PortOf(const std::string& url);
 
 }  // namespace devbridge::mqtt
 

@@ -315,6 +315,10 @@ absl::StatusOr<RegisterMap> RegisterMap::Parse(absl::string_view text, absl::str
     std::string what = e.what();
     if (auto pos = what.find("syntax error"); pos != std::string::npos) what = what.substr(pos);
     return absl::InvalidArgumentError(absl::StrCat(source, ":", line, ":", column, ": ", what));
+  } catch (const Json::exception& e) {
+    // Not a syntax error but a value nlohmann cannot hold, such as a number like 1e999
+    // (out_of_range.406): found by fuzz/register_map_fuzz.cc.
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", e.what()));
   }
   Loader loader(text, source);
   if (!doc.is_object()) return loader.Fail("", "the map must be a JSON object");

@@ -272,5 +272,13 @@ TEST(JsonLocator, FindsNestedPaths) {
   EXPECT_EQ(LineAndColumn("ab\ncd", 4), (std::pair<int, int>{2, 2}));
 }
 
+TEST(RegisterMapErrors, ANumberTooLargeForJsonIsAnErrorNotAnAbort) {
+  // Found by fuzz/register_map_fuzz.cc: nlohmann throws out_of_range, not parse_error.
+  auto map = RegisterMap::Parse(R"({"profiles":{"m":{"unit":1,"registers":[{"address":6666e6666}]}}})", "big.json");
+  ASSERT_FALSE(map.ok());
+  EXPECT_EQ(map.status().message().rfind("big.json: ", 0), 0u) << map.status();
+  EXPECT_NE(map.status().message().find("number overflow"), std::string::npos) << map.status();
+}
+
 }  // namespace
 }  // namespace devbridge::regmap

@@ -32,6 +32,8 @@ ABSL_FLAG(absl::Duration, flush_interval, absl::Milliseconds(25),
 ABSL_FLAG(int, history_size, 1000, "messages kept per system and per group for recover");
 ABSL_FLAG(absl::Duration, history_ttl, absl::Minutes(5), "how long messages are kept for recover");
 ABSL_FLAG(int, max_groups_per_client, 128, "groups one client may be in; a join or bind past it gets 429");
+ABSL_FLAG(int, max_http_connections, 1024,
+          "connections that are not WebSocket sessions (plain HTTP, handshakes) past which a request gets 503");
 ABSL_FLAG(std::string, internal_token, "",
           "token every gRPC call to this replica must carry (authorization: Bearer ...), health checks excepted; "
           "also sent to ingest; empty: none");
@@ -90,6 +92,9 @@ int main(int argc, char** argv) {
   const int max_groups = absl::GetFlag(FLAGS_max_groups_per_client);
   devbridge::common::RequireInRange("max_groups_per_client", max_groups, 1, 1000000);
   o.max_groups_per_client = static_cast<size_t>(max_groups);
+  const int http_connections = absl::GetFlag(FLAGS_max_http_connections);
+  devbridge::common::RequireInRange("max_http_connections", http_connections, 1, 1000000);
+  o.max_http_connections = static_cast<size_t>(http_connections);
   o.security.internal_token = absl::GetFlag(FLAGS_internal_token);
   o.security.tls_cert = absl::GetFlag(FLAGS_grpc_tls_cert);
   o.security.tls_key = absl::GetFlag(FLAGS_grpc_tls_key);

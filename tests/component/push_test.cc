@@ -382,6 +382,14 @@ TEST_F(PushTest, HostileRequestsGetTheirErrorsAndTheReplicasStayUp) {
   EXPECT_TRUE(nul == 400 || nul == 404) << nul;
   HttpRequest(b_->port(), "GET", "/../../etc/passwd", {}, "", &status);
   EXPECT_TRUE(status == 400 || status == 404) << status;
+  // Paging arguments that are not valid (found by fuzz/push_http_fuzz.cc: answered through a
+  // reply that had been handed on, which ended the process).
+  HttpRequest(b_->port(), "GET", "/api/devices?after=a%20b", {}, "", &status);
+  EXPECT_EQ(status, 400);
+  HttpRequest(b_->port(), "GET", "/api/devices?limit=0", {}, "", &status);
+  EXPECT_EQ(status, 400);
+  HttpRequest(b_->port(), "GET", "/api/readings?deviceId=d&since=9223372036854775807", {}, "", &status);
+  EXPECT_EQ(status, 400);
   // go-websocket clients register first.
   EXPECT_EQ(Api(b_.get(), "register", {{"systemId", "fleet"}}, "", &status)["code"], 0);
   // Both replicas are still up and serving.

@@ -127,6 +127,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   wo.listen = o.listen;
   wo.max_message_bytes = o.max_message_bytes;
   wo.max_http_body_bytes = o.max_message_bytes;  // an API body past it gets 413 (CONTRACT §10.1)
+  wo.max_http_connections = o.max_http_connections;
   wo.handler_errors = &s.metrics.AddCounter("devbridge_push_handler_errors_total",
                                             "WebSocket and HTTP handlers that failed with an exception (a bug).");
   wo.ping_interval = o.ping_interval;

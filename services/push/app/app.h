@@ -31,6 +31,7 @@ struct PushOptions {
   size_t history_size = 1000;
   absl::Duration history_ttl = absl::Minutes(5);
   size_t max_groups_per_client = 128;
+  size_t max_http_connections = 1024;
   // internal_token (required of gRPC callers here, sent to ingest) and grpc_tls_* (this
   // server's TLS, and the channel to ingest) (CONTRACT §10.2).
   grpcutil::Security security;

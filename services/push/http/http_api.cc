@@ -138,6 +138,7 @@ httpd::Response HttpApi::Failure(int code, const std::string& msg) {
 
 void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Response)> reply) {
   api_calls_->Inc();
+  // Only until `answer` takes `reply` over; after that, errors go through `answer`.
   auto fail = [this, &reply](int code, const std::string& msg) { reply(Failure(code, msg)); };
   std::map<std::string, std::string> params = ParseQuery(request.query);
   const bool readings = request.path == "/api/readings";
@@ -163,11 +164,16 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
     v1::ListDevicesRequest page;
     int limit = 1000;
     if (!params["limit"].empty() && (!absl::SimpleAtoi(params["limit"], &limit) || limit < 1 || limit > 10000)) {
-      return fail(400, "limit must be 1..10000");
+      return answer(common::Error(common::kCodeBadRequest, absl::StatusCode::kInvalidArgument, "limit must be 1..10000"),
+                    "");
     }
     page.set_limit(static_cast<uint32_t>(limit));
     if (!params["after"].empty()) {
-      if (!common::IsValidId(params["after"])) return fail(400, "after must be a device id");
+      if (!common::IsValidId(params["after"])) {
+        return answer(common::Error(common::kCodeBadRequest, absl::StatusCode::kInvalidArgument,
+                                    "after must be a device id"),
+                      "");
+      }
       page.set_after(params["after"]);
     }
     return directory_->ListDevices(std::move(page), [answer](absl::StatusOr<v1::ListDevicesResponse> r) {

@@ -16,7 +16,23 @@ namespace devbridge::push {
 namespace {
 
 // Each connection carries its id from the handshake on.
+// Connections not (yet) WebSocket sessions: reading a request, or answering plain HTTP.
+// The io thread is the only one that creates and destroys connections.
+size_t http_connections = 0;
+
 struct ConnectionData {
+  ConnectionData() { ++http_connections; }
+  ~ConnectionData() {
+    if (!opened) --http_connections;
+  }
+  ConnectionData(const ConnectionData&) = delete;
+  ConnectionData& operator=(const ConnectionData&) = delete;
+  // Now a WebSocket session: no longer counted against max_http_connections.
+  void MarkOpened() {
+    if (!opened) --http_connections;
+    opened = true;
+  }
+
   uint64_t id = 0;
   bool opened = false;
   size_t queued_bytes = 0;  // frames queued for the next round of writes, not yet handed over
@@ -115,6 +131,11 @@ struct WsServer::Impl {
 
   // GET /ws: the path, then the handler's checks. True to upgrade.
   bool Validate(const ConnectionPtr& con) {
+    if (http_connections > options.max_http_connections) {
+      con->set_status(websocketpp::http::status_code::service_unavailable);
+      con->set_body("{\"code\":503,\"msg\":\"too many connections\"}");
+      return false;
+    }
     const std::string resource = con->get_resource();
     const size_t q = resource.find('?');
     const std::string path = resource.substr(0, q);
@@ -140,7 +161,7 @@ struct WsServer::Impl {
   }
 
   void Open(const ConnectionPtr& con) {
-    con->opened = true;
+    con->MarkOpened();
     // websocketpp keeps the handshake's request and response (header maps and strings, about
     // 1 KiB) for the connection's whole life, though nothing reads them after the upgrade:
     // OnHandshake took what it needed. Dropping them keeps idle connections small.
@@ -159,6 +180,9 @@ struct WsServer::Impl {
       con->set_body(response.body);
       con->send_http_response(e);
     };
+    if (http_connections > options.max_http_connections) {
+      return reply({503, "application/json", "{\"code\":503,\"msg\":\"too many connections\",\"data\":null}"});
+    }
     const auto& raw = con->get_request();
     // websocketpp reads a body by Content-Length only (a chunked body would be left unread and
     // the request seen as empty) and joins a repeated header into "a, b": refuse both.

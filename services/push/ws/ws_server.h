@@ -27,6 +27,9 @@ struct WsOptions {
   std::string listen = "0.0.0.0:8080";
   size_t max_message_bytes = 65536;        // larger client frames close the connection (1009)
   size_t max_http_body_bytes = 1 << 20;
+  // Connections that are not WebSocket sessions (reading a request, or plain HTTP) past
+  // which a request gets 503. A request must arrive within websocketpp's 5 s handshake timeout.
+  size_t max_http_connections = 1024;
   absl::Duration ping_interval = absl::Seconds(25);
   absl::Duration pong_timeout = absl::Seconds(10);
   // Least time between two rounds of writes. Frames queued meanwhile go out together, one
