@@ -4,29 +4,11 @@
 #include <cstdint>
 #include <string>
 
+#include "fuzz/null_peers.h"
 #include "services/push/core/push_node.h"
 
-namespace {
-
-using devbridge::push::ConnId;
-
-class NullTransport : public devbridge::push::Transport {
- public:
-  size_t Send(ConnId, const std::shared_ptr<const std::string>& frame) override { return frame->size() % 5000; }
-  void Close(ConnId, int, const std::string&) override {}
-};
-
-class NullUpstream : public devbridge::push::Upstream {
- public:
-  bool up() const override { return true; }
-  void Publish(devbridge::v1::PushMessage, std::function<void(absl::Status)> done) override { done(absl::OkStatus()); }
-  void Dispatch(devbridge::v1::Command,
-                std::function<void(absl::StatusOr<devbridge::v1::CommandResult>)> done) override {
-    done(absl::UnavailableError("fuzz"));
-  }
-};
-
-}  // namespace
+using devbridge::fuzz::NullTransport;
+using devbridge::fuzz::NullUpstream;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static NullTransport transport;

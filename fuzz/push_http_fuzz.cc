@@ -7,39 +7,11 @@
 #include <websocketpp/http/request.hpp>
 
 #include "absl/strings/ascii.h"
+#include "fuzz/null_peers.h"
 #include "services/push/http/http_api.h"
 
-namespace {
-
-using devbridge::push::ConnId;
-
-class NullTransport : public devbridge::push::Transport {
- public:
-  size_t Send(ConnId, const std::shared_ptr<const std::string>&) override { return 0; }
-  void Close(ConnId, int, const std::string&) override {}
-};
-
-class NullUpstream : public devbridge::push::Upstream, public devbridge::push::DeviceDirectory {
- public:
-  bool up() const override { return true; }
-  void Publish(devbridge::v1::PushMessage, std::function<void(absl::Status)> done) override { done(absl::OkStatus()); }
-  void Dispatch(devbridge::v1::Command,
-                std::function<void(absl::StatusOr<devbridge::v1::CommandResult>)> done) override {
-    done(absl::UnavailableError("fuzz"));
-  }
-  void ListDevices(devbridge::v1::ListDevicesRequest,
-                   std::function<void(absl::StatusOr<devbridge::v1::ListDevicesResponse>)> done) override {
-    devbridge::v1::ListDevicesResponse r;
-    r.add_devices()->set_meta_json(R"({"fw":"1"})");
-    done(r);
-  }
-  void GetReadings(devbridge::v1::GetReadingsRequest,
-                   std::function<void(absl::StatusOr<devbridge::v1::GetReadingsResponse>)> done) override {
-    done(devbridge::v1::GetReadingsResponse());
-  }
-};
-
-}  // namespace
+using devbridge::fuzz::NullTransport;
+using devbridge::fuzz::NullUpstream;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static NullTransport transport;

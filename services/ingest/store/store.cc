@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <map>
+#include <stdexcept>
 #include <pqxx/pqxx>
 
 #include "absl/container/flat_hash_map.h"
@@ -230,18 +231,31 @@ void WriteRejected(pqxx::connection& conn, const StoreRecord& record, const std:
 // resumes after them and nothing is stored twice. Other errors are thrown.
 void WriteIsolating(pqxx::connection& conn, absl::Span<const StoreRecord> records, size_t* done,
                     std::vector<std::pair<const StoreRecord*, std::string>>* rejected) {
+  std::string error;
   try {
     WriteBatch(conn, records);
     *done += records.size();
     return;
   } catch (const pqxx::sql_error& e) {
     if (!IsDataError(e)) throw;
-    if (records.size() == 1) {
-      WriteRejected(conn, records[0], e.what());
-      rejected->emplace_back(&records[0], e.what());
-      ++*done;
-      return;
+    error = e.what();
+  } catch (const std::logic_error& e) {
+    // libpqxx refusing a value while the statement is built (pqxx::argument_error and
+    // friends): about the data too, and just as sure to fail again.
+    error = e.what();
+  }
+  if (records.size() == 1) {
+    try {
+      WriteRejected(conn, records[0], error);
+    } catch (const pqxx::sql_error& e) {
+      // Not even its error row can be stored: say so in the log (the caller does) rather than
+      // retry a record that can never be written.
+      if (!IsDataError(e)) throw;
+      error = absl::StrCat(error, "; and not kept in table rejected either: ", e.what());
     }
+    rejected->emplace_back(&records[0], error);
+    ++*done;
+    return;
   }
   const size_t half = records.size() / 2;
   WriteIsolating(conn, records.subspan(0, half), done, rejected);

@@ -238,9 +238,16 @@ void PushNode::OnOpen(ConnId conn, ConnectRequest request, absl::Time now) {
                                               {"epoch", history_.epoch()}});
   // `connected` waits until ingest has taken this client's CLIENT_UP, so an API call on any
   // replica after it sees the client (CONTRACT §10.2). Frames for it meanwhile are held.
+  // Without a stream to ingest there is no one to tell (the snapshot does when it returns):
+  // the client gets `connected` at once.
   unannounced_[conn];
-  PublishMembership(v1::PushMessage::CLIENT_UP, s, "",
-                    [this, conn, text = hello.ToJson()]() mutable { Announce(conn, std::move(text)); });
+  if (upstream_->up()) {
+    PublishMembership(v1::PushMessage::CLIENT_UP, s, "",
+                      [this, conn, text = hello.ToJson()]() mutable { Announce(conn, std::move(text)); });
+  } else {
+    PublishMembership(v1::PushMessage::CLIENT_UP, s);
+    Announce(conn, hello.ToJson());
+  }
   for (const auto& g : request.groups) Join(conn, g, /*reply=*/false);
   Recover(conn, request, now);
 }
