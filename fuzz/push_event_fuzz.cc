@@ -9,6 +9,7 @@
 
 using devbridge::fuzz::NullTransport;
 using devbridge::fuzz::NullUpstream;
+using devbridge::push::ConnId;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static NullTransport transport;
