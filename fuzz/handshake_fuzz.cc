@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/log.h"
 #include "fuzz/null_peers.h"
 #include "services/push/core/push_node.h"
 
@@ -12,9 +13,12 @@ using devbridge::fuzz::NullTransport;
 using devbridge::fuzz::NullUpstream;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Logs would cost more than the work; a registry per input keeps metrics from piling up.
+  static const bool quiet = devbridge::common::SetLogLevel("off").ok();
+  (void)quiet;
+  devbridge::common::MetricsRegistry metrics;
   static NullTransport transport;
   static NullUpstream upstream;
-  static devbridge::common::MetricsRegistry metrics;
   devbridge::push::NodeOptions options;
   const std::string input(reinterpret_cast<const char*>(data), size);
   const bool with_auth = size > 0 && (data[0] & 1);

@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 
+#include "common/log.h"
 #include "services/ingest/core/ingest_core.h"
 
 namespace {
@@ -24,8 +25,11 @@ class NullOutputs : public devbridge::ingest::CoreOutputs {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Logs would cost more than the work; a registry per input keeps metrics from piling up.
+  static const bool quiet = devbridge::common::SetLogLevel("off").ok();
+  (void)quiet;
+  devbridge::common::MetricsRegistry metrics;
   static NullOutputs outputs;
-  static devbridge::common::MetricsRegistry metrics;
   static auto map = std::make_shared<devbridge::regmap::RegisterMap>(
       *devbridge::regmap::RegisterMap::Parse(kMap, "fuzz"));
   devbridge::ingest::IngestCore core({}, map, &outputs, &metrics);

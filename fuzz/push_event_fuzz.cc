@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/log.h"
 #include "fuzz/null_peers.h"
 #include "services/push/core/push_node.h"
 
@@ -12,9 +13,12 @@ using devbridge::fuzz::NullUpstream;
 using devbridge::push::ConnId;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Logs would cost more than the work; a registry per input keeps metrics from piling up.
+  static const bool quiet = devbridge::common::SetLogLevel("off").ok();
+  (void)quiet;
+  devbridge::common::MetricsRegistry metrics;
   static NullTransport transport;
   static NullUpstream upstream;
-  static devbridge::common::MetricsRegistry metrics;
   devbridge::v1::Event event;
   if (!event.ParseFromArray(data, static_cast<int>(size))) return 0;
   devbridge::push::NodeOptions options;

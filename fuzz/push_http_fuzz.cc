@@ -7,6 +7,7 @@
 #include <websocketpp/http/request.hpp>
 
 #include "absl/strings/ascii.h"
+#include "common/log.h"
 #include "fuzz/null_peers.h"
 #include "services/push/http/http_api.h"
 
@@ -14,6 +15,8 @@ using devbridge::fuzz::NullTransport;
 using devbridge::fuzz::NullUpstream;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const bool quiet = devbridge::common::SetLogLevel("off").ok();
+  (void)quiet;
   static NullTransport transport;
   static NullUpstream upstream;
   static devbridge::common::MetricsRegistry metrics;
