@@ -473,10 +473,10 @@ TEST_F(PushTest, InternalCallsNeedTheTokenAndMutualTls) {
 TEST_F(PushTest, SlowConsumerIsClosedWhileAFastOneKeepsReceiving) {
   StartIngest();
   a_ = StartPush("node-a", [](push::PushOptions& o) {
-    o.send_queue_bytes = 64 * 1024;
-    // Frames waiting for the next round of writes count as unsent too, so with the default
-    // 25 ms between rounds four of these 16 KiB messages in one round would close even the
-    // fast client: write every round at once here.
+    // Frames waiting for the next round of writes count as unsent too: room for 16 of these
+    // 16 KiB messages, so a fast client on a busy machine is not taken for a slow one, while
+    // the stalled client (6.4 MB sent its way) passes it by far.
+    o.send_queue_bytes = 256 * 1024;
     o.flush_interval = absl::ZeroDuration();
   });
   auto fast = WsClient::Connect(a_->port(), "systemId=fleet&clientId=fast");

@@ -5,6 +5,8 @@
 #include <websocketpp/frame.hpp>
 #include <websocketpp/server.hpp>
 
+#include <atomic>
+
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -15,11 +17,13 @@
 namespace devbridge::push {
 namespace {
 
-// Each connection carries its id from the handshake on.
-// Connections not (yet) WebSocket sessions: reading a request, or answering plain HTTP.
-// The io thread is the only one that creates and destroys connections.
-size_t http_connections = 0;
+// Connections not (yet) WebSocket sessions, reading a request or answering plain HTTP, in
+// this process (one replica per process in production; tests that run two share it). A
+// process-wide count, because a connection can outlive its server's state at shutdown.
+// Atomic, since two servers in one process run on two io threads.
+std::atomic<size_t> http_connections{0};
 
+// Each connection carries its id from the handshake on.
 struct ConnectionData {
   ConnectionData() { ++http_connections; }
   ~ConnectionData() {
