@@ -24,7 +24,17 @@ pg_bin() { echo "/usr/lib/postgresql/$(ls /usr/lib/postgresql | sort -V | tail -
 
 # Runs a PostgreSQL tool as the owner of the cluster: postgres when we are root.
 as_pg_owner() {
-  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+  if [[ $(id -u) -eq 0 ]]; then
+    # A root folder others cannot enter (mode 700, as a debootstrap root made in a mktemp
+    # folder has) keeps user postgres from everything; every Debian install has 755.
+    if ! runuser -u postgres -- test -x /; then
+      echo "harness: user postgres cannot enter / (mode $(stat -c %a /)); allowing it (chmod o+x /)" >&2
+      chmod o+x /
+    fi
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
 }
 
 mqtt_start() {
