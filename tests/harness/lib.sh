@@ -22,15 +22,20 @@ wait_port() {
 
 pg_bin() { echo "/usr/lib/postgresql/$(ls /usr/lib/postgresql | sort -V | tail -n1)/bin"; }
 
+# As root: makes sure user postgres can enter /. A root folder others cannot enter (mode
+# 700, as a debootstrap root made in a mktemp folder has) keeps it from everything; every
+# Debian install has 755.
+let_postgres_enter_root() {
+  if [[ $(id -u) -eq 0 ]] && ! runuser -u postgres -- test -x /; then
+    echo "harness: user postgres cannot enter / (mode $(stat -c %a /)); allowing it (chmod o+x /)" >&2
+    chmod o+x /
+  fi
+}
+
 # Runs a PostgreSQL tool as the owner of the cluster: postgres when we are root.
 as_pg_owner() {
   if [[ $(id -u) -eq 0 ]]; then
-    # A root folder others cannot enter (mode 700, as a debootstrap root made in a mktemp
-    # folder has) keeps user postgres from everything; every Debian install has 755.
-    if ! runuser -u postgres -- test -x /; then
-      echo "harness: user postgres cannot enter / (mode $(stat -c %a /)); allowing it (chmod o+x /)" >&2
-      chmod o+x /
-    fi
+    let_postgres_enter_root
     runuser -u postgres -- "$@"
   else
     "$@"
