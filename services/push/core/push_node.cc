@@ -185,15 +185,15 @@ void PushNode::SendTo(ConnId conn, const std::shared_ptr<const std::string>& fra
   if (!unannounced_.empty()) {
     if (auto it = unannounced_.find(conn); it != unannounced_.end()) {
       // Held until `connected` has gone out; bounded like any client's queue.
-      size_t held = frame->size();
-      for (const auto& f : it->second) held += f->size();
-      if (held > options_.send_queue_bytes) {
+      Held& held = it->second;
+      if (held.bytes + frame->size() > options_.send_queue_bytes) {
         closing_.insert(conn);
         m_.slow_closes->Inc();
         transport_->Close(conn, kCloseSlowConsumer, "slow consumer");
         return;
       }
-      it->second.push_back(frame);
+      held.bytes += frame->size();
+      held.frames.push_back(frame);
       return;
     }
   }
@@ -255,7 +255,7 @@ void PushNode::OnOpen(ConnId conn, ConnectRequest request, absl::Time now) {
 void PushNode::Announce(ConnId conn, const std::string& hello) {
   auto it = unannounced_.find(conn);
   if (it == unannounced_.end()) return;  // closed meanwhile
-  std::vector<std::shared_ptr<const std::string>> held = std::move(it->second);
+  std::vector<std::shared_ptr<const std::string>> held = std::move(it->second.frames);
   unannounced_.erase(it);
   SendText(conn, hello);
   for (const auto& frame : held) SendTo(conn, frame);

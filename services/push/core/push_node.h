@@ -150,7 +150,11 @@ class PushNode {
   absl::flat_hash_set<ConnId> closing_;
   // Connections whose `connected` frame waits for ingest to take their CLIENT_UP, with the
   // frames for them meanwhile (sent after it, in order).
-  absl::flat_hash_map<ConnId, std::vector<std::shared_ptr<const std::string>>> unannounced_;
+  struct Held {
+    std::vector<std::shared_ptr<const std::string>> frames;
+    size_t bytes = 0;
+  };
+  absl::flat_hash_map<ConnId, Held> unannounced_;
   uint64_t applied_seq_ = 0;  // the last event of history_.epoch() applied
   std::multimap<uint64_t, std::function<void()>> sync_waiters_;  // by the seq they wait for
 
