@@ -57,6 +57,7 @@ export async function startDemo({ devices = 20, replicas = 2, env = {} } = {}) {
     proc, dataDir, port, mqttPort, exited,
     output: () => output,
     url: null,
+    printedUrl: null,
     env: {},
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGINT');
@@ -75,7 +76,10 @@ export async function startDemo({ devices = 20, replicas = 2, env = {} } = {}) {
       if (proc.exitCode !== null) throw new Error(`demo exited with ${proc.exitCode}:\n${output}`);
       return output.match(/Dashboard:\s+(http:\/\/\S+)/);
     }, 180000, 200);
-    demo.url = match[1];
+    // The demo's nginx listens on IPv4. Node.js 18's fetch takes the first address `localhost`
+    // resolves to (::1 on some hosts) and does not fall back; Node.js 20 tries both.
+    demo.printedUrl = match[1];
+    demo.url = match[1].replace('//localhost:', '//127.0.0.1:');
   } catch (err) {
     await demo.stop();
     demo.cleanup();

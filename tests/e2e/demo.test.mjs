@@ -9,7 +9,7 @@ import { processAlive, startDemo, waitFor } from './demo.mjs';
 test('scripts/demo starts the topology, serves the dashboard and stops cleanly on Ctrl-C', async () => {
   const demo = await startDemo({ devices: 3, replicas: 2 });
   try {
-    assert.match(demo.url, new RegExp(`^http://localhost:${demo.port}/`));
+    assert.match(demo.printedUrl, new RegExp(`^http://localhost:${demo.port}/`));
     const page = await fetch(demo.url);
     assert.equal(page.status, 200);
     assert.match(await page.text(), /<title>devbridge<\/title>/);
