@@ -1,33 +1,27 @@
 #include "common/log.h"
 
-#include <mutex>
-
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "common/mutex.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
 
 namespace devbridge::common {
 namespace {
 
-std::mutex& Mutex() {
-  static std::mutex mu;
-  return mu;
-}
-
-spdlog::level::level_enum& Level() {
-  static spdlog::level::level_enum level = spdlog::level::info;
-  return level;
-}
+// Makes "look up or create a logger" atomic, and guards the level new loggers start with.
+ABSL_CONST_INIT Mutex log_mu;
+spdlog::level::level_enum log_level ABSL_GUARDED_BY(log_mu) = spdlog::level::info;
 
 }  // namespace
 
 std::shared_ptr<spdlog::logger> Logger(const std::string& name) {
-  std::lock_guard<std::mutex> lock(Mutex());
+  MutexLock lock(&log_mu);
   if (auto existing = spdlog::get(name)) return existing;
   static auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();
   auto logger = std::make_shared<spdlog::logger>(name, sink);
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%-5l%$ [%n] %v", spdlog::pattern_time_type::utc);
-  logger->set_level(Level());
+  logger->set_level(log_level);
   logger->flush_on(spdlog::level::warn);
   spdlog::register_logger(logger);
   return logger;
@@ -39,8 +33,8 @@ absl::Status SetLogLevel(absl::string_view level) {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown log level \"", level, "\": want trace, debug, info, warn, error or off"));
   }
-  std::lock_guard<std::mutex> lock(Mutex());
-  Level() = parsed;
+  MutexLock lock(&log_mu);
+  log_level = parsed;
   spdlog::set_level(parsed);
   return absl::OkStatus();
 }

@@ -74,7 +74,7 @@ std::vector<double> SizeBuckets() { return {1, 2, 5, 10, 25, 50, 100, 250, 500, 
 
 MetricsRegistry::Series& MetricsRegistry::Add(const std::string& name, const std::string& help,
                                               const char* type, Labels labels) {
-  std::lock_guard<std::mutex> lock(mu_);
+  common::MutexLock lock(&mu_);
   Family& family = families_[name];
   family.help = help;
   family.type = type;
@@ -110,7 +110,7 @@ Histogram& MetricsRegistry::AddHistogram(const std::string& name, const std::str
 }
 
 std::string MetricsRegistry::Render() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  common::MutexLock lock(&mu_);
   std::string out;
   for (const auto& [name, family] : families_) {
     absl::StrAppend(&out, "# HELP ", name, " ", family.help, "\n# TYPE ", name, " ", family.type,

@@ -8,10 +8,12 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
 
 namespace devbridge::common {
 
@@ -88,8 +90,8 @@ class MetricsRegistry {
   };
   Series& Add(const std::string& name, const std::string& help, const char* type, Labels labels);
 
-  mutable std::mutex mu_;
-  std::map<std::string, Family> families_;
+  mutable common::Mutex mu_;
+  std::map<std::string, Family> families_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace devbridge::common

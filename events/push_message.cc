@@ -27,22 +27,24 @@ absl::Status CheckClients(const v1::PushMessage& m, bool exactly_one) {
   return absl::OkStatus();
 }
 
-absl::Status CheckData(const v1::PushMessage& m) {
-  if (m.data().empty()) return absl::OkStatus();
-  // Spliced as it is into every recipient's frame, so it must be exactly one JSON value.
-  if (absl::Status depth = common::CheckJsonDepth(m.data()); !depth.ok()) {
-    return Bad(absl::StrCat("data: ", depth.message()));
-  }
-  if (!nlohmann::json::accept(m.data())) return Bad("data must be one valid JSON value");
-  return absl::OkStatus();
-}
-
 absl::Status CheckOrigin(const v1::PushMessage& m) {
   if (m.origin_node().empty() || m.origin_node().size() > 256) return Bad("origin_node must be 1-256 characters");
   return absl::OkStatus();
 }
 
+absl::Status CheckData(const v1::PushMessage& m) { return ValidateData(m.data()); }
+
 }  // namespace
+
+absl::Status ValidateData(absl::string_view data) {
+  if (data.empty()) return absl::OkStatus();
+  // Spliced as it is into every recipient's frame, so it must be exactly one JSON value.
+  if (absl::Status depth = common::CheckJsonDepth(data); !depth.ok()) {
+    return Bad(absl::StrCat("data: ", depth.message()));
+  }
+  if (!nlohmann::json::accept(data.begin(), data.end())) return Bad("data must be one valid JSON value");
+  return absl::OkStatus();
+}
 
 absl::Status ValidatePushMessage(const v1::PushMessage& m) {
   switch (m.kind()) {

@@ -22,6 +22,8 @@ inline constexpr int kMaxClientIds = 10000;
 // the kind, `data` that is valid JSON (at most 64 levels deep) for sends, and a
 // well-formed member list for NODE_SNAPSHOT.
 absl::Status ValidatePushMessage(const v1::PushMessage& message);
+// The `data` rule alone: empty, or exactly one JSON value at most 64 levels deep.
+absl::Status ValidateData(absl::string_view data);
 
 // One client of a replica, as a NODE_SNAPSHOT lists it: [{"c":clientId,"s":systemId,"g":[groups]}].
 struct SnapshotMember {

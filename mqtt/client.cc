@@ -145,7 +145,7 @@ Client::~Client() {
 
 void Client::Start() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     if (supervisor_.joinable()) return;
     want_connect_ = true;
   }
@@ -154,16 +154,19 @@ void Client::Start() {
 
 void Client::Stop(absl::Duration timeout) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     if (stopping_) return;
     stopping_ = true;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
   if (supervisor_.joinable()) supervisor_.join();
   {
     // A connect still in flight would otherwise complete after Stop() and stay connected.
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [this] { return !connecting_; });
+    common::MutexLock lock(&mu_);
+    cv_.WaitFor(&mu_, timeout, [this] {
+      mu_.AssertHeld();
+      return !connecting_;
+    });
   }
   if (client_ != nullptr && MQTTAsync_isConnected(client_)) {
     MQTTAsync_disconnectOptions opts = MQTTAsync_disconnectOptions_initializer;
@@ -180,22 +183,29 @@ void Client::Supervise() {
   std::mt19937 rng(std::random_device{}());
   std::uniform_real_distribution<double> jitter(0.5, 1.0);
   bool first = true;
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   while (!stopping_) {
-    cv_.wait(lock, [this] { return stopping_ || (want_connect_ && !connecting_ && !paused_); });
+    cv_.Wait(&mu_, [this] {
+      mu_.AssertHeld();
+      return stopping_ || (want_connect_ && !connecting_ && !paused_);
+    });
     if (stopping_) break;
     if (!first) {
       // Back off before every attempt after the first: exponential with jitter. This also
       // lets Paho finish handling a lost connection before we connect again.
       const absl::Duration wait = backoff_ * jitter(rng);
       backoff_ = std::min(backoff_ * 2, options_.max_backoff);
-      if (cv_.wait_for(lock, absl::ToChronoMilliseconds(wait), [this] { return stopping_; })) break;
+      const bool stopped = cv_.WaitFor(&mu_, wait, [this] {
+        mu_.AssertHeld();
+        return stopping_;
+      });
+      if (stopped) break;
       if (paused_) continue;
     }
     first = false;
     want_connect_ = false;
     connecting_ = true;
-    lock.unlock();
+    mu_.Unlock();
     MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer;
     opts.keepAliveInterval = options_.keepalive_seconds;
     opts.cleansession = options_.clean_session ? 1 : 0;
@@ -208,7 +218,7 @@ void Client::Supervise() {
     opts.onFailure = &PahoCallbacks::ConnectFailure;
     opts.context = this;
     const int rc = MQTTAsync_connect(client_, &opts);
-    lock.lock();
+    mu_.Lock();
     if (rc != MQTTASYNC_SUCCESS) {
       log->warn("connect to {} could not start: {}", options_.url, PahoError(rc));
       connecting_ = false;
@@ -216,22 +226,26 @@ void Client::Supervise() {
       continue;
     }
     // Watchdog: a connect that neither succeeds nor fails in time is retried.
-    if (!cv_.wait_for(lock, std::chrono::seconds(kConnectTimeoutSeconds + 3),
-                      [this] { return stopping_ || !connecting_; })) {
+    const bool settled = cv_.WaitFor(&mu_, absl::Seconds(kConnectTimeoutSeconds + 3), [this] {
+      mu_.AssertHeld();
+      return stopping_ || !connecting_;
+    });
+    if (!settled) {
       log->warn("connect to {} did not complete; retrying", options_.url);
       connecting_ = false;
       want_connect_ = true;
     }
   }
+  mu_.Unlock();
 }
 
 void Client::RequestConnect() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     connecting_ = false;
     want_connect_ = true;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
 }
 
 void Client::SetConnected(bool connected) {
@@ -266,7 +280,7 @@ void Client::Resume() {
   if (!paused_.exchange(false)) return;
   common::Logger(options_.log_name)->info("resuming intake from {}", options_.url);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     backoff_ = options_.min_backoff;
   }
   RequestConnect();
@@ -290,12 +304,12 @@ uint64_t Client::Fingerprint(absl::string_view topic, absl::string_view payload)
 }
 
 bool Client::SeenRecently(uint64_t key) {
-  std::lock_guard<std::mutex> lock(recent_mu_);
+  common::MutexLock lock(&recent_mu_);
   return recent_set_.count(key) > 0;
 }
 
 void Client::Remember(uint64_t key) {
-  std::lock_guard<std::mutex> lock(recent_mu_);
+  common::MutexLock lock(&recent_mu_);
   if (!recent_set_.insert(key).second) return;
   recent_.push_back(key);
   if (recent_.size() > options_.dedupe_window) {
@@ -316,12 +330,12 @@ void Client::OnConnectSuccess() {
   auto log = common::Logger(options_.log_name);
   bool stopping = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     connecting_ = false;
     backoff_ = options_.min_backoff;
     stopping = stopping_;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
   if (stopping) {
     // Stop() came while this connect was in flight: it waits for it and disconnects.
     return;

@@ -10,12 +10,10 @@
 #define DEVBRIDGE_MQTT_CLIENT_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <unordered_set>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -23,8 +21,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 
 namespace devbridge::mqtt {
 
@@ -80,8 +80,8 @@ class Client {
 
  private:
   Client(Options options, MessageHandler on_message, StateHandler on_state);
-  void Supervise();
-  void RequestConnect();
+  void Supervise() ABSL_LOCKS_EXCLUDED(mu_);
+  void RequestConnect() ABSL_LOCKS_EXCLUDED(mu_);
   void SetConnected(bool connected);
   static uint64_t Fingerprint(absl::string_view topic, absl::string_view payload);
   bool SeenRecently(uint64_t key);
@@ -101,19 +101,19 @@ class Client {
   StateHandler on_state_;
   void* client_ = nullptr;  // MQTTAsync
 
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool want_connect_ = false;  // guarded by mu_
-  bool connecting_ = false;    // guarded by mu_
-  bool stopping_ = false;      // guarded by mu_
+  common::Mutex mu_;
+  common::CondVar cv_;  // any of the three below changed
+  bool want_connect_ ABSL_GUARDED_BY(mu_) = false;
+  bool connecting_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> connected_{false};
   std::atomic<bool> paused_{false};
   std::atomic<uint64_t> connects_{0};
-  absl::Duration backoff_;
+  absl::Duration backoff_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> duplicates_{0};
-  std::mutex recent_mu_;
-  std::deque<uint64_t> recent_;              // guarded by recent_mu_
-  std::unordered_set<uint64_t> recent_set_;  // guarded by recent_mu_
+  common::Mutex recent_mu_;
+  std::deque<uint64_t> recent_ ABSL_GUARDED_BY(recent_mu_);
+  std::unordered_set<uint64_t> recent_set_ ABSL_GUARDED_BY(recent_mu_);
   std::thread supervisor_;
 };
 

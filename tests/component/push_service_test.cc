@@ -145,6 +145,8 @@ TEST_F(PushServiceTest, EventsResetsAndFailedDispatch) {
 
   auto client = WsClient::Connect(app_->port(), "systemId=fleet&clientId=c");
   ASSERT_TRUE(client->open());
+  // Events reach a client from its `connected` frame on (it waits for CLIENT_UP's ack).
+  ASSERT_FALSE(client->WaitForType("connected").is_null());
   ingest.service.Emit(Online("d1"), "fleet");
   Json online = client->WaitForType("device.online");
   ASSERT_FALSE(online.is_null());
@@ -164,9 +166,12 @@ TEST_F(PushServiceTest, EventsResetsAndFailedDispatch) {
   reset.mutable_reset()->set_reason("test gap");
   reset.mutable_reset()->set_oldest_seq(50);
   ingest.service.Emit(reset, "");
-  absl::SleepFor(absl::Milliseconds(100));
-  auto late = WsClient::Connect(app_->port(), "systemId=fleet&recover=%7B%22system%22%3A%5B%22fake%22%2C1%5D%7D");
-  EXPECT_EQ(late->WaitForType("error")["code"], 410) << "after a reset nothing before it can be recovered";
+  // The reset reaches the replica some time after Emit: ask until it has applied it.
+  EXPECT_TRUE(WaitFor([&] {
+    auto late = WsClient::Connect(app_->port(), "systemId=fleet&recover=%7B%22system%22%3A%5B%22fake%22%2C1%5D%7D");
+    const Json error = late->WaitForType("error", absl::Seconds(1));
+    return !error.is_null() && error["code"] == 410;
+  })) << "after a reset nothing before it can be recovered";
 }
 
 TEST_F(PushServiceTest, ResumesAfterIngestComesBack) {

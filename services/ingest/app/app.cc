@@ -6,12 +6,13 @@
 #include <asio.hpp>
 #include <deque>
 #include <future>
-#include <mutex>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/uuid.h"
 #include "httpd/http_server.h"
@@ -63,7 +64,7 @@ struct App::Impl : public CoreOutputs {
   void OnMessage(absl::string_view topic, absl::string_view payload) {
     bool pause = false;
     {
-      std::lock_guard<std::mutex> lock(intake_mu);
+      common::MutexLock lock(&intake_mu);
       intake.push_back({std::string(topic), std::string(payload), absl::Now()});
       intake_depth->Set(static_cast<int64_t>(intake.size()));
       pause = intake.size() > options.max_pending_messages;
@@ -91,7 +92,7 @@ struct App::Impl : public CoreOutputs {
     std::vector<Message> batch;
     size_t left = 0;
     {
-      std::lock_guard<std::mutex> lock(intake_mu);
+      common::MutexLock lock(&intake_mu);
       const size_t n = all ? intake.size() : std::min(intake.size(), kDrainBatch);
       batch.reserve(n);
       for (size_t i = 0; i < n; ++i) {
@@ -188,8 +189,8 @@ struct App::Impl : public CoreOutputs {
   std::unique_ptr<ingest::Store> store;
   std::unique_ptr<IngestCore> core;
 
-  std::mutex intake_mu;
-  std::deque<Message> intake;
+  common::Mutex intake_mu;
+  std::deque<Message> intake ABSL_GUARDED_BY(intake_mu);  // taken on Paho's thread, drained on the io thread
   std::atomic<bool> drain_scheduled{false};
   std::atomic<bool> pause_requested{false};
   bool drain_blocked = false;

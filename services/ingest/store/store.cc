@@ -371,7 +371,7 @@ void Store::Push(StoreRecord record) {
   const size_t bytes = RecordBytes(record);
   bool wake = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     queue_.push_back(std::move(record));
     ++pushed_;
     if (queued_bytes_.fetch_add(bytes) + bytes > options_.max_queue_bytes) was_full_ = true;
@@ -379,19 +379,21 @@ void Store::Push(StoreRecord record) {
     // then, not on every record.
     wake = queue_.size() == 1 || queue_.size() == options_.max_batch / 4;
   }
-  if (wake) cv_.notify_one();
+  if (wake) cv_.NotifyOne();
 }
 
 size_t Store::queued_records() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  common::MutexLock lock(&mu_);
   return queue_.size();
 }
 
 bool Store::Flush(absl::Duration timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
+  common::MutexLock lock(&mu_);
   const uint64_t target = pushed_;
-  return flushed_cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout),
-                              [&] { return committed_ >= target; });
+  return flushed_cv_.WaitFor(&mu_, timeout, [this, target] {
+    mu_.AssertHeld();
+    return committed_ >= target;
+  });
 }
 
 bool Store::writes_failing(absl::Time now) const {
@@ -403,16 +405,16 @@ void Store::Stop(absl::Duration timeout) {
   // After the timeout the writer makes no new attempt; it reports what it could not write.
   Flush(timeout);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  cv_.notify_all();
+  cv_.NotifyAll();
   writer_.join();
   {
-    std::lock_guard<std::mutex> lock(read_mu_);
+    common::MutexLock lock(&read_mu_);
     read_stopping_ = true;
   }
-  read_cv_.notify_all();
+  read_cv_.NotifyAll();
   reader_.join();
 }
 
@@ -440,16 +442,18 @@ void Store::WriterLoop() {
   };
 
   if (ensure()) healthy_ = true;  // connect and migrate now, not at the first write
-  std::unique_lock<std::mutex> lock(mu_);
+  mu_.Lock();
   while (true) {
     if (batch.empty()) {
-      const bool woke = cv_.wait_for(lock, std::chrono::seconds(2),
-                                     [&] { return stopping_ || !queue_.empty(); });
+      const bool woke = cv_.WaitFor(&mu_, absl::Seconds(2), [this] {
+        mu_.AssertHeld();
+        return stopping_ || !queue_.empty();
+      });
       if (stopping_ && queue_.empty()) break;
       if (queue_.empty()) last_progress_ms_ = absl::ToUnixMillis(absl::Now());  // nothing waits
       if (!woke) {
         // Idle: check the database so /healthz stays true to it.
-        lock.unlock();
+        mu_.Unlock();
         if (ensure()) {
           try {
             pqxx::nontransaction tx(*conn);
@@ -460,14 +464,16 @@ void Store::WriterLoop() {
             healthy_ = false;
           }
         }
-        lock.lock();
+        mu_.Lock();
         continue;
       }
       // Linger briefly for a fuller batch: one commit of many rows costs the database far
       // less than many commits of a few.
       if (queue_.size() < options_.max_batch / 4) {
-        cv_.wait_for(lock, absl::ToChronoMicroseconds(options_.linger),
-                     [&] { return stopping_ || queue_.size() >= options_.max_batch / 4; });
+        cv_.WaitFor(&mu_, options_.linger, [this] {
+          mu_.AssertHeld();
+          return stopping_ || queue_.size() >= options_.max_batch / 4;
+        });
       }
       const size_t n = std::min(queue_.size(), options_.max_batch);
       batch.reserve(n);
@@ -482,7 +488,7 @@ void Store::WriterLoop() {
                  batch.size() + queue_.size());
       break;
     }
-    lock.unlock();
+    mu_.Unlock();
     const absl::Time start = absl::Now();
     bool ok = false;
     size_t done = 0;  // records of `batch` committed or rejected, a prefix
@@ -511,8 +517,7 @@ void Store::WriterLoop() {
     }
     if (!ok && done > 0) {
       // Part of the batch is in: account for it now, and retry only the rest.
-      Committed(batch, done, absl::Now(), &lock);
-      lock.unlock();
+      Committed(batch, done, absl::Now());
     }
     if (ok) {
       const absl::Time now = absl::Now();
@@ -522,17 +527,22 @@ void Store::WriterLoop() {
       healthy_ = true;
       m_.batch_size->Observe(static_cast<double>(batch.size()));
       m_.batch_ms->Observe(absl::ToDoubleMilliseconds(now - start));
-      Committed(batch, batch.size(), now, &lock);
+      Committed(batch, batch.size(), now);
+      mu_.Lock();
     } else {
       m_.retries->Inc();
-      lock.lock();
-      cv_.wait_for(lock, absl::ToChronoMilliseconds(backoff), [&] { return stopping_; });
+      mu_.Lock();
+      cv_.WaitFor(&mu_, backoff, [this] {
+        mu_.AssertHeld();
+        return stopping_;
+      });
       backoff = std::min(backoff * 2, options_.max_backoff);
     }
   }
+  mu_.Unlock();
 }
 
-void Store::Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now, std::unique_lock<std::mutex>* lock) {
+void Store::Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now) {
   m_.rows->Inc(n);
   size_t bytes = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -544,26 +554,33 @@ void Store::Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now,
   batch.erase(batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(n));
   last_progress_ms_ = absl::ToUnixMillis(now);
   const size_t left = queued_bytes_.fetch_sub(bytes) - bytes;
-  lock->lock();
-  const bool call_on_space = was_full_ && left <= options_.max_queue_bytes / 2;
-  if (call_on_space) was_full_ = false;
-  lock->unlock();
+  bool call_on_space = false;
+  {
+    common::MutexLock lock(&mu_);
+    call_on_space = was_full_ && left <= options_.max_queue_bytes / 2;
+    if (call_on_space) was_full_ = false;
+  }
   // Before Flush() waiters learn of the commit, so they see its effects.
   if (call_on_space && on_space_) on_space_();
-  lock->lock();
-  committed_ += n;
-  flushed_cv_.notify_all();
+  {
+    common::MutexLock lock(&mu_);
+    committed_ += n;
+  }
+  flushed_cv_.NotifyAll();
 }
 
 void Store::ReaderLoop() {
   std::unique_ptr<pqxx::connection> conn;
-  std::unique_lock<std::mutex> lock(read_mu_);
+  read_mu_.Lock();
   while (true) {
-    read_cv_.wait(lock, [&] { return read_stopping_ || !reads_.empty(); });
+    read_cv_.Wait(&read_mu_, [this] {
+      read_mu_.AssertHeld();
+      return read_stopping_ || !reads_.empty();
+    });
     if (read_stopping_) break;
     auto job = std::move(reads_.front());
     reads_.pop_front();
-    lock.unlock();
+    read_mu_.Unlock();
     if (!conn || !conn->is_open()) {
       try {
         conn = Connect(options_.dsn);
@@ -572,12 +589,12 @@ void Store::ReaderLoop() {
       }
     }
     job(conn.get());
-    lock.lock();
+    read_mu_.Lock();
   }
   // Jobs left at shutdown still get an answer, outside the lock (a callback may call back in).
   std::deque<std::function<void(void*)>> left;
   left.swap(reads_);
-  lock.unlock();
+  read_mu_.Unlock();
   for (auto& job : left) job(nullptr);
 }
 
@@ -594,14 +611,14 @@ void Store::GetReadings(std::string device_id, absl::Time since, size_t limit, R
     }
   };
   {
-    std::unique_lock<std::mutex> lock(read_mu_);
-    if (read_stopping_) {
-      lock.unlock();
-      return job(nullptr);
+    common::MutexLock lock(&read_mu_);
+    if (!read_stopping_) {
+      reads_.emplace_back(std::move(job));
+      read_cv_.NotifyOne();
+      return;
     }
-    reads_.emplace_back(std::move(job));
   }
-  read_cv_.notify_one();
+  job(nullptr);  // stopping: answer at once
 }
 
 }  // namespace devbridge::ingest

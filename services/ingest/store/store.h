@@ -10,18 +10,18 @@
 #define DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
+#include "common/mutex.h"
 #include "devbridge/v1/events.pb.h"
 #include "services/ingest/core/records.h"
 
@@ -59,11 +59,11 @@ class Store {
   bool writes_failing(absl::Time now) const;
   static constexpr absl::Duration kWritesFailingAfter = absl::Seconds(10);
   size_t queued_bytes() const { return queued_bytes_.load(); }
-  size_t queued_records() const;
+  size_t queued_records() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Waits until every record pushed so far is committed, or `timeout` passes. Returns
   // whether everything was written.
-  bool Flush(absl::Duration timeout);
+  bool Flush(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
   // Flushes for at most `timeout`, then stops the threads; what could not be written by then
   // is logged with its count and dropped.
   void Stop(absl::Duration timeout);
@@ -75,31 +75,32 @@ class Store {
 
  private:
   explicit Store(StoreOptions options, common::MetricsRegistry* metrics);
-  void WriterLoop();
+  void WriterLoop() ABSL_LOCKS_EXCLUDED(mu_);
   // Accounts for the first `n` records of `batch` as committed and removes them. Called on
-  // the writer thread with `lock` (on mu_) released; returns with it held.
-  void Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now, std::unique_lock<std::mutex>* lock);
-  void ReaderLoop();
+  // the writer thread.
+  void Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  void ReaderLoop() ABSL_LOCKS_EXCLUDED(read_mu_);
 
   StoreOptions options_;
   std::function<void()> on_space_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;          // records arrived or stopping
-  std::condition_variable flushed_cv_;  // a batch committed
-  std::deque<StoreRecord> queue_;
-  uint64_t pushed_ = 0;     // guarded by mu_
-  uint64_t committed_ = 0;  // guarded by mu_
-  bool stopping_ = false;   // guarded by mu_
-  bool was_full_ = false;   // guarded by mu_
+  mutable common::Mutex mu_;
+  common::CondVar cv_;          // records arrived or stopping
+  common::CondVar flushed_cv_;  // a batch committed
+  std::deque<StoreRecord> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t pushed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool was_full_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<size_t> queued_bytes_{0};
   std::atomic<bool> healthy_{false};
   std::atomic<int64_t> last_progress_ms_{0};  // last commit, or last time nothing waited
 
-  std::mutex read_mu_;
-  std::condition_variable read_cv_;
-  std::deque<std::function<void(void*)>> reads_;  // each gets the reader's pqxx::connection*
-  bool read_stopping_ = false;
+  common::Mutex read_mu_;
+  common::CondVar read_cv_;
+  // Each job gets the reader's pqxx::connection* (nullptr when the database is away).
+  std::deque<std::function<void(void*)>> reads_ ABSL_GUARDED_BY(read_mu_);
+  bool read_stopping_ ABSL_GUARDED_BY(read_mu_) = false;
 
   struct Metrics {
     common::Histogram* batch_size;

@@ -692,11 +692,8 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
 
 void PushNode::Submit(v1::PushMessage m, std::function<void(absl::StatusOr<std::string>)> done) {
   if (!common::IsValidId(m.system_id())) return done(ApiError(kCodeBadRequest, "systemId must be 1-64 characters of [A-Za-z0-9_.:-]"));
-  if (!m.data().empty()) {
-    if (absl::Status depth = common::CheckJsonDepth(m.data()); !depth.ok()) {
-      return done(ApiError(kCodeBadRequest, absl::StrCat("data: ", depth.message())));
-    }
-    if (!Json::accept(m.data())) return done(ApiError(kCodeBadRequest, "data must be JSON"));
+  if (absl::Status data = events::ValidateData(m.data()); !data.ok()) {
+    return done(ApiError(kCodeBadRequest, std::string(data.message())));
   }
   bool names_clients = false;
   switch (m.kind()) {

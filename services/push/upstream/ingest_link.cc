@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
+#include "common/tsan.h"
 
 namespace devbridge::push {
 
@@ -53,20 +54,24 @@ void IngestLink::Start() {
 
 void IngestLink::Stop() {
   if (stopping_.exchange(true)) return;
+  std::vector<std::shared_ptr<grpc::ClientContext>> calls;
   {
-    std::unique_lock<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     if (current_ != nullptr) current_->TryCancel();
-    // Cancelled outside the lock (a cancel may finish the call at once); the shared pointers
-    // keep each context alive until then.
-    std::vector<std::shared_ptr<grpc::ClientContext>> calls;
     for (const auto& [ctx, owner] : calls_) calls.push_back(owner);
-    lock.unlock();
-    for (const auto& call : calls) call->TryCancel();
-    calls.clear();
-    lock.lock();
-    calls_cv_.wait(lock, [this] { return calls_.empty(); });
   }
-  cv_.notify_all();
+  // Cancelled outside the lock (a cancel may finish the call at once); the shared pointers
+  // keep each context alive until then.
+  for (const auto& call : calls) call->TryCancel();
+  calls.clear();
+  {
+    common::MutexLock lock(&mu_);
+    calls_cv_.Wait(&mu_, [this] {
+      mu_.AssertHeld();
+      return calls_.empty();
+    });
+  }
+  cv_.NotifyAll();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -85,7 +90,7 @@ void IngestLink::SubscribeLoop() {
     grpc::ClientContext ctx;
     grpcutil::AddToken(&ctx, options_.security.internal_token);
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      common::MutexLock lock(&mu_);
       if (stopping_) break;
       current_ = &ctx;
     }
@@ -126,16 +131,17 @@ void IngestLink::SubscribeLoop() {
     }
     const grpc::Status status = reader->Finish();
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      common::MutexLock lock(&mu_);
       current_ = nullptr;
     }
     SetUp(false);
     if (stopping_) break;
     log->warn("event stream from {} ended: {}; reconnecting", options_.ingest_addr,
               status.error_message());
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, absl::ToChronoMilliseconds(backoff * jitter(rng)),
-                 [this] { return stopping_.load(); });
+    {
+      common::MutexLock lock(&mu_);
+      cv_.WaitFor(&mu_, backoff * jitter(rng), [this] { return stopping_.load(); });
+    }
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
@@ -155,7 +161,7 @@ void IngestLink::Call(Method method, Request request, absl::Duration deadline,
   call->ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
   grpcutil::AddToken(&call->ctx, options_.security.internal_token);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    common::MutexLock lock(&mu_);
     if (stopping_) {
       post_([done = std::move(done)] { done(absl::UnavailableError("push is shutting down")); });
       return;
@@ -163,18 +169,21 @@ void IngestLink::Call(Method method, Request request, absl::Duration deadline,
     calls_.emplace(&call->ctx, std::shared_ptr<grpc::ClientContext>(call, &call->ctx));
   }
   // `this` outlives the callback: Stop() cancels every call in flight and waits for its
-  // callback, and after Stop() no result is handed on.
+  // callback, and after Stop() no result is handed on. gRPC runs the callback on its own
+  // thread after the call started; TSan is told so (it cannot see inside gRPC).
+  common::TsanRelease(call.get());
   method(stub_->async(), &call->ctx, &call->request, &call->response,
          [this, call, done = std::move(done)](const grpc::Status& status) mutable {
+           common::TsanAcquire(call.get());
            if (!stopping_) {
              post_([call, status, done = std::move(done)] {
                if (!status.ok()) return done(common::FromGrpcStatus(status));
                done(std::move(call->response));
              });
            }
-           std::lock_guard<std::mutex> lock(mu_);
+           common::MutexLock lock(&mu_);
            calls_.erase(&call->ctx);
-           calls_cv_.notify_all();
+           calls_cv_.NotifyAll();
          });
 }
 

@@ -8,17 +8,17 @@
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
-#include <condition_variable>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
+#include "common/mutex.h"
 #include "grpcutil/security.h"
 #include "devbridge/v1/ingest.grpc.pb.h"
 #include "services/push/core/directory.h"
@@ -52,7 +52,7 @@ class IngestLink : public Upstream, public DeviceDirectory {
   ~IngestLink() override;
 
   void Start();
-  void Stop();
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
 
   bool up() const override { return up_.load(); }
   void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) override;
@@ -65,7 +65,7 @@ class IngestLink : public Upstream, public DeviceDirectory {
                    std::function<void(absl::StatusOr<v1::GetReadingsResponse>)> done) override;
 
  private:
-  void SubscribeLoop();
+  void SubscribeLoop() ABSL_LOCKS_EXCLUDED(mu_);
   void SetUp(bool up);
   template <typename Request, typename Response, typename Method>
   void Call(Method method, Request request, absl::Duration deadline,
@@ -79,12 +79,12 @@ class IngestLink : public Upstream, public DeviceDirectory {
   std::unique_ptr<v1::Ingest::Stub> stub_;
   std::atomic<bool> up_{false};
   std::atomic<bool> stopping_{false};
-  std::mutex mu_;
-  std::condition_variable cv_;
-  grpc::ClientContext* current_ = nullptr;  // guarded by mu_
-  // Unary calls in flight, each kept alive until its callback ran; guarded by mu_.
-  absl::flat_hash_map<grpc::ClientContext*, std::shared_ptr<grpc::ClientContext>> calls_;
-  std::condition_variable calls_cv_;                 // a call in calls_ finished
+  common::Mutex mu_;
+  common::CondVar cv_;        // stopping: ends SubscribeLoop's back-off
+  common::CondVar calls_cv_;  // a call in calls_ finished
+  grpc::ClientContext* current_ ABSL_GUARDED_BY(mu_) = nullptr;  // the Subscribe call
+  // Unary calls in flight, each kept alive until its callback ran.
+  absl::flat_hash_map<grpc::ClientContext*, std::shared_ptr<grpc::ClientContext>> calls_ ABSL_GUARDED_BY(mu_);
   std::string epoch_;                       // last event seen (subscriber thread only)
   uint64_t seq_ = 0;
   std::thread thread_;
