@@ -1,5 +1,7 @@
 #include "tests/component/ingest_fixture.h"
 
+#include <set>
+
 #include <MQTTClient.h>
 
 #include <asio.hpp>
@@ -120,7 +122,27 @@ std::unique_ptr<sim::Simulator> IngestFixture::StartSim(const std::function<void
   EXPECT_TRUE(s.ok()) << s.status();
   if (!s.ok()) return nullptr;
   EXPECT_TRUE(WaitFor([&] { return (*s)->connected(); }));
+  if (stub_ != nullptr && o.heartbeat_interval > absl::ZeroDuration()) {
+    // Connected is not yet online: ingest takes the devices' first heartbeats a moment later,
+    // and a command sent before that is refused with 2004.
+    EXPECT_TRUE(WaitFor([&] { return OnlineCount(**s, o.devices) == o.devices; }))
+        << "the simulated devices did not come online";
+  }
   return *std::move(s);
+}
+
+int IngestFixture::OnlineCount(const sim::Simulator& sim, int devices) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListDevicesRequest request;
+  request.set_limit(10000);
+  v1::ListDevicesResponse response;
+  if (!stub_->ListDevices(&ctx, request, &response).ok()) return -1;
+  std::set<std::string> ids;
+  for (int i = 0; i < devices; ++i) ids.insert(sim.DeviceId(i));
+  int online = 0;
+  for (const v1::Device& d : response.devices()) online += d.online() && ids.count(d.device_id()) > 0;
+  return online;
 }
 
 v1::CommandResult IngestFixture::Dispatch(const v1::Command& command) {

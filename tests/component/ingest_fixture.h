@@ -47,8 +47,11 @@ class IngestFixture : public ::testing::Test {
   // Starts (or restarts) ingest with `options` adjusted by the test.
   void StartIngest(const std::function<void(ingest::IngestOptions&)>& adjust = nullptr);
   void StopIngest();
-  // Starts simulated devices id_prefix0001.. on this test's topic prefix.
+  // Starts simulated devices id_prefix0001.. on this test's topic prefix; with ingest running
+  // (and heartbeats on), returns once ingest has them all online.
   std::unique_ptr<sim::Simulator> StartSim(const std::function<void(sim::SimOptions&)>& adjust = nullptr);
+  // How many of `sim`'s first `devices` devices ingest lists as online (-1: it did not answer).
+  int OnlineCount(const sim::Simulator& sim, int devices);
 
   v1::CommandResult Dispatch(const v1::Command& command);
   static v1::Command Read(const std::string& device, uint32_t address, uint32_t count);
