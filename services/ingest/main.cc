@@ -42,6 +42,12 @@ ABSL_FLAG(std::string, grpc_tls_key, "", "PEM private key of grpc_tls_cert");
 ABSL_FLAG(std::string, grpc_tls_ca, "", "PEM CA that must have signed the client's certificate: mutual TLS");
 ABSL_FLAG(int, max_pending_messages, 100000, "MQTT messages taken but not yet processed before intake pauses");
 ABSL_FLAG(int, db_queue_mb, 64, "MiB of records waiting for PostgreSQL before intake pauses");
+ABSL_FLAG(std::string, spool_dir, "devbridge-spool",
+          "folder of the disk spool every MQTT message is written to before it is processed, so a crash loses "
+          "nothing the broker handed over; on persistent storage; 'none' turns it off");
+ABSL_FLAG(int, spool_max_mb, 1024, "MiB the spool may hold (a PostgreSQL outage fills it); past it intake pauses");
+ABSL_FLAG(absl::Duration, spool_sync, absl::Milliseconds(2),
+          "at most this long between fsyncs of the spool (what a power cut can lose); 0 fsyncs every message");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
 
 int main(int argc, char** argv) {
@@ -111,6 +117,13 @@ int main(int argc, char** argv) {
   const int db_mb = absl::GetFlag(FLAGS_db_queue_mb);
   devbridge::common::RequireInRange("db_queue_mb", db_mb, 1, 65536);
   o.db_queue_bytes = static_cast<size_t>(db_mb) << 20;
+  o.spool_dir = absl::GetFlag(FLAGS_spool_dir);
+  devbridge::common::RequireNonEmpty("spool_dir", o.spool_dir);
+  const int spool_mb = absl::GetFlag(FLAGS_spool_max_mb);
+  devbridge::common::RequireInRange("spool_max_mb", spool_mb, 1, 1 << 24);
+  o.spool_max_bytes = static_cast<size_t>(spool_mb) << 20;
+  o.spool_sync = absl::GetFlag(FLAGS_spool_sync);
+  if (o.spool_sync > absl::Seconds(10)) devbridge::common::FlagError("spool_sync", "must be at most 10s");
 
   auto app = devbridge::ingest::App::Create(o);
   if (!app.ok()) {

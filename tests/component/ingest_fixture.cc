@@ -8,6 +8,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "common/uuid.h"
 #include "tests/component/test_env.h"
 
@@ -73,6 +74,9 @@ void IngestFixture::SetUp() {
   map_ = std::make_shared<const regmap::RegisterMap>(*std::move(map));
   dsn_ = CreateTestDatabase();
   prefix_ = UniqueTopicPrefix();
+  // One spool per test, kept across StartIngest() calls of the test like a real data folder.
+  const char* dir = std::getenv("DEVBRIDGE_TEST_DIR");
+  spool_dir_ = absl::StrCat(dir != nullptr ? dir : "/tmp", "/spool-", absl::StrReplaceAll(prefix_, {{"/", "-"}}));
 }
 
 void IngestFixture::TearDown() {
@@ -94,6 +98,7 @@ void IngestFixture::StartIngest(const std::function<void(ingest::IngestOptions&)
   o.register_map = map_;
   o.command_timeout = absl::Seconds(2);
   o.replay_buffer = 10000;
+  o.spool_dir = spool_dir_;
   if (adjust) adjust(o);
   auto app = ingest::App::Create(o);
   ASSERT_TRUE(app.ok()) << app.status();

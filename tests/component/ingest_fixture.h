@@ -63,6 +63,7 @@ class IngestFixture : public ::testing::Test {
   std::shared_ptr<const regmap::RegisterMap> map_;
   std::string dsn_;
   std::string prefix_;
+  std::string spool_dir_;
   std::unique_ptr<ingest::App> app_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Ingest::Stub> stub_;

@@ -15,7 +15,10 @@ bool IsState(const v1::Event& e, const std::string& id, bool online) {
   return e.has_device_state() && e.device_state().device_id() == id && e.device_state().online() == online;
 }
 
-class IngestTest : public IngestFixture {};
+class IngestTest : public IngestFixture {
+ protected:
+  void OutageLosesNothing(size_t spool_max_bytes, bool expect_pushback);
+};
 
 TEST_F(IngestTest, HeartbeatBringsDeviceOnlineAndSilenceTakesItOffline) {
   StartIngest();
@@ -199,12 +202,17 @@ TEST_F(IngestTest, BrokerRestartLosesNothing) {
   EXPECT_EQ(Count("SELECT count(DISTINCT raw) FROM readings"), static_cast<int64_t>(published));
 }
 
-TEST_F(IngestTest, DatabaseOutageLosesNothing) {
-  // Small bounds, so the outage fills the writer queue and then intake: ingest must pause
-  // its MQTT session and let the broker hold the rest.
-  StartIngest([](ingest::IngestOptions& o) {
+// A PostgreSQL outage through the stages that take it: the spool on disk, then (when the
+// spool is full, or without one) the broker. `spool_max_bytes` 0: no spool.
+void IngestTest::OutageLosesNothing(size_t spool_max_bytes, bool expect_pushback) {
+  StartIngest([&](ingest::IngestOptions& o) {
     o.db_queue_bytes = 16 * 1024;
     o.max_pending_messages = 32;
+    if (spool_max_bytes == 0) {
+      o.spool_dir = "none";
+    } else {
+      o.spool_max_bytes = spool_max_bytes;
+    }
   });
   auto sim = StartSim([](sim::SimOptions& o) {
     o.devices = 5;
@@ -222,9 +230,49 @@ TEST_F(IngestTest, DatabaseOutageLosesNothing) {
   EXPECT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM readings") == static_cast<int64_t>(published); },
                       absl::Seconds(30)))
       << "published " << published << ", stored " << Count("SELECT count(*) FROM readings");
+  EXPECT_EQ(Count("SELECT count(DISTINCT raw) FROM readings"), static_cast<int64_t>(published)) << "none twice";
   const std::string metrics = HttpGet("/metrics");
-  EXPECT_EQ(metrics.find("devbridge_ingest_pushbacks_total 0\n"), std::string::npos)
-      << "intake never pushed back:\n" << metrics;
+  if (expect_pushback) {
+    EXPECT_EQ(metrics.find("devbridge_ingest_pushbacks_total 0\n"), std::string::npos)
+        << "intake never pushed back:\n" << metrics;
+  } else {
+    EXPECT_NE(metrics.find("devbridge_ingest_pushbacks_total 0\n"), std::string::npos)
+        << "the spool should have taken the outage without the broker:\n" << metrics;
+    EXPECT_EQ(metrics.find("devbridge_ingest_spool_read_total 0\n"), std::string::npos)
+        << "messages should have waited on disk:\n" << metrics;
+  }
+}
+
+TEST_F(IngestTest, DatabaseOutageRidesOnTheSpool) { OutageLosesNothing(size_t{64} << 20, false); }
+
+TEST_F(IngestTest, DatabaseOutageWithAFullSpoolPausesIntake) {
+  OutageLosesNothing(16 * 1024, true);
+  EXPECT_NE(HttpGet("/metrics").find("devbridge_ingest_spool_full"), std::string::npos);
+}
+
+TEST_F(IngestTest, DatabaseOutageWithoutASpoolLeavesTheRestToTheBroker) { OutageLosesNothing(0, true); }
+
+TEST_F(IngestTest, WhatPostgresDidNotTakeBeforeShutdownIsWrittenAtTheNextStart) {
+  StartIngest();
+  auto sim = StartSim([](sim::SimOptions& o) {
+    o.devices = 5;
+    o.data_interval = absl::Milliseconds(20);
+  });
+  ASSERT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM readings") >= 10; }));
+  ASSERT_TRUE(Harness("stop-pg"));
+  const uint64_t during = sim->stats().data_frames.load();
+  ASSERT_TRUE(WaitFor([&] { return sim->stats().data_frames.load() > during + 100; }));
+  sim->Stop();
+  const uint64_t published = sim->stats().data_frames.load();
+  StopIngest();  // PostgreSQL is down: what it did not take stays in the spool
+  ASSERT_TRUE(Harness("start-pg"));
+  StartIngest();
+  EXPECT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM readings") == static_cast<int64_t>(published); },
+                      absl::Seconds(30)))
+      << "published " << published << ", stored " << Count("SELECT count(*) FROM readings");
+  EXPECT_EQ(Count("SELECT count(DISTINCT raw) FROM readings"), static_cast<int64_t>(published)) << "none twice";
+  EXPECT_EQ(HttpGet("/metrics").find("devbridge_ingest_spool_read_total 0\n"), std::string::npos)
+      << "the spool was replayed";
 }
 
 TEST_F(IngestTest, EventStreamResumesWithoutLossOrDuplicates) {

@@ -21,6 +21,7 @@
 #include "services/ingest/core/event_log.h"
 #include "services/ingest/core/ingest_core.h"
 #include "services/ingest/rpc/ingest_service.h"
+#include "services/ingest/spool/spool.h"
 #include "services/ingest/store/store.h"
 
 namespace devbridge::ingest {
@@ -34,6 +35,24 @@ struct Message {
   std::string topic;
   std::string payload;
   absl::Time taken_at;
+  uint64_t seq = 0;  // position in the spool; 0: not spooled
+};
+
+// At most one line per `every` for a condition that may repeat at message rate.
+class LogLimiter {
+ public:
+  explicit LogLimiter(absl::Duration every) : every_(every) {}
+  bool Allow(absl::Time now) {
+    common::MutexLock lock(&mu_);
+    if (now - last_ < every_) return false;
+    last_ = now;
+    return true;
+  }
+
+ private:
+  const absl::Duration every_;
+  common::Mutex mu_;
+  absl::Time last_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 }  // namespace
@@ -58,20 +77,58 @@ struct App::Impl : public CoreOutputs {
   void Post(std::function<void()> fn) { asio::post(io, std::move(fn)); }
 
   // Paho thread: take the message. Paho has already acknowledged it to the broker, so it
-  // must be kept; past max_pending_messages we also pause intake, and the broker holds
-  // what follows. Only what was already on its way arrives after that, so the overshoot is
-  // small and bounded by the broker's in-flight window and socket buffers.
+  // must be kept: first in the spool (one write(); a crash of ingest from here on loses
+  // nothing), then in memory for the io thread, or, past max_pending_messages or while older
+  // messages wait on disk, on disk only. Intake pauses when the spool is full (or, without a
+  // spool, when memory is); the broker holds what follows, and only what was already on its
+  // way arrives after that.
   void OnMessage(absl::string_view topic, absl::string_view payload) {
+    const absl::Time now = absl::Now();
     bool pause = false;
+    bool appended = false;
+    absl::Status spool_error;
     {
       common::MutexLock lock(&intake_mu);
-      intake.push_back({std::string(topic), std::string(payload), absl::Now()});
-      intake_depth->Set(static_cast<int64_t>(intake.size()));
-      pause = intake.size() > options.max_pending_messages;
+      uint64_t seq = 0;
+      if (spool) {
+        absl::StatusOr<uint64_t> r = spool->Append(topic, payload, now);
+        if (r.ok()) {
+          seq = *r;
+          appended = true;
+        } else {
+          spool_error = r.status();
+        }
+      }
+      if (seq != 0 && (on_disk || intake.size() >= options.max_pending_messages)) {
+        if (!on_disk) {
+          on_disk = true;
+          disk_next = seq;
+        }
+      } else {
+        intake.push_back({std::string(topic), std::string(payload), now, seq});
+        intake_depth->Set(static_cast<int64_t>(intake.size()));
+      }
+      pause = (spool && spool->Full()) || intake.size() > options.max_pending_messages;
+    }
+    if (appended) spool->AfterAppend();
+    if (!spool_error.ok() && spool_log.Allow(now)) {
+      log->error("spool write failed, message kept in memory only (a crash would lose it): {}",
+                 spool_error.message());
     }
     if (pause && !pause_requested.exchange(true)) {
       pushbacks->Inc();
-      Post([this] { mqtt->Pause(); });
+      Post([this] {
+        if (spool && spool->Full()) {
+          log->warn("intake paused: the spool holds {:.2f} MiB, more than spool_max_mb ({:.2f} MiB); the broker "
+                    "keeps what follows until PostgreSQL catches up",
+                    static_cast<double>(spool->bytes()) / (1 << 20),
+                    static_cast<double>(options.spool_max_bytes) / (1 << 20));
+        } else {
+          log->warn("intake paused: {} messages wait in memory (max_pending_messages); the broker keeps what follows",
+                    options.max_pending_messages);
+        }
+        mqtt->Pause();
+      });
     }
     ScheduleDrain();
   }
@@ -80,10 +137,13 @@ struct App::Impl : public CoreOutputs {
     if (!drain_scheduled.exchange(true)) Post([this] { Drain(false); });
   }
 
-  // Io thread: feed taken messages to the core, unless the store is full (then the store's
-  // on_space schedules us again). `all` ignores the store bound (shutdown).
+  // Io thread: feed taken messages to the core, from memory, else from the spool on disk,
+  // in spool order, unless the store is full (then the store's on_space schedules us again).
+  // `all` ignores the store bound and takes all of memory, nothing from disk (shutdown: the
+  // spool keeps the rest for the next start).
   void Drain(bool all) {
     drain_scheduled = false;
+    if (!replay_ready) return;  // waiting for the checkpoint; OnReady schedules us
     if (!all && store && store->Full()) {
       drain_blocked = true;
       return;
@@ -91,6 +151,8 @@ struct App::Impl : public CoreOutputs {
     drain_blocked = false;
     std::vector<Message> batch;
     size_t left = 0;
+    bool from_disk = false;
+    uint64_t from = 0;
     {
       common::MutexLock lock(&intake_mu);
       const size_t n = all ? intake.size() : std::min(intake.size(), kDrainBatch);
@@ -101,11 +163,38 @@ struct App::Impl : public CoreOutputs {
       }
       left = intake.size();
       intake_depth->Set(static_cast<int64_t>(left));
+      // Memory holds only messages older than those on disk: disk comes after it.
+      if (batch.empty() && on_disk && !all) {
+        from_disk = true;
+        from = disk_next;
+      }
     }
-    for (const Message& m : batch) core->OnMessage(m.topic, m.payload, m.taken_at);
+    uint64_t last_seq = 0;
+    for (const Message& m : batch) {
+      core->OnMessage(m.topic, m.payload, m.taken_at);
+      last_seq = std::max(last_seq, m.seq);
+    }
+    if (from_disk) {
+      std::vector<SpooledMessage> read;
+      absl::StatusOr<uint64_t> next = spool->Read(from, kDrainBatch, &read);
+      if (!next.ok()) {
+        if (spool_log.Allow(absl::Now())) log->error("cannot read the spool, retrying: {}", next.status().message());
+        RetryDrainLater(absl::Seconds(1));
+        return;
+      }
+      for (const SpooledMessage& m : read) core->OnMessage(m.topic, m.payload, m.taken_at);
+      if (!read.empty()) last_seq = read.back().seq;
+      replayed->Inc(read.size());
+      common::MutexLock lock(&intake_mu);
+      disk_next = *next;
+      if (disk_next >= spool->next_seq()) on_disk = false;  // caught up: new messages go to memory again
+      if (on_disk) left = 1;
+    }
+    if (last_seq != 0 && store) store->Covered(last_seq);
+    ReportReplay();
     if (left > 0) {
       ScheduleDrain();
-    } else if (!batch.empty() && !all && !drain_scheduled.exchange(true)) {
+    } else if ((!batch.empty() || from_disk) && !all && !drain_scheduled.exchange(true)) {
       // Under load, drain again shortly on a timer instead of being woken per message:
       // one wake-up per millisecond instead of one per message. Idle, the first message
       // wakes us at once.
@@ -114,10 +203,66 @@ struct App::Impl : public CoreOutputs {
         if (!ec) Drain(false);
       });
     }
-    if (mqtt && mqtt->paused() && !stopping && left <= options.max_pending_messages / 2 &&
-        !(store && store->Full())) {
+    MaybeResume(left);
+  }
+
+  // Io thread: resumes paused intake once memory, the store and the spool have room again
+  // (memory and spool below half their bounds: a broker's backlog refills them at once).
+  void MaybeResume(size_t in_memory) {
+    if (mqtt && mqtt->paused() && !stopping && in_memory <= options.max_pending_messages / 2 &&
+        !(store && store->Full()) && !(spool && spool->bytes() > options.spool_max_bytes / 2)) {
       pause_requested = false;
+      log->info("intake resumed");
       mqtt->Resume();
+    }
+  }
+
+  void RetryDrainLater(absl::Duration after) {
+    if (drain_scheduled.exchange(true)) return;
+    drain_timer.expires_after(absl::ToChronoMicroseconds(after));
+    drain_timer.async_wait([this](std::error_code ec) {
+      if (!ec) Drain(false);
+    });
+  }
+
+  // Writer thread: PostgreSQL answered and told us how far it has the spool.
+  void OnStoreReady(uint64_t checkpoint) {
+    Post([this, checkpoint] {
+      if (spool) {
+        common::MutexLock lock(&intake_mu);
+        const uint64_t first = spool->first_seq();
+        const uint64_t end = spool->next_seq();
+        disk_next = std::max(checkpoint + 1, first);
+        on_disk = disk_next < end;
+        replay_end = on_disk ? end : 0;
+        replay_started = absl::Now();
+        if (on_disk) {
+          log->info("replaying {} message(s) from the spool ({}..{}); PostgreSQL has everything up to {}",
+                    end - disk_next, disk_next, end - 1, checkpoint);
+        } else {
+          log->info("spool: nothing to replay (PostgreSQL has everything up to {})", checkpoint);
+        }
+      }
+      replay_ready = true;
+      ScheduleDrain();
+    });
+  }
+
+  // Io thread: progress of the start-up replay, every 5 s and at its end.
+  void ReportReplay() {
+    if (replay_end == 0) return;
+    uint64_t at = 0;
+    {
+      common::MutexLock lock(&intake_mu);
+      at = on_disk ? disk_next : replay_end;
+    }
+    const absl::Time now = absl::Now();
+    if (at >= replay_end) {
+      log->info("replay done in {}", absl::FormatDuration(absl::Trunc(now - replay_started, absl::Milliseconds(1))));
+      replay_end = 0;
+    } else if (now - last_replay_report >= absl::Seconds(5)) {
+      last_replay_report = now;
+      log->info("replaying the spool: at {} of {}", at, replay_end - 1);
     }
   }
 
@@ -143,11 +288,25 @@ struct App::Impl : public CoreOutputs {
     sweep_timer.expires_after(absl::ToChronoMilliseconds(options.sweep_interval));
     sweep_timer.async_wait([this](std::error_code ec) {
       if (ec) return;
-      // While intake is paused or blocked, silence says nothing about the devices.
-      const bool liveness = !(mqtt->paused() || drain_blocked);
+      // While intake is paused or blocked, or messages wait on disk, silence says nothing
+      // about the devices.
+      bool backlog = !replay_ready;
+      {
+        common::MutexLock lock(&intake_mu);
+        backlog = backlog || on_disk;
+      }
+      const bool liveness = !(mqtt->paused() || drain_blocked || backlog);
       const absl::Time now = absl::Now();
       core->Tick(now, liveness);
       ForgetIdleStreams(now);
+      {
+        size_t in_memory = 0;
+        {
+          common::MutexLock lock(&intake_mu);
+          in_memory = intake.size();
+        }
+        MaybeResume(in_memory);  // a backstop: commits that free the spool also schedule a drain
+      }
       devices_online->Set(static_cast<int64_t>(core->devices().online_count()));
       devices_known->Set(static_cast<int64_t>(core->devices().size()));
       ArmSweepTimer();
@@ -186,11 +345,19 @@ struct App::Impl : public CoreOutputs {
   asio::steady_timer sweep_timer{io};
   asio::steady_timer drain_timer{io};
   std::unique_ptr<EventLog> event_log;
+  std::unique_ptr<Spool> spool;
   std::unique_ptr<ingest::Store> store;
   std::unique_ptr<IngestCore> core;
 
   common::Mutex intake_mu;
   std::deque<Message> intake ABSL_GUARDED_BY(intake_mu);  // taken on Paho's thread, drained on the io thread
+  bool on_disk ABSL_GUARDED_BY(intake_mu) = false;  // messages from disk_next on are on disk only
+  uint64_t disk_next ABSL_GUARDED_BY(intake_mu) = 0;
+  bool replay_ready = true;      // false until PostgreSQL told us the checkpoint (with a spool)
+  uint64_t replay_end = 0;       // the start-up replay runs up to here; 0: done
+  absl::Time replay_started;
+  absl::Time last_replay_report = absl::InfinitePast();
+  LogLimiter spool_log{absl::Seconds(10)};
   std::atomic<bool> drain_scheduled{false};
   std::atomic<bool> pause_requested{false};
   bool drain_blocked = false;
@@ -205,6 +372,7 @@ struct App::Impl : public CoreOutputs {
   bool shut_down = false;
 
   common::Counter* pushbacks = nullptr;
+  common::Counter* replayed = nullptr;
   common::Gauge* intake_depth = nullptr;
   common::Gauge* commands_queued = nullptr;
   common::Gauge* devices_online = nullptr;
@@ -221,6 +389,8 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
 
   s.pushbacks = &s.metrics.AddCounter("devbridge_ingest_pushbacks_total",
                                       "Times intake paused because it was full (the broker kept what followed).");
+  s.replayed = &s.metrics.AddCounter("devbridge_ingest_spool_read_total",
+                                     "Messages processed from the spool on disk (replay after a start, backlog).");
   s.intake_depth = &s.metrics.AddGauge("devbridge_ingest_intake_depth", "Messages taken but not yet processed.");
   s.commands_queued = &s.metrics.AddGauge("devbridge_ingest_commands_pending", "Commands waiting or in flight.");
   s.devices_online = &s.metrics.AddGauge("devbridge_ingest_devices_online", "Devices online.");
@@ -235,12 +405,34 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   s.log->info("event stream epoch {} (replay buffer {} events)", epoch, o.replay_buffer);
 
   if (o.pg_dsn == "none") {
-    s.log->warn("pg_dsn=none: running WITHOUT persistence; nothing is written to PostgreSQL");
+    s.log->warn("pg_dsn=none: running WITHOUT persistence; nothing is written to PostgreSQL (and no spool)");
   } else {
+    if (o.spool_dir == "none") {
+      s.log->warn("spool_dir=none: no spool; a crash loses what was taken from the broker and not yet committed");
+    } else {
+      SpoolOptions po;
+      po.dir = o.spool_dir;
+      po.max_bytes = o.spool_max_bytes;
+      po.sync_interval = o.spool_sync;
+      ASSIGN_OR_RETURN(s.spool, Spool::Open(po, &s.metrics));
+      // Until PostgreSQL says how far it has the spool, messages wait on disk.
+      common::MutexLock lock(&s.intake_mu);
+      s.on_disk = true;
+      s.replay_ready = false;
+    }
     StoreOptions so;
     so.dsn = o.pg_dsn;
     so.max_queue_bytes = o.db_queue_bytes;
-    s.store = Store::Start(so, &s.metrics);
+    so.spool_id = s.spool ? s.spool->id() : "";
+    so.started = absl::Now();
+    s.store = Store::Start(
+        so, &s.metrics, [&s](uint64_t checkpoint) { s.OnStoreReady(checkpoint); },
+        [&s](uint64_t checkpoint) {
+          if (!s.spool) return;
+          s.spool->Committed(checkpoint);
+          // Deleting segments may have made room: the drain resumes intake if it was paused.
+          if (s.pause_requested.load() && s.spool->bytes() <= s.options.spool_max_bytes / 2) s.ScheduleDrain();
+        });
     s.store->SetOnSpace([&s] { s.ScheduleDrain(); });
   }
 
@@ -312,9 +504,10 @@ void App::Shutdown() {
   Impl& s = *impl_;
   if (s.shut_down) return;
   s.shut_down = true;
+  const absl::Time deadline = absl::Now() + s.options.shutdown_timeout;
   s.log->info("shutting down: stopping intake");
   s.mqtt->Stop();
-  // On the io thread: process what was already taken, then settle every command.
+  // On the io thread: process what was already taken into memory, then settle every command.
   std::promise<void> settled;
   s.Post([&s, &settled] {
     s.stopping = true;
@@ -324,9 +517,15 @@ void App::Shutdown() {
   });
   settled.get_future().wait();
   if (s.store) {
-    s.log->info("flushing {} record(s) to PostgreSQL", s.store->queued_records());
-    s.store->Stop(absl::Seconds(10));
+    // Leave 3 s of the budget for the servers; whatever PostgreSQL has not taken by then is
+    // still in the spool (with one) and is written at the next start.
+    const absl::Duration flush = std::clamp(deadline - absl::Now() - absl::Seconds(3), absl::Seconds(1),
+                                            absl::Seconds(10));
+    s.log->info("flushing {} record(s) to PostgreSQL (for at most {})", s.store->queued_records(),
+                absl::FormatDuration(flush));
+    s.store->Stop(flush);
   }
+  if (s.spool) s.spool->Close();
   s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   std::promise<void> stopped;
   s.Post([&s, &stopped] {

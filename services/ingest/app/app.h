@@ -1,7 +1,13 @@
 // The ingest application: owns and wires the io thread, the core, the MQTT client, the
-// store, the event log and the gRPC and HTTP servers. Members are declared in dependency
-// order, so destruction runs in reverse; Shutdown() stops intake, settles in-flight
-// commands, flushes the writer and stops the servers.
+// spool, the store, the event log and the gRPC and HTTP servers. Members are declared in
+// dependency order, so destruction runs in reverse; Shutdown() stops intake, settles
+// in-flight commands, flushes the writer and stops the servers.
+//
+// The path of a message: the MQTT callback appends it to the spool and queues it in memory
+// (or, past max_pending_messages, leaves it on disk only); the io thread feeds the core from
+// memory, then from disk, in spool order; the core's records carry the spool position they
+// complete, and the store moves the checkpoint in the transaction that commits them. At start
+// the io thread waits for that checkpoint and replays the spool from it.
 #ifndef DEVBRIDGE_SERVICES_INGEST_APP_APP_H_
 #define DEVBRIDGE_SERVICES_INGEST_APP_APP_H_
 
@@ -39,6 +45,12 @@ struct IngestOptions {
   grpcutil::Security security;  // internal_token and grpc_tls_* (CONTRACT §10.2)
   size_t max_pending_messages = 100000;     // taken from MQTT, not yet processed
   size_t db_queue_bytes = size_t{64} << 20;  // records waiting for PostgreSQL
+  // The disk spool (CONTRACT §10.3); "none": off. Needs persistence (pg_dsn not "none").
+  std::string spool_dir = "devbridge-spool";
+  size_t spool_max_bytes = size_t{1024} << 20;
+  absl::Duration spool_sync = absl::Milliseconds(2);  // 0: fsync after every message
+  // Upper bound of Shutdown(): what PostgreSQL has not taken by then stays in the spool.
+  absl::Duration shutdown_timeout = absl::Seconds(15);
 };
 
 class App {

@@ -1,7 +1,11 @@
 #include "services/ingest/store/store.h"
 
+#include <sys/socket.h>
+
+#include <algorithm>
 #include <cstddef>
 #include <map>
+#include <random>
 #include <stdexcept>
 #include <pqxx/pqxx>
 
@@ -41,6 +45,17 @@ std::string DatabaseOf(const std::string& dsn) {
   if (at == std::string::npos) return "";
   const size_t end = dsn.find(' ', at);
   return dsn.substr(at + 7, end == std::string::npos ? std::string::npos : end - at - 7);
+}
+
+// `dsn` with libpq's connect_timeout set, unless it sets one itself: a server that accepts
+// the TCP connection and then says nothing must not hang the writer.
+std::string WithConnectTimeout(const std::string& dsn, absl::Duration timeout) {
+  if (absl::StrContains(dsn, "connect_timeout")) return dsn;
+  const int64_t seconds = std::max<int64_t>(2, absl::ToInt64Seconds(timeout));
+  if (absl::StartsWith(dsn, "postgresql://") || absl::StartsWith(dsn, "postgres://")) {
+    return absl::StrCat(dsn, absl::StrContains(dsn, "?") ? "&" : "?", "connect_timeout=", seconds);
+  }
+  return absl::StrCat(dsn, " connect_timeout=", seconds);
 }
 
 std::unique_ptr<pqxx::connection> Connect(const std::string& dsn) {
@@ -94,14 +109,47 @@ void Migrate(pqxx::connection& conn) {
   tx.exec(absl::StrCat("SELECT pg_advisory_unlock(", kMigrationLock, ")"));
 }
 
+// The spool position `batch` completes (0: none), written in the same transaction as its
+// rows: after a crash, what the spool replays is exactly what PostgreSQL does not have.
+uint64_t CoveredBy(absl::Span<const QueuedRecord> batch) {
+  uint64_t covers = 0;
+  for (const QueuedRecord& q : batch) covers = std::max(covers, q.covers);
+  return covers;
+}
+
+// How the writer tells, after losing the connection during a COMMIT, whether that
+// transaction took effect: with a spool, every transaction also stores its own token in the
+// spool's checkpoint row, which only this writer updates. The batch is in if the row holds
+// the token after a reconnect. (Without a spool there is no row to ask, and such a batch may
+// be written twice.)
+struct WriteContext {
+  const QueuedRecord* batch_begin = nullptr;
+  std::string spool_id;
+  uint64_t next_token = 0;
+  uint64_t pending_token = 0;  // the transaction under way; 0: none
+  size_t pending_end = 0;      // index in the batch just past that transaction's records
+};
+
+void WriteCheckpoint(pqxx::work& tx, WriteContext& ctx, absl::Span<const QueuedRecord> records) {
+  ctx.pending_token = 0;
+  if (ctx.spool_id.empty()) return;
+  ctx.pending_token = ++ctx.next_token;
+  ctx.pending_end = static_cast<size_t>(records.data() + records.size() - ctx.batch_begin);
+  tx.exec0(absl::StrCat("INSERT INTO spool_checkpoints (spool_id, seq, tx, updated_at) VALUES (",
+                        tx.quote(ctx.spool_id), ",", CoveredBy(records), ",", ctx.pending_token,
+                        ", now()) ON CONFLICT (spool_id) DO UPDATE SET"
+                        " seq = GREATEST(spool_checkpoints.seq, EXCLUDED.seq), tx = EXCLUDED.tx, updated_at = now()"));
+}
+
 // Writes one batch in one transaction. Device rows and command rows are coalesced to their
 // latest state first: a command's queued → sent → succeeded in one batch is one upsert.
-void WriteBatch(pqxx::connection& conn, absl::Span<const StoreRecord> batch) {
+void WriteBatch(pqxx::connection& conn, absl::Span<const QueuedRecord> batch, WriteContext& ctx) {
   std::map<std::string, DeviceRecord> devices;
   std::vector<const ReadingRecord*> readings;
   std::vector<CommandRecord> commands;
   absl::flat_hash_map<std::string, size_t> command_index;
-  for (const StoreRecord& record : batch) {
+  for (const QueuedRecord& queued : batch) {
+    const StoreRecord& record = queued.record;
     if (const auto* d = std::get_if<DeviceRecord>(&record)) {
       auto [it, inserted] = devices.try_emplace(d->device_id, *d);
       if (!inserted) {
@@ -185,7 +233,9 @@ void WriteBatch(pqxx::connection& conn, absl::Span<const StoreRecord> batch) {
         " WHERE commands.device_id = EXCLUDED.device_id";
     tx.exec0(sql);
   }
+  WriteCheckpoint(tx, ctx, batch);
   tx.commit();
+  ctx.pending_token = 0;
 }
 
 // True for errors about the data of a statement, which no retry can cure: data exceptions
@@ -198,7 +248,9 @@ bool IsDataError(const pqxx::sql_error& e) {
 }
 
 // What table `rejected` keeps of a record: its kind, device and the bytes it carried.
-void WriteRejected(pqxx::connection& conn, const StoreRecord& record, const std::string& error) {
+void WriteRejected(pqxx::connection& conn, const QueuedRecord& queued, const std::string& error,
+                   WriteContext& ctx) {
+  const StoreRecord& record = queued.record;
   std::string kind, device_id, payload;
   if (const auto* d = std::get_if<DeviceRecord>(&record)) {
     kind = "device";
@@ -221,7 +273,9 @@ void WriteRejected(pqxx::connection& conn, const StoreRecord& record, const std:
   }
   tx.exec0(absl::StrCat("INSERT INTO rejected (at, kind, device_id, payload, error) VALUES (now(), ", tx.quote(kind),
                         ",", tx.quote(device_id), ",", ByteaLiteral(payload), ",", tx.quote(text), ")"));
+  WriteCheckpoint(tx, ctx, absl::MakeConstSpan(&queued, 1));
   tx.commit();
+  ctx.pending_token = 0;
 }
 
 // Writes `records` so that a record PostgreSQL refuses for its data cannot hold up the
@@ -229,11 +283,11 @@ void WriteRejected(pqxx::connection& conn, const StoreRecord& record, const std:
 // that one goes to table `rejected`. Records committed (or rejected) so far are counted in
 // `*done`, always a prefix of `records`, so a caller that retries after a connection error
 // resumes after them and nothing is stored twice. Other errors are thrown.
-void WriteIsolating(pqxx::connection& conn, absl::Span<const StoreRecord> records, size_t* done,
-                    std::vector<std::pair<const StoreRecord*, std::string>>* rejected) {
+void WriteIsolating(pqxx::connection& conn, absl::Span<const QueuedRecord> records, WriteContext& ctx,
+                    size_t* done, std::vector<std::pair<const StoreRecord*, std::string>>* rejected) {
   std::string error;
   try {
-    WriteBatch(conn, records);
+    WriteBatch(conn, records, ctx);
     *done += records.size();
     return;
   } catch (const pqxx::sql_error& e) {
@@ -246,20 +300,20 @@ void WriteIsolating(pqxx::connection& conn, absl::Span<const StoreRecord> record
   }
   if (records.size() == 1) {
     try {
-      WriteRejected(conn, records[0], error);
+      WriteRejected(conn, records[0], error, ctx);
     } catch (const pqxx::sql_error& e) {
       // Not even its error row can be stored: say so in the log (the caller does) rather than
       // retry a record that can never be written.
       if (!IsDataError(e)) throw;
       error = absl::StrCat(error, "; and not kept in table rejected either: ", e.what());
     }
-    rejected->emplace_back(&records[0], error);
+    rejected->emplace_back(&records[0].record, error);
     ++*done;
     return;
   }
   const size_t half = records.size() / 2;
-  WriteIsolating(conn, records.subspan(0, half), done, rejected);
-  WriteIsolating(conn, records.subspan(half), done, rejected);
+  WriteIsolating(conn, records.subspan(0, half), ctx, done, rejected);
+  WriteIsolating(conn, records.subspan(half), ctx, done, rejected);
 }
 
 std::vector<v1::CommandResult> QueryReadings(pqxx::connection& conn, const std::string& device_id,
@@ -318,6 +372,10 @@ const std::vector<std::string>& Migrations() {
       // 2: records PostgreSQL refused for their data (CONTRACT §10.3).
       "CREATE TABLE IF NOT EXISTS rejected ("
       " id bigserial primary key, at timestamptz, kind text, device_id text, payload bytea, error text);",
+      // 3: how far each ingest spool is in PostgreSQL (CONTRACT §10.3), moved in the same
+      // transaction as the rows, so a replay after a crash stores nothing twice.
+      "CREATE TABLE IF NOT EXISTS spool_checkpoints ("
+      " spool_id text primary key, seq bigint not null, tx bigint, updated_at timestamptz);",
   };
   return kMigrations;
 }
@@ -337,14 +395,20 @@ std::string DsnWithDatabase(const std::string& dsn, const std::string& dbname) {
   return absl::StrCat(dsn, " dbname=", dbname);  // the last dbname= wins
 }
 
-std::unique_ptr<Store> Store::Start(StoreOptions options, common::MetricsRegistry* metrics) {
+std::unique_ptr<Store> Store::Start(StoreOptions options, common::MetricsRegistry* metrics,
+                                    std::function<void(uint64_t)> on_ready,
+                                    std::function<void(uint64_t)> on_committed) {
   std::unique_ptr<Store> store(new Store(std::move(options), metrics));
+  store->on_ready_ = std::move(on_ready);
+  store->on_committed_ = std::move(on_committed);
+  store->watchdog_ = std::thread([s = store.get()] { s->WatchdogLoop(); });
   store->writer_ = std::thread([s = store.get()] { s->WriterLoop(); });
   store->reader_ = std::thread([s = store.get()] { s->ReaderLoop(); });
   return store;
 }
 
 Store::Store(StoreOptions options, common::MetricsRegistry* metrics) : options_(std::move(options)) {
+  options_.dsn = WithConnectTimeout(options_.dsn, options_.statement_timeout);
   auto& r = *metrics;
   m_.batch_size = &r.AddHistogram("devbridge_ingest_db_batch_records", "Records per committed batch.",
                                   common::SizeBuckets());
@@ -358,6 +422,8 @@ Store::Store(StoreOptions options, common::MetricsRegistry* metrics) : options_(
   m_.retries = &r.AddCounter("devbridge_ingest_db_retries_total", "Batches written again after an error.");
   m_.rejected = &r.AddCounter("devbridge_ingest_db_rejected_total",
                               "Records PostgreSQL refused for their data, kept in table rejected.");
+  m_.abandoned = &r.AddCounter("devbridge_ingest_db_abandoned_total",
+                               "Statements abandoned after statement_timeout (PostgreSQL unreachable?).");
   last_progress_ms_ = absl::ToUnixMillis(absl::Now());
   r.AddGaugeFn("devbridge_ingest_db_queue_bytes", "Bytes waiting for the writer.", {},
                [this] { return static_cast<double>(queued_bytes_.load()); });
@@ -372,7 +438,8 @@ void Store::Push(StoreRecord record) {
   bool wake = false;
   {
     common::MutexLock lock(&mu_);
-    queue_.push_back(std::move(record));
+    queue_.push_back({std::move(record), pending_cover_});
+    pending_cover_ = 0;
     ++pushed_;
     if (queued_bytes_.fetch_add(bytes) + bytes > options_.max_queue_bytes) was_full_ = true;
     // The writer waits for the first record, or lingers for a quarter batch: wake it only
@@ -380,6 +447,17 @@ void Store::Push(StoreRecord record) {
     wake = queue_.size() == 1 || queue_.size() == options_.max_batch / 4;
   }
   if (wake) cv_.NotifyOne();
+}
+
+void Store::Covered(uint64_t seq) {
+  common::MutexLock lock(&mu_);
+  // The record last pushed is the last of those messages' records. If the writer has taken
+  // it already, the next record carries the mark (its commit comes after that batch's).
+  if (!queue_.empty()) {
+    queue_.back().covers = std::max(queue_.back().covers, seq);
+  } else {
+    pending_cover_ = std::max(pending_cover_, seq);
+  }
 }
 
 size_t Store::queued_records() const {
@@ -409,13 +487,91 @@ void Store::Stop(absl::Duration timeout) {
     stopping_ = true;
   }
   cv_.NotifyAll();
+  Abandon(kWriter, "stopping", /*forever=*/true);  // a statement hanging on the network would hold us up
   writer_.join();
   {
     common::MutexLock lock(&read_mu_);
     read_stopping_ = true;
   }
   read_cv_.NotifyAll();
+  Abandon(kReader, "stopping", /*forever=*/true);
   reader_.join();
+  {
+    common::MutexLock lock(&guard_mu_);
+    guard_stopping_ = true;
+  }
+  guard_cv_.NotifyAll();
+  watchdog_.join();
+}
+
+void Store::Watch(Slot slot, int fd, const char* what) {
+  common::MutexLock lock(&guard_mu_);
+  watched_[slot] = Watched{fd, absl::Now(), what};
+  if (closed_[slot] && fd >= 0) ::shutdown(fd, SHUT_RDWR);  // stopping: no new statement may hang us
+}
+
+void Store::Unwatch(Slot slot) {
+  common::MutexLock lock(&guard_mu_);
+  watched_[slot] = Watched{};
+}
+
+void Store::Abandon(Slot slot, const char* why, bool forever) {
+  common::MutexLock lock(&guard_mu_);
+  if (forever) closed_[slot] = true;
+  Watched& w = watched_[slot];
+  if (w.fd < 0) return;
+  // shutdown(), not close(): the fd stays valid for libpq, whose next read or write fails.
+  ::shutdown(w.fd, SHUT_RDWR);
+  m_.abandoned->Inc();
+  common::Logger("ingest.store")->warn("abandoned {} after {} ({}): connection to PostgreSQL shut down", w.what,
+                                       absl::FormatDuration(absl::Trunc(absl::Now() - w.since, absl::Milliseconds(1))),
+                                       why);
+  w = Watched{};
+}
+
+void Store::WatchdogLoop() {
+  common::MutexLock lock(&guard_mu_);
+  while (!guard_stopping_) {
+    guard_cv_.WaitFor(&guard_mu_, absl::Milliseconds(250), [this] {
+      guard_mu_.AssertHeld();
+      return guard_stopping_;
+    });
+    const absl::Time now = absl::Now();
+    for (Slot slot : {kWriter, kReader}) {
+      const Watched& w = watched_[slot];
+      if (w.fd >= 0 && now - w.since > options_.statement_timeout) {
+        guard_mu_.Unlock();
+        Abandon(slot, absl::StrCat("no answer within statement_timeout ",
+                                   absl::FormatDuration(options_.statement_timeout))
+                          .c_str());
+        guard_mu_.Lock();
+      }
+    }
+  }
+}
+
+uint64_t Store::StartUp(void* c) {
+  auto& conn = *static_cast<pqxx::connection*>(c);
+  auto log = common::Logger("ingest.store");
+  pqxx::work tx(conn);
+  if (options_.started != absl::InfinitePast()) {
+    pqxx::result failed = tx.exec(absl::StrCat(
+        "UPDATE commands SET status = 'failed', code = 503, completed_at = now(),"
+        " error = 'ingest stopped before the command completed' WHERE status IN ('queued', 'sent')"
+        " AND requested_at < ",
+        TimeLiteral(options_.started)));
+    if (failed.affected_rows() > 0) {
+      log->warn("{} command(s) left queued or sent by an earlier run marked failed (503)", failed.affected_rows());
+    }
+  }
+  uint64_t checkpoint = 0;
+  if (!options_.spool_id.empty()) {
+    pqxx::result row =
+        tx.exec(absl::StrCat("SELECT seq FROM spool_checkpoints WHERE spool_id = ", tx.quote(options_.spool_id)));
+    if (!row.empty()) checkpoint = row[0][0].as<uint64_t>();
+  }
+  tx.commit();
+  return checkpoint;
 }
 
 void Store::WriterLoop() {
@@ -423,16 +579,35 @@ void Store::WriterLoop() {
   std::unique_ptr<pqxx::connection> conn;
   absl::Duration backoff = options_.min_backoff;
   int failures = 0;
-  std::vector<StoreRecord> batch;
+  std::vector<QueuedRecord> batch;
+  bool started_up = false;
+  WriteContext ctx;
+  ctx.spool_id = options_.spool_id;
+  ctx.next_token = (uint64_t{std::random_device{}()} << 20) ^ static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
+  // A transaction whose COMMIT lost its answer: its token, and how many records of the batch
+  // it held. Resolved after the next connect by asking the checkpoint row.
+  uint64_t uncertain_token = 0;
+  size_t uncertain_records = 0;
 
-  // Connects and migrates if needed; false (after logging) if the database is away.
+  // Connects, migrates and (once) does the start-up work if needed; false (after logging) if
+  // the database is away.
   auto ensure = [&]() -> bool {
-    if (conn && conn->is_open()) return true;
+    if (conn && conn->is_open() && started_up) return true;
     try {
-      conn = Connect(options_.dsn);
+      if (!conn || !conn->is_open()) conn = Connect(options_.dsn);
+      Watch(kWriter, conn->sock(), "migrations and start-up");
       Migrate(*conn);
+      if (!started_up) {
+        const uint64_t checkpoint = StartUp(conn.get());
+        started_up = true;
+        Unwatch(kWriter);
+        if (on_ready_) on_ready_(checkpoint);
+      } else {
+        Unwatch(kWriter);
+      }
       return true;
     } catch (const std::exception& e) {
+      Unwatch(kWriter);
       conn.reset();
       healthy_ = false;
       m_.errors->Inc();
@@ -456,10 +631,13 @@ void Store::WriterLoop() {
         mu_.Unlock();
         if (ensure()) {
           try {
+            Watch(kWriter, conn->sock(), "a health check");
             pqxx::nontransaction tx(*conn);
             tx.exec("SELECT 1");
+            Unwatch(kWriter);
             healthy_ = true;
           } catch (const std::exception&) {
+            Unwatch(kWriter);  // before the socket is closed: the watchdog must not touch a reused fd
             conn.reset();
             healthy_ = false;
           }
@@ -482,10 +660,11 @@ void Store::WriterLoop() {
         queue_.pop_front();
       }
     }
-    if (stopping_ && failures > 0) {
-      // Stop() already waited its flush timeout: give up rather than retry forever.
-      log->error("stopping with {} record(s) not written: the database did not take them in time",
-                 batch.size() + queue_.size());
+    if (stopping_) {
+      // Stop() already waited its flush timeout: give up rather than try again.
+      log->error("stopping with {} record(s) not written: the database did not take them in time{}",
+                 batch.size() + queue_.size(),
+                 options_.spool_id.empty() ? "" : "; the spool keeps their messages for the next start");
       break;
     }
     mu_.Unlock();
@@ -493,16 +672,43 @@ void Store::WriterLoop() {
     bool ok = false;
     size_t done = 0;  // records of `batch` committed or rejected, a prefix
     std::vector<std::pair<const StoreRecord*, std::string>> rejected;
-    if (ensure()) {
+    if (uncertain_token != 0 && ensure()) {
       try {
-        WriteIsolating(*conn, batch, &done, &rejected);
+        Watch(kWriter, conn->sock(), "a check of the last commit");
+        pqxx::read_transaction tx(*conn);
+        pqxx::result row = tx.exec("SELECT tx FROM spool_checkpoints WHERE spool_id = " + tx.quote(ctx.spool_id));
+        Unwatch(kWriter);
+        if (!row.empty() && !row[0][0].is_null() && row[0][0].as<uint64_t>() == uncertain_token) {
+          log->info("the transaction whose COMMIT lost its answer did commit: its {} record(s) are not written again",
+                    uncertain_records);
+          Committed(batch, uncertain_records, absl::Now());
+        }
+        uncertain_token = 0;
+      } catch (const std::exception& e) {
+        Unwatch(kWriter);
+        conn.reset();
+      }
+    }
+    if (batch.empty()) {
+      mu_.Lock();
+      continue;
+    }
+    if (uncertain_token == 0 && ensure()) {
+      ctx.batch_begin = batch.data();
+      ctx.pending_token = 0;
+      try {
+        Watch(kWriter, conn->sock(), "a batch");
+        WriteIsolating(*conn, batch, ctx, &done, &rejected);
+        Unwatch(kWriter);
         ok = true;
       } catch (const pqxx::broken_connection& e) {
+        Unwatch(kWriter);  // before the socket is closed: the watchdog must not touch a reused fd
         conn.reset();
         m_.errors->Inc();
         if (failures++ % 20 == 0) log->warn("database connection lost: {}; retrying", e.what());
       } catch (const std::exception& e) {
         // Not a connection problem: the connection may be fine, the statement is not.
+        Unwatch(kWriter);
         conn.reset();
         m_.errors->Inc();
         if (failures++ % 20 == 0) log->error("batch of {} records failed: {}; retrying", batch.size(), e.what());
@@ -514,6 +720,12 @@ void Store::WriterLoop() {
         log->error("record of device {} refused by PostgreSQL, kept in table rejected ({} so far): {}",
                    std::visit([](const auto& r) { return r.device_id; }, *record), m_.rejected->Value(), error);
       }
+    }
+    if (!ok && ctx.pending_token != 0) {
+      // Lost during a transaction that had sent its last statement: it may have committed.
+      uncertain_token = ctx.pending_token;
+      uncertain_records = ctx.pending_end - done;
+      ctx.pending_token = 0;
     }
     if (!ok && done > 0) {
       // Part of the batch is in: account for it now, and retry only the rest.
@@ -542,17 +754,19 @@ void Store::WriterLoop() {
   mu_.Unlock();
 }
 
-void Store::Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now) {
+void Store::Committed(std::vector<QueuedRecord>& batch, size_t n, absl::Time now) {
   m_.rows->Inc(n);
   size_t bytes = 0;
+  const uint64_t covers = CoveredBy(absl::MakeConstSpan(batch).subspan(0, n));
   for (size_t i = 0; i < n; ++i) {
-    bytes += RecordBytes(batch[i]);
-    if (const auto* reading = std::get_if<ReadingRecord>(&batch[i])) {
+    bytes += RecordBytes(batch[i].record);
+    if (const auto* reading = std::get_if<ReadingRecord>(&batch[i].record)) {
       m_.commit_latency_ms->Observe(absl::ToDoubleMilliseconds(now - reading->published_at));
     }
   }
   batch.erase(batch.begin(), batch.begin() + static_cast<std::ptrdiff_t>(n));
   last_progress_ms_ = absl::ToUnixMillis(now);
+  if (covers > 0 && on_committed_) on_committed_(covers);
   const size_t left = queued_bytes_.fetch_sub(bytes) - bytes;
   bool call_on_space = false;
   {
@@ -588,7 +802,9 @@ void Store::ReaderLoop() {
         conn.reset();
       }
     }
+    if (conn) Watch(kReader, conn->sock(), "a readings query");
     job(conn.get());
+    Unwatch(kReader);
     read_mu_.Lock();
   }
   // Jobs left at shutdown still get an answer, outside the lock (a callback may call back in).

@@ -6,6 +6,12 @@
 // the database is away the writer keeps its batch, retries with backoff and loses nothing.
 // A record the database refuses for its data (CONTRACT §10.3) is isolated by halving the
 // batch, kept in table `rejected` with the error, and never holds up the others.
+//
+// With a spool (StoreOptions::spool_id), each transaction also records in table
+// spool_checkpoints how far the spool is covered: Covered(seq) marks that every message up
+// to seq has pushed its records, and the transaction that commits the last of them moves the
+// checkpoint. A statement that hangs (PostgreSQL unreachable behind a silent network) is
+// abandoned after statement_timeout by shutting its socket down.
 #ifndef DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
 #define DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
 
@@ -34,19 +40,39 @@ struct StoreOptions {
   absl::Duration linger = absl::Milliseconds(2);  // wait this long for a fuller batch
   absl::Duration min_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(5);
+  // The spool whose checkpoint the writer keeps (Spool::id()); empty: no spool.
+  std::string spool_id;
+  // At the first connection, commands requested before this time and left `queued` or `sent`
+  // (a crash) are marked failed with 503 (CONTRACT §10.3). InfinitePast(): skip.
+  absl::Time started = absl::InfinitePast();
+  // A statement or a connection attempt running longer than this is abandoned.
+  absl::Duration statement_timeout = absl::Seconds(10);
+};
+
+// A record waiting for the writer, and the spool position its commit completes (0: none).
+struct QueuedRecord {
+  StoreRecord record;
+  uint64_t covers = 0;
 };
 
 class Store {
  public:
   // Starts the writer and reader threads; they connect, create the database if it is
   // missing, and migrate, retrying until the database answers. Never blocks on the network.
-  static std::unique_ptr<Store> Start(StoreOptions options, common::MetricsRegistry* metrics);
+  // `on_ready` and `on_committed` (may be null) are set before the threads start.
+  static std::unique_ptr<Store> Start(StoreOptions options, common::MetricsRegistry* metrics,
+                                      std::function<void(uint64_t)> on_ready = nullptr,
+                                      std::function<void(uint64_t)> on_committed = nullptr);
   ~Store();
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
   // Queues a record for the writer. Thread-safe, never blocks.
-  void Push(StoreRecord record);
+  void Push(StoreRecord record) ABSL_LOCKS_EXCLUDED(mu_);
+  // Every message up to spool position `seq` has pushed its records: the commit of the last
+  // record pushed so far (or of the next one, if none waits) moves the checkpoint to `seq`.
+  void Covered(uint64_t seq) ABSL_LOCKS_EXCLUDED(mu_);
+
   // True while the queue holds more than max_queue_bytes: stop taking new messages.
   bool Full() const { return queued_bytes_.load() > options_.max_queue_bytes; }
   // Called on the writer thread when the queue falls back under half its bound after having
@@ -64,8 +90,9 @@ class Store {
   // Waits until every record pushed so far is committed, or `timeout` passes. Returns
   // whether everything was written.
   bool Flush(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
-  // Flushes for at most `timeout`, then stops the threads; what could not be written by then
-  // is logged with its count and dropped.
+  // Flushes for at most `timeout`, then stops the threads (abandoning a statement in
+  // progress); what could not be written by then is logged with its count and dropped (with
+  // a spool, it is written at the next start).
   void Stop(absl::Duration timeout);
 
   // Readings of `device_id` received at or after `since`, the `limit` most recent, oldest
@@ -76,18 +103,32 @@ class Store {
  private:
   explicit Store(StoreOptions options, common::MetricsRegistry* metrics);
   void WriterLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  // Once per process, at the first connection: fails commands a crash left open and reads
+  // the spool checkpoint. Throws on a database error.
+  uint64_t StartUp(void* conn);
+  // The watchdog: a statement on slot kWriter or kReader running past statement_timeout has
+  // its socket shut down, which makes libpq fail it at once.
+  enum Slot { kWriter = 0, kReader = 1 };
+  void Watch(Slot slot, int fd, const char* what) ABSL_LOCKS_EXCLUDED(guard_mu_);
+  void Unwatch(Slot slot) ABSL_LOCKS_EXCLUDED(guard_mu_);
+  // `forever`: every later statement on the slot is abandoned as soon as it starts (stopping).
+  void Abandon(Slot slot, const char* why, bool forever = false) ABSL_LOCKS_EXCLUDED(guard_mu_);
+  void WatchdogLoop() ABSL_LOCKS_EXCLUDED(guard_mu_);
   // Accounts for the first `n` records of `batch` as committed and removes them. Called on
   // the writer thread.
-  void Committed(std::vector<StoreRecord>& batch, size_t n, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  void Committed(std::vector<QueuedRecord>& batch, size_t n, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
   void ReaderLoop() ABSL_LOCKS_EXCLUDED(read_mu_);
 
   StoreOptions options_;
   std::function<void()> on_space_;
+  std::function<void(uint64_t)> on_ready_;
+  std::function<void(uint64_t)> on_committed_;
 
   mutable common::Mutex mu_;
   common::CondVar cv_;          // records arrived or stopping
   common::CondVar flushed_cv_;  // a batch committed
-  std::deque<StoreRecord> queue_ ABSL_GUARDED_BY(mu_);
+  std::deque<QueuedRecord> queue_ ABSL_GUARDED_BY(mu_);
+  uint64_t pending_cover_ ABSL_GUARDED_BY(mu_) = 0;  // Covered() with nothing queued: for the next record
   uint64_t pushed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
@@ -110,10 +151,23 @@ class Store {
     common::Counter* errors;
     common::Counter* retries;
     common::Counter* rejected;
+    common::Counter* abandoned;
   } m_;
+
+  struct Watched {
+    int fd = -1;
+    absl::Time since;
+    const char* what = "";
+  };
+  common::Mutex guard_mu_;
+  common::CondVar guard_cv_;
+  Watched watched_[2] ABSL_GUARDED_BY(guard_mu_);
+  bool closed_[2] ABSL_GUARDED_BY(guard_mu_) = {false, false};
+  bool guard_stopping_ ABSL_GUARDED_BY(guard_mu_) = false;
 
   std::thread writer_;
   std::thread reader_;
+  std::thread watchdog_;
 };
 
 // The schema migrations, in order; each runs once per database (see docs/design.md).

@@ -2,8 +2,17 @@
 // in the middle of writing, and queries.
 #include "services/ingest/store/store.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <future>
+#include <mutex>
 #include <pqxx/pqxx>
+#include <thread>
 
 #include "gtest/gtest.h"
 #include "tests/component/test_env.h"
@@ -28,6 +37,109 @@ ReadingRecord Reading(const std::string& device, int i) {
   return r;
 }
 
+StoreOptions Options(const std::string& dsn) {
+  StoreOptions o;
+  o.dsn = dsn;
+  return o;
+}
+
+void Exec(const std::string& dsn, const std::string& sql) {
+  pqxx::connection conn(dsn);
+  pqxx::work tx(conn);
+  tx.exec0(sql);
+  tx.commit();
+}
+
+// A TCP proxy to PostgreSQL that can stop forwarding while keeping every connection open:
+// PostgreSQL unreachable behind a silent network, not down.
+class FreezableProxy {
+ public:
+  explicit FreezableProxy(int target_port) : target_port_(target_port) {
+    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    listen(listen_fd_, 16);
+    socklen_t len = sizeof a;
+    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    acceptor_ = std::thread([this] { Accept(); });
+  }
+  ~FreezableProxy() {
+    stop_ = true;
+    shutdown(listen_fd_, SHUT_RDWR);
+    acceptor_.join();
+    for (auto& t : pumps_) t.join();
+    close(listen_fd_);
+  }
+  int port() const { return port_; }
+  void Freeze(bool frozen) { frozen_ = frozen; }
+  // From the next request containing `marker` on, forwards requests but holds back every
+  // answer: with "COMMIT", a transaction commits and its answer never comes back.
+  void FreezeAnswersAfter(const std::string& marker) {
+    std::lock_guard<std::mutex> lock(marker_mu_);
+    marker_ = marker;
+  }
+  void ThawAnswers() {
+    FreezeAnswersAfter("");
+    answers_frozen_ = false;
+  }
+
+ private:
+  void Accept() {
+    while (!stop_) {
+      const int client = accept(listen_fd_, nullptr, nullptr);
+      if (client < 0) return;
+      const int server = socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<uint16_t>(target_port_));
+      if (connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+        close(client);
+        close(server);
+        continue;
+      }
+      pumps_.emplace_back([this, client, server] { Pump(client, server); });
+    }
+  }
+  void Pump(int a, int b) {
+    char buf[16384];
+    while (!stop_) {
+      pollfd fds[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
+      if (poll(fds, 2, 50) <= 0 || frozen_) continue;
+      bool closed = false;
+      for (int i = 0; i < 2; ++i) {
+        if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        if (i == 1 && answers_frozen_) continue;
+        const ssize_t n = read(fds[i].fd, buf, sizeof buf);
+        if (n <= 0 || write(fds[1 - i].fd, buf, static_cast<size_t>(n)) != n) closed = true;
+        if (i == 0 && n > 0) {
+          std::lock_guard<std::mutex> lock(marker_mu_);
+          if (!marker_.empty() && std::string(buf, static_cast<size_t>(n)).find(marker_) != std::string::npos) {
+            answers_frozen_ = true;
+          }
+        }
+      }
+      if (closed) break;
+    }
+    close(a);
+    close(b);
+  }
+
+  int target_port_;
+  int listen_fd_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> frozen_{false};
+  std::atomic<bool> answers_frozen_{false};
+  std::mutex marker_mu_;
+  std::string marker_;
+  std::thread acceptor_;
+  std::vector<std::thread> pumps_;  // touched by the acceptor only, joined after it
+};
+
 int64_t Count(const std::string& dsn, const std::string& sql) {
   pqxx::connection conn(dsn);
   pqxx::read_transaction tx(conn);
@@ -45,8 +157,8 @@ TEST(DsnWithDatabase, RewritesUriAndKeywordForms) {
 TEST(Store, TwoStoresMigrateTheSameDatabaseTogether) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry m1, m2;
-  auto a = Store::Start({dsn}, &m1);
-  auto b = Store::Start({dsn}, &m2);
+  auto a = Store::Start(Options(dsn), &m1);
+  auto b = Store::Start(Options(dsn), &m2);
   a->Push(Reading("d", 1));
   b->Push(Reading("d", 2));
   ASSERT_TRUE(a->Flush(absl::Seconds(20)));
@@ -60,7 +172,7 @@ TEST(Store, CreatesAMissingDatabase) {
   const std::string dsn = CreateTestDatabase();
   const std::string fresh = DsnWithDatabase(dsn, dsn.substr(dsn.rfind('/') + 1) + "_new");
   common::MetricsRegistry metrics;
-  auto store = Store::Start({fresh}, &metrics);
+  auto store = Store::Start(Options(fresh), &metrics);
   store->Push(Reading("d", 1));
   ASSERT_TRUE(store->Flush(absl::Seconds(20)));
   EXPECT_EQ(Count(fresh, "SELECT count(*) FROM readings"), 1);
@@ -69,7 +181,7 @@ TEST(Store, CreatesAMissingDatabase) {
 TEST(Store, WritesEveryTableAsTheContractSays) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry metrics;
-  auto store = Store::Start({dsn}, &metrics);
+  auto store = Store::Start(Options(dsn), &metrics);
   const absl::Time t = absl::FromUnixSeconds(1700000000);
   DeviceRecord online{"d1", true, t, t, std::string(R"({"fw":"1.0"})")};
   DeviceRecord later{"d1", true, t, t + absl::Seconds(30), std::nullopt};
@@ -116,7 +228,7 @@ TEST(Store, WritesEveryTableAsTheContractSays) {
 TEST(Store, DatabaseOutageLosesNothingAndPushesBack) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry metrics;
-  StoreOptions options{dsn};
+  StoreOptions options = Options(dsn);
   options.max_queue_bytes = size_t{64} * 1024;
   options.max_backoff = absl::Milliseconds(200);
   auto store = Store::Start(options, &metrics);
@@ -146,7 +258,7 @@ TEST(Store, DatabaseOutageLosesNothingAndPushesBack) {
 TEST(Store, ARecordThePostgresRefusesGoesToRejectedAndTheRestIsWritten) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry metrics;
-  auto store = Store::Start({dsn}, &metrics);
+  auto store = Store::Start(Options(dsn), &metrics);
   const absl::Time t = absl::FromUnixSeconds(1700000000);
   // jsonb cannot hold a NUL: both of these are refused by PostgreSQL itself (SQLSTATE 22P05).
   ReadingRecord poison = Reading("bad", 500);
@@ -176,7 +288,7 @@ TEST(Store, ARecordThePostgresRefusesGoesToRejectedAndTheRestIsWritten) {
 TEST(Store, StopIsBoundedWhileTheDatabaseIsAway) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry metrics;
-  StoreOptions options{dsn};
+  StoreOptions options = Options(dsn);
   options.max_backoff = absl::Milliseconds(200);
   auto store = Store::Start(options, &metrics);
   store->Push(Reading("d", 0));
@@ -193,7 +305,7 @@ TEST(Store, StopIsBoundedWhileTheDatabaseIsAway) {
 TEST(Store, GetReadingsReturnsTheLatestOldestFirst) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry metrics;
-  auto store = Store::Start({dsn}, &metrics);
+  auto store = Store::Start(Options(dsn), &metrics);
   for (int i = 0; i < 10; ++i) store->Push(Reading("d", i));
   store->Push(Reading("other", 99));
   ASSERT_TRUE(store->Flush(absl::Seconds(20)));
@@ -210,6 +322,155 @@ TEST(Store, GetReadingsReturnsTheLatestOldestFirst) {
   EXPECT_EQ((*readings)[2].values(0).json_value(), "9");
   EXPECT_EQ((*readings)[2].values(0).unit(), "°C");
   EXPECT_EQ((*readings)[2].response(), std::string("\x01\x03\x02\x00\x09", 5));
+}
+
+TEST(Store, TheCheckpointMovesInTheTransactionThatCompletesItsMessages) {
+  const std::string dsn = CreateTestDatabase();
+  common::MetricsRegistry metrics;
+  StoreOptions options = Options(dsn);
+  options.spool_id = "spool-a";
+  std::promise<uint64_t> ready;
+  std::atomic<uint64_t> committed{0};
+  auto store = Store::Start(
+      options, &metrics, [&](uint64_t c) { ready.set_value(c); }, [&](uint64_t c) { committed = c; });
+  EXPECT_EQ(ready.get_future().get(), 0u) << "a new spool has no checkpoint";
+  store->Push(Reading("d", 1));
+  store->Push(Reading("d", 2));
+  store->Covered(10);  // messages up to 10 pushed their records
+  store->Push(Reading("d", 3));
+  store->Covered(12);
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-a'"), 12);
+  EXPECT_EQ(committed.load(), 12u);
+  // Messages that produced no record: the next record committed carries their mark.
+  store->Covered(15);
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-a'"), 12);
+  store->Push(Reading("d", 4));
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-a'"), 15);
+  store->Stop(absl::Seconds(5));
+
+  // The next start reads it back.
+  common::MetricsRegistry again;
+  std::promise<uint64_t> ready2;
+  auto second = Store::Start(options, &again, [&](uint64_t c) { ready2.set_value(c); });
+  EXPECT_EQ(ready2.get_future().get(), 15u);
+}
+
+TEST(Store, ARefusedRecordStillMovesTheCheckpoint) {
+  const std::string dsn = CreateTestDatabase();
+  common::MetricsRegistry metrics;
+  StoreOptions options = Options(dsn);
+  options.spool_id = "spool-r";
+  auto store = Store::Start(options, &metrics);
+  ReadingRecord poison = Reading("bad", 1);
+  poison.values_json = R"({"fw":{"value":"\u0000","unit":"","raw":[]}})";
+  store->Push(Reading("d", 1));
+  store->Push(poison);
+  store->Covered(7);  // the refused record is the last of message 7
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM rejected"), 1);
+  EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-r'"), 7);
+}
+
+TEST(Store, CommandsACrashLeftOpenAreFailedAtTheNextStart) {
+  const std::string dsn = CreateTestDatabase();
+  {
+    common::MetricsRegistry metrics;
+    std::promise<uint64_t> ready;
+    auto store = Store::Start(Options(dsn), &metrics, [&](uint64_t c) { ready.set_value(c); });
+    ready.get_future().get();  // migrated
+  }
+  Exec(dsn,
+       "INSERT INTO commands (command_id, device_id, requested_at, status, code, request) VALUES"
+       " ('00000000-0000-0000-0000-000000000001', 'd', now() - interval '1 minute', 'queued', 0, '\\x01'),"
+       " ('00000000-0000-0000-0000-000000000002', 'd', now() - interval '1 minute', 'sent', 0, '\\x01'),"
+       " ('00000000-0000-0000-0000-000000000003', 'd', now() - interval '1 minute', 'succeeded', 200, '\\x01'),"
+       " ('00000000-0000-0000-0000-000000000004', 'd', now() + interval '1 hour', 'queued', 0, '\\x01')");
+  common::MetricsRegistry metrics;
+  StoreOptions options = Options(dsn);
+  options.started = absl::Now();
+  std::promise<uint64_t> ready;
+  auto store = Store::Start(options, &metrics, [&](uint64_t c) { ready.set_value(c); });
+  ready.get_future().get();
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM commands WHERE status = 'failed' AND code = 503"
+                       " AND completed_at IS NOT NULL AND error <> ''"),
+            2);
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM commands WHERE status = 'succeeded'"), 1);
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM commands WHERE status = 'queued'"), 1)
+      << "a command of this run (requested after it started) is left alone";
+}
+
+TEST(Store, AStatementHangingOnASilentNetworkIsAbandonedAndRetried) {
+  const std::string dsn = CreateTestDatabase();
+  FreezableProxy proxy(std::stoi(std::getenv("DEVBRIDGE_TEST_PG_PORT")));
+  const std::string via = absl::StrCat("postgresql://postgres@127.0.0.1:", proxy.port(), "/",
+                                       dsn.substr(dsn.rfind('/') + 1));
+  common::MetricsRegistry metrics;
+  StoreOptions options = Options(via);
+  options.statement_timeout = absl::Seconds(1);
+  options.max_backoff = absl::Milliseconds(200);
+  auto store = Store::Start(options, &metrics);
+  store->Push(Reading("d", 0));
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  proxy.Freeze(true);
+  for (int i = 1; i <= 50; ++i) store->Push(Reading("d", i));
+  EXPECT_TRUE(WaitFor([&] { return metrics.Render().find("devbridge_ingest_db_abandoned_total 0") == std::string::npos; },
+                      absl::Seconds(10)))
+      << "the writer must give up on the hanging statement";
+  EXPECT_FALSE(store->Flush(absl::Milliseconds(500)));
+  proxy.Freeze(false);
+  ASSERT_TRUE(store->Flush(absl::Seconds(30)));
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings"), 51);
+  EXPECT_EQ(Count(dsn, "SELECT count(DISTINCT raw) FROM readings"), 51) << "nothing twice";
+}
+
+TEST(Store, ACommitWhoseAnswerIsLostIsNotWrittenTwice) {
+  const std::string dsn = CreateTestDatabase();
+  FreezableProxy proxy(std::stoi(std::getenv("DEVBRIDGE_TEST_PG_PORT")));
+  const std::string via = absl::StrCat("postgresql://postgres@127.0.0.1:", proxy.port(), "/",
+                                       dsn.substr(dsn.rfind('/') + 1));
+  common::MetricsRegistry metrics;
+  StoreOptions options = Options(via);
+  options.spool_id = "spool-u";
+  options.statement_timeout = absl::Seconds(1);
+  options.max_backoff = absl::Milliseconds(200);
+  auto store = Store::Start(options, &metrics);
+  store->Push(Reading("d", 0));
+  store->Covered(1);
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  proxy.FreezeAnswersAfter("COMMIT");
+  for (int i = 1; i <= 20; ++i) store->Push(Reading("d", i));
+  store->Covered(21);
+  // The whole batch and its COMMIT reach PostgreSQL; the answer does not come back.
+  ASSERT_TRUE(WaitFor([&] { return Count(dsn, "SELECT count(*) FROM readings") == 21; }, absl::Seconds(10)));
+  EXPECT_TRUE(WaitFor([&] { return metrics.Render().find("devbridge_ingest_db_abandoned_total 0") == std::string::npos; },
+                      absl::Seconds(10)));
+  proxy.ThawAnswers();
+  ASSERT_TRUE(store->Flush(absl::Seconds(30)));
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings"), 21) << "the committed batch must not be written again";
+  EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-u'"), 21);
+}
+
+TEST(Store, StopReturnsWhileAStatementHangs) {
+  const std::string dsn = CreateTestDatabase();
+  FreezableProxy proxy(std::stoi(std::getenv("DEVBRIDGE_TEST_PG_PORT")));
+  const std::string via = absl::StrCat("postgresql://postgres@127.0.0.1:", proxy.port(), "/",
+                                       dsn.substr(dsn.rfind('/') + 1));
+  common::MetricsRegistry metrics;
+  StoreOptions options = Options(via);
+  options.statement_timeout = absl::Hours(1);  // the watchdog's own timeout never fires here
+  auto store = Store::Start(options, &metrics);
+  store->Push(Reading("d", 0));
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  proxy.Freeze(true);
+  store->Push(Reading("d", 1));
+  // Whether the writer is inside the statement or about to start it, Stop() abandons it
+  // (a hang fails the test by ctest's timeout).
+  store->Stop(absl::Milliseconds(500));
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings"), 1);
+  proxy.Freeze(false);
 }
 
 }  // namespace
