@@ -101,6 +101,17 @@ struct PahoCallbacks {
     static_cast<Client*>(context)->OnConnectFailure(response != nullptr ? response->message : nullptr,
                                                      response != nullptr ? response->code : -1);
   }
+  // Context: a heap DeliveryHandler, deleted by whichever of the two runs.
+  static void PublishSuccess(void* context, MQTTAsync_successData* /*response*/) { Deliver(context, true); }
+  static void PublishFailure(void* context, MQTTAsync_failureData* /*response*/) { Deliver(context, false); }
+  static void Deliver(void* context, bool delivered) {
+    std::unique_ptr<DeliveryHandler> on_done(static_cast<DeliveryHandler*>(context));
+    try {
+      (*on_done)(delivered);
+    } catch (const std::exception&) {
+      // Nothing may unwind through Paho.
+    }
+  }
   static void SubscribeFailure(void* context, MQTTAsync_failureData* response) {
     static_cast<Client*>(context)->OnSubscribeFailure(response != nullptr ? response->code : -1);
   }
@@ -254,14 +265,28 @@ void Client::SetConnected(bool connected) {
 
 absl::Status Client::Publish(absl::string_view topic, absl::string_view payload, int qos,
                              bool retained) {
+  return Publish(topic, payload, qos, retained, nullptr);
+}
+
+absl::Status Client::Publish(absl::string_view topic, absl::string_view payload, int qos, bool retained,
+                             DeliveryHandler on_done) {
   MQTTAsync_message msg = MQTTAsync_message_initializer;
   msg.payload = const_cast<char*>(payload.data());
   msg.payloadlen = static_cast<int>(payload.size());
   msg.qos = qos;
   msg.retained = retained ? 1 : 0;
   const std::string topic_z(topic);
-  const int rc = MQTTAsync_sendMessage(client_, topic_z.c_str(), &msg, nullptr);
+  MQTTAsync_responseOptions response = MQTTAsync_responseOptions_initializer;
+  DeliveryHandler* context = nullptr;
+  if (on_done) {
+    context = new DeliveryHandler(std::move(on_done));
+    response.onSuccess = &PahoCallbacks::PublishSuccess;
+    response.onFailure = &PahoCallbacks::PublishFailure;
+    response.context = context;
+  }
+  const int rc = MQTTAsync_sendMessage(client_, topic_z.c_str(), &msg, context != nullptr ? &response : nullptr);
   if (rc != MQTTASYNC_SUCCESS) {
+    delete context;  // Paho took no callback
     return absl::UnavailableError(absl::StrCat("MQTT publish to ", topic, ": ", PahoError(rc)));
   }
   return absl::OkStatus();

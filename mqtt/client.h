@@ -48,6 +48,9 @@ struct Options {
 
 // Runs on a Paho thread; must take the message (copy what it needs) and return at once.
 using MessageHandler = std::function<void(absl::string_view topic, absl::string_view payload)>;
+// Runs on a Paho thread when the broker acknowledged a publish (true) or Paho gave up on it
+// (false). For QoS 0, true once it was written to the socket.
+using DeliveryHandler = std::function<void(bool delivered)>;
 // Runs on a Paho thread (or the client's supervisor thread) on every connect and disconnect.
 using StateHandler = std::function<void(bool connected)>;
 
@@ -68,6 +71,9 @@ class Client {
   // messages wait for the next connect. Errors: the buffer is full, or the client stopped.
   absl::Status Publish(absl::string_view topic, absl::string_view payload, int qos,
                        bool retained = false);
+  // The same, and tells `on_done` what became of it (not called when this returns an error).
+  absl::Status Publish(absl::string_view topic, absl::string_view payload, int qos, bool retained,
+                       DeliveryHandler on_done);
 
   // Stops taking messages by disconnecting; Resume() connects again. Idempotent.
   void Pause();

@@ -22,6 +22,10 @@ ABSL_FLAG(double, crc_error_rate, 0, "fraction of replies sent with a broken CRC
 ABSL_FLAG(double, drop_rate, 0, "fraction of commands left unanswered (0..1)");
 ABSL_FLAG(int, devices_per_connection, 250, "devices sharing one MQTT connection");
 ABSL_FLAG(int, qos, 1, "QoS of published messages");
+ABSL_FLAG(bool, sequence, false,
+          "number each device's unsolicited reads 1, 2, ... in their first two registers (fault tests)");
+ABSL_FLAG(std::string, ack_log, "",
+          "at exit, write per device the frame numbers the broker acknowledged (with --sequence)");
 ABSL_FLAG(absl::Duration, stats_interval, absl::Seconds(30), "how often to log counters; 0: never");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
 
@@ -51,6 +55,9 @@ int main(int argc, char** argv) {
   o.devices_per_connection = absl::GetFlag(FLAGS_devices_per_connection);
   devbridge::common::RequireInRange("devices_per_connection", o.devices_per_connection, 1, 100000);
   o.qos = absl::GetFlag(FLAGS_qos);
+  o.sequence = absl::GetFlag(FLAGS_sequence);
+  o.ack_log = absl::GetFlag(FLAGS_ack_log);
+  if (!o.ack_log.empty() && !o.sequence) devbridge::common::FlagError("ack_log", "needs --sequence");
   devbridge::common::RequireInRange("qos", o.qos, 0, 2);
   auto map = devbridge::regmap::RegisterMap::LoadFile(absl::GetFlag(FLAGS_register_map));
   if (!map.ok()) FlagError("register_map", map.status().message());
@@ -76,5 +83,10 @@ int main(int argc, char** argv) {
   }
   log->info("signal {}: stopping", sig);
   (*sim)->Stop();
+  if (absl::GetFlag(FLAGS_sequence)) {
+    const auto& st = (*sim)->stats();
+    log->info("data frames sent {}, acknowledged by the broker {}, given up {}", st.data_frames.load(),
+              st.data_acked.load(), st.data_unacked.load());
+  }
   return 0;
 }

@@ -1,6 +1,9 @@
 #include "sim/simulator.h"
 
 #include <asio.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -8,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "common/log.h"
 #include "common/uuid.h"
+#include "modbus/frame.h"
 #include "modbus/payload.h"
 #include "mqtt/client.h"
 #include "sim/device_model.h"
@@ -16,6 +20,8 @@ namespace devbridge::sim {
 
 struct Simulator::Impl {
   struct Device {
+    size_t index = 0;
+    uint32_t frames = 0;  // unsolicited reads sent (the sequence number of the last)
     std::string id;
     std::unique_ptr<DeviceModel> model;
     mqtt::Client* client = nullptr;
@@ -53,12 +59,65 @@ struct Simulator::Impl {
     if (!d.silent) {
       d.model->Update(absl::Now());
       stats.data_frames.fetch_add(1);
-      Publish(d, "data", modbus::ToHex(d.model->UnsolicitedRead()));
+      std::vector<uint8_t> frame = d.model->UnsolicitedRead();
+      if (options.sequence && frame.size() >= 3 + 4 + 2) {
+        PublishNumbered(d, std::move(frame));
+      } else {
+        Publish(d, "data", modbus::ToHex(frame));
+      }
     }
     d.data->expires_after(absl::ToChronoMicroseconds(options.data_interval));
     d.data->async_wait([this, &d](std::error_code ec) {
       if (!ec) Data(d);
     });
+  }
+
+  // Io thread: puts the device's next frame number in the first two registers and publishes,
+  // noting the number once the broker acknowledges it.
+  void PublishNumbered(Device& d, std::vector<uint8_t> frame) {
+    const uint32_t n = ++d.frames;
+    frame[3] = static_cast<uint8_t>(n >> 24);
+    frame[4] = static_cast<uint8_t>(n >> 16);
+    frame[5] = static_cast<uint8_t>(n >> 8);
+    frame[6] = static_cast<uint8_t>(n);
+    frame.resize(frame.size() - 2);
+    modbus::AppendCrc(frame);
+    const size_t index = d.index;
+    absl::Status s = d.client->Publish(Topic(d, "data"), modbus::ToHex(frame), options.qos, false,
+                                       [this, index, n](bool delivered) {
+                                         if (!delivered) {
+                                           stats.data_unacked.fetch_add(1);
+                                           return;
+                                         }
+                                         stats.data_acked.fetch_add(1);
+                                         std::lock_guard<std::mutex> lock(ack_mu);
+                                         acked[index].push_back(n);
+                                       });
+    if (!s.ok()) log->debug("[{}] {}", d.id, s.message());
+  }
+
+  // After the clients stopped: the acknowledged frame numbers of every device, as ranges.
+  void WriteAckLog() {
+    std::FILE* f = std::fopen(options.ack_log.c_str(), "w");
+    if (f == nullptr) {
+      log->error("cannot write --ack_log {}", options.ack_log);
+      return;
+    }
+    std::lock_guard<std::mutex> lock(ack_mu);
+    for (size_t i = 0; i < devices.size(); ++i) {
+      std::vector<uint32_t>& seqs = acked[i];
+      std::sort(seqs.begin(), seqs.end());
+      seqs.erase(std::unique(seqs.begin(), seqs.end()), seqs.end());
+      std::string ranges;
+      for (size_t j = 0; j < seqs.size();) {
+        size_t k = j;
+        while (k + 1 < seqs.size() && seqs[k + 1] == seqs[k] + 1) ++k;
+        absl::StrAppend(&ranges, ranges.empty() ? "" : ",", seqs[j], "-", seqs[k]);
+        j = k + 1;
+      }
+      std::fprintf(f, "%s %zu %s\n", devices[i].id.c_str(), seqs.size(), ranges.empty() ? "-" : ranges.c_str());
+    }
+    std::fclose(f);
   }
 
   // Io thread: a command for device `index` arrived.
@@ -101,6 +160,8 @@ struct Simulator::Impl {
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
   std::vector<Device> devices;
+  std::mutex ack_mu;
+  std::vector<std::vector<uint32_t>> acked;  // per device, frame numbers acknowledged (--sequence)
   std::vector<std::unique_ptr<mqtt::Client>> clients;
   std::thread io_thread;
   bool stopped = false;
@@ -115,8 +176,10 @@ absl::StatusOr<std::unique_ptr<Simulator>> Simulator::Start(SimOptions options) 
   const std::string run = common::RandomToken(6);
 
   s.devices.resize(static_cast<size_t>(o.devices));
+  s.acked.resize(static_cast<size_t>(o.devices));
   for (int i = 0; i < o.devices; ++i) {
     Impl::Device& d = s.devices[static_cast<size_t>(i)];
+    d.index = static_cast<size_t>(i);
     d.id = absl::StrFormat("%s%04d", o.id_prefix, o.first_index + i);
     const regmap::Profile* profile =
         o.profile.empty() ? o.register_map->ProfileFor(d.id) : o.register_map->FindProfile(o.profile);
@@ -199,7 +262,17 @@ void Simulator::Stop() {
   s.work.reset();
   s.io.stop();
   if (s.io_thread.joinable()) s.io_thread.join();
+  if (s.options.sequence) {
+    // Give publishes in flight a moment to be acknowledged, so the log is complete.
+    const absl::Time deadline = absl::Now() + absl::Seconds(5);
+    uint64_t sent = 0;
+    for (const auto& d : s.devices) sent += d.frames;
+    while (s.stats.data_acked.load() + s.stats.data_unacked.load() < sent && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+  }
   for (auto& c : s.clients) c->Stop();
+  if (!s.options.ack_log.empty()) s.WriteAckLog();
 }
 
 const SimStats& Simulator::stats() const { return impl_->stats; }

@@ -30,6 +30,11 @@ struct SimOptions {
   int devices_per_connection = 250;
   int qos = 1;
   std::string client_id_prefix = "devbridge-sim";
+  // Fault tests: each unsolicited read carries the device's frame number (1, 2, ...) in its
+  // first two registers (high word first), and every one the broker acknowledged is listed
+  // in `ack_log` at Stop(): a line "DEVICE COUNT RANGES" per device, e.g. "f-0001 5 1-3,5-6".
+  bool sequence = false;
+  std::string ack_log;
 };
 
 struct SimStats {
@@ -39,6 +44,8 @@ struct SimStats {
   std::atomic<uint64_t> replies{0};
   std::atomic<uint64_t> dropped{0};
   std::atomic<uint64_t> corrupted{0};
+  std::atomic<uint64_t> data_acked{0};    // data frames the broker acknowledged (--sequence)
+  std::atomic<uint64_t> data_unacked{0};  // data frames Paho gave up on (--sequence)
 };
 
 class Simulator {

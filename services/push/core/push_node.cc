@@ -290,6 +290,24 @@ void PushNode::Recover(ConnId conn, const ConnectRequest& request, absl::Time no
   }
 }
 
+// Ingest restarted (a new epoch): whatever it emitted that this replica had not received is
+// gone. Every connected client hears it once per stream it holds, as a client that recovers
+// into a lost stretch does (410), and goes on with the new epoch's messages (offsets from 1).
+void PushNode::TellStreamsReset() {
+  for (const Session* s : registry_.LocalSessions()) {
+    m_.gone->Inc();
+    SendText(s->conn, ErrorFrame(common::kCodeGone, "the event stream restarted (ingest restarted); messages may be "
+                                                    "missing; continuing live with a new epoch",
+                                 "", "system"));
+    for (const std::string& g : s->groups) {
+      m_.gone->Inc();
+      SendText(s->conn, ErrorFrame(common::kCodeGone, "the event stream restarted (ingest restarted); messages may "
+                                                      "be missing; continuing live with a new epoch",
+                                   "", absl::StrCat("group:", g)));
+    }
+  }
+}
+
 void PushNode::OnClose(ConnId conn) {
   closing_.erase(conn);
   unannounced_.erase(conn);
@@ -542,8 +560,10 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
     if (event.has_reset()) {
       common::Logger("push.node")->warn("event stream reset: {}", event.reset().reason());
     }
+    const bool restarted = !history_.epoch().empty() && history_.epoch() != event.epoch();
     history_.Reset(event.epoch());
     applied_seq_ = 0;
+    if (restarted) TellStreamsReset();
     ReleaseSyncWaiters(UINT64_MAX);  // the seqs they wait for belong to the old epoch
     if (event.has_reset()) return absl::OkStatus();
   }

@@ -128,6 +128,8 @@ class PushNode {
   // stream's local connections.
   void Fanout(const v1::Event& event, ServerFrame frame, absl::Time now);
   absl::Status ApplyEvent(const v1::Event& event, absl::Time now);
+  // Ingest's epoch changed under connected clients: a 410 for each stream each one holds.
+  void TellStreamsReset();
   void Recover(ConnId conn, const ConnectRequest& request, absl::Time now);
   // Runs `then` once this node has applied every event ingest's stream held when Sync was
   // called (at once when that is already so, or when the stream cannot say).

@@ -493,6 +493,28 @@ TEST_F(PushNodeTest, RecoverReplaysMissedMessagesOnAnotherNodeOr410) {
   EXPECT_EQ(gone[0]["data"]["stream"], "system");
 }
 
+TEST_F(PushNodeTest, ConnectedClientsGetA410PerStreamWhenIngestRestarts) {
+  Open(a_.get(), 1, "systemId=fleet&groups=g1");
+  Open(b_.get(), 2, "systemId=sim-0001");
+  bus_.Emit(DeviceOnline("sim-0001"), {{"sim-0001", ""}, {"fleet", ""}});
+  EXPECT_TRUE(ta_.Of(1, "error").empty());
+  bus_.epoch = "ep2";  // ingest restarted
+  bus_.Emit(DeviceOnline("sim-0001"), {{"sim-0001", ""}, {"fleet", ""}});
+  auto a_errors = ta_.Of(1, "error");
+  ASSERT_EQ(a_errors.size(), 2u);
+  EXPECT_EQ(a_errors[0]["code"], 410);
+  EXPECT_EQ(a_errors[0]["data"]["stream"], "system");
+  EXPECT_EQ(a_errors[1]["data"]["stream"], "group:g1");
+  auto b_errors = tb_.Of(2, "error");
+  ASSERT_EQ(b_errors.size(), 1u);
+  EXPECT_EQ(b_errors[0]["data"]["stream"], "system");
+  auto live = tb_.Of(2, "device.online");
+  ASSERT_EQ(live.size(), 2u);
+  EXPECT_EQ(live[1]["epoch"], "ep2") << "and goes on live";
+  bus_.Emit(DeviceOnline("sim-0001"), {{"sim-0001", ""}});
+  EXPECT_EQ(tb_.Of(2, "error").size(), 1u) << "once per restart";
+}
+
 TEST_F(PushNodeTest, SlowConsumerIsClosedWith4008) {
   Open(a_.get(), 1, "systemId=fleet");
   Open(a_.get(), 2, "systemId=fleet");
