@@ -94,6 +94,24 @@ double MetricValue(const std::string& metrics, const std::string& series) {
   return std::atof(metrics.c_str() + at);
 }
 
+double HistogramQuantile(const std::string& metrics, const std::string& name, double q) {
+  std::vector<std::pair<double, double>> buckets;  // (le, cumulative count)
+  const std::string key = name + "_bucket{le=\"";
+  for (size_t at = metrics.find(key); at != std::string::npos; at = metrics.find(key, at + 1)) {
+    const size_t le_at = at + key.size();
+    const size_t close = metrics.find("\"}", le_at);
+    if (close == std::string::npos) break;
+    const std::string le = metrics.substr(le_at, close - le_at);
+    buckets.emplace_back(le == "+Inf" ? 1e300 : std::atof(le.c_str()), std::atof(metrics.c_str() + close + 3));
+  }
+  if (buckets.empty() || buckets.back().second <= 0) return -1;
+  const double target = q * buckets.back().second;
+  for (const auto& [le, count] : buckets) {
+    if (count >= target) return le;
+  }
+  return buckets.back().first;
+}
+
 double Percentile(std::vector<double> values, double q) {
   if (values.empty()) return 0;
   std::sort(values.begin(), values.end());

@@ -32,6 +32,9 @@ std::string HttpGet(int port, const std::string& path, int* status = nullptr);
 bool WaitHealthy(int port, double seconds);
 // Value of a Prometheus sample line "name{labels} value" in `metrics`, or -1.
 double MetricValue(const std::string& metrics, const std::string& series);
+// The upper bound of the bucket holding quantile q of Prometheus histogram `name` (its
+// name_bucket{le="..."} lines), or -1 if it has no samples.
+double HistogramQuantile(const std::string& metrics, const std::string& name, double q);
 // q in [0,1] of `values` (sorts a copy).
 double Percentile(std::vector<double> values, double q);
 int64_t NowMicros();

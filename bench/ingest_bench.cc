@@ -243,45 +243,77 @@ int BareSubscriber(const std::string& url, const std::string& filter, uint64_t e
 
 // ---- scenarios ----
 
-void Throughput(const Config& c, double rate, double seconds, int devices) {
+struct IngestFigures {
+  double sustained_rate = 0;  // committed frames/s while offered `rate`
+  double p50 = 0, p99 = 0;    // publish->commit at that rate, ms
+  double flat_rate = 0;       // committed frames/s flat out
+  uint64_t flat_frames = 0;
+};
+
+// One ingest with `extra` flags: a fixed offered rate, then flat out.
+IngestFigures RunIngest(const Config& c, Publisher& pub, const std::string& label, double rate, double seconds,
+                        int devices, const std::vector<std::string>& extra) {
   const std::string map = c.source_dir + "/bench/registers_bench.json";
-  const std::string dsn = FreshDatabase(c, absl::StrCat("bench_ingest_", getpid()));
-  Ingest ingest = StartIngest(c, dsn, "bench", map);
-  Publisher pub(c.mqtt_url, 2);
+  const std::string dsn = FreshDatabase(c, absl::StrCat("bench_ingest_", getpid(), "_", label));
+  Ingest ingest = StartIngest(c, dsn, "bench", map, extra);
   CommitWatcher watcher(dsn);
+  IngestFigures f;
 
   // 1. Sustained: a fixed offered rate.
   PublishRun sustained = Publish(pub, "bench", devices, rate, seconds, 0);
   const bool all = WaitCommitted(watcher, sustained.frames, 60);
   std::vector<double> lat = watcher.TakeLatencies();
-  const double commit_rate = static_cast<double>(watcher.seen()) /
-                             (static_cast<double>(watcher.last_us() - sustained.first_us) / 1e6);
-  std::printf("ingest sustained: offered %.0f frames/s for %.0f s (%llu frames, %d devices, QoS 1)\n", rate,
-              sustained.seconds, static_cast<unsigned long long>(sustained.frames), devices);
+  f.sustained_rate = static_cast<double>(watcher.seen()) /
+                     (static_cast<double>(watcher.last_us() - sustained.first_us) / 1e6);
+  f.p50 = Percentile(lat, 0.5);
+  f.p99 = Percentile(lat, 0.99);
+  std::printf("ingest (%s) sustained: offered %.0f frames/s for %.0f s (%llu frames, %d devices, QoS 1)\n",
+              label.c_str(), rate, sustained.seconds, static_cast<unsigned long long>(sustained.frames), devices);
   std::printf("  committed %llu%s at %.0f frames/s; publish->commit p50 %.1f ms, p99 %.1f ms, max %.1f ms"
               " (targets: >= 20000 frames/s, p99 <= 100 ms)\n",
-              static_cast<unsigned long long>(watcher.seen()), all ? "" : " (NOT ALL)", commit_rate,
-              Percentile(lat, 0.5), Percentile(lat, 0.99), Percentile(lat, 1.0));
+              static_cast<unsigned long long>(watcher.seen()), all ? "" : " (NOT ALL)", f.sustained_rate, f.p50,
+              f.p99, Percentile(lat, 1.0));
 
   // 2. Flat out: as fast as the publisher can go; time until everything is committed.
   const uint64_t before = watcher.seen();
   PublishRun flat = Publish(pub, "bench", devices, 0, seconds, 1u << 30);
   const bool all_flat = WaitCommitted(watcher, before + flat.frames, 120);
   watcher.TakeLatencies();
-  const double ours = static_cast<double>(watcher.seen() - before) /
-                      (static_cast<double>(watcher.last_us() - flat.first_us) / 1e6);
+  f.flat_frames = flat.frames;
+  f.flat_rate = static_cast<double>(watcher.seen() - before) /
+                (static_cast<double>(watcher.last_us() - flat.first_us) / 1e6);
   const std::string metrics = HttpGet(ingest.http_port, "/metrics");
-  std::printf("ingest flat out: published %llu frames at %.0f/s; committed%s at %.0f frames/s"
-              " (db batches: %.0f records avg)\n",
-              static_cast<unsigned long long>(flat.frames), static_cast<double>(flat.frames) / flat.seconds,
-              all_flat ? "" : " (NOT ALL)", ours,
+  std::printf("ingest (%s) flat out: published %llu frames at %.0f/s; committed%s at %.0f frames/s"
+              " (db batches: %.0f records avg",
+              label.c_str(), static_cast<unsigned long long>(flat.frames),
+              static_cast<double>(flat.frames) / flat.seconds, all_flat ? "" : " (NOT ALL)", f.flat_rate,
               MetricValue(metrics, "devbridge_ingest_db_batch_records_sum") /
                   std::max(1.0, MetricValue(metrics, "devbridge_ingest_db_batch_records_count")));
+  const double fsyncs = MetricValue(metrics, "devbridge_ingest_spool_fsyncs_total");
+  if (fsyncs > 0) {
+    std::printf("; spool: %.0f fsyncs, %.1f messages per fsync, unsynced window p99 %.1f ms",
+                fsyncs, MetricValue(metrics, "devbridge_ingest_spool_appended_total") / fsyncs,
+                HistogramQuantile(metrics, "devbridge_ingest_spool_sync_wait_ms", 0.99));
+  }
+  std::printf(")\n");
   watcher.Stop();
   ingest.child->Stop();
+  return f;
+}
+
+void Throughput(const Config& c, double rate, double seconds, int devices) {
+  Publisher pub(c.mqtt_url, 2);
+  // The spool's cost, measured in the same run: on (as shipped) and off.
+  const IngestFigures spool = RunIngest(c, pub, "spool", rate, seconds, devices,
+                                        {"--spool_dir=" + c.log_dir + "/bench-spool", "--spool_sync=2ms"});
+  const IngestFigures none = RunIngest(c, pub, "no spool", rate, seconds, devices, {"--spool_dir=none"});
+  std::printf("spool/no spool: flat out %.2f, sustained %.2f (target >= 0.90)\n",
+              none.flat_rate > 0 ? spool.flat_rate / none.flat_rate : 0,
+              none.sustained_rate > 0 ? spool.sustained_rate / none.sustained_rate : 0);
+  const double ours = spool.flat_rate;
 
   // 3. The peer: a bare Paho subscriber in its own process, same publisher, same burst size.
-  const uint64_t n = flat.frames;
+  const uint64_t n = spool.flat_frames;
   FILE* bare = popen(absl::StrCat(c.bin_dir, "/bench/ingest_bench bare-subscriber ", c.mqtt_url, " 'peer/+/data' ", n)
                          .c_str(),
                      "r");
@@ -304,13 +336,15 @@ void Throughput(const Config& c, double rate, double seconds, int devices) {
   const double peer = secs > 0 ? static_cast<double>(got) / std::max(secs, pub_secs) : 0;
   std::printf("bare Paho subscriber (counts only): %llu of %llu at %.0f msg/s\n", got,
               static_cast<unsigned long long>(n), peer);
-  std::printf("ours/bare = %.2f (target >= 0.35); for reference ThingsBoard reports 5000 msg/s on 2 vCPUs\n",
-              peer > 0 ? ours / peer : 0);
+  std::printf("ours (spool on)/bare = %.2f, no spool/bare = %.2f; for reference ThingsBoard reports 5000 msg/s on"
+              " 2 vCPUs\n",
+              peer > 0 ? ours / peer : 0, peer > 0 ? none.flat_rate / peer : 0);
 }
 
 void DispatchBench(const Config& c, int devices) {
   const std::string dsn = FreshDatabase(c, absl::StrCat("bench_dispatch_", getpid()));
-  Ingest ingest = StartIngest(c, dsn, "dispatch", c.source_dir + "/config/registers.json");
+  Ingest ingest = StartIngest(c, dsn, "dispatch", c.source_dir + "/config/registers.json",
+                              {"--spool_dir=" + c.log_dir + "/dispatch-spool"});
   Child sim({c.bin_dir + "/sim/devbridge-sim", "--mqtt_url=" + c.mqtt_url, "--topic_prefix=dispatch",
              absl::StrCat("--devices=", devices), "--heartbeat_interval=2s", "--stats_interval=0",
              "--register_map=" + c.source_dir + "/config/registers.json", "--log_level=warn"},

@@ -201,7 +201,9 @@ absl::Status Spool::Recover() {
     SpooledMessage m;
     while (true) {
       std::optional<size_t> size = ParseRecord(data.data() + offset, got - offset, &m);
-      if (!size || *size == 0) break;
+      // Sequence numbers run on from the segment's name, one per record: anything else is
+      // not a record this spool wrote there.
+      if (!size || *size == 0 || m.seq != next) break;
       next = m.seq + 1;
       offset += *size;
     }
@@ -448,7 +450,9 @@ absl::StatusOr<uint64_t> Spool::Read(uint64_t from, size_t max, std::vector<Spoo
     size_t used = 0;
     while (out->size() - before < max) {
       std::optional<size_t> size = ParseRecord(read_buffer_.data() + used, static_cast<size_t>(n) - used, &m);
-      if (!size) return skip_corrupt(cursor_.offset + used);
+      if (!size || (*size > 0 && (m.seq != cursor_.next_seq || (following != 0 && m.seq >= following)))) {
+        return skip_corrupt(cursor_.offset + used);
+      }
       if (*size == 0) break;
       used += *size;
       cursor_.next_seq = m.seq + 1;
