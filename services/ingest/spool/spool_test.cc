@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <deque>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -33,7 +34,8 @@ class SpoolTest : public ::testing::Test {
     o.max_bytes = max_bytes;
     o.segment_bytes = segment_bytes;
     o.sync_interval = sync;
-    auto spool = Spool::Open(o, &metrics_);
+    // A registry per spool: its gauges read the spool, so it must not outlive it in use.
+    auto spool = Spool::Open(o, &registries_.emplace_back());
     EXPECT_TRUE(spool.ok()) << spool.status();
     return spool.ok() ? *std::move(spool) : nullptr;
   }
@@ -62,8 +64,11 @@ class SpoolTest : public ::testing::Test {
     return out;
   }
 
+  // The metrics of the spool opened last.
+  std::string Metrics() const { return registries_.back().Render(); }
+
   std::string dir_;
-  common::MetricsRegistry metrics_;
+  std::deque<common::MetricsRegistry> registries_;
 };
 
 TEST_F(SpoolTest, AppendsAndReadsBackInOrderAcrossSegments) {
@@ -165,7 +170,7 @@ TEST_F(SpoolTest, CorruptRecordInAnOlderSegmentIsSkippedAndCounted) {
   EXPECT_LT(all.size(), 40u);
   EXPECT_GT(all.size(), 20u);
   EXPECT_EQ(all.back().seq, 40u);  // reading went on after the bad segment
-  EXPECT_THAT(metrics_.Render(), ::testing::HasSubstr("devbridge_ingest_spool_corrupt_total 1"));
+  EXPECT_THAT(Metrics(), ::testing::HasSubstr("devbridge_ingest_spool_corrupt_total 1"));
 }
 
 TEST_F(SpoolTest, CommittedDeletesWhollyCoveredSegmentsOnly) {
@@ -220,7 +225,7 @@ TEST_F(SpoolTest, SyncZeroSyncsEveryMessage) {
     spool->AfterAppend();
     EXPECT_EQ(spool->unsynced(), 0u);
   }
-  EXPECT_THAT(metrics_.Render(), ::testing::HasSubstr("devbridge_ingest_spool_fsyncs_total 20"));
+  EXPECT_THAT(Metrics(), ::testing::HasSubstr("devbridge_ingest_spool_fsyncs_total 20"));
 }
 
 TEST_F(SpoolTest, ReadStopsAtWhatWasAppendedAndContinuesLater) {
