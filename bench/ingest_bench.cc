@@ -306,7 +306,7 @@ void Throughput(const Config& c, double rate, double seconds, int devices) {
   // The spool's cost, measured in the same run: on (as shipped) and off.
   const IngestFigures spool = RunIngest(c, pub, "spool", rate, seconds, devices,
                                         {"--spool_dir=" + c.log_dir + "/bench-spool", "--spool_sync=2ms"});
-  const IngestFigures none = RunIngest(c, pub, "no spool", rate, seconds, devices, {"--spool_dir=none"});
+  const IngestFigures none = RunIngest(c, pub, "nospool", rate, seconds, devices, {"--spool_dir=none"});
   std::printf("spool/no spool: flat out %.2f, sustained %.2f (target >= 0.90)\n",
               none.flat_rate > 0 ? spool.flat_rate / none.flat_rate : 0,
               none.sustained_rate > 0 ? spool.sustained_rate / none.sustained_rate : 0);

@@ -153,6 +153,19 @@ class Proxy {
   }
 }
 
+// Every process the test started, so none outlives it however it ends.
+const started = new Set();
+const killAll = () => {
+  for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+};
+process.on('exit', killAll);
+for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(sig, () => {
+    killAll();
+    process.exit(1);
+  });
+}
+
 // A long-running devbridge process with its log in the test folder.
 class Proc {
   constructor(name, bin, args) {
@@ -164,6 +177,7 @@ class Proc {
   start(extra = []) {
     const out = fs.openSync(this.logFile, 'a');
     this.child = spawn(this.bin, [...this.args, ...extra], { stdio: ['ignore', out, out] });
+    started.add(this.child);
     fs.closeSync(out);
     this.exited = new Promise((r) => this.child.on('exit', (code, sig) => r({ code, sig })));
     return this;
@@ -359,7 +373,6 @@ async function main() {
     ]);
   const a = push('push-a', pushA, pushAGrpc);
   const b = push('push-b', pushB, pushBGrpc);
-  const procs = [ingest, a, b];
   const healthy = (port) => until(async () => (await get(port, '/healthz')).status === 200, 30000);
   const ingestMetrics = async () => (await get(ingestHttp, '/metrics')).body;
 
@@ -394,7 +407,6 @@ async function main() {
         `--mqtt_url=${mqttUrl}`, '--devices=1', '--id_prefix=k1m-', '--heartbeat_interval=1s', '--reply_delay=1500ms',
         `--register_map=${path.join(root, 'config/registers.json')}`, '--stats_interval=0',
       ]).start();
-      procs.push(meter);
       assert.ok(await until(() => psql("SELECT count(*) FROM devices WHERE device_id = 'k1m-0001' AND online").trim() === '1', 10000),
         'the meter is online');
       const asker = vs[0];
@@ -577,7 +589,7 @@ async function main() {
       assert.equal(r.duplicated, 0);
     }
   } finally {
-    for (const p of procs) if (p.child && p.child.exitCode === null) p.child.kill('SIGKILL');
+    killAll();
     proxy.close();
     if (process.env.DEVBRIDGE_FAULTS_TABLE) {
       const lines = [

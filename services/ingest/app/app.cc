@@ -68,7 +68,21 @@ struct App::Impl : public CoreOutputs {
     }
   }
   void Store(StoreRecord record) override {
-    if (store) store->Push(std::move(record));
+    if (!store) return;
+    if (in_message) {
+      message_records.push_back(std::move(record));
+    } else {
+      store->Push(std::move(record));
+    }
+  }
+
+  // Io thread: one message through the core; what it stores goes to the writer as one unit
+  // with the message's spool position (0: not spooled).
+  void Process(const std::string& topic, const std::string& payload, absl::Time taken_at, uint64_t seq) {
+    in_message = true;
+    core->OnMessage(topic, payload, taken_at);
+    in_message = false;
+    if (store) store->PushMessage(&message_records, seq);
   }
   void Emit(v1::Event event, const std::vector<StreamRef>& streams) override {
     event_log->Append(std::move(event), streams, absl::Now());
@@ -169,11 +183,7 @@ struct App::Impl : public CoreOutputs {
         from = disk_next;
       }
     }
-    uint64_t last_seq = 0;
-    for (const Message& m : batch) {
-      core->OnMessage(m.topic, m.payload, m.taken_at);
-      last_seq = std::max(last_seq, m.seq);
-    }
+    for (const Message& m : batch) Process(m.topic, m.payload, m.taken_at, m.seq);
     if (from_disk) {
       std::vector<SpooledMessage> read;
       absl::StatusOr<uint64_t> next = spool->Read(from, kDrainBatch, &read);
@@ -182,15 +192,13 @@ struct App::Impl : public CoreOutputs {
         RetryDrainLater(absl::Seconds(1));
         return;
       }
-      for (const SpooledMessage& m : read) core->OnMessage(m.topic, m.payload, m.taken_at);
-      if (!read.empty()) last_seq = read.back().seq;
+      for (const SpooledMessage& m : read) Process(m.topic, m.payload, m.taken_at, m.seq);
       replayed->Inc(read.size());
       common::MutexLock lock(&intake_mu);
       disk_next = *next;
       if (disk_next >= spool->next_seq()) on_disk = false;  // caught up: new messages go to memory again
       if (on_disk) left = 1;
     }
-    if (last_seq != 0 && store) store->Covered(last_seq);
     ReportReplay();
     if (left > 0) {
       ScheduleDrain();
@@ -361,6 +369,8 @@ struct App::Impl : public CoreOutputs {
   std::atomic<bool> drain_scheduled{false};
   std::atomic<bool> pause_requested{false};
   bool drain_blocked = false;
+  bool in_message = false;                    // Process() is running the core on a message
+  std::vector<StoreRecord> message_records;  // what that message stored, so far
   bool stopping = false;
   std::unique_ptr<mqtt::Client> mqtt;
 

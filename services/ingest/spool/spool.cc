@@ -297,7 +297,11 @@ absl::StatusOr<uint64_t> Spool::Append(absl::string_view topic, absl::string_vie
   cur.size += record_.size();
   bytes_.fetch_add(record_.size());
   ++next_seq_;
-  if (appended_.load() == synced_.load()) oldest_unsynced_us_ = absl::ToUnixMicros(absl::Now());
+  // The first message of a window: after everything was synced, or the first after what the
+  // fsync under way covers.
+  if (appended_.load() == synced_.load() || seq == sync_target_ + 1) {
+    oldest_unsynced_us_ = absl::ToUnixMicros(absl::Now());
+  }
   appended_ = seq;
   m_.appended->Inc();
   return seq;
@@ -322,14 +326,16 @@ void Spool::SyncNow() {
   int fd = -1;
   uint64_t target = 0;
   std::vector<int> retired;
+  int64_t oldest = 0;
   {
     common::MutexLock lock(&mu_);
     fd = fd_;
     target = appended_.load();
+    sync_target_ = target;
+    oldest = oldest_unsynced_us_.load();
     retired.swap(retired_fds_);
   }
   if (target <= synced_.load() && retired.empty()) return;
-  const int64_t oldest = oldest_unsynced_us_.load();
   for (int old : retired) {
     ::fdatasync(old);
     ::close(old);
@@ -342,8 +348,6 @@ void Spool::SyncNow() {
   const int64_t now = absl::ToUnixMicros(absl::Now());
   if (target > synced_.load()) m_.sync_wait_ms->Observe(static_cast<double>(now - oldest) / 1000.0);
   synced_ = target;
-  // Messages written while we synced start the next window now (a slight overestimate).
-  if (appended_.load() > target) oldest_unsynced_us_ = now;
 }
 
 void Spool::SyncLoop() {

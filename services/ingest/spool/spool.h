@@ -90,7 +90,9 @@ class Spool {
   uint64_t first_seq() const ABSL_LOCKS_EXCLUDED(mu_);  // the oldest seq still on disk
   size_t bytes() const { return bytes_.load(); }
   bool Full() const { return bytes_.load() > options_.max_bytes; }
-  // Messages appended but not yet fsynced: what a power cut would lose now.
+  // Messages appended but not yet fsynced: what a power cut would lose now. The time the
+  // oldest of them waited (window start to fsync done: spool_sync plus the fsync itself) is
+  // histogram devbridge_ingest_spool_sync_wait_ms.
   uint64_t unsynced() const;
 
  private:
@@ -136,6 +138,7 @@ class Spool {
   std::atomic<uint64_t> appended_{0};  // seq of the last message written
   std::atomic<uint64_t> synced_{0};    // seq of the last message fsynced
   std::atomic<int64_t> oldest_unsynced_us_{0};  // when the oldest unsynced message was written
+  uint64_t sync_target_ ABSL_GUARDED_BY(mu_) = 0;  // what the fsync under way covers
   bool sync_stopping_ ABSL_GUARDED_BY(sync_mu_) = false;
   std::thread syncer_;
 

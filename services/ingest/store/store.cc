@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <map>
 #include <random>
+#include <utility>
 #include <stdexcept>
 #include <pqxx/pqxx>
 
@@ -311,7 +312,19 @@ void WriteIsolating(pqxx::connection& conn, absl::Span<const QueuedRecord> recor
     ++*done;
     return;
   }
-  const size_t half = records.size() / 2;
+  // Halve at the boundary of a message's records nearest the middle, so that no transaction
+  // holds part of a message (only a single message's records are ever split).
+  size_t half = records.size() / 2;
+  for (size_t d = 0; d < records.size() / 2; ++d) {
+    if (half + d < records.size() && records[half + d - 1].ends_unit) {
+      half += d;
+      break;
+    }
+    if (half - d > 0 && records[half - d - 1].ends_unit) {
+      half -= d;
+      break;
+    }
+  }
   WriteIsolating(conn, records.subspan(0, half), ctx, done, rejected);
   WriteIsolating(conn, records.subspan(half), ctx, done, rejected);
 }
@@ -434,30 +447,43 @@ Store::Store(StoreOptions options, common::MetricsRegistry* metrics) : options_(
 Store::~Store() { Stop(absl::Seconds(5)); }
 
 void Store::Push(StoreRecord record) {
-  const size_t bytes = RecordBytes(record);
+  std::vector<StoreRecord> one;
+  one.push_back(std::move(record));
+  PushMessage(&one, 0);
+}
+
+void Store::PushMessage(std::vector<StoreRecord>* records, uint64_t seq) {
+  size_t bytes = 0;
+  for (const StoreRecord& r : *records) bytes += RecordBytes(r);
   bool wake = false;
   {
     common::MutexLock lock(&mu_);
-    queue_.push_back({std::move(record), pending_cover_});
-    pending_cover_ = 0;
-    ++pushed_;
+    if (records->empty()) {
+      // Nothing to write: the mark goes on the last queued unit (all before it is complete),
+      // or, if the writer has everything, on the next record pushed.
+      if (seq != 0 && !queue_.empty()) {
+        queue_.back().covers = std::max(queue_.back().covers, seq);
+      } else if (seq != 0) {
+        pending_cover_ = std::max(pending_cover_, seq);
+      }
+      return;
+    }
+    const size_t before = queue_.size();
+    for (size_t i = 0; i < records->size(); ++i) {
+      QueuedRecord q{std::move((*records)[i]), 0, i + 1 == records->size()};
+      if (i == 0) q.covers = std::exchange(pending_cover_, 0);
+      queue_.push_back(std::move(q));
+    }
+    queue_.back().covers = std::max(queue_.back().covers, seq);
+    pushed_ += records->size();
     if (queued_bytes_.fetch_add(bytes) + bytes > options_.max_queue_bytes) was_full_ = true;
     // The writer waits for the first record, or lingers for a quarter batch: wake it only
     // then, not on every record.
-    wake = queue_.size() == 1 || queue_.size() == options_.max_batch / 4;
+    const size_t quarter = options_.max_batch / 4;
+    wake = before == 0 || (before < quarter && queue_.size() >= quarter);
   }
+  records->clear();
   if (wake) cv_.NotifyOne();
-}
-
-void Store::Covered(uint64_t seq) {
-  common::MutexLock lock(&mu_);
-  // The record last pushed is the last of those messages' records. If the writer has taken
-  // it already, the next record carries the mark (its commit comes after that batch's).
-  if (!queue_.empty()) {
-    queue_.back().covers = std::max(queue_.back().covers, seq);
-  } else {
-    pending_cover_ = std::max(pending_cover_, seq);
-  }
 }
 
 size_t Store::queued_records() const {
@@ -656,6 +682,11 @@ void Store::WriterLoop() {
       const size_t n = std::min(queue_.size(), options_.max_batch);
       batch.reserve(n);
       for (size_t i = 0; i < n; ++i) {
+        batch.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      // Never part of one message's records: a replay would write the rest again.
+      while (!batch.back().ends_unit && !queue_.empty()) {
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }

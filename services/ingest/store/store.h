@@ -8,9 +8,9 @@
 // batch, kept in table `rejected` with the error, and never holds up the others.
 //
 // With a spool (StoreOptions::spool_id), each transaction also records in table
-// spool_checkpoints how far the spool is covered: Covered(seq) marks that every message up
-// to seq has pushed its records, and the transaction that commits the last of them moves the
-// checkpoint. A statement that hangs (PostgreSQL unreachable behind a silent network) is
+// spool_checkpoints how far the spool is covered: PushMessage(records, seq) queues the records
+// of the message at spool position seq as a unit, never split between transactions, and the
+// transaction that commits the last of them moves the checkpoint to seq. A statement that hangs (PostgreSQL unreachable behind a silent network) is
 // abandoned after statement_timeout by shutting its socket down.
 #ifndef DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
 #define DEVBRIDGE_SERVICES_INGEST_STORE_STORE_H_
@@ -53,6 +53,7 @@ struct StoreOptions {
 struct QueuedRecord {
   StoreRecord record;
   uint64_t covers = 0;
+  bool ends_unit = true;  // the last of its message's records (a transaction may end after it)
 };
 
 class Store {
@@ -69,9 +70,11 @@ class Store {
 
   // Queues a record for the writer. Thread-safe, never blocks.
   void Push(StoreRecord record) ABSL_LOCKS_EXCLUDED(mu_);
-  // Every message up to spool position `seq` has pushed its records: the commit of the last
-  // record pushed so far (or of the next one, if none waits) moves the checkpoint to `seq`.
-  void Covered(uint64_t seq) ABSL_LOCKS_EXCLUDED(mu_);
+  // Queues the records one message produced (`*records`, emptied) as a unit. With `seq`, its
+  // spool position, every message up to it has then pushed its records, and the commit of
+  // the unit's last record (of the last one queued, or of the next one, if it has none)
+  // moves the checkpoint to `seq`.
+  void PushMessage(std::vector<StoreRecord>* records, uint64_t seq) ABSL_LOCKS_EXCLUDED(mu_);
 
   // True while the queue holds more than max_queue_bytes: stop taking new messages.
   bool Full() const { return queued_bytes_.load() > options_.max_queue_bytes; }
@@ -128,7 +131,7 @@ class Store {
   common::CondVar cv_;          // records arrived or stopping
   common::CondVar flushed_cv_;  // a batch committed
   std::deque<QueuedRecord> queue_ ABSL_GUARDED_BY(mu_);
-  uint64_t pending_cover_ ABSL_GUARDED_BY(mu_) = 0;  // Covered() with nothing queued: for the next record
+  uint64_t pending_cover_ ABSL_GUARDED_BY(mu_) = 0;  // a mark with nothing queued: for the next record
   uint64_t pushed_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t committed_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;

@@ -334,16 +334,17 @@ TEST(Store, TheCheckpointMovesInTheTransactionThatCompletesItsMessages) {
   auto store = Store::Start(
       options, &metrics, [&](uint64_t c) { ready.set_value(c); }, [&](uint64_t c) { committed = c; });
   EXPECT_EQ(ready.get_future().get(), 0u) << "a new spool has no checkpoint";
-  store->Push(Reading("d", 1));
-  store->Push(Reading("d", 2));
-  store->Covered(10);  // messages up to 10 pushed their records
-  store->Push(Reading("d", 3));
-  store->Covered(12);
+  std::vector<StoreRecord> m10 = {Reading("d", 1), Reading("d", 2)};
+  store->PushMessage(&m10, 10);  // the records of the message at spool position 10
+  EXPECT_TRUE(m10.empty());
+  std::vector<StoreRecord> m12 = {Reading("d", 3)};
+  store->PushMessage(&m12, 12);
   ASSERT_TRUE(store->Flush(absl::Seconds(20)));
   EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-a'"), 12);
   EXPECT_EQ(committed.load(), 12u);
   // Messages that produced no record: the next record committed carries their mark.
-  store->Covered(15);
+  std::vector<StoreRecord> nothing;
+  store->PushMessage(&nothing, 15);
   ASSERT_TRUE(store->Flush(absl::Seconds(20)));
   EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-a'"), 12);
   store->Push(Reading("d", 4));
@@ -358,6 +359,30 @@ TEST(Store, TheCheckpointMovesInTheTransactionThatCompletesItsMessages) {
   EXPECT_EQ(ready2.get_future().get(), 15u);
 }
 
+TEST(Store, AMessagesRecordsAreNeverSplitBetweenTransactions) {
+  // A transaction holding part of a message's records would, after a crash, have the replay
+  // of that message write that part again.
+  const std::string dsn = CreateTestDatabase();
+  common::MetricsRegistry metrics;
+  StoreOptions options = Options(dsn);
+  options.spool_id = "spool-s";
+  options.max_batch = 4;  // smaller than two messages
+  auto store = Store::Start(options, &metrics);
+  constexpr int kMessages = 30;
+  for (int m = 0; m < kMessages; ++m) {
+    std::vector<StoreRecord> records = {Reading("d", 3 * m), Reading("d", 3 * m + 1), Reading("d", 3 * m + 2)};
+    store->PushMessage(&records, static_cast<uint64_t>(m + 1));
+  }
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings"), 3 * kMessages);
+  // xmin: the transaction that inserted the row. Readings 3m..3m+2 are message m's.
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM (SELECT (extract(epoch from received_at) * 1000)::bigint % 1000 / 3 AS m"
+                       " FROM readings GROUP BY m HAVING count(DISTINCT xmin::text) > 1) split"),
+            0);
+  EXPECT_GT(Count(dsn, "SELECT count(DISTINCT xmin::text) FROM readings"), 1) << "several transactions";
+  EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-s'"), kMessages);
+}
+
 TEST(Store, ARefusedRecordStillMovesTheCheckpoint) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry metrics;
@@ -366,9 +391,8 @@ TEST(Store, ARefusedRecordStillMovesTheCheckpoint) {
   auto store = Store::Start(options, &metrics);
   ReadingRecord poison = Reading("bad", 1);
   poison.values_json = R"({"fw":{"value":"\u0000","unit":"","raw":[]}})";
-  store->Push(Reading("d", 1));
-  store->Push(poison);
-  store->Covered(7);  // the refused record is the last of message 7
+  std::vector<StoreRecord> m7 = {Reading("d", 1), poison};  // the refused record is the last of message 7
+  store->PushMessage(&m7, 7);
   ASSERT_TRUE(store->Flush(absl::Seconds(20)));
   EXPECT_EQ(Count(dsn, "SELECT count(*) FROM rejected"), 1);
   EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'spool-r'"), 7);
@@ -437,12 +461,14 @@ TEST(Store, ACommitWhoseAnswerIsLostIsNotWrittenTwice) {
   options.statement_timeout = absl::Seconds(1);
   options.max_backoff = absl::Milliseconds(200);
   auto store = Store::Start(options, &metrics);
-  store->Push(Reading("d", 0));
-  store->Covered(1);
+  std::vector<StoreRecord> first = {Reading("d", 0)};
+  store->PushMessage(&first, 1);
   ASSERT_TRUE(store->Flush(absl::Seconds(20)));
   proxy.FreezeAnswersAfter("COMMIT");
-  for (int i = 1; i <= 20; ++i) store->Push(Reading("d", i));
-  store->Covered(21);
+  for (int i = 1; i <= 20; ++i) {
+    std::vector<StoreRecord> m = {Reading("d", i)};
+    store->PushMessage(&m, static_cast<uint64_t>(i + 1));
+  }
   // The whole batch and its COMMIT reach PostgreSQL; the answer does not come back.
   ASSERT_TRUE(WaitFor([&] { return Count(dsn, "SELECT count(*) FROM readings") == 21; }, absl::Seconds(10)));
   EXPECT_TRUE(WaitFor([&] { return metrics.Render().find("devbridge_ingest_db_abandoned_total 0") == std::string::npos; },
