@@ -88,11 +88,17 @@ function psql(sql) {
 
 // kill -9 of a process and, for PostgreSQL, its children: a crash of the whole server.
 function killTree(pid) {
-  let children = [];
-  try {
-    children = execFileSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' }).trim().split('\n').filter(Boolean);
-  } catch {
-    // none
+  // Children from /proc (field 4 of /proc/PID/stat is the parent; the name before it may hold spaces).
+  const children = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) children.push(entry);
+    } catch {
+      // gone meanwhile
+    }
   }
   try {
     process.kill(pid, 'SIGKILL');
@@ -304,6 +310,7 @@ class Load {
 }
 
 const results = [];
+let ingestHttp = 0;
 // DEVBRIDGE_FAULTS_CASES=1,3 runs some cases only; DEVBRIDGE_FAULTS_INGEST_FLAGS adds ingest
 // flags (e.g. "--spool_dir=none" shows what a kill -9 costs without the spool).
 const wanted = (process.env.DEVBRIDGE_FAULTS_CASES || '1,2,3,4,5,6').split(',').map(Number);
@@ -314,7 +321,8 @@ const extraIngestFlags = (process.env.DEVBRIDGE_FAULTS_INGEST_FLAGS || '').split
 async function account(load, name, extra) {
   const frameSql = `SELECT device_id, (get_byte(raw,3)::bigint<<24)|(get_byte(raw,4)<<16)|(get_byte(raw,5)<<8)|get_byte(raw,6)
     FROM readings WHERE device_id LIKE '${load.prefix}%' AND command_id IS NULL AND length(raw) > 20`;
-  const count = () => Number(psql(`SELECT count(*) FROM readings WHERE device_id LIKE '${load.prefix}%'`));
+  // Distinct frames: duplicates must not make it look complete early.
+  const count = () => Number(psql(`SELECT count(DISTINCT (device_id, raw)) FROM readings WHERE device_id LIKE '${load.prefix}%'`));
   // Settled: everything acknowledged is there, or nothing new came for 5 s (then count losses).
   let last = -1;
   let still = Date.now();
@@ -338,6 +346,16 @@ async function account(load, name, extra) {
   for (const [device, seqs] of load.acked) for (const s of seqs) if (!seen.has(`${device}|${s}`)) lost++;
   const duplicated = rows - seen.size;
   const r = { name, offered: load.sent, acknowledged: load.ackedCount, stored: seen.size, lost, duplicated, ...extra };
+  if (lost > 0 || duplicated > 0) {
+    // What it takes to find out why, when it happens once in many runs.
+    const m = (await get(ingestHttp, '/metrics')).body;
+    log(`   ingest metrics: ${m.split('\n').filter((l) => /^devbridge_ingest_(mqtt_duplicates|pushbacks|db_(errors|retries|rejected|abandoned)|spool_(read|corrupt|append_errors|full))/.test(l)).join('; ')}`);
+    log(`   rejected: ${psql('SELECT count(*) FROM rejected').trim()}; rows per duplicated frame: ${psql(
+      `SELECT string_agg(n::text, ',') FROM (SELECT count(*) n FROM readings WHERE device_id LIKE '${load.prefix}%' GROUP BY device_id, raw HAVING count(*) > 1 LIMIT 20) d`).trim()}`);
+    const keep = path.join(process.env.TMPDIR || '/tmp', `devbridge-faults-${Date.now()}`);
+    fs.cpSync(logs, keep, { recursive: true });
+    log(`   logs copied to ${keep}`);
+  }
   results.push(r);
   log(
     `${name}: offered ${r.offered}, acknowledged by the broker ${r.acknowledged}, stored ${r.stored}, lost ${lost}, ` +
@@ -350,9 +368,10 @@ async function main() {
   const proxy = new Proxy(pgPort);
   const proxyPort = await proxy.listen();
   execFileSync('psql', [`postgresql://postgres@127.0.0.1:${pgPort}/postgres`, '-qc', 'CREATE DATABASE faults']);
-  const [grpc, ingestHttp, pushA, pushB, pushAGrpc, pushBGrpc] = await Promise.all(
+  const [grpc, ingestPort, pushA, pushB, pushAGrpc, pushBGrpc] = await Promise.all(
     Array.from({ length: 6 }, () => freePort()),
   );
+  ingestHttp = ingestPort;
   const ingest = new Proc('ingest', path.join(build, 'services/ingest/devbridge-ingest'), [
     `--mqtt_url=${mqttUrl}`,
     '--mqtt_client_id=faults-ingest',

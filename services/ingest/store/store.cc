@@ -294,11 +294,15 @@ void WriteIsolating(pqxx::connection& conn, absl::Span<const QueuedRecord> recor
   } catch (const pqxx::sql_error& e) {
     if (!IsDataError(e)) throw;
     error = e.what();
-  } catch (const std::logic_error& e) {
-    // libpqxx refusing a value while the statement is built (pqxx::argument_error and
-    // friends): about the data too, and just as sure to fail again.
+  } catch (const pqxx::argument_error& e) {
+    // libpqxx refusing a value while the statement is built: about the data too, and just
+    // as sure to fail again.
+    error = e.what();
+  } catch (const pqxx::conversion_error& e) {
     error = e.what();
   }
+  // Anything else (pqxx::usage_error after a connection broke mid-transaction, say) is not
+  // about the data: it propagates, and the batch is retried whole.
   if (records.size() == 1) {
     try {
       WriteRejected(conn, records[0], error, ctx);
