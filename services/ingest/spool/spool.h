@@ -1,8 +1,8 @@
 // ingest's disk spool (CONTRACT §10.3): every MQTT message is appended here before it is
 // processed, so what the broker handed over survives a crash of ingest.
 //
-// Paho acknowledges a QoS 1 message to the broker before our callback sees it; from then on
-// only ingest holds it. The callback appends the message with one write() (a kill -9 from
+// Paho acknowledges a QoS 1 message to the broker when our callback returns (or earlier, when
+// messages queue up inside it); from then on only ingest holds it. The callback appends the message with one write() (a kill -9 from
 // then on loses nothing: the kernel has it) and the spool fsyncs in groups, at most
 // `sync_interval` apart (a power cut loses at most that window), or after every message
 // when the interval is zero.
