@@ -253,6 +253,12 @@ absl::Status Spool::Rotate() {
 }
 
 absl::StatusOr<uint64_t> Spool::Append(absl::string_view topic, absl::string_view payload, absl::Time taken_at) {
+  if (kBodyFixed + std::min<size_t>(topic.size(), 0xffff) + payload.size() > kMaxBody) {
+    // Larger than a record may be (the reader would take it for a corrupt length). Such a
+    // message is refused by the core anyway; it stays in memory only.
+    m_.append_errors->Inc();
+    return absl::InvalidArgumentError(absl::StrCat("message of ", payload.size(), " bytes is too large for the spool"));
+  }
   common::MutexLock lock(&mu_);
   Segment& seg = segments_.rbegin()->second;
   if (seg.size >= options_.segment_bytes) {

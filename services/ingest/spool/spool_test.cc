@@ -255,5 +255,15 @@ TEST_F(SpoolTest, LargePayloadRoundTrips) {
   EXPECT_EQ(all[2].payload, "after");
 }
 
+TEST_F(SpoolTest, AMessageTooLargeForARecordIsRefusedAndTheSpoolGoesOn) {
+  auto spool = Open(1 << 30);
+  ASSERT_TRUE(spool->Append("t", "before", absl::Now()).ok());
+  EXPECT_FALSE(spool->Append("t", std::string((64 << 20) + 1, 'x'), absl::Now()).ok());
+  ASSERT_TRUE(spool->Append("t", "after", absl::Now()).ok());
+  std::vector<SpooledMessage> all = ReadAll(*spool, 1);
+  ASSERT_THAT(all, SizeIs(2));
+  EXPECT_EQ(all[1].payload, "after");
+}
+
 }  // namespace
 }  // namespace devbridge::ingest
