@@ -299,22 +299,17 @@ struct App::Impl : public CoreOutputs {
       // While intake is paused or blocked, or messages wait on disk, silence says nothing
       // about the devices.
       bool backlog = !replay_ready;
+      size_t in_memory = 0;
       {
         common::MutexLock lock(&intake_mu);
         backlog = backlog || on_disk;
+        in_memory = intake.size();
       }
       const bool liveness = !(mqtt->paused() || drain_blocked || backlog);
       const absl::Time now = absl::Now();
       core->Tick(now, liveness);
       ForgetIdleStreams(now);
-      {
-        size_t in_memory = 0;
-        {
-          common::MutexLock lock(&intake_mu);
-          in_memory = intake.size();
-        }
-        MaybeResume(in_memory);  // a backstop: commits that free the spool also schedule a drain
-      }
+      MaybeResume(in_memory);  // a backstop: commits that free the spool also schedule a drain
       devices_online->Set(static_cast<int64_t>(core->devices().online_count()));
       devices_known->Set(static_cast<int64_t>(core->devices().size()));
       ArmSweepTimer();

@@ -140,6 +140,13 @@ class FreezableProxy {
   std::vector<std::thread> pumps_;  // touched by the acceptor only, joined after it
 };
 
+int HarnessPgPort() { return std::stoi(std::getenv("DEVBRIDGE_TEST_PG_PORT")); }
+
+// The database of `dsn`, reached through `proxy`.
+std::string Through(const FreezableProxy& proxy, const std::string& dsn) {
+  return absl::StrCat("postgresql://postgres@127.0.0.1:", proxy.port(), "/", dsn.substr(dsn.rfind('/') + 1));
+}
+
 int64_t Count(const std::string& dsn, const std::string& sql) {
   pqxx::connection conn(dsn);
   pqxx::read_transaction tx(conn);
@@ -428,9 +435,8 @@ TEST(Store, CommandsACrashLeftOpenAreFailedAtTheNextStart) {
 
 TEST(Store, AStatementHangingOnASilentNetworkIsAbandonedAndRetried) {
   const std::string dsn = CreateTestDatabase();
-  FreezableProxy proxy(std::stoi(std::getenv("DEVBRIDGE_TEST_PG_PORT")));
-  const std::string via = absl::StrCat("postgresql://postgres@127.0.0.1:", proxy.port(), "/",
-                                       dsn.substr(dsn.rfind('/') + 1));
+  FreezableProxy proxy(HarnessPgPort());
+  const std::string via = Through(proxy, dsn);
   common::MetricsRegistry metrics;
   StoreOptions options = Options(via);
   options.statement_timeout = absl::Seconds(1);
@@ -452,9 +458,8 @@ TEST(Store, AStatementHangingOnASilentNetworkIsAbandonedAndRetried) {
 
 TEST(Store, ACommitWhoseAnswerIsLostIsNotWrittenTwice) {
   const std::string dsn = CreateTestDatabase();
-  FreezableProxy proxy(std::stoi(std::getenv("DEVBRIDGE_TEST_PG_PORT")));
-  const std::string via = absl::StrCat("postgresql://postgres@127.0.0.1:", proxy.port(), "/",
-                                       dsn.substr(dsn.rfind('/') + 1));
+  FreezableProxy proxy(HarnessPgPort());
+  const std::string via = Through(proxy, dsn);
   common::MetricsRegistry metrics;
   StoreOptions options = Options(via);
   options.spool_id = "spool-u";
@@ -481,9 +486,8 @@ TEST(Store, ACommitWhoseAnswerIsLostIsNotWrittenTwice) {
 
 TEST(Store, StopReturnsWhileAStatementHangs) {
   const std::string dsn = CreateTestDatabase();
-  FreezableProxy proxy(std::stoi(std::getenv("DEVBRIDGE_TEST_PG_PORT")));
-  const std::string via = absl::StrCat("postgresql://postgres@127.0.0.1:", proxy.port(), "/",
-                                       dsn.substr(dsn.rfind('/') + 1));
+  FreezableProxy proxy(HarnessPgPort());
+  const std::string via = Through(proxy, dsn);
   common::MetricsRegistry metrics;
   StoreOptions options = Options(via);
   options.statement_timeout = absl::Hours(1);  // the watchdog's own timeout never fires here
