@@ -40,6 +40,22 @@ int WaitForShutdown() {
   return Translate(sig);
 }
 
+void BlockReloadSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int WaitForShutdownOrReload() {
+  sigset_t set = ShutdownSet();
+  sigaddset(&set, SIGHUP);
+  int sig = 0;
+  while (sigwait(&set, &sig) != 0) {
+  }
+  return Translate(sig);
+}
+
 int WaitForShutdownFor(absl::Duration timeout) {
   const sigset_t set = ShutdownSet();
   const timespec ts = absl::ToTimespec(timeout);

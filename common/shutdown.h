@@ -1,4 +1,5 @@
-// Signal-driven shutdown: SIGINT and SIGTERM become an ordinary event a main thread waits for.
+// Signal-driven shutdown: SIGINT and SIGTERM (and, where asked, SIGHUP) become ordinary events a
+// main thread waits for.
 #ifndef DEVBRIDGE_COMMON_SHUTDOWN_H_
 #define DEVBRIDGE_COMMON_SHUTDOWN_H_
 
@@ -16,6 +17,13 @@ int WaitForShutdown();
 
 // Like WaitForShutdown() but gives up after `timeout` and returns -1.
 int WaitForShutdownFor(absl::Duration timeout);
+
+// Also blocks SIGHUP (in this thread and those it starts), for a service that reloads its
+// configuration on it. Call right after BlockShutdownSignals().
+void BlockReloadSignal();
+
+// Like WaitForShutdown() but returns SIGHUP as well (needs BlockReloadSignal()).
+int WaitForShutdownOrReload();
 
 // Makes WaitForShutdown() return, as if a signal had arrived. Safe from any thread.
 void RequestShutdown();

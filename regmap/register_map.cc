@@ -139,7 +139,7 @@ class Loader {
   absl::Status ReadProfile(const std::string& name, const Json& j, const std::string& path,
                            Profile* profile) const {
     if (!j.is_object()) return Fail(path, "a profile must be an object");
-    RETURN_IF_ERROR(CheckKeys(j, path, {"unit", "registers"}));
+    RETURN_IF_ERROR(CheckKeys(j, path, {"unit", "registers", "poll"}));
     profile->name = name;
     int64_t unit = 1;
     RETURN_IF_ERROR(Integer(j, path, "unit", false, 0, 247, 1, &unit));
@@ -159,6 +159,42 @@ class Loader {
     }
     std::stable_sort(profile->registers.begin(), profile->registers.end(),
                      [](const Register& a, const Register& b) { return a.address < b.address; });
+    if (auto poll = j.find("poll"); poll != j.end()) {
+      RETURN_IF_ERROR(ReadPlan(*poll, path + ".poll", &profile->poll));
+    }
+    return absl::OkStatus();
+  }
+
+  // A polling plan: [{"function": 3, "address": 0, "count": 12, "every": "5s"}, ...].
+  absl::Status ReadPlan(const Json& j, const std::string& path, std::vector<PollBlock>* plan) const {
+    if (!j.is_array()) return Fail(path, "must be an array of blocks");
+    if (j.size() > kMaxPollBlocks) return Fail(path, absl::StrCat("more than ", kMaxPollBlocks, " blocks"));
+    for (size_t i = 0; i < j.size(); ++i) {
+      const std::string at = absl::StrCat(path, "[", i, "]");
+      const Json& b = j[i];
+      if (!b.is_object()) return Fail(at, "a block must be an object");
+      RETURN_IF_ERROR(CheckKeys(b, at, {"function", "address", "count", "every"}));
+      PollBlock block;
+      int64_t function = 3, address = 0, count = 0;
+      RETURN_IF_ERROR(Integer(b, at, "function", false, 3, 4, 3, &function));
+      RETURN_IF_ERROR(Integer(b, at, "address", true, 0, 65535, 0, &address));
+      RETURN_IF_ERROR(Integer(b, at, "count", true, 1, 125, 0, &count));
+      if (address + count > 65536) {
+        return Fail(at + ".count", absl::StrCat(count, " registers from ", address, " run past register 65535"));
+      }
+      std::string every;
+      RETURN_IF_ERROR(String(b, at, "every", true, &every));
+      if (!absl::ParseDuration(every, &block.every) || block.every == absl::InfiniteDuration()) {
+        return Fail(at + ".every", absl::StrCat("\"", every, "\" is not a duration such as \"500ms\", \"5s\" or \"2m\""));
+      }
+      if (block.every < kMinPollEvery || block.every > absl::Hours(24)) {
+        return Fail(at + ".every", absl::StrCat("\"", every, "\" out of range 100ms..24h"));
+      }
+      block.function = static_cast<uint8_t>(function);
+      block.address = static_cast<uint16_t>(address);
+      block.count = static_cast<uint16_t>(count);
+      plan->push_back(block);
+    }
     return absl::OkStatus();
   }
 
@@ -340,14 +376,26 @@ absl::StatusOr<RegisterMap> RegisterMap::Parse(absl::string_view text, absl::str
     for (const auto& [pattern, target] : devices->items()) {
       const std::string path = absl::StrCat("devices.", pattern);
       if (pattern.empty()) return loader.Fail(path, "empty pattern");
-      if (!target.is_string()) return loader.Fail(path, "must name a profile");
-      const std::string name = target.get<std::string>();
+      Route route;
+      std::string name;
+      if (target.is_object()) {
+        // {"profile": "meter", "poll": [...]}: the device's own plan replaces the profile's.
+        RETURN_IF_ERROR(loader.CheckKeys(target, path, {"profile", "poll"}));
+        RETURN_IF_ERROR(loader.String(target, path, "profile", true, &name));
+        if (auto poll = target.find("poll"); poll != target.end()) {
+          route.own_poll = true;
+          RETURN_IF_ERROR(loader.ReadPlan(*poll, path + ".poll", &route.poll));
+        }
+      } else if (target.is_string()) {
+        name = target.get<std::string>();
+      } else {
+        return loader.Fail(path, "must name a profile, or be an object {\"profile\": ..., \"poll\": [...]}");
+      }
       auto it = std::find_if(map.profiles_.begin(), map.profiles_.end(),
                              [&](const Profile& p) { return p.name == name; });
       if (it == map.profiles_.end()) {
         return loader.Fail(path, absl::StrCat("unknown profile \"", name, "\""));
       }
-      Route route;
       route.pattern = pattern;
       route.profile = static_cast<size_t>(it - map.profiles_.begin());
       route.literals = CountLiterals(pattern);
@@ -366,13 +414,23 @@ absl::StatusOr<RegisterMap> RegisterMap::Parse(absl::string_view text, absl::str
   return map;
 }
 
-const Profile* RegisterMap::ProfileFor(absl::string_view device_id) const {
+const RegisterMap::Route* RegisterMap::RouteFor(absl::string_view device_id) const {
   for (const Route& route : routes_) {
-    if (route.exact ? route.pattern == device_id : GlobMatch(route.pattern, device_id)) {
-      return &profiles_[route.profile];
-    }
+    if (route.exact ? route.pattern == device_id : GlobMatch(route.pattern, device_id)) return &route;
   }
   return nullptr;
+}
+
+const Profile* RegisterMap::ProfileFor(absl::string_view device_id) const {
+  const Route* route = RouteFor(device_id);
+  return route == nullptr ? nullptr : &profiles_[route->profile];
+}
+
+const std::vector<PollBlock>& RegisterMap::PollPlanFor(absl::string_view device_id) const {
+  static const std::vector<PollBlock> kNone;
+  const Route* route = RouteFor(device_id);
+  if (route == nullptr) return kNone;
+  return route->own_poll ? route->poll : profiles_[route->profile].poll;
 }
 
 const Profile* RegisterMap::FindProfile(absl::string_view name) const {

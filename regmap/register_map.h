@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 
 namespace devbridge::regmap {
@@ -37,10 +38,29 @@ struct Register {
   uint32_t End() const { return address + static_cast<uint32_t>(WordCount(type)); }
 };
 
+// One block of a polling plan (CONTRACT §10.4): read `count` registers from `address` with
+// `function` (3 or 4) every `every`.
+struct PollBlock {
+  uint8_t function = 3;
+  uint16_t address = 0;
+  uint16_t count = 1;
+  absl::Duration every = absl::Seconds(1);
+
+  uint32_t End() const { return uint32_t{address} + count; }
+  bool operator==(const PollBlock& o) const {
+    return function == o.function && address == o.address && count == o.count && every == o.every;
+  }
+};
+
+// At most this many blocks in one plan, and `every` at least kMinPollEvery.
+inline constexpr size_t kMaxPollBlocks = 64;
+inline constexpr absl::Duration kMinPollEvery = absl::Milliseconds(100);
+
 struct Profile {
   std::string name;
   uint8_t unit = 1;                 // the Modbus unit id commands use by default
   std::vector<Register> registers;  // sorted by address, then by file order
+  std::vector<PollBlock> poll;      // the profile's polling plan; empty: not polled
 };
 
 // A decoded value: exact for integers when scale is 1 and offset 0, else a double.
@@ -77,6 +97,9 @@ class RegisterMap {
   // most literal characters, then the one with fewer '*', then the first in the file.
   // nullptr when no pattern matches.
   const Profile* ProfileFor(absl::string_view device_id) const;
+  // The polling plan of `device_id`: its `devices` entry's own "poll" when it has one, else
+  // its profile's; empty when the device has no profile or no plan. Valid as long as the map.
+  const std::vector<PollBlock>& PollPlanFor(absl::string_view device_id) const;
   const Profile* FindProfile(absl::string_view name) const;
   const std::vector<Profile>& profiles() const { return profiles_; }
 
@@ -84,6 +107,8 @@ class RegisterMap {
   struct Route {
     std::string pattern;
     size_t profile = 0;
+    bool own_poll = false;         // the entry was an object with "poll": it replaces the profile's
+    std::vector<PollBlock> poll;
     bool exact = false;
     int literals = 0;
     int stars = 0;
@@ -91,6 +116,8 @@ class RegisterMap {
   };
   std::vector<Profile> profiles_;
   std::vector<Route> routes_;  // most specific first
+
+  const Route* RouteFor(absl::string_view device_id) const;
 };
 
 // Shell-style glob: '*' matches any run of characters, '?' any one.

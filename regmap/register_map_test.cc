@@ -243,10 +243,63 @@ INSTANTIATE_TEST_SUITE_P(
         BrokenCase{"unknown_profile", "{\"profiles\":{\"p\":{\"registers\":[]}},\n\"devices\":{\n\"*\":\"q\"}}",
                    "broken.json:3: devices.*: unknown profile \"q\""},
         BrokenCase{"device_not_string", "{\"profiles\":{\"p\":{\"registers\":[]}},\"devices\":{\"*\":1}}",
-                   "must name a profile"}),
+                   "must name a profile"},
+        BrokenCase{"poll_not_array", "{\"profiles\":{\"p\":{\"registers\":[],\"poll\":{}}}}",
+                   "profiles.p.poll: must be an array of blocks"},
+        BrokenCase{"poll_function", "{\"profiles\":{\"p\":{\"registers\":[],\"poll\":[{\"function\":6,\"address\":0,\"count\":1,\"every\":\"1s\"}]}}}",
+                   "profiles.p.poll[0].function: 6 out of range 3..4"},
+        BrokenCase{"poll_count", "{\"profiles\":{\"p\":{\"registers\":[],\"poll\":[{\"address\":0,\"count\":126,\"every\":\"1s\"}]}}}",
+                   "126 out of range 1..125"},
+        BrokenCase{"poll_past_end", "{\"profiles\":{\"p\":{\"registers\":[],\"poll\":[{\"address\":65530,\"count\":10,\"every\":\"1s\"}]}}}",
+                   "run past register 65535"},
+        BrokenCase{"poll_every_short", "{\"profiles\":{\"p\":{\"registers\":[],\"poll\":[\n{\"address\":0,\"count\":1,\n\"every\":\"50ms\"}]}}}",
+                   "broken.json:3: profiles.p.poll[0].every: \"50ms\" out of range 100ms..24h"},
+        BrokenCase{"poll_every_number", "{\"profiles\":{\"p\":{\"registers\":[],\"poll\":[{\"address\":0,\"count\":1,\"every\":5}]}}}",
+                   "every: must be a string"},
+        BrokenCase{"poll_every_words", "{\"profiles\":{\"p\":{\"registers\":[],\"poll\":[{\"address\":0,\"count\":1,\"every\":\"often\"}]}}}",
+                   "\"often\" is not a duration"},
+        BrokenCase{"poll_every_missing", "{\"profiles\":{\"p\":{\"registers\":[],\"poll\":[{\"address\":0,\"count\":1}]}}}",
+                   "missing \"every\""},
+        BrokenCase{"device_object_no_profile", "{\"profiles\":{\"p\":{\"registers\":[]}},\"devices\":{\"*\":{\"poll\":[]}}}",
+                   "devices.*: missing \"profile\""},
+        BrokenCase{"device_object_typo", "{\"profiles\":{\"p\":{\"registers\":[]}},\"devices\":{\"*\":{\"profile\":\"p\",\"pol\":[]}}}",
+                   "unknown key \"pol\""}),
     [](const ::testing::TestParamInfo<BrokenCase>& param_info) {
       return std::string(param_info.param.name);
     });
+
+TEST(PollPlan, ProfilePlanAndDeviceOverride) {
+  RegisterMap map = MustParse(R"({
+    "profiles": {
+      "meter": {"unit": 2, "registers": [{"address": 0, "name": "a", "type": "uint16"}],
+                "poll": [{"function": 4, "address": 0, "count": 12, "every": "5s"},
+                         {"address": 100, "count": 2, "every": "500ms"}]},
+      "plain": {"registers": []}
+    },
+    "devices": {"quiet-*": {"profile": "meter", "poll": []},
+                "fast-1": {"profile": "meter", "poll": [{"address": 0, "count": 1, "every": "100ms"}]},
+                "same-*": {"profile": "meter"},
+                "plain-*": "plain",
+                "*": "meter"}
+  })");
+  const auto& plan = map.PollPlanFor("m-1");
+  ASSERT_EQ(plan.size(), 2u);
+  EXPECT_EQ(plan[0].function, 4);
+  EXPECT_EQ(plan[0].count, 12);
+  EXPECT_EQ(plan[0].every, absl::Seconds(5));
+  EXPECT_EQ(plan[1].function, 3);  // the default
+  EXPECT_EQ(plan[1].address, 100);
+  EXPECT_EQ(plan[1].every, absl::Milliseconds(500));
+  EXPECT_TRUE(map.PollPlanFor("quiet-7").empty());  // [] replaces the profile's plan: none
+  ASSERT_EQ(map.PollPlanFor("fast-1").size(), 1u);
+  EXPECT_EQ(map.PollPlanFor("fast-1")[0].every, absl::Milliseconds(100));
+  EXPECT_EQ(map.PollPlanFor("same-1").size(), 2u);  // an object without "poll" keeps the profile's
+  EXPECT_EQ(map.ProfileFor("same-1")->name, "meter");
+  EXPECT_TRUE(map.PollPlanFor("plain-1").empty());
+  EXPECT_EQ(map.ProfileFor("quiet-7")->unit, 2);
+  RegisterMap none = MustParse(R"({"profiles": {"p": {"registers": []}}})");
+  EXPECT_TRUE(none.PollPlanFor("x").empty());  // no profile: no plan
+}
 
 TEST(LoadFile, MissingFileSaysSo) {
   auto map = RegisterMap::LoadFile("/nonexistent/registers.json");

@@ -16,7 +16,11 @@ ABSL_FLAG(std::string, id_prefix, "sim-", "device id prefix");
 ABSL_FLAG(std::string, profile, "", "register-map profile for every device; empty: the map's device globs decide");
 ABSL_FLAG(std::string, register_map, "config/registers.json", "register map file (JSON)");
 ABSL_FLAG(absl::Duration, heartbeat_interval, absl::Seconds(10), "time between heartbeats of one device");
-ABSL_FLAG(absl::Duration, data_interval, absl::ZeroDuration(), "time between unsolicited reads of one device; 0: off");
+ABSL_FLAG(std::string, mode, "push",
+          "push: devices also send unsolicited reads every data_interval; slave: they only answer requests, as a "
+          "meter behind a transparent DTU does (ingest polls them on the register map's plan)");
+ABSL_FLAG(absl::Duration, data_interval, absl::ZeroDuration(),
+          "push mode: time between unsolicited reads of one device; 0: off");
 ABSL_FLAG(absl::Duration, reply_delay, absl::ZeroDuration(), "delay before a device answers a command");
 ABSL_FLAG(double, crc_error_rate, 0, "fraction of replies sent with a broken CRC (0..1)");
 ABSL_FLAG(double, drop_rate, 0, "fraction of commands left unanswered (0..1)");
@@ -47,6 +51,11 @@ int main(int argc, char** argv) {
   o.heartbeat_interval = absl::GetFlag(FLAGS_heartbeat_interval);
   devbridge::common::RequirePositive("heartbeat_interval", o.heartbeat_interval);
   o.data_interval = absl::GetFlag(FLAGS_data_interval);
+  const std::string mode = absl::GetFlag(FLAGS_mode);
+  if (mode != "push" && mode != "slave") FlagError("mode", "must be push or slave");
+  if (mode == "slave" && o.data_interval != absl::ZeroDuration()) {
+    FlagError("data_interval", "a slave sends nothing unasked: leave it 0 with --mode=slave");
+  }
   o.reply_delay = absl::GetFlag(FLAGS_reply_delay);
   o.crc_error_rate = absl::GetFlag(FLAGS_crc_error_rate);
   devbridge::common::RequireInRange("crc_error_rate", o.crc_error_rate, 0, 1);

@@ -1,4 +1,5 @@
 // devbridge-ingest: MQTT device side → Modbus decoding → PostgreSQL and the event stream.
+#include <signal.h>
 #include <unistd.h>
 
 #include <string>
@@ -26,7 +27,11 @@ ABSL_FLAG(std::string, grpc_listen, "0.0.0.0:7070", "gRPC listen address (servic
 ABSL_FLAG(std::string, http_listen, "0.0.0.0:9090", "HTTP listen address for /healthz and /metrics");
 ABSL_FLAG(absl::Duration, heartbeat_timeout, absl::Seconds(90), "a device is offline after this much silence");
 ABSL_FLAG(absl::Duration, sweep_interval, absl::Seconds(1), "how often silent devices are swept offline");
-ABSL_FLAG(std::string, register_map, "config/registers.json", "register map file (JSON)");
+ABSL_FLAG(std::string, register_map, "config/registers.json",
+          "register map file (JSON): profiles, device globs and polling plans; SIGHUP reloads it");
+ABSL_FLAG(int, poll_failures, 3, "polls in a row without a good reply after which a device is unresponsive");
+ABSL_FLAG(absl::Duration, poll_backoff_max, absl::Seconds(60),
+          "an unresponsive device is probed at twice its shortest interval, doubling up to this");
 ABSL_FLAG(absl::Duration, command_timeout, absl::Seconds(5), "default command timeout (timeoutMs overrides, up to 60s)");
 ABSL_FLAG(int, command_queue_depth, 16, "commands that may wait per device behind the one in flight");
 ABSL_FLAG(std::string, fleet_system, "fleet", "system that receives every device's events");
@@ -53,6 +58,7 @@ ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or of
 int main(int argc, char** argv) {
   using devbridge::common::FlagError;
   devbridge::common::BlockShutdownSignals();
+  devbridge::common::BlockReloadSignal();
   devbridge::common::ParseFlags(argc, argv, "devbridge-ingest",
                                 "MQTT device side, Modbus decoding, commands, PostgreSQL and the event stream");
   if (auto s = devbridge::common::SetLogLevel(absl::GetFlag(FLAGS_log_level)); !s.ok()) {
@@ -87,6 +93,11 @@ int main(int argc, char** argv) {
   o.register_map = std::make_shared<const devbridge::regmap::RegisterMap>(*std::move(map));
   devbridge::common::Logger("ingest")->info("register map {}: {} profile(s)", map_path,
                                             o.register_map->profiles().size());
+  const int poll_failures = absl::GetFlag(FLAGS_poll_failures);
+  devbridge::common::RequireInRange("poll_failures", poll_failures, 1, 1000000);
+  o.poll_failures = static_cast<uint32_t>(poll_failures);
+  o.poll_backoff_max = absl::GetFlag(FLAGS_poll_backoff_max);
+  devbridge::common::RequirePositive("poll_backoff_max", o.poll_backoff_max);
   o.command_timeout = absl::GetFlag(FLAGS_command_timeout);
   devbridge::common::RequirePositive("command_timeout", o.command_timeout);
   if (o.command_timeout > absl::Seconds(60)) FlagError("command_timeout", "must be at most 60s");
@@ -130,7 +141,11 @@ int main(int argc, char** argv) {
     devbridge::common::Logger("ingest")->error("cannot start: {}", app.status().message());
     return 1;
   }
-  const int sig = devbridge::common::WaitForShutdown();
+  int sig;
+  while ((sig = devbridge::common::WaitForShutdownOrReload()) == SIGHUP) {
+    // A map that does not load leaves the one in force; the app logs and counts either way.
+    (void)(*app)->ReloadRegisterMap(map_path);
+  }
   devbridge::common::Logger("ingest")->info("signal {}: shutting down", sig);
   (*app)->Shutdown();
   return 0;

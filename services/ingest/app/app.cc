@@ -278,7 +278,9 @@ struct App::Impl : public CoreOutputs {
     command_timer.expires_after(absl::ToChronoMilliseconds(kCommandTick));
     command_timer.async_wait([this](std::error_code ec) {
       if (ec) return;
-      core->ExpireCommands(absl::Now());
+      const absl::Time now = absl::Now();
+      core->ExpireCommands(now);
+      core->RunPolls(now);
       commands_queued->Set(static_cast<int64_t>(core->commands().total()));
       ArmCommandTimer();
     });
@@ -341,7 +343,9 @@ struct App::Impl : public CoreOutputs {
   IngestOptions options;
   std::shared_ptr<spdlog::logger> log;
   common::MetricsRegistry metrics;
-  std::shared_ptr<const regmap::RegisterMap> map;
+  std::shared_ptr<const regmap::RegisterMap> map;  // the one at start; the core holds the one in force
+  common::Counter* reloads_ok = nullptr;
+  common::Counter* reloads_failed = nullptr;
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
   asio::steady_timer command_timer{io};
@@ -448,7 +452,13 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   co.command_timeout = o.command_timeout;
   co.command_queue_depth = o.command_queue_depth;
   co.forget_after = o.forget_after;
+  co.poll_failures = o.poll_failures;
+  co.poll_backoff_max = o.poll_backoff_max;
   s.core = std::make_unique<IngestCore>(co, s.map, &s, &s.metrics);
+  const char* reloads = "devbridge_ingest_register_map_reloads_total";
+  const char* reloads_help = "Register map reloads (SIGHUP), by result; a failed one leaves the old map in force.";
+  s.reloads_ok = &s.metrics.AddCounter(reloads, reloads_help, {{"result", "ok"}});
+  s.reloads_failed = &s.metrics.AddCounter(reloads, reloads_help, {{"result", "error"}});
 
   // gRPC first, so a failure to listen stops us before we take any message.
   s.service = std::make_unique<IngestService>([&s](std::function<void()> fn) { s.Post(std::move(fn)); },
@@ -503,6 +513,22 @@ App::App(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 App::~App() { Shutdown(); }
 
 int App::grpc_port() const { return impl_->grpc_port; }
+
+absl::Status App::ReloadRegisterMap(const std::string& path) {
+  Impl& s = *impl_;
+  absl::StatusOr<regmap::RegisterMap> loaded = regmap::RegisterMap::LoadFile(path);
+  if (!loaded.ok()) {
+    s.reloads_failed->Inc();
+    s.log->error("register map not reloaded, the one in force stays: {}", loaded.status().message());
+    return loaded.status();
+  }
+  auto map = std::make_shared<const regmap::RegisterMap>(*std::move(loaded));
+  s.reloads_ok->Inc();
+  s.log->info("register map reloaded from {}: {} profile(s); polling plans change now", path,
+              map->profiles().size());
+  s.Post([&s, map = std::move(map)]() mutable { s.core->SetRegisterMap(std::move(map), absl::Now()); });
+  return absl::OkStatus();
+}
 int App::http_port() const { return impl_->http->port(); }
 
 void App::Shutdown() {

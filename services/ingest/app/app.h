@@ -35,6 +35,8 @@ struct IngestOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(90);
   absl::Duration sweep_interval = absl::Seconds(1);
   std::shared_ptr<const regmap::RegisterMap> register_map;  // required
+  uint32_t poll_failures = 3;                           // CONTRACT §10.4
+  absl::Duration poll_backoff_max = absl::Seconds(60);
   absl::Duration command_timeout = absl::Seconds(5);
   size_t command_queue_depth = 16;
   std::string fleet_system = "fleet";
@@ -63,6 +65,11 @@ class App {
 
   int grpc_port() const;
   int http_port() const;
+  // Loads the register map at `path` and puts it in force (SIGHUP): decoding and polling
+  // plans change at once. A map that does not load leaves the old one in force; either way
+  // it is logged (with file:line:reason) and counted in devbridge_ingest_register_map_reloads_total.
+  absl::Status ReloadRegisterMap(const std::string& path);
+
   // Idempotent; the destructor calls it.
   void Shutdown();
 

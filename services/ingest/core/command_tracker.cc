@@ -6,21 +6,27 @@ namespace devbridge::ingest {
 
 bool CommandTracker::Enqueue(PendingCommand cmd) {
   Queue& q = queues_[cmd.command.device_id()];
-  if (q.waiting.size() >= depth_) {
-    if (!q.in_flight && q.waiting.empty()) Forget(cmd.command.device_id());
+  if (cmd.poll) {
+    q.polls.push_back(std::move(cmd));
+  } else if (q.waiting.size() >= depth_) {
+    if (q.Idle()) Forget(cmd.command.device_id());
     return false;
+  } else {
+    q.waiting.push_back(std::move(cmd));
   }
-  q.waiting.push_back(std::move(cmd));
   ++total_;
   return true;
 }
 
 PendingCommand* CommandTracker::StartNext(const std::string& device_id, absl::Time now) {
   auto it = queues_.find(device_id);
-  if (it == queues_.end() || it->second.in_flight || it->second.waiting.empty()) return nullptr;
+  if (it == queues_.end() || it->second.in_flight) return nullptr;
   Queue& q = it->second;
-  q.in_flight = std::move(q.waiting.front());
-  q.waiting.pop_front();
+  // Users first: a poll never delays a user's command by more than the one in flight.
+  std::deque<PendingCommand>& from = !q.waiting.empty() ? q.waiting : q.polls;
+  if (from.empty()) return nullptr;
+  q.in_flight = std::move(from.front());
+  from.pop_front();
   q.in_flight->sent = now;
   return &*q.in_flight;
 }
@@ -49,15 +55,17 @@ std::vector<PendingCommand> CommandTracker::TakeExpired(absl::Time now) {
       out.push_back(std::move(*q.in_flight));
       q.in_flight.reset();
     }
-    for (auto it = q.waiting.begin(); it != q.waiting.end();) {
-      if (it->deadline <= now) {
-        out.push_back(std::move(*it));
-        it = q.waiting.erase(it);
-      } else {
-        ++it;
+    for (std::deque<PendingCommand>* lane : {&q.waiting, &q.polls}) {
+      for (auto it = lane->begin(); it != lane->end();) {
+        if (it->deadline <= now) {
+          out.push_back(std::move(*it));
+          it = lane->erase(it);
+        } else {
+          ++it;
+        }
       }
     }
-    if (!q.in_flight && q.waiting.empty()) emptied.push_back(id);
+    if (q.Idle()) emptied.push_back(id);
   }
   total_ -= out.size();
   for (const auto& id : emptied) queues_.erase(id);
@@ -73,6 +81,7 @@ std::vector<PendingCommand> CommandTracker::TakeAll(const std::string& device_id
   if (it == queues_.end()) return out;
   if (it->second.in_flight) out.push_back(std::move(*it->second.in_flight));
   for (auto& c : it->second.waiting) out.push_back(std::move(c));
+  for (auto& c : it->second.polls) out.push_back(std::move(c));
   total_ -= out.size();
   queues_.erase(it);
   return out;
@@ -81,7 +90,7 @@ std::vector<PendingCommand> CommandTracker::TakeAll(const std::string& device_id
 std::vector<std::string> CommandTracker::IdleDevicesWithWork() const {
   std::vector<std::string> out;
   for (const auto& [id, q] : queues_) {
-    if (!q.in_flight && !q.waiting.empty()) out.push_back(id);
+    if (!q.in_flight && (!q.waiting.empty() || !q.polls.empty())) out.push_back(id);
   }
   return out;
 }
@@ -99,7 +108,7 @@ size_t CommandTracker::waiting(const std::string& device_id) const {
 
 void CommandTracker::Forget(const std::string& device_id) {
   auto it = queues_.find(device_id);
-  if (it != queues_.end() && !it->second.in_flight && it->second.waiting.empty()) queues_.erase(it);
+  if (it != queues_.end() && it->second.Idle()) queues_.erase(it);
 }
 
 }  // namespace devbridge::ingest

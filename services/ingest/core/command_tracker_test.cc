@@ -34,6 +34,43 @@ TEST(CommandTracker, OneInFlightPerDeviceInFifoOrder) {
   EXPECT_EQ(tracker.total(), 2u);
 }
 
+PendingCommand Poll(const std::string& device, absl::Duration timeout) {
+  PendingCommand c = Cmd(device, "", timeout);
+  c.poll = true;
+  return c;
+}
+
+TEST(CommandTracker, PollsGoBehindUsersCommandsAndDoNotTakeTheirPlaces) {
+  CommandTracker tracker(1);
+  ASSERT_TRUE(tracker.Enqueue(Poll("d", absl::Seconds(5))));
+  ASSERT_TRUE(tracker.Enqueue(Poll("d", absl::Seconds(5))));
+  EXPECT_FALSE(tracker.Full("d")) << "polls do not count against command_queue_depth";
+  ASSERT_TRUE(tracker.Enqueue(Cmd("d", "user", absl::Seconds(5))));
+  EXPECT_TRUE(tracker.Full("d"));
+  EXPECT_EQ(tracker.waiting("d"), 1u);
+  EXPECT_EQ(tracker.StartNext("d", t0)->command_id, "user") << "a user's command goes before polls queued earlier";
+  tracker.TakeInFlight("d");
+  EXPECT_TRUE(tracker.StartNext("d", t0)->poll);
+  EXPECT_EQ(tracker.total(), 2u);
+  auto all = tracker.TakeAll("d");
+  EXPECT_EQ(all.size(), 2u);
+  EXPECT_EQ(tracker.total(), 0u);
+  EXPECT_TRUE(tracker.Devices().empty());
+}
+
+TEST(CommandTracker, WaitingPollsExpireAndEmptyQueuesAreForgotten) {
+  CommandTracker tracker(4);
+  tracker.Enqueue(Poll("d", absl::Seconds(1)));
+  tracker.Enqueue(Poll("d", absl::Seconds(3)));
+  tracker.StartNext("d", t0);
+  EXPECT_EQ(tracker.IdleDevicesWithWork().size(), 0u);
+  auto expired = tracker.TakeExpired(t0 + absl::Seconds(1));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(tracker.IdleDevicesWithWork(), std::vector<std::string>{"d"}) << "the second poll is ready to go";
+  EXPECT_EQ(tracker.TakeExpired(t0 + absl::Seconds(3)).size(), 1u);
+  EXPECT_TRUE(tracker.Devices().empty());
+}
+
 TEST(CommandTracker, DepthBoundsWaitingCommands) {
   CommandTracker tracker(2);
   EXPECT_TRUE(tracker.Enqueue(Cmd("d", "1", absl::Seconds(5))));

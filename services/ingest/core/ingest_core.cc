@@ -32,6 +32,13 @@ void AddValues(const std::vector<regmap::DecodedValue>& values, v1::CommandResul
   }
 }
 
+PollScheduler::Options PollOptions(const CoreOptions& o) {
+  PollScheduler::Options p;
+  p.failures = o.poll_failures;
+  p.backoff_max = o.poll_backoff_max;
+  return p;
+}
+
 const char* StatusFor(int code) {
   if (code == common::kCodeSuccess) return "succeeded";
   if (code == common::kCodeTimeout) return "timeout";
@@ -90,6 +97,7 @@ IngestCore::IngestCore(CoreOptions options, std::shared_ptr<const regmap::Regist
       map_(std::move(map)),
       out_(outputs),
       commands_(options_.command_queue_depth),
+      polls_(PollOptions(options_)),
       topic_prefix_slash_(options_.topic_prefix + "/") {
   auto& r = *metrics;
   const char* in = "devbridge_ingest_messages_total";
@@ -114,6 +122,19 @@ IngestCore::IngestCore(CoreOptions options, std::shared_ptr<const regmap::Regist
   m_.command_latency = &r.AddHistogram("devbridge_ingest_command_latency_ms",
                                        "Command publish to reply, milliseconds.",
                                        common::LatencyBucketsMs());
+  const char* polls = "devbridge_ingest_polls_total";
+  const char* polls_help = "Polls of devices' plans, by outcome (skipped: the block's previous poll still waited).";
+  m_.polls_sent = &r.AddCounter(polls, polls_help, {{"outcome", "sent"}});
+  m_.polls_replied = &r.AddCounter(polls, polls_help, {{"outcome", "replied"}});
+  m_.polls_bad_reply = &r.AddCounter(polls, polls_help, {{"outcome", "bad_reply"}});
+  m_.polls_no_reply = &r.AddCounter(polls, polls_help, {{"outcome", "no_reply"}});
+  m_.polls_skipped = &r.AddCounter(polls, polls_help, {{"outcome", "skipped"}});
+  m_.poll_start_delay = &r.AddHistogram("devbridge_ingest_poll_start_delay_ms",
+                                        "From a poll's slot in the plan to its request going out, milliseconds.",
+                                        common::LatencyBucketsMs());
+  m_.polled_devices = &r.AddGauge("devbridge_ingest_polled_devices", "Online devices with a polling plan.");
+  m_.unresponsive = &r.AddGauge("devbridge_ingest_devices_unresponsive",
+                                "Polled devices that stopped answering (CONTRACT §10.4).");
   for (int code : {200, 400, 503, 2001, 2002, 2003, 2004, 2005, 2006}) {
     m_.results[code] = &r.AddCounter("devbridge_ingest_commands_total", "Commands by result code.",
                                      {{"code", std::to_string(code)}});
@@ -165,6 +186,7 @@ void IngestCore::Seen(const std::string& device_id, absl::Time now) {
     common::Logger("ingest.core")->info("[{}] online", device_id);
     EmitDeviceState(*d);
     StoreDevice(*d, false);
+    StartPolling(device_id, now);
   } else if (now - d->stored_at >= kLastSeenWriteInterval) {
     StoreDevice(*d, false);
   }
@@ -299,6 +321,7 @@ void IngestCore::CompleteWithFrame(PendingCommand cmd, absl::string_view payload
 }
 
 void IngestCore::Finish(PendingCommand cmd, v1::CommandResult result, absl::Time now) {
+  if (cmd.poll) return FinishPoll(std::move(cmd), std::move(result), now);
   const v1::Command& c = cmd.command;
   result.set_command_id(cmd.command_id);
   result.set_request_id(c.request_id());
@@ -343,6 +366,11 @@ void IngestCore::StartNext(const std::string& device_id, absl::Time now) {
   PendingCommand* next = commands_.StartNext(device_id, now);
   if (next == nullptr) return;
   out_->PublishCommand(device_id, modbus::ToHex(next->frame));
+  if (next->poll) {
+    m_.polls_sent->Inc();
+    m_.poll_start_delay->Observe(std::max(0.0, absl::ToDoubleMilliseconds(now - next->poll_request.due)));
+    return;  // polls are not rows of `commands`
+  }
   CommandRecord rec;
   rec.command_id = next->command_id;
   rec.device_id = device_id;
@@ -460,6 +488,9 @@ void IngestCore::Tick(absl::Time now, bool sweep_liveness) {
       const DeviceInfo& d = *devices_.Find(id);
       EmitDeviceState(d);
       StoreDevice(d, false);
+      polls_.Stop(id);  // offline is its own state: polls resume when it comes back
+      m_.polled_devices->Set(static_cast<int64_t>(polls_.size()));
+      m_.unresponsive->Set(static_cast<int64_t>(polls_.unresponsive()));
       for (PendingCommand& cmd : commands_.TakeAll(id)) {
         v1::CommandResult result;
         result.set_code(common::kCodeDeviceOffline);
@@ -467,6 +498,101 @@ void IngestCore::Tick(absl::Time now, bool sweep_liveness) {
         Finish(std::move(cmd), std::move(result), now);
       }
     }
+  }
+}
+
+void IngestCore::StartPolling(const std::string& device_id, absl::Time now) {
+  const regmap::Profile* profile = map_->ProfileFor(device_id);
+  polls_.Start(device_id, profile != nullptr ? profile->unit : 1, map_->PollPlanFor(device_id), now);
+  m_.polled_devices->Set(static_cast<int64_t>(polls_.size()));
+  m_.unresponsive->Set(static_cast<int64_t>(polls_.unresponsive()));
+}
+
+void IngestCore::RunPolls(absl::Time now) {
+  if (polls_.next_due() > now) return;
+  const uint64_t skipped = polls_.skipped();
+  due_polls_.clear();
+  polls_.TakeDue(now, &due_polls_);
+  m_.polls_skipped->Inc(polls_.skipped() - skipped);
+  for (PollRequest& r : due_polls_) {
+    PendingCommand cmd;
+    cmd.poll = true;
+    cmd.command.set_device_id(r.device_id);
+    cmd.command.set_function(r.function);
+    cmd.command.set_unit(r.unit);
+    cmd.command.set_address(r.address);
+    cmd.command.set_count(r.count);
+    cmd.request.unit = r.unit;
+    cmd.request.function = r.function;
+    cmd.request.address = r.address;
+    cmd.request.count = r.count;
+    absl::StatusOr<std::vector<uint8_t>> frame = modbus::BuildRequest(cmd.request);
+    if (!frame.ok()) continue;  // cannot happen: the map checked function, address and count
+    cmd.frame = *std::move(frame);
+    cmd.submitted = now;
+    cmd.sent = absl::InfinitePast();
+    cmd.deadline = now + options_.command_timeout;
+    const std::string device_id = r.device_id;
+    cmd.poll_request = std::move(r);
+    commands_.Enqueue(std::move(cmd));
+    StartNext(device_id, now);
+  }
+}
+
+void IngestCore::FinishPoll(PendingCommand cmd, v1::CommandResult result, absl::Time now) {
+  const std::string& device_id = cmd.command.device_id();
+  const int code = result.code();
+  if (code == common::kCodeTimeout) {
+    m_.polls_no_reply->Inc();
+  } else if (code == common::kCodeFrameError) {
+    m_.polls_bad_reply->Inc();
+  } else if (code == common::kCodeSuccess || code == common::kCodeNoRegister ||
+             code == common::kCodeModbusException) {
+    m_.polls_replied->Inc();
+  }
+  const PollTransition transition = polls_.Done(cmd.poll_request, code, now);
+  // A reply, good or garbled, is shown like any device data; silence (2002) and the end of
+  // polling (offline, shutdown) are not.
+  const bool replied = code == common::kCodeSuccess || code == common::kCodeNoRegister ||
+                       code == common::kCodeModbusException || code == common::kCodeFrameError;
+  if (replied) {
+    result.set_device_id(device_id);
+    result.set_unit(cmd.request.unit);
+    result.set_function(cmd.request.function);
+    result.set_address(cmd.request.address);
+    result.set_count(cmd.request.Quantity());
+    result.set_request(Bytes(cmd.frame));
+    result.set_received_at_unix_ms(absl::ToUnixMillis(now));
+    result.set_solicited(true);
+    result.set_poll(true);
+    if (cmd.sent != absl::InfinitePast()) result.set_latency_ms(absl::ToDoubleMilliseconds(now - cmd.sent));
+    v1::Event event;
+    *event.mutable_data() = std::move(result);
+    out_->Emit(std::move(event), DeviceStreams(device_id));
+  }
+  if (transition == PollTransition::kNone) return;
+  const PollStatus* status = polls_.Find(device_id);
+  v1::Event event;
+  v1::DeviceResponsive* r = event.mutable_responsive();
+  r->set_device_id(device_id);
+  r->set_responsive(transition == PollTransition::kResponsive);
+  r->set_failures(status != nullptr ? status->failures : 0);
+  r->set_backoff_ms(status != nullptr ? absl::ToInt64Milliseconds(status->backoff) : 0);
+  if (transition == PollTransition::kUnresponsive) {
+    common::Logger("ingest.core")
+        ->warn("[{}] unresponsive: {} polls in a row without a good reply; probing every {}", device_id,
+               r->failures(), absl::FormatDuration(status != nullptr ? status->backoff : absl::ZeroDuration()));
+  } else {
+    common::Logger("ingest.core")->info("[{}] responsive again", device_id);
+  }
+  m_.unresponsive->Set(static_cast<int64_t>(polls_.unresponsive()));
+  out_->Emit(std::move(event), DeviceStreams(device_id));
+}
+
+void IngestCore::SetRegisterMap(std::shared_ptr<const regmap::RegisterMap> map, absl::Time now) {
+  map_ = std::move(map);
+  for (const DeviceInfo& d : devices_.Snapshot()) {
+    if (d.online) StartPolling(d.id, now);
   }
 }
 

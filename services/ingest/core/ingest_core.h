@@ -19,6 +19,7 @@
 #include "services/ingest/core/command_tracker.h"
 #include "services/ingest/core/device_table.h"
 #include "services/ingest/core/event_log.h"
+#include "services/ingest/core/poll_scheduler.h"
 #include "services/ingest/core/records.h"
 
 namespace devbridge::ingest {
@@ -33,6 +34,10 @@ struct CoreOptions {
   size_t max_data_bytes = 4096;
   // A device offline for longer is dropped from memory (its rows stay; CONTRACT §10.1).
   absl::Duration forget_after = absl::Hours(24);
+  // Polling plans (CONTRACT §10.4): unresponsive after this many polls in a row without a
+  // good reply, then probes back off, doubling up to poll_backoff_max.
+  uint32_t poll_failures = 3;
+  absl::Duration poll_backoff_max = absl::Seconds(60);
 };
 
 // Where the core's decisions go. Implementations must not block.
@@ -66,6 +71,15 @@ class IngestCore {
   // intake is paused and silence means nothing).
   void Tick(absl::Time now, bool sweep_liveness = true);
 
+  // Queues the polls that are due (behind users' commands) and starts them where the device
+  // is idle. Cheap when none is due; the app calls it every few milliseconds.
+  void RunPolls(absl::Time now);
+
+  // Puts a new register map in force (SIGHUP): decoding uses it at once and every online
+  // device's polling plan is taken from it (a device whose plan did not change keeps its
+  // schedule and failure count).
+  void SetRegisterMap(std::shared_ptr<const regmap::RegisterMap> map, absl::Time now);
+
   // Fails every command with code 503 and `reason`, for shutdown.
   void FailAll(absl::Time now, const std::string& reason);
 
@@ -76,12 +90,15 @@ class IngestCore {
 
   const DeviceTable& devices() const { return devices_; }
   const CommandTracker& commands() const { return commands_; }
+  const PollScheduler& polls() const { return polls_; }
 
  private:
   void Seen(const std::string& device_id, absl::Time now);
   void EmitDeviceState(const DeviceInfo& device);
   void StoreDevice(const DeviceInfo& device, bool with_meta);
   void Finish(PendingCommand cmd, v1::CommandResult result, absl::Time now);
+  void FinishPoll(PendingCommand cmd, v1::CommandResult result, absl::Time now);
+  void StartPolling(const std::string& device_id, absl::Time now);
   void StartNext(const std::string& device_id, absl::Time now);
   void CompleteWithFrame(PendingCommand cmd, absl::string_view payload, absl::Time now);
   void Unsolicited(const std::string& device_id, absl::string_view payload, absl::Time now);
@@ -94,6 +111,8 @@ class IngestCore {
   CoreOutputs* out_;
   DeviceTable devices_;
   CommandTracker commands_;
+  PollScheduler polls_;
+  std::vector<PollRequest> due_polls_;  // scratch for RunPolls
   std::vector<regmap::DecodedValue> scratch_;
   std::string topic_prefix_slash_;
   absl::flat_hash_set<std::string> used_ids_;  // bounded by used_order_
@@ -112,6 +131,14 @@ class IngestCore {
     common::Counter* unsolicited;
     common::Counter* meta_refused;
     common::Histogram* command_latency;
+    common::Counter* polls_replied;
+    common::Counter* polls_no_reply;
+    common::Counter* polls_bad_reply;
+    common::Counter* polls_skipped;
+    common::Counter* polls_sent;
+    common::Histogram* poll_start_delay;
+    common::Gauge* polled_devices;
+    common::Gauge* unresponsive;
     std::map<int, common::Counter*> results;
     common::Counter* results_other;
   } m_;

@@ -20,6 +20,10 @@ constexpr char kMap[] = R"({
   "devices": {"*": "meter", "pump-*": "pump"}
 })";
 
+std::string ReplyHex(const std::vector<uint16_t>& registers, uint8_t unit = 1) {
+  return modbus::ToHex(modbus::BuildReadReply(unit, modbus::kReadHoldingRegisters, registers));
+}
+
 class FakeOutputs : public CoreOutputs {
  public:
   void PublishCommand(const std::string& device_id, const std::string& hex) override {
@@ -337,6 +341,157 @@ TEST(BadFrameKind, Classifies) {
   EXPECT_EQ(BadFrameKind(absl::InvalidArgumentError("bad hex text: 'z'")), "hex");
   EXPECT_EQ(BadFrameKind(absl::InvalidArgumentError("unit mismatch: x")), "mismatch");
   EXPECT_EQ(BadFrameKind(absl::InvalidArgumentError("frame too short")), "malformed");
+}
+
+// Polling plans (CONTRACT §10.4), driven by an injected clock.
+class PollingTest : public ::testing::Test {
+ protected:
+  static constexpr char kPollMap[] = R"({
+    "profiles": {
+      "meter": {"unit": 1, "registers": [
+        {"address": 0, "name": "temperature", "type": "int16", "scale": 0.1, "unit": "°C"},
+        {"address": 1, "name": "humidity", "type": "uint16", "scale": 0.1, "unit": "%RH"}],
+        "poll": [{"address": 0, "count": 1, "every": "1s"}, {"address": 1, "count": 1, "every": "1s"}]}
+    },
+    "devices": {"quiet": {"profile": "meter", "poll": []}, "*": "meter"}
+  })";
+
+  PollingTest() {
+    CoreOptions options;
+    options.command_timeout = absl::Milliseconds(300);
+    options.poll_failures = 2;
+    core_ = std::make_unique<IngestCore>(options, Map(kPollMap), &out_, &metrics_);
+  }
+
+  static std::shared_ptr<const regmap::RegisterMap> Map(const char* json) {
+    auto map = regmap::RegisterMap::Parse(json, "test");
+    EXPECT_TRUE(map.ok()) << map.status();
+    return std::make_shared<regmap::RegisterMap>(*std::move(map));
+  }
+
+  // Runs the clock in 10 ms steps until something is published or `limit` passes.
+  bool RunUntilPublished(absl::Time* now, absl::Duration limit = absl::Seconds(2)) {
+    const size_t before = out_.published.size();
+    for (const absl::Time end = *now + limit; *now < end; *now += absl::Milliseconds(10)) {
+      core_->RunPolls(*now);
+      core_->ExpireCommands(*now);
+      if (out_.published.size() > before) return true;
+    }
+    return false;
+  }
+
+  std::vector<v1::Event> EventsOf(bool (v1::Event::*has)() const) const {
+    std::vector<v1::Event> out;
+    for (const auto& e : out_.events) {
+      if ((e.*has)()) out.push_back(e);
+    }
+    return out;
+  }
+
+  common::MetricsRegistry metrics_;
+  FakeOutputs out_;
+  std::unique_ptr<IngestCore> core_;
+};
+
+TEST_F(PollingTest, PollsAnOnlineDeviceReadingContiguousBlocksInOneRequest) {
+  absl::Time now = t0;
+  core_->OnHeartbeat("m-1", "{}", now);
+  core_->OnHeartbeat("quiet", "{}", now);
+  ASSERT_TRUE(RunUntilPublished(&now));
+  ASSERT_EQ(out_.published.size(), 1u) << "one device polled; the other's plan is []";
+  EXPECT_EQ(out_.published[0].first, "m-1");
+  EXPECT_EQ(out_.published[0].second, "010300000002C40B") << "registers 0 and 1 in one read";
+  core_->OnData("m-1", ReplyHex({235, 410}), now + absl::Milliseconds(5));
+  auto data = EventsOf(&v1::Event::has_data);
+  ASSERT_EQ(data.size(), 1u);
+  EXPECT_TRUE(data[0].data().poll());
+  EXPECT_TRUE(data[0].data().solicited());
+  EXPECT_EQ(data[0].data().code(), 200);
+  EXPECT_EQ(data[0].data().values_size(), 2);
+  EXPECT_TRUE(data[0].data().command_id().empty());
+  auto readings = out_.StoredOf<ReadingRecord>();
+  ASSERT_EQ(readings.size(), 1u);
+  EXPECT_TRUE(readings[0].command_id.empty()) << "stored with command_id null";
+  EXPECT_TRUE(out_.StoredOf<CommandRecord>().empty()) << "polls are not rows of commands";
+  // The next one a second later.
+  const absl::Time first = now;
+  ASSERT_TRUE(RunUntilPublished(&now));
+  EXPECT_EQ(now - first, absl::Seconds(1));
+}
+
+TEST_F(PollingTest, AUsersCommandGoesBeforeAWaitingPoll) {
+  absl::Time now = t0;
+  core_->OnHeartbeat("m-1", "{}", now);
+  // A user's command is in flight when the poll falls due: the poll waits behind it.
+  absl::Time due = now;
+  ASSERT_TRUE(RunUntilPublished(&due));
+  core_->OnData("m-1", ReplyHex({1, 2}), due);
+  now = due + absl::Milliseconds(900);
+  v1::Command c;
+  c.set_device_id("m-1");
+  c.set_function(3);
+  c.set_address(0);
+  c.set_count(1);
+  core_->Submit(c, now, nullptr);
+  const size_t before = out_.published.size();
+  for (; now < due + absl::Milliseconds(1100); now += absl::Milliseconds(10)) core_->RunPolls(now);
+  EXPECT_EQ(out_.published.size(), before) << "the poll waits while the user's command is in flight";
+  core_->Submit(c, now, nullptr);  // a second user's command waits too...
+  core_->OnData("m-1", ReplyHex({5}), now);
+  ASSERT_EQ(out_.published.size(), before + 1);
+  EXPECT_EQ(out_.published.back().second, "010300000001840A") << "...and goes before the poll queued earlier";
+  core_->OnData("m-1", ReplyHex({6}), now);
+  ASSERT_EQ(out_.published.size(), before + 2);
+  EXPECT_EQ(out_.published.back().second, "010300000002C40B") << "then the poll";
+}
+
+TEST_F(PollingTest, UnresponsiveAfterFailuresStaysOnlineAndComesBack) {
+  absl::Time now = t0;
+  core_->OnHeartbeat("m-1", "{}", now);
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(RunUntilPublished(&now));
+    now += absl::Milliseconds(300);
+    core_->ExpireCommands(now);  // no reply
+  }
+  auto changes = EventsOf(&v1::Event::has_responsive);
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_FALSE(changes[0].responsive().responsive());
+  EXPECT_EQ(changes[0].responsive().failures(), 2u);
+  EXPECT_EQ(changes[0].responsive().backoff_ms(), 2000);
+  EXPECT_TRUE(core_->devices().IsOnline("m-1")) << "unresponsive is not offline";
+  EXPECT_TRUE(core_->polls().Find("m-1")->unresponsive);
+  EXPECT_TRUE(EventsOf(&v1::Event::has_data).empty()) << "silence is not shown as data";
+  // The probe comes after the back-off, and a reply brings the device back.
+  const absl::Time failed = now;
+  ASSERT_TRUE(RunUntilPublished(&now, absl::Seconds(3)));
+  EXPECT_GE(now - failed, absl::Seconds(2) - absl::Milliseconds(10));
+  core_->OnData("m-1", ReplyHex({1, 2}), now);
+  changes = EventsOf(&v1::Event::has_responsive);
+  ASSERT_EQ(changes.size(), 2u);
+  EXPECT_TRUE(changes[1].responsive().responsive());
+  EXPECT_FALSE(core_->polls().Find("m-1")->unresponsive);
+}
+
+TEST_F(PollingTest, OfflineStopsPollingAndANewMapChangesPlansAtOnce) {
+  absl::Time now = t0;
+  core_->OnHeartbeat("m-1", "{}", now);
+  ASSERT_TRUE(RunUntilPublished(&now));
+  core_->OnData("m-1", ReplyHex({1, 2}), now);
+  core_->SetRegisterMap(Map(R"({"profiles": {"meter": {"unit": 3, "registers": [
+      {"address": 0, "name": "t", "type": "int16"}], "poll": [{"address": 0, "count": 1, "every": "200ms"}]}},
+      "devices": {"*": "meter"}})"), now);
+  const absl::Time reloaded = now;
+  ASSERT_TRUE(RunUntilPublished(&now));
+  EXPECT_LE(now - reloaded, absl::Milliseconds(200));
+  EXPECT_EQ(out_.published.back().second.substr(0, 12), "030300000001") << "unit 3, one register";
+  core_->SetRegisterMap(Map(R"({"profiles": {"meter": {"registers": []}}, "devices": {"*": "meter"}})"), now);
+  EXPECT_EQ(core_->polls().size(), 0u);
+  core_->SetRegisterMap(Map(kPollMap), now);
+  EXPECT_EQ(core_->polls().size(), 1u);
+  core_->Tick(now + absl::Seconds(91));  // heartbeat_timeout: offline
+  EXPECT_FALSE(core_->devices().IsOnline("m-1"));
+  EXPECT_EQ(core_->polls().size(), 0u);
+  EXPECT_TRUE(core_->commands().Devices().empty());
 }
 
 }  // namespace

@@ -243,6 +243,21 @@ grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext
       out->set_first_seen_unix_ms(absl::ToUnixMillis(d.first_seen));
       out->set_last_seen_unix_ms(absl::ToUnixMillis(d.last_seen));
       out->set_meta_json(d.meta_json);
+      if (const PollStatus* poll = core_->polls().Find(d.id)) {
+        v1::DevicePolling* p = out->mutable_polling();
+        for (const regmap::PollBlock& b : poll->plan) {
+          v1::DevicePollBlock* block = p->add_plan();
+          block->set_function(b.function);
+          block->set_address(b.address);
+          block->set_count(b.count);
+          block->set_every_ms(absl::ToInt64Milliseconds(b.every));
+        }
+        if (poll->last_poll != absl::InfinitePast()) p->set_last_poll_unix_ms(absl::ToUnixMillis(poll->last_poll));
+        p->set_last_code(poll->last_code);
+        p->set_failures(poll->failures);
+        p->set_unresponsive(poll->unresponsive);
+        p->set_backoff_ms(absl::ToInt64Milliseconds(poll->backoff));
+      }
     }
     // One more than asked for tells whether another page follows.
     if (page.size() > limit) response->set_next(page[limit - 1]->id);

@@ -78,7 +78,8 @@ std::string CommandResultJson(const v1::CommandResult& r) {
   }
   absl::StrAppend(&out, "},\"latencyMs\":", absl::StrFormat("%.3f", r.latency_ms()), ",\"receivedAt\":");
   AppendJsonString(&out, IsoTime(r.received_at_unix_ms()));
-  absl::StrAppend(&out, ",\"solicited\":", r.solicited() ? "true" : "false", ",\"exception\":");
+  absl::StrAppend(&out, ",\"solicited\":", r.solicited() ? "true" : "false", ",\"poll\":",
+                  r.poll() ? "true" : "false", ",\"exception\":");
   if (r.exception_code() != 0) {
     absl::StrAppend(&out, "{\"code\":", r.exception_code(), ",\"name\":");
     AppendJsonString(&out, r.exception_name());
@@ -585,9 +586,27 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
     Fanout(event, std::move(frame), now);
     return absl::OkStatus();
   }
+  if (event.has_responsive()) {
+    // CONTRACT §10.4: a polled device stopped answering, or answered again.
+    const v1::DeviceResponsive& d = event.responsive();
+    frame.type = d.responsive() ? "device.responsive" : "device.unresponsive";
+    frame.code = d.responsive() ? common::kCodeSuccess : common::kCodeTimeout;
+    frame.msg = d.responsive() ? "success"
+                               : absl::StrCat("no good reply to ", d.failures(), " polls in a row");
+    std::string data = "{\"deviceId\":";
+    AppendJsonString(&data, d.device_id());
+    absl::StrAppend(&data, ",\"responsive\":", d.responsive() ? "true" : "false", ",\"failures\":", d.failures(),
+                    ",\"backoffMs\":", d.backoff_ms(), ",\"at\":");
+    AppendJsonString(&data, IsoTime(event.at_unix_ms()));
+    data.push_back('}');
+    frame.data_json = std::move(data);
+    Fanout(event, std::move(frame), now);
+    return absl::OkStatus();
+  }
   if (event.has_data()) {
     const v1::CommandResult& r = event.data();
-    frame.type = r.solicited() ? "command.result" : "device.data";
+    // A poll's result is solicited (it answers a request) but no one's command: device.data.
+    frame.type = r.solicited() && !r.poll() ? "command.result" : "device.data";
     frame.message_id = r.command_id();
     frame.code = r.code();
     frame.msg = r.msg();

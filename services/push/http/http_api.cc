@@ -30,6 +30,23 @@ std::string Str(const Json& j, const char* key) {
   return m->is_string() ? m->get<std::string>() : m->dump();
 }
 
+// A device's polling (CONTRACT §10.4) for /api/devices: null when it has no plan.
+Json PollingJson(const v1::Device& d) {
+  if (!d.has_polling()) return nullptr;
+  const v1::DevicePolling& p = d.polling();
+  Json plan = Json::array();
+  for (const v1::DevicePollBlock& b : p.plan()) {
+    plan.push_back({{"function", b.function()}, {"address", b.address()}, {"count", b.count()},
+                    {"everyMs", b.every_ms()}});
+  }
+  return {{"plan", std::move(plan)},
+          {"lastPollAt", p.last_poll_unix_ms() > 0 ? Json(IsoTime(p.last_poll_unix_ms())) : Json(nullptr)},
+          {"lastCode", p.last_code() != 0 ? Json(p.last_code()) : Json(nullptr)},
+          {"failures", p.failures()},
+          {"unresponsive", p.unresponsive()},
+          {"backoffMs", p.backoff_ms()}};
+}
+
 }  // namespace
 
 httpd::Response ApiReply(int code, const std::string& msg, const std::string& data_json) {
@@ -185,7 +202,8 @@ void HttpApi::Query(const httpd::Request& request, std::function<void(httpd::Res
                         {"online", d.online()},
                         {"firstSeen", IsoTime(d.first_seen_unix_ms())},
                         {"lastSeen", IsoTime(d.last_seen_unix_ms())},
-                        {"meta", meta.is_discarded() ? Json::object() : meta}});
+                        {"meta", meta.is_discarded() ? Json::object() : meta},
+                        {"polling", PollingJson(d)}});
       }
       Json data = {{"devices", std::move(list)}, {"next", nullptr}};
       if (!r->next().empty()) data["next"] = r->next();
