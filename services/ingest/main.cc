@@ -87,17 +87,17 @@ int main(int argc, char** argv) {
   devbridge::common::RequirePositive("heartbeat_timeout", o.heartbeat_timeout);
   o.sweep_interval = absl::GetFlag(FLAGS_sweep_interval);
   devbridge::common::RequirePositive("sweep_interval", o.sweep_interval);
+  const int poll_failures = absl::GetFlag(FLAGS_poll_failures);
+  devbridge::common::RequireInRange("poll_failures", poll_failures, 1, 1000000);
+  o.poll_failures = static_cast<uint32_t>(poll_failures);
+  o.poll_backoff_max = absl::GetFlag(FLAGS_poll_backoff_max);
+  devbridge::common::RequirePositive("poll_backoff_max", o.poll_backoff_max);
   const std::string map_path = absl::GetFlag(FLAGS_register_map);
   auto map = devbridge::regmap::RegisterMap::LoadFile(map_path);
   if (!map.ok()) FlagError("register_map", map.status().message());
   o.register_map = std::make_shared<const devbridge::regmap::RegisterMap>(*std::move(map));
   devbridge::common::Logger("ingest")->info("register map {}: {} profile(s)", map_path,
                                             o.register_map->profiles().size());
-  const int poll_failures = absl::GetFlag(FLAGS_poll_failures);
-  devbridge::common::RequireInRange("poll_failures", poll_failures, 1, 1000000);
-  o.poll_failures = static_cast<uint32_t>(poll_failures);
-  o.poll_backoff_max = absl::GetFlag(FLAGS_poll_backoff_max);
-  devbridge::common::RequirePositive("poll_backoff_max", o.poll_backoff_max);
   o.command_timeout = absl::GetFlag(FLAGS_command_timeout);
   devbridge::common::RequirePositive("command_timeout", o.command_timeout);
   if (o.command_timeout > absl::Seconds(60)) FlagError("command_timeout", "must be at most 60s");

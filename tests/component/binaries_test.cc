@@ -37,7 +37,10 @@ TEST(Binaries, BadValuesExitTwoWithOneLineNamingTheOption) {
       {{kPush, "--flush_interval=2s"}, "devbridge-push: --flush_interval: must be at most 1s"},
       {{kPush, "--listen=nohost"}, "devbridge-push: --listen: bad address"},
       {{kPush, "--web_root=/nonexistent"}, "devbridge-push: --web_root: not a readable directory"},
+      {{kIngest, "--poll_failures=0"}, "devbridge-ingest: --poll_failures: must be between 1 and 1000000"},
       {{kSim, "--drop_rate=1.5"}, "devbridge-sim: --drop_rate: must be between 0 and 1"},
+      {{kSim, "--mode=master"}, "devbridge-sim: --mode: must be push or slave"},
+      {{kSim, "--mode=slave", "--data_interval=1s"}, "devbridge-sim: --data_interval: a slave sends nothing unasked"},
       {{kSim, "--devices=0"}, "devbridge-sim: --devices: must be between 1 and 1000000"},
       {{kSim, "--profile=nope", "--register_map=" DEVBRIDGE_SOURCE_DIR "/config/registers.json"},
        "devbridge-sim: --profile: no such profile"},
@@ -65,7 +68,8 @@ TEST(Binaries, HelpListsEveryContractOption) {
   for (const char* option :
        {"mqtt_url", "mqtt_client_id", "mqtt_username", "mqtt_password", "mqtt_qos", "topic_prefix", "shared_group",
         "pg_dsn", "grpc_listen", "http_listen", "heartbeat_timeout", "sweep_interval", "register_map",
-        "command_timeout", "command_queue_depth", "fleet_system", "replay_buffer"}) {
+        "command_timeout", "command_queue_depth", "fleet_system", "replay_buffer", "poll_failures",
+        "poll_backoff_max"}) {
     EXPECT_NE(help.find(absl::StrCat("--", option, " (default: ")), std::string::npos) << option;
   }
   ASSERT_EQ(WaitExit(Spawn({kPush, "--help"}, log), absl::Seconds(10)), 0);
@@ -78,7 +82,8 @@ TEST(Binaries, HelpListsEveryContractOption) {
   ASSERT_EQ(WaitExit(Spawn({kSim, "--help"}, log), absl::Seconds(10)), 0);
   const std::string sim_help = ReadFile(log);
   for (const char* option : {"mqtt_url", "topic_prefix", "devices", "id_prefix", "profile", "register_map",
-                             "heartbeat_interval", "data_interval", "reply_delay", "crc_error_rate", "drop_rate"}) {
+                             "heartbeat_interval", "data_interval", "reply_delay", "crc_error_rate", "drop_rate",
+                             "mode"}) {
     EXPECT_NE(sim_help.find(absl::StrCat("--", option, " (default: ")), std::string::npos) << option;
   }
 }
@@ -99,6 +104,38 @@ TEST(Binaries, IngestShutsDownCleanlyOnSigterm) {
   const std::string out = ReadFile(log);
   EXPECT_NE(out.find("signal 15: shutting down"), std::string::npos) << out;
   EXPECT_NE(out.find("stopped"), std::string::npos) << out;
+}
+
+TEST(Binaries, IngestReloadsItsRegisterMapOnSighupAndKeepsTheOldOneWhenTheNewIsBroken) {
+  const std::string dir = std::getenv("DEVBRIDGE_TEST_DIR");
+  const std::string map = absl::StrCat(dir, "/sighup-", getpid(), ".json");
+  const std::string good = ReadFile(DEVBRIDGE_SOURCE_DIR "/config/registers.json");
+  ASSERT_FALSE(good.empty());
+  auto write = [&](const std::string& text) {
+    FILE* f = fopen(map.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    fputs(text.c_str(), f);
+    fclose(f);
+  };
+  write(good);
+  const std::string log = absl::StrCat(dir, "/sighup-", getpid(), ".log");
+  const int pid = Spawn({kIngest, "--mqtt_url=" + MqttUrl(), "--pg_dsn=none", "--grpc_listen=127.0.0.1:0",
+                         "--http_listen=127.0.0.1:0", "--mqtt_client_id=sighup-" + std::to_string(getpid()),
+                         "--topic_prefix=" + UniqueTopicPrefix(), "--register_map=" + map},
+                        log);
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(log).find("connected to") != std::string::npos; })) << ReadFile(log);
+  write("{\n  \"profiles\": {\n    \"meter\": {\"registers\": [], \"poll\": \"often\"}\n  }\n}\n");
+  kill(pid, SIGHUP);
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(log).find("register map not reloaded") != std::string::npos; }))
+      << ReadFile(log);
+  EXPECT_NE(ReadFile(log).find(map + ":3: profiles.meter.poll: must be an array"), std::string::npos) << ReadFile(log);
+  write(good);
+  kill(pid, SIGHUP);
+  ASSERT_TRUE(WaitFor([&] { return ReadFile(log).find("register map reloaded from " + map) != std::string::npos; }))
+      << ReadFile(log);
+  kill(pid, SIGTERM);
+  EXPECT_EQ(WaitExit(pid, absl::Seconds(20)), 0) << "SIGHUP must not stop ingest: " << ReadFile(log);
 }
 
 }  // namespace

@@ -245,6 +245,30 @@ TEST_F(PushTest, DeviceEventsFanOutAndCommandsRoundTrip) {
   EXPECT_TRUE(fleet->open()) << "a malformed frame keeps the connection";
 }
 
+TEST_F(PushTest, APolledSlaveShowsAsDeviceDataAndItsPlanInTheDeviceList) {
+  StartCluster();
+  auto fleet = WsClient::Connect(a_->port(), "systemId=fleet&clientId=viewer");
+  // The shipped register map polls slave-* on a plan (config/registers.json).
+  auto sim = StartSim([](sim::SimOptions& o) { o.id_prefix = "slave-"; });
+  const std::string id = sim->DeviceId(0);
+  Json data = fleet->WaitFor([&](const Json& f) { return f["type"] == "device.data" && f["data"]["deviceId"] == id; });
+  ASSERT_EQ(data["type"], "device.data") << "no poll result reached the browser";
+  EXPECT_EQ(data["data"]["poll"], true);
+  EXPECT_EQ(data["data"]["solicited"], true);
+  EXPECT_EQ(data["data"]["count"], 12);
+  EXPECT_TRUE(data["data"]["values"].contains("temperature"));
+  int status = 0;
+  Json devices = Json::parse(HttpRequest(b_->port(), "GET", "/api/devices", {}, "", &status), nullptr, false);
+  ASSERT_EQ(status, 200) << devices;
+  const Json& polling = devices["data"]["devices"][0]["polling"];
+  ASSERT_TRUE(polling.is_object()) << devices;
+  EXPECT_EQ(polling["plan"][0]["count"], 12);
+  EXPECT_EQ(polling["plan"][0]["everyMs"], 2000);
+  EXPECT_EQ(polling["lastCode"], 200);
+  EXPECT_TRUE(polling["lastPollAt"].is_string());
+  EXPECT_EQ(polling["unresponsive"], false);
+}
+
 TEST_F(PushTest, DashboardReadsDevicesAndReadingsThroughEitherReplica) {
   StartCluster([](push::PushOptions& o) { o.auth_secret = "test-secret"; });
   auto sim = StartSim();

@@ -399,6 +399,48 @@ TEST_F(PushNodeTest, DeviceEventsReachTheDeviceSystemAndTheFleetWithOffsets) {
   EXPECT_EQ(own[0]["systemId"], "sim-0001");
 }
 
+TEST_F(PushNodeTest, PollResultsAreDeviceDataAndResponsivenessHasItsOwnTypes) {
+  Open(a_.get(), 1, "systemId=fleet");
+  v1::Event poll;
+  v1::CommandResult* r = poll.mutable_data();
+  r->set_device_id("m-1");
+  r->set_solicited(true);
+  r->set_poll(true);
+  r->set_code(200);
+  r->set_address(0);
+  r->set_count(12);
+  bus_.Emit(poll, {{"m-1", ""}, {"fleet", ""}});
+  auto data = ta_.Of(1, "device.data");
+  ASSERT_EQ(data.size(), 1u) << "a poll's result is device.data, not command.result";
+  EXPECT_EQ(data[0]["data"]["solicited"], true);
+  EXPECT_EQ(data[0]["data"]["poll"], true);
+  EXPECT_EQ(data[0]["data"]["count"], 12);
+  EXPECT_TRUE(ta_.Of(1, "command.result").empty());
+
+  v1::Event down;
+  down.mutable_responsive()->set_device_id("m-1");
+  down.mutable_responsive()->set_responsive(false);
+  down.mutable_responsive()->set_failures(3);
+  down.mutable_responsive()->set_backoff_ms(2000);
+  bus_.Emit(down, {{"m-1", ""}, {"fleet", ""}});
+  v1::Event up;
+  up.mutable_responsive()->set_device_id("m-1");
+  up.mutable_responsive()->set_responsive(true);
+  bus_.Emit(up, {{"m-1", ""}, {"fleet", ""}});
+  auto unresponsive = ta_.Of(1, "device.unresponsive");
+  ASSERT_EQ(unresponsive.size(), 1u);
+  EXPECT_EQ(unresponsive[0]["code"], 2002);
+  EXPECT_EQ(unresponsive[0]["data"]["deviceId"], "m-1");
+  EXPECT_EQ(unresponsive[0]["data"]["responsive"], false);
+  EXPECT_EQ(unresponsive[0]["data"]["failures"], 3);
+  EXPECT_EQ(unresponsive[0]["data"]["backoffMs"], 2000);
+  EXPECT_EQ(unresponsive[0]["offset"], 2) << "a message of the stream like any device event";
+  auto responsive = ta_.Of(1, "device.responsive");
+  ASSERT_EQ(responsive.size(), 1u);
+  EXPECT_EQ(responsive[0]["code"], 200);
+  EXPECT_EQ(responsive[0]["data"]["responsive"], true);
+}
+
 TEST_F(PushNodeTest, ApiReachesClientsOnEveryNodeAndListOnlineCountsThem) {
   Open(a_.get(), 1, "systemId=fleet&clientId=on-a");
   Open(b_.get(), 2, "systemId=fleet&clientId=on-b");
