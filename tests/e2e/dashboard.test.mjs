@@ -1,7 +1,8 @@
 // The dashboard in Debian's Chromium (playwright-core) against the demo topology: devices
 // come online, a read command shows decoded values, a device goes offline when its
 // simulator stops, a reload through the other push replica recovers the history, a
-// connection the server closes is re-opened and resumed, and docs/protocol.md's client works.
+// connection the server closes is re-opened and resumed, docs/protocol.md's client works, and a
+// polled meter that stops answering shows an "unresponsive" badge the fleet view can filter on.
 // Screenshots go to ./output/ (under the build folder when run by ctest).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -39,11 +40,14 @@ test('dashboard: fleet, commands, offline devices, recovery across replicas', as
   mkdirSync(OUTPUT, { recursive: true });
   const demo = await startDemo({
     devices: 20,
+    slaves: 2,
     replicas: 2,
-    env: { DEVBRIDGE_HEARTBEAT_TIMEOUT: '3s', DEVBRIDGE_HEARTBEAT_INTERVAL: '1s', DEVBRIDGE_DATA_INTERVAL: '500ms' },
+    env: { DEVBRIDGE_HEARTBEAT_TIMEOUT: '3s', DEVBRIDGE_HEARTBEAT_INTERVAL: '1s', DEVBRIDGE_DATA_INTERVAL: '500ms',
+      DEVBRIDGE_COMMAND_TIMEOUT: '1s' },
   });
   const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
   let extraSim = null;
+  let muteSim = null;
   try {
     const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     const errors = [];
@@ -53,8 +57,8 @@ test('dashboard: fleet, commands, offline devices, recovery across replicas', as
     // 1. Simulated devices come online.
     await page.goto(demo.url);
     await waitFor('the connection to be live', async () => (await state.textContent()).startsWith('live'));
-    await waitFor('20 devices online in the fleet view', async () =>
-      (await page.locator('[data-device] [data-testid="status"]:text-is("online")').count()) === 20, 30000);
+    await waitFor('22 devices (20 and 2 polled slaves) online in the fleet view', async () =>
+      (await page.locator('[data-device] [data-testid="status"]:text-is("online")').count()) === 22, 30000);
     await waitFor('latest values on the cards', async () =>
       (await page.locator('[data-device="sim-0001"] dd').count()) > 0);
     await shot(page, '1-fleet');
@@ -154,7 +158,35 @@ test('dashboard: fleet, commands, offline devices, recovery across replicas', as
     await shot(page, '5-phone-device');
     assert.deepEqual(errors, [], 'no script errors on the page');
 
-    // 7. The minimal client of docs/protocol.md works as printed (served from the demo's origin).
+    // 7. A polled meter that stops answering: "unresponsive" on its card and page, still online,
+    // and the fleet view's filter shows it alone. (slave-* are polled every 2 s by the shipped
+    // register map; with command_timeout 1s, three polls without a reply take about 6 s.)
+    await page.setViewportSize({ width: 1280, height: 900 });
+    await waitFor('a polled slave to show its last poll', async () => {
+      await page.goto(`${demo.url}#/device/slave-0001`);
+      return /200 success/.test(await page.textContent('[data-testid="last-poll"]', { timeout: 2000 }));
+    }, 20000, 1000);
+    muteSim = spawn(join(BUILD, 'sim/devbridge-sim'), [`--mqtt_url=tcp://127.0.0.1:${demo.mqttPort}`, '--devices=1',
+      '--mode=slave', '--drop_rate=1', '--id_prefix=slave-mute-', '--heartbeat_interval=1s',
+      `--register_map=${join(ROOT, 'config/registers.json')}`], { stdio: 'ignore' });
+    await page.goto(`${demo.url}#/`);
+    const mute = page.locator('[data-device="slave-mute-0001"]');
+    await waitFor('the mute slave to be marked unresponsive', async () =>
+      (await mute.locator('[data-testid="unresponsive"]').count()) === 1, 30000);
+    assert.equal(await mute.locator('[data-testid="status"]').textContent(), 'online', 'unresponsive is not offline');
+    assert.equal(await page.locator('[data-device="slave-0001"] [data-testid="unresponsive"]').count(), 0);
+    await page.check('#only-unresponsive');
+    assert.deepEqual(await page.$$eval('[data-device]', (cards) => cards.map((c) => c.dataset.device)), ['slave-mute-0001']);
+    await shot(page, '6-unresponsive-filter');
+    await page.uncheck('#only-unresponsive');
+    assert.ok((await page.locator('[data-device]').count()) > 20);
+    await page.click('[data-device="slave-mute-0001"]');
+    await page.waitForSelector('[data-testid="polling"] [data-testid="unresponsive"]');
+    assert.ok(Number(await page.textContent('[data-testid="poll-failures"]')) >= 3);
+    await shot(page, '7-unresponsive-device');
+    assert.deepEqual(errors, [], 'no script errors on the page');
+
+    // 8. The minimal client of docs/protocol.md works as printed (served from the demo's origin).
     const doc = readFileSync(join(ROOT, 'docs/protocol.md'), 'utf8');
     const example = doc.slice(doc.indexOf('## A minimal client')).match(/```html\n([\s\S]*?)```/)[1];
     await page.route(`${demo.url}example.html`, (route) => route.fulfill({ contentType: 'text/html', body: example }));
@@ -168,6 +200,7 @@ test('dashboard: fleet, commands, offline devices, recovery across replicas', as
     }
   } finally {
     if (extraSim) extraSim.kill('SIGKILL');
+    if (muteSim) muteSim.kill('SIGKILL');
     await browser.close();
     await demo.stop();
     demo.cleanup();

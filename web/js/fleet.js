@@ -12,13 +12,16 @@ function insertByTime(list, item, timeOf, max) {
 
 export class Fleet {
   constructor() {
-    this.devices = new Map();  // deviceId → {deviceId, online, lastSeen (ms), values, frames, series}
+    // deviceId → {deviceId, online, lastSeen (ms), values, frames, series, polling}; `polling` is
+    // null for a device without a plan, else {plan (null: not loaded yet), lastPollAt (ms),
+    // lastCode, failures, unresponsive, backoffMs}.
+    this.devices = new Map();
   }
 
   device(id) {
     let d = this.devices.get(id);
     if (!d) {
-      d = { deviceId: id, online: false, lastSeen: 0, firstSeen: 0, meta: {}, values: {}, order: [], frames: [], series: [] };
+      d = { deviceId: id, online: false, lastSeen: 0, firstSeen: 0, meta: {}, values: {}, order: [], frames: [], series: [], polling: null };
       this.devices.set(id, d);
     }
     return d;
@@ -32,7 +35,18 @@ export class Fleet {
       d.lastSeen = Math.max(d.lastSeen, Date.parse(item.lastSeen) || 0);
       d.firstSeen = Date.parse(item.firstSeen) || 0;
       d.meta = item.meta || {};
+      const p = item.polling;
+      d.polling = p ? {
+        plan: p.plan || [], lastPollAt: Date.parse(p.lastPollAt) || 0, lastCode: p.lastCode ?? null,
+        failures: p.failures || 0, unresponsive: !!p.unresponsive, backoffMs: p.backoffMs || 0,
+      } : null;
     }
+  }
+
+  polling(d) {
+    // Known from events only: the plan comes with the next device list (plan null till then).
+    if (!d.polling) d.polling = { plan: null, lastPollAt: 0, lastCode: null, failures: 0, unresponsive: false, backoffMs: 0 };
+    return d.polling;
   }
 
   // Adds a stored or live reading (the data of device.data / command.result with code 200).
@@ -73,10 +87,27 @@ export class Fleet {
         if (data.meta && typeof data.meta === 'object') d.meta = data.meta;
         return d;
       }
+      case 'device.unresponsive':
+      case 'device.responsive': {
+        const d = this.device(data.deviceId);
+        const p = this.polling(d);
+        p.unresponsive = frame.type === 'device.unresponsive';
+        p.failures = data.failures || 0;
+        p.backoffMs = data.backoffMs || 0;
+        return d;
+      }
       case 'device.data':
-      case 'command.result':
+      case 'command.result': {
+        if (data.poll) {
+          // A reply to a poll (good or garbled; silence sends nothing until device.unresponsive).
+          const p = this.polling(this.device(data.deviceId));
+          p.lastPollAt = Math.max(p.lastPollAt, Date.parse(data.receivedAt) || Date.now());
+          p.lastCode = frame.code;
+          if (frame.code !== 2001) p.failures = 0;
+        }
         if (frame.code === 200) return this.addReading(data, { live: true });
         return this.devices.get(data.deviceId) || null;
+      }
       default:
         return null;
     }
@@ -88,6 +119,12 @@ export class Fleet {
     if (!d) return [];
     const names = [...d.order.filter((n) => n in d.values), ...Object.keys(d.values).filter((n) => !d.order.includes(n)).sort()];
     return names.map((n) => [n, d.values[n]]);
+  }
+
+  unresponsiveCount() {
+    let n = 0;
+    for (const d of this.devices.values()) n += d.polling?.unresponsive ? 1 : 0;
+    return n;
   }
 
   // Devices sorted by id.

@@ -33,6 +33,15 @@ export function formatValue(v) {
   return String(v);
 }
 
+// "500 ms", "5 s", "2 min" from milliseconds, for intervals.
+export function duration(ms) {
+  if (!Number.isFinite(ms) || ms < 0) return '';
+  if (ms < 1000) return `${ms} ms`;
+  if (ms < 60000) return `${+(ms / 1000).toFixed(1)} s`;
+  if (ms < 3600000) return `${+(ms / 60000).toFixed(1)} min`;
+  return `${+(ms / 3600000).toFixed(1)} h`;
+}
+
 // "3 s ago", "5 min ago", … from a time in ms (or an ISO string) to `now` in ms.
 export function ago(when, now = Date.now()) {
   const t = typeof when === 'string' ? Date.parse(when) : when;
@@ -96,11 +105,15 @@ export function summarize(frame) {
       return `${d.deviceId} online`;
     case 'device.offline':
       return `${d.deviceId} offline`;
+    case 'device.unresponsive':
+      return `${d.deviceId} unresponsive: no good reply to ${d.failures} polls in a row`;
+    case 'device.responsive':
+      return `${d.deviceId} responsive again`;
     case 'device.data':
     case 'command.result': {
       if (frame.code !== 200) return `${d.deviceId}: ${frame.code} ${frame.msg || RESULT_CODES[frame.code] || ''}`.trim();
       const names = Object.entries(d.values || {}).map(([k, v]) => `${k}=${formatValue(v.value)}`);
-      const what = d.solicited === false ? 'unsolicited' : `fn ${d.function} @${d.address}`;
+      const what = d.solicited === false ? 'unsolicited' : `${d.poll ? 'poll ' : ''}fn ${d.function} @${d.address}`;
       return `${d.deviceId} ${what}: ${names.slice(0, 4).join(' ')}${names.length > 4 ? ' …' : ''}`;
     }
     case 'command.accepted':

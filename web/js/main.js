@@ -5,7 +5,7 @@
 import { Connection } from './connection.js';
 import { drawChart } from './chart.js';
 import { Fleet } from './fleet.js';
-import { FUNCTIONS, RESULT_CODES, ago, buildCommand, formatValue, spacedHex, summarize } from './format.js';
+import { FUNCTIONS, RESULT_CODES, ago, buildCommand, duration, formatValue, spacedHex, summarize } from './format.js';
 import { Ring, StreamPositions } from './stream.js';
 
 const params = new URLSearchParams(location.search);
@@ -91,6 +91,29 @@ function statusBadge(online) {
   return h('span', { class: `badge ${online ? 'on' : 'off'}`, 'data-testid': 'status' }, online ? 'online' : 'offline');
 }
 
+// A polled device that stopped answering (online or not is separate).
+function unresponsiveBadge(d) {
+  if (!d.polling?.unresponsive) return null;
+  return h('span', { class: 'badge warn', 'data-testid': 'unresponsive', title: `no good reply to ${d.polling.failures} polls in a row` },
+    'unresponsive');
+}
+
+// The device's polling plan and how its last poll went.
+function pollingPanel(d) {
+  const p = d.polling;
+  if (!p || (p.plan && p.plan.length === 0)) return h('p', { class: 'muted' }, 'Not polled: the register map gives this device no plan.');
+  const outcome = p.lastCode === null ? 'not polled yet'
+    : `${ago(p.lastPollAt)} · ${p.lastCode} ${RESULT_CODES[p.lastCode] || ''}`.trim();
+  return h('div', { 'data-testid': 'polling' },
+    p.plan === null ? h('p', { class: 'muted small' }, 'plan: loading…') : h('table', { class: 'values' },
+      h('thead', {}, h('tr', {}, h('th', {}, 'fn'), h('th', { class: 'num' }, 'address'), h('th', { class: 'num' }, 'count'), h('th', {}, 'every'))),
+      h('tbody', {}, p.plan.map((b) => h('tr', {}, h('td', {}, b.function), h('td', { class: 'num' }, b.address),
+        h('td', { class: 'num' }, b.count), h('td', {}, duration(b.everyMs)))))),
+    h('p', { class: 'small' }, 'Last poll: ', h('span', { 'data-testid': 'last-poll' }, outcome)),
+    h('p', { class: 'small' }, 'Failures in a row: ', h('span', { 'data-testid': 'poll-failures' }, String(p.failures)),
+      p.unresponsive ? [' ', unresponsiveBadge(d), h('span', { class: 'muted' }, ` probing every ${duration(p.backoffMs)}`)] : null));
+}
+
 // `values`: an object of name → {value, unit, raw}, or [name, value] pairs in order.
 function valuesTable(values, { withTime = false } = {}) {
   const entries = Array.isArray(values) ? values : Object.entries(values || {});
@@ -119,16 +142,21 @@ const fleetView = {
         h('h1', {}, 'Fleet'),
         h('span', { class: 'muted', 'data-testid': 'fleet-count' }, this.count(list)),
         h('input', { type: 'search', id: 'filter', placeholder: 'filter devices', value: this.filter || '',
-          oninput: (e) => { this.filter = e.target.value; this.render(root); $('#filter').focus(); } })),
+          oninput: (e) => { this.filter = e.target.value; this.render(root); $('#filter').focus(); } }),
+        h('label', { class: 'check small' }, h('input', { type: 'checkbox', id: 'only-unresponsive', checked: !!this.onlyUnresponsive,
+          onchange: (e) => { this.onlyUnresponsive = e.target.checked; this.render(root); } }), ' unresponsive only')),
       list.length === 0 ? h('p', { class: 'empty' }, 'No devices yet. They appear here when their first heartbeat arrives.') : null,
-      h('div', { class: 'cards' }, list.filter((d) => !this.filter || d.deviceId.includes(this.filter)).map((d) => this.card(d))),
+      h('div', { class: 'cards' }, list.filter((d) => this.shows(d)).map((d) => this.card(d))),
     );
+  },
+  shows(d) {
+    return (!this.filter || d.deviceId.includes(this.filter)) && (!this.onlyUnresponsive || !!d.polling?.unresponsive);
   },
   card(d) {
     const values = fleet.orderedValues(d.deviceId).slice(0, 4);
     return h('a', { class: `card ${d.online ? '' : 'is-off'}`, href: `#/device/${encodeURIComponent(d.deviceId)}`,
       'data-device': d.deviceId },
-      h('div', { class: 'card-head' }, h('strong', {}, d.deviceId), statusBadge(d.online)),
+      h('div', { class: 'card-head' }, h('strong', {}, d.deviceId), h('span', {}, unresponsiveBadge(d), ' ', statusBadge(d.online))),
       h('div', { class: 'muted small', 'data-at': d.lastSeen }, `last seen ${ago(d.lastSeen)}`),
       values.length ? h('dl', {}, values.map(([k, v]) => [h('dt', {}, k), h('dd', {}, `${formatValue(v.value)} ${v.unit || ''}`)]))
         : h('p', { class: 'muted small' }, 'no readings yet'));
@@ -136,13 +164,14 @@ const fleetView = {
   update(device) {
     const root = $('#view');
     const old = device && root.querySelector(`[data-device="${CSS.escape(device.deviceId)}"]`);
-    if (old) old.replaceWith(this.card(device));
-    else if (!device || !this.filter || device.deviceId.includes(this.filter)) this.render(root);  // a new card
+    if (old && this.shows(device)) old.replaceWith(this.card(device));
+    else if (old || !device || this.shows(device)) this.render(root);  // a card comes or goes
     const count = $('[data-testid="fleet-count"]');
     if (count) count.textContent = this.count(fleet.list());
   },
   count(list) {
-    return `${list.filter((d) => d.online).length} of ${list.length} online`;
+    const unresponsive = fleet.unresponsiveCount();
+    return `${list.filter((d) => d.online).length} of ${list.length} online${unresponsive ? ` · ${unresponsive} unresponsive` : ''}`;
   },
 };
 
@@ -167,6 +196,7 @@ const deviceView = {
             h('select', { id: 'chart-name', onchange: (e) => { this.chartName = e.target.value; this.drawChart(); } },
               names.map((n) => h('option', { value: n, selected: n === this.chartName }, n)))),
           h('canvas', { id: 'chart', 'data-testid': 'chart' })),
+        h('section', { class: 'panel' }, h('h2', {}, 'Polling'), h('div', { id: 'polling' }, pollingPanel(d))),
         h('section', { class: 'panel' }, h('h2', {}, 'Command'),
           h('form', { id: 'command-form', onsubmit: (e) => { e.preventDefault(); this.sendCommand(); } },
             h('label', {}, 'Function', fnSelect),
@@ -178,7 +208,7 @@ const deviceView = {
             h('button', { type: 'submit', id: 'cmd-send' }, 'Send')),
           h('div', { id: 'command-result', 'data-testid': 'command-result' })),
         h('section', { class: 'panel wide' },
-          h('div', { class: 'panel-head' }, h('h2', {}, 'Raw frames'), h('span', { class: 'muted small' }, '* sent by the device unasked')),
+          h('div', { class: 'panel-head' }, h('h2', {}, 'Raw frames'), h('span', { class: 'muted small' }, '* sent by the device unasked · p: a poll of the plan')),
           h('div', { id: 'frames' }, this.framesTable(d))),
       ),
     );
@@ -189,13 +219,14 @@ const deviceView = {
     });
     this.drawChart();
     this.showResult();
+    if (d.polling && d.polling.plan === null) refreshDevices();  // seen in events only: fetch its plan
   },
   framesTable(d) {
     if (d.frames.length === 0) return h('p', { class: 'muted' }, 'no frames yet');
     return h('table', { class: 'frames' },
       h('thead', {}, h('tr', {}, h('th', {}, 'time'), h('th', {}, 'fn'), h('th', {}, 'request'), h('th', {}, 'response'), h('th', { class: 'num' }, 'ms'))),
       h('tbody', {}, [...d.frames].reverse().slice(0, 20).map((f) =>
-        h('tr', {}, h('td', {}, new Date(f.receivedAt).toLocaleTimeString()), h('td', {}, f.solicited === false ? `${f.function}*` : f.function),
+        h('tr', {}, h('td', {}, new Date(f.receivedAt).toLocaleTimeString()), h('td', {}, f.solicited === false ? `${f.function}*` : f.poll ? `${f.function} p` : f.function),
           h('td', { class: 'mono' }, spacedHex(f.request) || '—'), h('td', { class: 'mono' }, spacedHex(f.response)),
           h('td', { class: 'num' }, f.solicited === false ? '' : formatValue(f.latencyMs))))));
   },
@@ -249,6 +280,7 @@ const deviceView = {
     if (!device || device.deviceId !== this.id || !$('#live-values')) return;
     $('#live-values').replaceChildren(valuesTable(fleet.orderedValues(device.deviceId), { withTime: true }));
     $('#frames').replaceChildren(this.framesTable(device));
+    $('#polling').replaceChildren(pollingPanel(device));
     $('#view [data-testid="status"]').replaceWith(statusBadge(device.online));
     const seen = $('#device-seen');
     seen.dataset.at = device.lastSeen;
@@ -397,9 +429,18 @@ setInterval(() => {
     el.textContent = el.textContent.startsWith('last seen') ? `last seen ${ago(at)}` : ago(at);
   }
 }, 1000);
-setInterval(() => {
-  if (conn.state === 'live') allDevices().then((devices) => { fleet.load(devices); if (view === fleetView) view.render($('#view')); }).catch(() => {});
-}, 15000);
+// The device list again (heartbeats' last-seen, plans of devices first seen in events); at
+// most one request at a time.
+let refreshing = null;
+function refreshDevices() {
+  if (refreshing || conn.state !== 'live') return;
+  refreshing = allDevices().then((devices) => {
+    fleet.load(devices);
+    if (view === fleetView) view.render($('#view'));
+    else if (view === deviceView) view.update(fleet.device(deviceView.id));
+  }).catch(() => {}).finally(() => { refreshing = null; });
+}
+setInterval(refreshDevices, 15000);
 
 $('#log-count').textContent = log.items.length;
 route();

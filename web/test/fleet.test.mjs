@@ -50,3 +50,29 @@ test('live readings set the order values are shown in', () => {
   assert.deepEqual(f.orderedValues('d').map(([n]) => n), ['a', 'c', 'b', 'z'], 'stored readings keep the live order');
   assert.equal(f.orderedValues('d')[0][1].value, 3, 'an older reading does not replace a newer value');
 });
+
+test('polling: the plan from the device list, poll results and (un)responsive events', () => {
+  const f = new Fleet();
+  f.load([{ deviceId: 'slave-1', online: true, lastSeen: '2026-01-01T00:00:00Z',
+    polling: { plan: [{ function: 3, address: 0, count: 12, everyMs: 2000 }], lastPollAt: null, lastCode: null, failures: 0, unresponsive: false, backoffMs: 0 } },
+  { deviceId: 'push-1', online: true, lastSeen: '2026-01-01T00:00:00Z', polling: null }]);
+  assert.equal(f.device('push-1').polling, null, 'no plan');
+  assert.equal(f.device('slave-1').polling.plan[0].count, 12);
+  assert.equal(f.device('slave-1').polling.lastCode, null);
+  f.apply({ type: 'device.data', code: 200, data: reading('slave-1', 5000, 20, { poll: true, solicited: true, commandId: '' }) });
+  assert.equal(f.device('slave-1').polling.lastCode, 200);
+  assert.equal(f.device('slave-1').polling.lastPollAt, 5000);
+  assert.equal(f.device('slave-1').values.temperature.value, 20, 'a poll result is a reading');
+  f.apply({ type: 'device.unresponsive', code: 2002, data: { deviceId: 'slave-1', responsive: false, failures: 3, backoffMs: 4000 } });
+  assert.equal(f.device('slave-1').polling.unresponsive, true);
+  assert.equal(f.device('slave-1').polling.failures, 3);
+  assert.equal(f.device('slave-1').online, true, 'unresponsive is not offline');
+  assert.equal(f.unresponsiveCount(), 1);
+  f.apply({ type: 'device.responsive', code: 200, data: { deviceId: 'slave-1', responsive: true, failures: 0, backoffMs: 0 } });
+  assert.equal(f.device('slave-1').polling.unresponsive, false);
+  assert.equal(f.unresponsiveCount(), 0);
+  // A device list refresh brings the server's view back.
+  f.load([{ deviceId: 'slave-1', online: true, polling: { plan: [], lastPollAt: '2026-01-01T00:00:09Z', lastCode: 2002, failures: 4, unresponsive: true, backoffMs: 8000 } }]);
+  assert.equal(f.device('slave-1').polling.lastPollAt, Date.parse('2026-01-01T00:00:09Z'));
+  assert.equal(f.unresponsiveCount(), 1);
+});

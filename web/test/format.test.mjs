@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ago, buildCommand, formatValue, parseRegisterValues, spacedHex, summarize } from '../js/format.js';
+import { ago, buildCommand, duration, formatValue, parseRegisterValues, spacedHex, summarize } from '../js/format.js';
 
 test('values are shown compactly', () => {
   assert.equal(formatValue(21.456789), '21.457');
@@ -41,4 +41,15 @@ test('event summaries name the device and what happened', () => {
   assert.equal(summarize({ type: 'command.result', code: 2002, msg: 'no reply', data: { deviceId: 'd1' } }), 'd1: 2002 no reply');
   assert.equal(summarize({ type: 'device.data', code: 200, data: { deviceId: 'd1', solicited: false,
     values: { t: { value: 21.5 } } } }), 'd1 unsolicited: t=21.5');
+});
+
+test('intervals and polling events read plainly', () => {
+  assert.equal(duration(500), '500 ms');
+  assert.equal(duration(2000), '2 s');
+  assert.equal(duration(90000), '1.5 min');
+  assert.equal(summarize({ type: 'device.unresponsive', code: 2002, data: { deviceId: 'm', failures: 3 } }),
+    'm unresponsive: no good reply to 3 polls in a row');
+  assert.equal(summarize({ type: 'device.responsive', code: 200, data: { deviceId: 'm' } }), 'm responsive again');
+  assert.match(summarize({ type: 'device.data', code: 200, data: { deviceId: 'm', poll: true, function: 3, address: 0, values: {} } }),
+    /^m poll fn 3 @0/);
 });
