@@ -11,6 +11,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <sstream>
 #include <thread>
 
 extern char** environ;
@@ -94,7 +97,7 @@ double MetricValue(const std::string& metrics, const std::string& series) {
   return std::atof(metrics.c_str() + at);
 }
 
-double HistogramQuantile(const std::string& metrics, const std::string& name, double q) {
+std::vector<std::pair<double, double>> HistogramBuckets(const std::string& metrics, const std::string& name) {
   std::vector<std::pair<double, double>> buckets;  // (le, cumulative count)
   const std::string key = name + "_bucket{le=\"";
   for (size_t at = metrics.find(key); at != std::string::npos; at = metrics.find(key, at + 1)) {
@@ -104,12 +107,43 @@ double HistogramQuantile(const std::string& metrics, const std::string& name, do
     const std::string le = metrics.substr(le_at, close - le_at);
     buckets.emplace_back(le == "+Inf" ? 1e300 : std::atof(le.c_str()), std::atof(metrics.c_str() + close + 3));
   }
+  return buckets;
+}
+
+double BucketsQuantile(const std::vector<std::pair<double, double>>& buckets, double q) {
   if (buckets.empty() || buckets.back().second <= 0) return -1;
   const double target = q * buckets.back().second;
   for (const auto& [le, count] : buckets) {
     if (count >= target) return le;
   }
   return buckets.back().first;
+}
+
+double HistogramQuantile(const std::string& metrics, const std::string& name, double q) {
+  return BucketsQuantile(HistogramBuckets(metrics, name), q);
+}
+
+long RssKiB(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  }
+  return -1;
+}
+
+double CpuSeconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t close = stat.rfind(')');
+  std::istringstream rest(stat.substr(close + 2));
+  std::string field;
+  double utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && rest >> field; ++i) {
+    if (i == 14) utime = std::atof(field.c_str());
+    if (i == 15) stime = std::atof(field.c_str());
+  }
+  return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 double Percentile(std::vector<double> values, double q) {

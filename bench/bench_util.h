@@ -6,6 +6,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace devbridge::bench {
@@ -35,9 +36,16 @@ double MetricValue(const std::string& metrics, const std::string& series);
 // The upper bound of the bucket holding quantile q of Prometheus histogram `name` (its
 // name_bucket{le="..."} lines), or -1 if it has no samples.
 double HistogramQuantile(const std::string& metrics, const std::string& name, double q);
+// The (le, cumulative count) buckets of histogram `name`, and quantile q of such buckets (two
+// scrapes' buckets subtracted give the quantile of what happened between them).
+std::vector<std::pair<double, double>> HistogramBuckets(const std::string& metrics, const std::string& name);
+double BucketsQuantile(const std::vector<std::pair<double, double>>& buckets, double q);
 // q in [0,1] of `values` (sorts a copy).
 double Percentile(std::vector<double> values, double q);
 int64_t NowMicros();
+// A process's resident memory (KiB) and CPU time used so far (user + system, seconds).
+long RssKiB(pid_t pid);
+double CpuSeconds(pid_t pid);
 // Required environment variable, or exit with a message.
 std::string Env(const char* name);
 std::string SelfDir();  // directory of the running executable

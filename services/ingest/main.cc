@@ -30,6 +30,9 @@ ABSL_FLAG(absl::Duration, sweep_interval, absl::Seconds(1), "how often silent de
 ABSL_FLAG(std::string, register_map, "config/registers.json",
           "register map file (JSON): profiles, device globs and polling plans; SIGHUP reloads it");
 ABSL_FLAG(int, poll_failures, 3, "polls in a row without a good reply after which a device is unresponsive");
+ABSL_FLAG(int, poll_qos, 0,
+          "QoS of poll requests (0, 1 or 2); 0: the broker keeps none for a disconnected DTU to answer late, "
+          "and a lost one is a missed poll, retried at the next slot");
 ABSL_FLAG(absl::Duration, poll_backoff_max, absl::Seconds(60),
           "an unresponsive device is probed at twice its shortest interval, doubling up to this");
 ABSL_FLAG(absl::Duration, command_timeout, absl::Seconds(5), "default command timeout (timeoutMs overrides, up to 60s)");
@@ -90,6 +93,8 @@ int main(int argc, char** argv) {
   const int poll_failures = absl::GetFlag(FLAGS_poll_failures);
   devbridge::common::RequireInRange("poll_failures", poll_failures, 1, 1000000);
   o.poll_failures = static_cast<uint32_t>(poll_failures);
+  o.poll_qos = absl::GetFlag(FLAGS_poll_qos);
+  devbridge::common::RequireInRange("poll_qos", o.poll_qos, 0, 2);
   o.poll_backoff_max = absl::GetFlag(FLAGS_poll_backoff_max);
   devbridge::common::RequirePositive("poll_backoff_max", o.poll_backoff_max);
   const std::string map_path = absl::GetFlag(FLAGS_register_map);

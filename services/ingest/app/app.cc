@@ -61,9 +61,9 @@ struct App::Impl : public CoreOutputs {
   explicit Impl(IngestOptions o) : options(std::move(o)), log(common::Logger("ingest")) {}
 
   // CoreOutputs, called on the io thread.
-  void PublishCommand(const std::string& device_id, const std::string& hex) override {
+  void PublishCommand(const std::string& device_id, const std::string& hex, bool poll) override {
     const std::string topic = absl::StrCat(options.topic_prefix, "/", device_id, "/command");
-    if (absl::Status s = mqtt->Publish(topic, hex, options.mqtt_qos); !s.ok()) {
+    if (absl::Status s = mqtt->Publish(topic, hex, poll ? options.poll_qos : options.mqtt_qos); !s.ok()) {
       log->warn("[{}] command not published: {}", device_id, s.message());
     }
   }

@@ -36,6 +36,7 @@ struct IngestOptions {
   absl::Duration sweep_interval = absl::Seconds(1);
   std::shared_ptr<const regmap::RegisterMap> register_map;  // required
   uint32_t poll_failures = 3;                           // CONTRACT §10.4
+  int poll_qos = 0;  // QoS of poll requests: a late poll is worth nothing, so none is queued for later
   absl::Duration poll_backoff_max = absl::Seconds(60);
   absl::Duration command_timeout = absl::Seconds(5);
   size_t command_queue_depth = 16;

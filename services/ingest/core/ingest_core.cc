@@ -365,7 +365,7 @@ void IngestCore::Finish(PendingCommand cmd, v1::CommandResult result, absl::Time
 void IngestCore::StartNext(const std::string& device_id, absl::Time now) {
   PendingCommand* next = commands_.StartNext(device_id, now);
   if (next == nullptr) return;
-  out_->PublishCommand(device_id, modbus::ToHex(next->frame));
+  out_->PublishCommand(device_id, modbus::ToHex(next->frame), next->poll);
   if (next->poll) {
     m_.polls_sent->Inc();
     m_.poll_start_delay->Observe(std::max(0.0, absl::ToDoubleMilliseconds(now - next->poll_request.due)));

@@ -44,8 +44,8 @@ struct CoreOptions {
 class CoreOutputs {
  public:
   virtual ~CoreOutputs() = default;
-  // Publish `hex` on P/ID/command.
-  virtual void PublishCommand(const std::string& device_id, const std::string& hex) = 0;
+  // Publish `hex` on P/ID/command; `poll`: a read of the device's polling plan.
+  virtual void PublishCommand(const std::string& device_id, const std::string& hex, bool poll) = 0;
   virtual void Store(StoreRecord record) = 0;
   // Append to the event stream as a message of `streams`.
   virtual void Emit(v1::Event event, const std::vector<StreamRef>& streams) = 0;

@@ -26,7 +26,7 @@ std::string ReplyHex(const std::vector<uint16_t>& registers, uint8_t unit = 1) {
 
 class FakeOutputs : public CoreOutputs {
  public:
-  void PublishCommand(const std::string& device_id, const std::string& hex) override {
+  void PublishCommand(const std::string& device_id, const std::string& hex, bool /*poll*/) override {
     published.emplace_back(device_id, hex);
   }
   void Store(StoreRecord record) override { stored.push_back(std::move(record)); }

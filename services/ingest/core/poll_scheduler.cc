@@ -14,6 +14,9 @@ bool GoodReply(int code) {
   return code == common::kCodeSuccess || code == common::kCodeNoRegister || code == common::kCodeModbusException;
 }
 
+// Every block of a plan of `n` (at most 64) blocks.
+uint64_t AllBlocks(size_t n) { return n >= 64 ? ~uint64_t{0} : (uint64_t{1} << n) - 1; }
+
 bool NoGoodReply(int code) { return code == common::kCodeFrameError || code == common::kCodeTimeout; }
 
 // A hash of the id that stays the same from one run to the next (absl::Hash is seeded per
@@ -124,7 +127,7 @@ void PollScheduler::TakeDue(absl::Time now, std::vector<PollRequest>* out) {
     uint64_t due = 0;
     if (d.status.unresponsive) {
       // One probe: the first read of the whole plan. The next is scheduled by its outcome.
-      const std::vector<PollRequest> all = Merge(d.status.plan, (uint64_t{1} << d.status.plan.size()) - 1);
+      const std::vector<PollRequest> all = Merge(d.status.plan, AllBlocks(d.status.plan.size()));
       due = all.front().blocks;
       d.scheduled = absl::InfiniteFuture();
     } else {

@@ -200,5 +200,25 @@ TEST(PollScheduler, ANewPlanTakesEffectAtOnceAndOldOutcomesAreIgnored) {
   EXPECT_TRUE(Due(s, first[0].due + absl::Seconds(10)).empty());
 }
 
+TEST(PollScheduler, APlanOfSixtyFourBlocksProbesItsFirstRead) {
+  std::vector<regmap::PollBlock> plan;
+  for (uint16_t i = 0; i < regmap::kMaxPollBlocks; ++i) plan.push_back(Block(static_cast<uint16_t>(i * 2), 1, absl::Seconds(1)));
+  PollScheduler s(Opts(1));
+  s.Start("d", 1, plan, t0);
+  std::vector<PollRequest> due;
+  absl::Time now = t0;
+  for (; due.empty(); now += absl::Milliseconds(10)) due = Due(s, now);
+  ASSERT_EQ(due.size(), 64u) << "no two blocks touch: one read each";
+  EXPECT_EQ(due.back().blocks, uint64_t{1} << 63);
+  for (const PollRequest& r : due) s.Done(r, 2002, now);
+  ASSERT_TRUE(s.Find("d")->unresponsive);
+  std::vector<PollRequest> probe;
+  for (; probe.empty(); now += absl::Milliseconds(10)) probe = Due(s, now);
+  ASSERT_EQ(probe.size(), 1u);
+  EXPECT_TRUE(probe[0].probe);
+  EXPECT_EQ(probe[0].blocks, 1u);
+  EXPECT_EQ(probe[0].address, 0);
+}
+
 }  // namespace
 }  // namespace devbridge::ingest
