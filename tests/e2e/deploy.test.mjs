@@ -59,9 +59,9 @@ test('docker-compose accepts the compose file, with and without the sim profile'
     assert.equal(r.status, 0, `docker-compose ${args.join(' ')}: ${r.stderr}`);
   }
   const { services, volumes } = resolvedConfig();
-  assert.deepEqual(Object.keys(services).sort(), ['ingest', 'mosquitto', 'nginx', 'postgres', 'push', 'sim']);
+  assert.deepEqual(Object.keys(services).sort(), ['ingest', 'mosquitto', 'nginx', 'postgres', 'push', 'sim', 'sim-slaves']);
   for (const [name, s] of Object.entries(services)) {
-    assert.deepEqual(s.profiles, name === 'sim' ? ['sim'] : undefined, `${name}: only the simulator is optional`);
+    assert.deepEqual(s.profiles, name.startsWith('sim') ? ['sim'] : undefined, `${name}: only the simulators are optional`);
   }
   assert.ok(!services.push.ports && !services.push.container_name, 'push can be scaled (--scale push=N)');
   assert.ok(services.postgres.volumes.some((v) => String(v).startsWith('pg-data:/var/lib/postgresql/data')), 'PostgreSQL data in a volume');
