@@ -313,6 +313,7 @@ void Client::Resume() {
 
 void Client::OnMessageArrived(absl::string_view topic, absl::string_view payload, int qos, bool dup) {
   const uint64_t key = qos > 0 && options_.dedupe_window > 0 ? Fingerprint(topic, payload) : 0;
+  if (dup) dup_flagged_.fetch_add(1);
   if (dup && key != 0 && SeenRecently(key)) {
     // The broker sent this again because our acknowledgement was lost (e.g. it restarted):
     // we already took it, so taking it again would store it twice.

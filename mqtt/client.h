@@ -83,6 +83,8 @@ class Client {
   bool paused() const { return paused_.load(); }
   uint64_t connects() const { return connects_.load(); }
   uint64_t duplicates_dropped() const { return duplicates_.load(); }
+  // Messages that arrived with the DUP flag (a redelivery), dropped or not.
+  uint64_t dup_flagged() const { return dup_flagged_.load(); }
 
  private:
   Client(Options options, MessageHandler on_message, StateHandler on_state);
@@ -117,6 +119,7 @@ class Client {
   std::atomic<uint64_t> connects_{0};
   absl::Duration backoff_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> duplicates_{0};
+  std::atomic<uint64_t> dup_flagged_{0};
   common::Mutex recent_mu_;
   std::deque<uint64_t> recent_ ABSL_GUARDED_BY(recent_mu_);
   std::unordered_set<uint64_t> recent_set_ ABSL_GUARDED_BY(recent_mu_);

@@ -349,7 +349,7 @@ async function account(load, name, extra) {
   if (lost > 0 || duplicated > 0) {
     // What it takes to find out why, when it happens once in many runs.
     const m = (await get(ingestHttp, '/metrics')).body;
-    log(`   ingest metrics: ${m.split('\n').filter((l) => /^devbridge_ingest_(mqtt_duplicates|pushbacks|messages_total|db_(errors|retries|rejected|abandoned|records_total)|spool_(read|corrupt|append_errors|appended|full))/.test(l)).join('; ')}`);
+    log(`   ingest metrics: ${m.split('\n').filter((l) => /^devbridge_ingest_(mqtt_(duplicates|dup_flagged|connects)|pushbacks|messages_total|db_(errors|retries|rejected|abandoned|records_total)|spool_(read|corrupt|append_errors|appended|full))/.test(l)).join('; ')}`);
     log(`   rejected: ${psql('SELECT count(*) FROM rejected').trim()}; rows per duplicated frame: ${psql(
       `SELECT string_agg(n::text, ',') FROM (SELECT count(*) n FROM readings WHERE device_id LIKE '${load.prefix}%' GROUP BY device_id, raw HAVING count(*) > 1 LIMIT 20) d`).trim()}`);
     const keep = path.join(process.env.TMPDIR || '/tmp', `devbridge-faults-${Date.now()}`);

@@ -408,6 +408,10 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
                        [&s] { return s.mqtt && s.mqtt->connected() ? 1.0 : 0.0; });
   s.metrics.AddGaugeFn("devbridge_ingest_mqtt_duplicates_dropped", "QoS 1 redeliveries of messages already taken.",
                        {}, [&s] { return s.mqtt ? static_cast<double>(s.mqtt->duplicates_dropped()) : 0.0; });
+  s.metrics.AddGaugeFn("devbridge_ingest_mqtt_connects", "Connections made to the broker since start.", {},
+                       [&s] { return s.mqtt ? static_cast<double>(s.mqtt->connects()) : 0.0; });
+  s.metrics.AddGaugeFn("devbridge_ingest_mqtt_dup_flagged", "Messages that arrived flagged DUP (redeliveries), dropped or not.",
+                       {}, [&s] { return s.mqtt ? static_cast<double>(s.mqtt->dup_flagged()) : 0.0; });
 
   const std::string epoch = common::RandomToken(12);
   s.event_log = std::make_unique<EventLog>(epoch, o.replay_buffer, o.replay_buffer_bytes);
