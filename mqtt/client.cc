@@ -85,7 +85,7 @@ struct PahoCallbacks {
     const absl::string_view payload(static_cast<const char*>(message->payload),
                                     static_cast<size_t>(message->payloadlen));
     try {
-      self->OnMessageArrived(topic_view, payload, message->qos, message->dup != 0);
+      self->OnMessageArrived(topic_view, payload, message->qos, message->dup != 0, message->msgid);
     } catch (const std::exception& e) {
       common::Logger(self->options_.log_name)->error("message on {} dropped: {}", topic_view, e.what());
     }
@@ -311,37 +311,19 @@ void Client::Resume() {
   RequestConnect();
 }
 
-void Client::OnMessageArrived(absl::string_view topic, absl::string_view payload, int qos, bool dup) {
-  const uint64_t key = qos > 0 && options_.dedupe_window > 0 ? Fingerprint(topic, payload) : 0;
+void Client::OnMessageArrived(absl::string_view topic, absl::string_view payload, int qos, bool dup,
+                              int packet_id) {
   if (dup) dup_flagged_.fetch_add(1);
-  if (dup && key != 0 && SeenRecently(key)) {
-    // The broker sent this again because our acknowledgement was lost (e.g. it restarted):
-    // we already took it, so taking it again would store it twice.
-    duplicates_.fetch_add(1);
-    return;
+  if (qos > 0 && options_.drop_redeliveries && packet_id > 0 && packet_id <= 65535) {
+    common::MutexLock lock(&redelivery_mu_);
+    // Recorded before the handler runs: Paho delivers one message at a time, so its
+    // redelivery cannot overtake it.
+    if (redeliveries_.Redelivered(static_cast<uint16_t>(packet_id), dup, topic, payload)) {
+      duplicates_.fetch_add(1);
+      return;
+    }
   }
   on_message_(topic, payload);
-  if (key != 0) Remember(key);
-}
-
-uint64_t Client::Fingerprint(absl::string_view topic, absl::string_view payload) {
-  const uint64_t h = std::hash<std::string_view>{}(std::string_view(topic.data(), topic.size())) * 0x9E3779B97F4A7C15ULL;
-  return (h ^ std::hash<std::string_view>{}(std::string_view(payload.data(), payload.size()))) | 1;
-}
-
-bool Client::SeenRecently(uint64_t key) {
-  common::MutexLock lock(&recent_mu_);
-  return recent_set_.count(key) > 0;
-}
-
-void Client::Remember(uint64_t key) {
-  common::MutexLock lock(&recent_mu_);
-  if (!recent_set_.insert(key).second) return;
-  recent_.push_back(key);
-  if (recent_.size() > options_.dedupe_window) {
-    recent_set_.erase(recent_.front());
-    recent_.pop_front();
-  }
 }
 
 void Client::OnConnectionLost(const char* cause) {

@@ -10,8 +10,6 @@
 #define DEVBRIDGE_MQTT_CLIENT_H_
 
 #include <atomic>
-#include <deque>
-#include <unordered_set>
 #include <functional>
 #include <memory>
 #include <string>
@@ -25,6 +23,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
+#include "mqtt/redelivery_filter.h"
 
 namespace devbridge::mqtt {
 
@@ -40,9 +39,9 @@ struct Options {
   absl::Duration min_backoff = absl::Milliseconds(100);
   absl::Duration max_backoff = absl::Seconds(5);
   std::vector<std::pair<std::string, int>> subscriptions;  // topic filter, QoS
-  // QoS 1 redeliveries (DUP flag) of any of the last `dedupe_window` messages taken are
-  // dropped: a broker that restarts resends what it had not seen acknowledged. 0: off.
-  size_t dedupe_window = 4096;
+  // Drop QoS 1/2 redeliveries of messages already taken (mqtt/redelivery_filter.h): a broker
+  // resends what it did not see acknowledged when the connection closed first.
+  bool drop_redeliveries = true;
   std::string log_name = "mqtt";    // logger name, e.g. "ingest.mqtt"
 };
 
@@ -91,14 +90,11 @@ class Client {
   void Supervise() ABSL_LOCKS_EXCLUDED(mu_);
   void RequestConnect() ABSL_LOCKS_EXCLUDED(mu_);
   void SetConnected(bool connected);
-  static uint64_t Fingerprint(absl::string_view topic, absl::string_view payload);
-  bool SeenRecently(uint64_t key);
-  void Remember(uint64_t key);
 
   // What Paho's callbacks do (PahoCallbacks in client.cc calls these with the exact
   // function types Paho expects; the Paho types stay out of this header).
   friend struct PahoCallbacks;
-  void OnMessageArrived(absl::string_view topic, absl::string_view payload, int qos, bool dup);
+  void OnMessageArrived(absl::string_view topic, absl::string_view payload, int qos, bool dup, int packet_id);
   void OnConnectionLost(const char* cause);
   void OnConnectSuccess();
   void OnConnectFailure(const char* message, int code);
@@ -120,9 +116,8 @@ class Client {
   absl::Duration backoff_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> duplicates_{0};
   std::atomic<uint64_t> dup_flagged_{0};
-  common::Mutex recent_mu_;
-  std::deque<uint64_t> recent_ ABSL_GUARDED_BY(recent_mu_);
-  std::unordered_set<uint64_t> recent_set_ ABSL_GUARDED_BY(recent_mu_);
+  common::Mutex redelivery_mu_;  // Paho delivers on one thread; the lock costs nothing then
+  RedeliveryFilter redeliveries_ ABSL_GUARDED_BY(redelivery_mu_);
   std::thread supervisor_;
 };
 
