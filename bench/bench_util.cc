@@ -14,6 +14,7 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <pqxx/pqxx>
 #include <thread>
 
 extern char** environ;
@@ -52,6 +53,24 @@ int Child::Stop() {
   waitpid(pid_, &status, 0);
   pid_ = -1;
   return -1;
+}
+
+ServiceEnv ServiceEnvFromEnvironment(const std::string& source_dir) {
+  ServiceEnv env;
+  env.mqtt_url = Env("DEVBRIDGE_TEST_MQTT_URL");
+  env.pg_dsn = Env("DEVBRIDGE_TEST_PG_DSN");
+  env.source_dir = source_dir;
+  env.bin_dir = SelfDir() + "/..";
+  env.log_dir = Env("DEVBRIDGE_TEST_DIR");
+  return env;
+}
+
+std::string FreshDatabase(const ServiceEnv& env, const std::string& name) {
+  pqxx::connection admin(env.pg_dsn);
+  pqxx::nontransaction tx(admin);
+  tx.exec0("DROP DATABASE IF EXISTS " + name);
+  tx.exec0("CREATE DATABASE " + name);
+  return env.pg_dsn.substr(0, env.pg_dsn.rfind('/') + 1) + name;
 }
 
 int FreePort() {

@@ -26,6 +26,19 @@ class Child {
   pid_t pid_ = -1;
 };
 
+// Where a service benchmark finds the broker and the database (from tests/harness/with-services),
+// the sources, the binaries (next to the benchmark's own) and a folder for logs.
+struct ServiceEnv {
+  std::string mqtt_url;
+  std::string pg_dsn;
+  std::string source_dir;
+  std::string bin_dir;
+  std::string log_dir;
+};
+ServiceEnv ServiceEnvFromEnvironment(const std::string& source_dir);
+// Drops and creates database `name` on the server `env.pg_dsn` points at; returns its DSN.
+std::string FreshDatabase(const ServiceEnv& env, const std::string& name);
+
 int FreePort();
 // GET http://127.0.0.1:port/path; returns the body ("" on error) and sets *status.
 std::string HttpGet(int port, const std::string& path, int* status = nullptr);

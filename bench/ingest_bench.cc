@@ -31,13 +31,7 @@
 namespace devbridge::bench {
 namespace {
 
-struct Config {
-  std::string mqtt_url;
-  std::string pg_dsn;
-  std::string source_dir;
-  std::string bin_dir;  // build directory
-  std::string log_dir;
-};
+using Config = ServiceEnv;
 
 // The frame a bench device publishes: sequence, publish time, and a few realistic values.
 std::string Frame(uint32_t seq, int64_t sent_us) {
@@ -145,14 +139,6 @@ class CommitWatcher {
   std::vector<double> latencies_ms_;
   std::thread thread_;
 };
-
-std::string FreshDatabase(const Config& c, const std::string& name) {
-  pqxx::connection admin(c.pg_dsn);
-  pqxx::nontransaction tx(admin);
-  tx.exec0("DROP DATABASE IF EXISTS " + name);
-  tx.exec0("CREATE DATABASE " + name);
-  return c.pg_dsn.substr(0, c.pg_dsn.rfind('/') + 1) + name;
-}
 
 struct Ingest {
   int grpc_port = FreePort();
@@ -493,12 +479,7 @@ int main(int argc, char** argv) {
   if (mode == "bare-subscriber" && argc == 5) {
     return BareSubscriber(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10));
   }
-  Config c;
-  c.mqtt_url = Env("DEVBRIDGE_TEST_MQTT_URL");
-  c.pg_dsn = Env("DEVBRIDGE_TEST_PG_DSN");
-  c.source_dir = DEVBRIDGE_SOURCE_DIR;
-  c.bin_dir = SelfDir() + "/..";
-  c.log_dir = Env("DEVBRIDGE_TEST_DIR");
+  const Config c = ServiceEnvFromEnvironment(DEVBRIDGE_SOURCE_DIR);
   if (mode == "all" || mode == "throughput") Throughput(c, argc > 2 ? std::atof(argv[2]) : 20000, 10, 100);
   if (mode == "all" || mode == "dispatch") DispatchBench(c, 50);
   if (mode == "all" || mode == "stream") StreamBench(c, 200000);

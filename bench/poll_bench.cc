@@ -20,7 +20,6 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <pqxx/pqxx>
 #include <string>
 #include <thread>
 #include <vector>
@@ -31,12 +30,7 @@
 namespace devbridge::bench {
 namespace {
 
-struct Config {
-  std::string mqtt_url;
-  std::string pg_dsn;
-  std::string source_dir;
-  std::string bin_dir;
-  std::string log_dir;
+struct Config : ServiceEnv {
   int devices = 10000;
   int fast = 1000;
   double seconds = 30;
@@ -57,14 +51,6 @@ std::string WriteMap(const Config& c, bool with_plan) {
   const std::string path = absl::StrCat(c.log_dir, "/poll-bench-", with_plan ? "plan" : "none", ".json");
   std::ofstream(path) << profiles << devices;
   return path;
-}
-
-std::string FreshDatabase(const Config& c, const std::string& name) {
-  pqxx::connection admin(c.pg_dsn);
-  pqxx::nontransaction tx(admin);
-  tx.exec0("DROP DATABASE IF EXISTS " + name);
-  tx.exec0("CREATE DATABASE " + name);
-  return c.pg_dsn.substr(0, c.pg_dsn.rfind('/') + 1) + name;
 }
 
 struct Figures {
@@ -158,11 +144,7 @@ Figures Run(const Config& c, bool polled, const std::string& label, const std::v
 int main(int argc, char** argv) {
   using namespace devbridge::bench;
   Config c;
-  c.mqtt_url = Env("DEVBRIDGE_TEST_MQTT_URL");
-  c.pg_dsn = Env("DEVBRIDGE_TEST_PG_DSN");
-  c.source_dir = DEVBRIDGE_SOURCE_DIR;
-  c.bin_dir = SelfDir() + "/..";
-  c.log_dir = Env("DEVBRIDGE_TEST_DIR");
+  static_cast<ServiceEnv&>(c) = ServiceEnvFromEnvironment(DEVBRIDGE_SOURCE_DIR);
   if (argc > 1) c.devices = std::atoi(argv[1]);
   if (argc > 2) c.fast = std::atoi(argv[2]);
   if (argc > 3) c.seconds = std::atof(argv[3]);

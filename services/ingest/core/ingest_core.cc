@@ -39,6 +39,20 @@ PollScheduler::Options PollOptions(const CoreOptions& o) {
   return p;
 }
 
+// What a result says about the request it answers: device, unit, function, registers, the
+// frame sent, when the answer came and how long after sending.
+void DescribeRequest(const PendingCommand& cmd, absl::Time now, v1::CommandResult* result) {
+  result->set_device_id(cmd.command.device_id());
+  result->set_unit(cmd.request.unit);
+  result->set_function(cmd.request.function);
+  result->set_address(cmd.request.address);
+  result->set_count(cmd.request.Quantity());
+  result->set_request(Bytes(cmd.frame));
+  result->set_received_at_unix_ms(absl::ToUnixMillis(now));
+  result->set_solicited(true);
+  if (cmd.sent != absl::InfinitePast()) result->set_latency_ms(absl::ToDoubleMilliseconds(now - cmd.sent));
+}
+
 const char* StatusFor(int code) {
   if (code == common::kCodeSuccess) return "succeeded";
   if (code == common::kCodeTimeout) return "timeout";
@@ -323,23 +337,14 @@ void IngestCore::CompleteWithFrame(PendingCommand cmd, absl::string_view payload
 void IngestCore::Finish(PendingCommand cmd, v1::CommandResult result, absl::Time now) {
   if (cmd.poll) return FinishPoll(std::move(cmd), std::move(result), now);
   const v1::Command& c = cmd.command;
+  DescribeRequest(cmd, now, &result);
   result.set_command_id(cmd.command_id);
   result.set_request_id(c.request_id());
-  result.set_device_id(c.device_id());
-  result.set_unit(cmd.request.unit);
-  result.set_function(cmd.request.function);
-  result.set_address(cmd.request.address);
-  result.set_count(cmd.request.Quantity());
-  result.set_request(Bytes(cmd.frame));
-  result.set_received_at_unix_ms(absl::ToUnixMillis(now));
-  result.set_solicited(true);
   result.set_origin_node(c.origin_node());
   result.set_client_id(c.client_id());
   result.set_system_id(c.system_id());
-  if (cmd.sent != absl::InfinitePast()) {
-    const double latency = absl::ToDoubleMilliseconds(now - cmd.sent);
-    result.set_latency_ms(latency);
-    if (result.code() != common::kCodeTimeout) m_.command_latency->Observe(latency);
+  if (cmd.sent != absl::InfinitePast() && result.code() != common::kCodeTimeout) {
+    m_.command_latency->Observe(result.latency_ms());
   }
   auto counter = m_.results.find(result.code());
   (counter == m_.results.end() ? m_.results_other : counter->second)->Inc();
@@ -556,16 +561,8 @@ void IngestCore::FinishPoll(PendingCommand cmd, v1::CommandResult result, absl::
   const bool replied = code == common::kCodeSuccess || code == common::kCodeNoRegister ||
                        code == common::kCodeModbusException || code == common::kCodeFrameError;
   if (replied) {
-    result.set_device_id(device_id);
-    result.set_unit(cmd.request.unit);
-    result.set_function(cmd.request.function);
-    result.set_address(cmd.request.address);
-    result.set_count(cmd.request.Quantity());
-    result.set_request(Bytes(cmd.frame));
-    result.set_received_at_unix_ms(absl::ToUnixMillis(now));
-    result.set_solicited(true);
+    DescribeRequest(cmd, now, &result);
     result.set_poll(true);
-    if (cmd.sent != absl::InfinitePast()) result.set_latency_ms(absl::ToDoubleMilliseconds(now - cmd.sent));
     v1::Event event;
     *event.mutable_data() = std::move(result);
     out_->Emit(std::move(event), DeviceStreams(device_id));
