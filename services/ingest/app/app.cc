@@ -280,7 +280,9 @@ struct App::Impl : public CoreOutputs {
       if (ec) return;
       const absl::Time now = absl::Now();
       core->ExpireCommands(now);
-      core->RunPolls(now);
+      // Polls only go out while the broker connection is up: asked while it is down (or intake
+      // paused), they would queue in Paho and reach the devices late, all at once.
+      if (mqtt->connected()) core->RunPolls(now);
       commands_queued->Set(static_cast<int64_t>(core->commands().total()));
       ArmCommandTimer();
     });
