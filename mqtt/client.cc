@@ -323,7 +323,12 @@ void Client::OnMessageArrived(absl::string_view topic, absl::string_view payload
       return;
     }
   }
-  on_message_(topic, payload);
+  on_message_(topic, payload, qos > 0 && packet_id > 0 && packet_id <= 65535 ? static_cast<uint16_t>(packet_id) : 0);
+}
+
+void Client::RememberTaken(uint16_t packet_id, absl::string_view topic, absl::string_view payload) {
+  common::MutexLock lock(&redelivery_mu_);
+  redeliveries_.Taken(packet_id, topic, payload);
 }
 
 void Client::OnConnectionLost(const char* cause) {

@@ -46,7 +46,10 @@ struct Options {
 };
 
 // Runs on a Paho thread; must take the message (copy what it needs) and return at once.
-using MessageHandler = std::function<void(absl::string_view topic, absl::string_view payload)>;
+// `packet_id`: the MQTT packet identifier it came with (0 for QoS 0); a caller that keeps
+// messages across restarts keeps it too and hands it back with RememberTaken().
+using MessageHandler =
+    std::function<void(absl::string_view topic, absl::string_view payload, uint16_t packet_id)>;
 // Runs on a Paho thread when the broker acknowledged a publish (true) or Paho gave up on it
 // (false). For QoS 0, true once it was written to the socket.
 using DeliveryHandler = std::function<void(bool delivered)>;
@@ -73,6 +76,10 @@ class Client {
   // The same, and tells `on_done` what became of it (not called when this returns an error).
   absl::Status Publish(absl::string_view topic, absl::string_view payload, int qos, bool retained,
                        DeliveryHandler on_done);
+
+  // Before Start(): this message was taken under `packet_id` by an earlier run (a spool
+  // kept it), so the broker's redelivery of it, which a restart may bring, is dropped.
+  void RememberTaken(uint16_t packet_id, absl::string_view topic, absl::string_view payload);
 
   // Stops taking messages by disconnecting; Resume() connects again. Idempotent.
   void Pause();

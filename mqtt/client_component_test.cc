@@ -22,7 +22,7 @@ using testing::WaitFor;
 class Inbox {
  public:
   MessageHandler Handler() {
-    return [this](absl::string_view topic, absl::string_view payload) {
+    return [this](absl::string_view topic, absl::string_view payload, uint16_t) {
       common::MutexLock lock(&mu_);
       last_ = absl::StrCat(topic, " ", payload);
       ++count_;
@@ -69,7 +69,7 @@ TEST(MqttClient, PublishesReceivesPausesAndResumesWithoutLoss) {
   auto sub = Client::Create(std::move(o), inbox.Handler(), [&](bool) { state_changes.fetch_add(1); });
   ASSERT_TRUE(sub.ok()) << sub.status();
   (*sub)->Start();
-  auto pub = MakeClient(prefix + "-pub", {}, [](absl::string_view, absl::string_view) {});
+  auto pub = MakeClient(prefix + "-pub", {}, [](absl::string_view, absl::string_view, uint16_t) {});
   pub->Start();
   ASSERT_TRUE(WaitFor([&] { return (*sub)->connected() && pub->connected(); }));
 
@@ -103,7 +103,7 @@ TEST(MqttClient, StopWhileConnectingLeavesNothingConnected) {
   const std::string prefix = UniqueTopicPrefix();
   for (int i = 0; i < 20; ++i) {
     auto client = MakeClient(absl::StrCat(prefix, "-", i), {{prefix + "/#", 1}},
-                             [](absl::string_view, absl::string_view) {});
+                             [](absl::string_view, absl::string_view, uint16_t) {});
     client->Start();
     client->Stop(absl::Seconds(2));  // often while the connect is still in flight
     EXPECT_FALSE(client->connected());
@@ -115,7 +115,7 @@ TEST(MqttClient, ReconnectsAndSubscribesAgainAfterTheBrokerRestarts) {
   Inbox inbox;
   auto sub = MakeClient(prefix + "-sub", {{prefix + "/#", 1}}, inbox.Handler());
   sub->Start();
-  auto pub = MakeClient(prefix + "-pub", {}, [](absl::string_view, absl::string_view) {});
+  auto pub = MakeClient(prefix + "-pub", {}, [](absl::string_view, absl::string_view, uint16_t) {});
   pub->Start();
   ASSERT_TRUE(WaitFor([&] { return sub->connected() && pub->connected(); }));
   const uint64_t connects = sub->connects();

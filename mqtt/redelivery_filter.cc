@@ -21,4 +21,8 @@ bool RedeliveryFilter::Redelivered(uint16_t packet_id, bool dup, absl::string_vi
   return false;
 }
 
+void RedeliveryFilter::Taken(uint16_t packet_id, absl::string_view topic, absl::string_view payload) {
+  if (packet_id != 0) last_[packet_id] = Fingerprint(topic, payload);
+}
+
 }  // namespace devbridge::mqtt

@@ -24,6 +24,8 @@ class RedeliveryFilter {
   // otherwise records it as taken under `packet_id` and returns false. QoS 0 (packet id 0)
   // is never a redelivery. One caller at a time (Paho's receive thread).
   bool Redelivered(uint16_t packet_id, bool dup, absl::string_view topic, absl::string_view payload);
+  // Records a message as taken under `packet_id` (by an earlier run, say); 0 is ignored.
+  void Taken(uint16_t packet_id, absl::string_view topic, absl::string_view payload);
 
  private:
   std::vector<uint64_t> last_;  // by packet id: fingerprint of the last message taken with it; 0: none

@@ -44,5 +44,15 @@ TEST(RedeliveryFilter, ThousandsOfMessagesBetweenTheCopiesDoNotMatter) {
   EXPECT_EQ(dropped, 30000);
 }
 
+TEST(RedeliveryFilter, WhatAnEarlierRunTookIsRecognised) {
+  // Seeded from the spool at start: the broker resends to the new run what the old one took.
+  RedeliveryFilter f;
+  f.Taken(7, "d/1/data", "a");
+  f.Taken(0, "d/1/data", "qos 0 has no packet id");
+  EXPECT_TRUE(f.Redelivered(7, true, "d/1/data", "a"));
+  EXPECT_FALSE(f.Redelivered(8, true, "d/1/data", "a")) << "another packet id: another message";
+  EXPECT_FALSE(f.Redelivered(0, true, "d/1/data", "qos 0 has no packet id"));
+}
+
 }  // namespace
 }  // namespace devbridge::mqtt

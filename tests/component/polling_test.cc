@@ -51,13 +51,6 @@ bool IsResponsive(const v1::Event& e, const std::string& device, bool responsive
   return e.has_responsive() && e.responsive().device_id() == device && e.responsive().responsive() == responsive;
 }
 
-// The value of a metric line "name{labels} value" in ingest's /metrics, or -1.
-double Metric(const std::string& text, const std::string& series) {
-  const std::string line = "\n" + series + " ";
-  const size_t at = text.find(line);
-  return at == std::string::npos ? -1 : std::stod(text.substr(at + line.size()));
-}
-
 class PollingTest : public IngestFixture {
  protected:
   void UseMap(const std::string& json) { map_ = ParseMap(json); }
@@ -113,8 +106,8 @@ TEST_F(PollingTest, SlavesArePolledOnTheirPlanInOneMergedReadAndStoredWithoutCom
   EXPECT_EQ(p.last_code(), 200);
   EXPECT_FALSE(p.unresponsive());
   const std::string metrics = HttpGet("/metrics");
-  EXPECT_GE(Metric(metrics, "devbridge_ingest_polls_total{outcome=\"replied\"}"), 9) << metrics;
-  EXPECT_EQ(Metric(metrics, "devbridge_ingest_polled_devices"), 3);
+  EXPECT_GE(MetricValue(metrics, "devbridge_ingest_polls_total{outcome=\"replied\"}"), 9) << metrics;
+  EXPECT_EQ(MetricValue(metrics, "devbridge_ingest_polled_devices"), 3);
 }
 
 TEST_F(PollingTest, AUsersCommandGoesAheadOfPollsWaitingForTheDevice) {
@@ -156,7 +149,7 @@ TEST_F(PollingTest, APollWhosePreviousRunStillWaitsIsSkippedAndCounted) {
   const std::string id = sim->DeviceId(0);
   ASSERT_TRUE(WaitFor([&] { return CountEvents(events, [&](const v1::Event& e) { return IsPoll(e, id); }) >= 3; }));
   const std::string metrics = HttpGet("/metrics");
-  EXPECT_GE(Metric(metrics, "devbridge_ingest_polls_total{outcome=\"skipped\"}"), 6) << metrics;
+  EXPECT_GE(MetricValue(metrics, "devbridge_ingest_polls_total{outcome=\"skipped\"}"), 6) << metrics;
   // Never two reads of the same block at once: the device saw one request per reply.
   EXPECT_LE(sim->stats().commands.load(), sim->stats().replies.load() + 1);
 }
@@ -185,7 +178,7 @@ TEST_F(PollingTest, ADeviceThatStopsAnsweringIsUnresponsiveButOnlineThenComesBac
   EXPECT_TRUE(list.devices(0).online()) << "unresponsive is not offline";
   EXPECT_TRUE(list.devices(0).polling().unresponsive());
   EXPECT_GE(list.devices(0).polling().failures(), 3u);
-  EXPECT_EQ(Metric(HttpGet("/metrics"), "devbridge_ingest_devices_unresponsive"), 1);
+  EXPECT_EQ(MetricValue(HttpGet("/metrics"), "devbridge_ingest_devices_unresponsive"), 1);
   // Back-off: the probes thin out (0.4 s, 0.8 s, then every 1 s) instead of every 200 ms.
   const uint64_t asked = mute->stats().commands.load();
   absl::SleepFor(absl::Seconds(2));  // a window to count requests in, not a synchronisation
@@ -196,7 +189,7 @@ TEST_F(PollingTest, ADeviceThatStopsAnsweringIsUnresponsiveButOnlineThenComesBac
   const v1::Event up = events.WaitFor([&](const v1::Event& e) { return IsResponsive(e, id, true); });
   ASSERT_TRUE(up.has_responsive()) << "no device.responsive";
   EXPECT_EQ(CountEvents(events, [&](const v1::Event& e) { return IsState(e, id, false); }), 0u) << "never offline";
-  EXPECT_TRUE(WaitFor([&] { return Metric(HttpGet("/metrics"), "devbridge_ingest_devices_unresponsive") == 0; }));
+  EXPECT_TRUE(WaitFor([&] { return MetricValue(HttpGet("/metrics"), "devbridge_ingest_devices_unresponsive") == 0; }));
 }
 
 TEST_F(PollingTest, ReloadingTheMapChangesPlansAtOnceAndABadMapKeepsTheOld) {
@@ -228,8 +221,8 @@ TEST_F(PollingTest, ReloadingTheMapChangesPlansAtOnceAndABadMapKeepsTheOld) {
     return n >= 2;
   })) << "the old plan must stay in force";
   const std::string metrics = HttpGet("/metrics");
-  EXPECT_EQ(Metric(metrics, "devbridge_ingest_register_map_reloads_total{result=\"ok\"}"), 1) << metrics;
-  EXPECT_EQ(Metric(metrics, "devbridge_ingest_register_map_reloads_total{result=\"error\"}"), 1) << metrics;
+  EXPECT_EQ(MetricValue(metrics, "devbridge_ingest_register_map_reloads_total{result=\"ok\"}"), 1) << metrics;
+  EXPECT_EQ(MetricValue(metrics, "devbridge_ingest_register_map_reloads_total{result=\"error\"}"), 1) << metrics;
 }
 
 }  // namespace

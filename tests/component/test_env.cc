@@ -49,6 +49,17 @@ std::string TestSlug() {
 
 std::string MqttUrl() { return Required("DEVBRIDGE_TEST_MQTT_URL"); }
 
+int MqttPort() {
+  const std::string url = MqttUrl();
+  return std::stoi(url.substr(url.rfind(':') + 1));
+}
+
+double MetricValue(const std::string& text, const std::string& series) {
+  const std::string line = "\n" + series + " ";
+  const size_t at = text.find(line);
+  return at == std::string::npos ? -1 : std::stod(text.substr(at + line.size()));
+}
+
 std::string PgDsn() { return Required("DEVBRIDGE_TEST_PG_DSN"); }
 
 std::string CreateTestDatabase() {

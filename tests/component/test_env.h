@@ -14,6 +14,10 @@ namespace devbridge::testing {
 // tcp://127.0.0.1:PORT of the harness's mosquitto. Aborts the test binary with a clear
 // message when run outside the harness.
 std::string MqttUrl();
+// The port of the harness's broker.
+int MqttPort();
+// The value of the line "series value" in a Prometheus text page (series: name{labels}), or -1.
+double MetricValue(const std::string& text, const std::string& series);
 
 // postgresql://… of the harness's cluster (maintenance database "postgres").
 std::string PgDsn();

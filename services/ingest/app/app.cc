@@ -96,7 +96,41 @@ struct App::Impl : public CoreOutputs {
   // messages wait on disk, on disk only. Intake pauses when the spool is full (or, without a
   // spool, when memory is); the broker holds what follows, and only what was already on its
   // way arrives after that.
-  void OnMessage(absl::string_view topic, absl::string_view payload) {
+  // Messages the last run took may come again: the broker resends, flagged DUP, what it had
+  // not seen acknowledged when that run's connection closed (Paho sends acknowledgements
+  // after the messages, and queues them when the socket is busy: at a stop under load,
+  // hundreds to tens of thousands were measured). The spool's last messages carry their
+  // packet ids; the MQTT client drops a redelivery whose packet id last came with the same
+  // message. Runs before the client starts, on the thread that will later read the spool.
+  void RememberTakenFromSpool() {
+    constexpr uint64_t kRecent = 65536;  // one message per packet id
+    const uint64_t next = spool->next_seq();
+    uint64_t from = std::max(spool->first_seq(), next > kRecent ? next - kRecent : 1);
+    std::vector<SpooledMessage> batch;
+    uint64_t remembered = 0;
+    while (from < next) {
+      batch.clear();
+      absl::StatusOr<uint64_t> read = spool->Read(from, 4096, &batch);
+      if (!read.ok()) {
+        log->warn("cannot read the spool's last messages ({}): redeliveries of them may be stored twice",
+                  read.status().message());
+        return;
+      }
+      for (const SpooledMessage& m : batch) {
+        if (m.packet_id == 0) continue;
+        mqtt->RememberTaken(m.packet_id, m.topic, m.payload);
+        ++remembered;
+      }
+      if (*read <= from) break;
+      from = *read;
+    }
+    if (remembered > 0) {
+      log->info("spool: the last {} message(s) taken are remembered by packet id; the broker's redeliveries of "
+                "them are dropped", remembered);
+    }
+  }
+
+  void OnMessage(absl::string_view topic, absl::string_view payload, uint16_t packet_id) {
     const absl::Time now = absl::Now();
     bool pause = false;
     bool appended = false;
@@ -105,7 +139,7 @@ struct App::Impl : public CoreOutputs {
       common::MutexLock lock(&intake_mu);
       uint64_t seq = 0;
       if (spool) {
-        absl::StatusOr<uint64_t> r = spool->Append(topic, payload, now);
+        absl::StatusOr<uint64_t> r = spool->Append(topic, payload, now, packet_id);
         if (r.ok()) {
           seq = *r;
           appended = true;
@@ -501,9 +535,12 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   mo.subscriptions = {{absl::StrCat(share, o.topic_prefix, "/+/heartbeat"), o.mqtt_qos},
                       {absl::StrCat(share, o.topic_prefix, "/+/data"), o.mqtt_qos}};
   auto client = mqtt::Client::Create(
-      mo, [&s](absl::string_view topic, absl::string_view payload) { s.OnMessage(topic, payload); });
+      mo, [&s](absl::string_view topic, absl::string_view payload, uint16_t packet_id) {
+        s.OnMessage(topic, payload, packet_id);
+      });
   if (!client.ok()) return client.status();
   s.mqtt = *std::move(client);
+  if (s.spool) s.RememberTakenFromSpool();
 
   s.ArmCommandTimer();
   s.ArmSweepTimer();

@@ -23,8 +23,10 @@
 namespace devbridge::ingest {
 namespace {
 
-constexpr size_t kHeader = 8;                      // body length, CRC
-constexpr size_t kBodyFixed = 8 + 8 + 2;           // seq, taken at, topic length
+constexpr size_t kHeader = 8;                      // body length (and format flag), CRC
+constexpr uint32_t kHasPacketId = 0x80000000u;     // length's top bit: the body carries a packet id
+constexpr size_t kBodyFixedV1 = 8 + 8 + 2;         // seq, taken at, topic length
+constexpr size_t kBodyFixed = 8 + 8 + 2 + 2;       // seq, taken at, packet id, topic length
 constexpr size_t kMaxBody = size_t{64} << 20;      // larger is a torn or corrupt length
 constexpr size_t kReadChunk = size_t{256} << 10;
 
@@ -55,18 +57,22 @@ uint32_t Crc(const char* p, size_t n) {
 // before the record does, or nullopt if the record is corrupt.
 std::optional<size_t> ParseRecord(const char* p, size_t n, SpooledMessage* out) {
   if (n < kHeader) return 0;
-  const size_t body = GetLE(p, 4);
-  if (body < kBodyFixed || body > kMaxBody) return std::nullopt;
+  const uint32_t length = static_cast<uint32_t>(GetLE(p, 4));
+  const bool has_packet_id = (length & kHasPacketId) != 0;
+  const size_t body = length & ~kHasPacketId;
+  const size_t fixed = has_packet_id ? kBodyFixed : kBodyFixedV1;
+  if (body < fixed || body > kMaxBody) return std::nullopt;
   if (n < kHeader + body) return 0;
   const char* b = p + kHeader;
   if (Crc(b, body) != static_cast<uint32_t>(GetLE(p + 4, 4))) return std::nullopt;
-  const size_t topic_len = GetLE(b + 16, 2);
-  if (kBodyFixed + topic_len > body) return std::nullopt;
+  const size_t topic_len = GetLE(b + fixed - 2, 2);
+  if (fixed + topic_len > body) return std::nullopt;
   if (out != nullptr) {
     out->seq = GetLE(b, 8);
     out->taken_at = absl::FromUnixMicros(static_cast<int64_t>(GetLE(b + 8, 8)));
-    out->topic.assign(b + kBodyFixed, topic_len);
-    out->payload.assign(b + kBodyFixed + topic_len, body - kBodyFixed - topic_len);
+    out->packet_id = has_packet_id ? static_cast<uint16_t>(GetLE(b + 16, 2)) : 0;
+    out->topic.assign(b + fixed, topic_len);
+    out->payload.assign(b + fixed + topic_len, body - fixed - topic_len);
   }
   return kHeader + body;
 }
@@ -118,8 +124,9 @@ Spool::Spool(SpoolOptions options, common::MetricsRegistry* metrics) : options_(
   m_.sync_wait_ms = &r.AddHistogram("devbridge_ingest_spool_sync_wait_ms",
                                     "Time a message waited on disk unsynced (the window a power cut can lose), ms.",
                                     common::LatencyBucketsMs());
-  r.AddGaugeFn("devbridge_ingest_spool_bytes", "Bytes in the spool's segments.", {},
-               [this] { return static_cast<double>(bytes_.load()); });
+  r.AddGaugeFn("devbridge_ingest_spool_bytes",
+               "Bytes in the spool's segments that PostgreSQL does not have in full (spool_max_mb bounds it).", {},
+               [this] { return static_cast<double>(bytes()); });
   r.AddGaugeFn("devbridge_ingest_spool_full", "1 while the spool holds more than spool_max_mb (intake paused).",
                {}, [this] { return Full() ? 1.0 : 0.0; });
   r.AddGaugeFn("devbridge_ingest_spool_unsynced", "Messages written to the spool but not yet fsynced.", {},
@@ -252,7 +259,8 @@ absl::Status Spool::Rotate() {
   return absl::OkStatus();
 }
 
-absl::StatusOr<uint64_t> Spool::Append(absl::string_view topic, absl::string_view payload, absl::Time taken_at) {
+absl::StatusOr<uint64_t> Spool::Append(absl::string_view topic, absl::string_view payload, absl::Time taken_at,
+                                       uint16_t packet_id) {
   if (kBodyFixed + std::min<size_t>(topic.size(), 0xffff) + payload.size() > kMaxBody) {
     // Larger than a record may be (the reader would take it for a corrupt length). Such a
     // message is refused by the core anyway; it stays in memory only.
@@ -275,12 +283,13 @@ absl::StatusOr<uint64_t> Spool::Append(absl::string_view topic, absl::string_vie
   PutU32(record_, 0);
   PutU64(record_, seq);
   PutU64(record_, static_cast<uint64_t>(absl::ToUnixMicros(taken_at)));
+  PutU16(record_, packet_id);
   PutU16(record_, static_cast<uint16_t>(topic_len));
   record_.append(topic.data(), topic_len);
   record_.append(payload.data(), payload.size());
   const size_t body = record_.size() - kHeader;
   std::string head;
-  PutU32(head, static_cast<uint32_t>(body));
+  PutU32(head, static_cast<uint32_t>(body) | kHasPacketId);
   PutU32(head, Crc(record_.data() + kHeader, body));
   record_.replace(0, kHeader, head);
 
@@ -450,7 +459,7 @@ absl::StatusOr<uint64_t> Spool::Read(uint64_t from, size_t max, std::vector<Spoo
     if (n <= 0) return Errno("cannot read", SegmentPath(segment));
     if (static_cast<size_t>(n) >= kHeader) {
       // A record larger than one chunk: read it whole.
-      const size_t need = kHeader + GetLE(read_buffer_.data(), 4);
+      const size_t need = kHeader + (GetLE(read_buffer_.data(), 4) & ~kHasPacketId);
       if (need > static_cast<size_t>(n) && need <= readable - cursor_.offset) {
         read_buffer_.resize(need);
         n = ::pread(cursor_.fd, read_buffer_.data(), need, static_cast<off_t>(cursor_.offset));
@@ -484,13 +493,17 @@ void Spool::Committed(uint64_t seq) {
   std::vector<uint64_t> doomed;
   {
     common::MutexLock lock(&mu_);
-    while (segments_.size() > 1) {
+    // The newest two stay: the last messages taken and their packet ids (see spool.h).
+    while (segments_.size() > 2) {
       auto second = std::next(segments_.begin());
       if (second->first > seq + 1) break;  // the oldest segment still holds seq+1 or later
       doomed.push_back(segments_.begin()->first);
       bytes_.fetch_sub(segments_.begin()->second.size);
       segments_.erase(segments_.begin());
     }
+    // The older of the two kept, once PostgreSQL has all of it, is history, not backlog.
+    const bool history = segments_.size() == 2 && segments_.rbegin()->first <= seq + 1;
+    history_bytes_ = history ? segments_.begin()->second.size : 0;
   }
   for (uint64_t first : doomed) {
     if (::unlink(SegmentPath(first).c_str()) != 0) {

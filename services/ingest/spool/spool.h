@@ -11,12 +11,17 @@
 // `DIR/spool.lock` (flock: one ingest per folder) and segment files `DIR/<first seq>.seg`,
 // each a run of records
 //
-//   u32 body length | u32 CRC-32 of body | body: u64 seq | i64 taken at (µs since the
-//   epoch) | u16 topic length | topic | payload                     (integers little-endian)
+//   u32 body length, top bit set | u32 CRC-32 of body | body: u64 seq | i64 taken at (µs
+//   since the epoch) | u16 MQTT packet id | u16 topic length | topic | payload
+//                                                                   (integers little-endian)
 //
-// Sequence numbers grow by one per message across segments and restarts. The newest segment
-// is never deleted, so its name keeps the numbering going even when it is empty. Committed()
-// deletes older segments once PostgreSQL has everything in them.
+// (Records written before packet ids were kept have the top bit clear and no packet id; they
+// are read as packet id 0.) Sequence numbers grow by one per message across segments and
+// restarts. The newest two segments are never deleted: the newest's name keeps the numbering
+// going even when it is empty, and together they hold the last messages taken with their
+// packet ids, so that after a restart the broker's redeliveries of messages this spool holds
+// are recognised (mqtt::RedeliveryFilter). Committed() deletes older segments once
+// PostgreSQL has everything in them.
 //
 // Threads: Append() from one thread at a time (the MQTT callback); Read() from one thread at
 // a time (the io thread); Committed() and the accessors from any thread.
@@ -50,6 +55,7 @@ struct SpoolOptions {
 struct SpooledMessage {
   uint64_t seq = 0;
   absl::Time taken_at;
+  uint16_t packet_id = 0;  // the MQTT packet id it came with; 0: QoS 0, or not recorded
   std::string topic;
   std::string payload;
 };
@@ -66,8 +72,8 @@ class Spool {
   // Writes one message with a single write() and returns its sequence number. An error
   // (disk full, I/O) leaves the spool as it was. Always appends, even when Full(): the
   // caller pauses intake, but what was already on its way must be kept.
-  absl::StatusOr<uint64_t> Append(absl::string_view topic, absl::string_view payload, absl::Time taken_at)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<uint64_t> Append(absl::string_view topic, absl::string_view payload, absl::Time taken_at,
+                                  uint16_t packet_id = 0) ABSL_LOCKS_EXCLUDED(mu_);
   // Call after Append(), outside any lock of the caller's: fsyncs now when sync_interval is
   // zero, else wakes the syncer, which fsyncs within sync_interval.
   void AfterAppend() ABSL_LOCKS_EXCLUDED(mu_, sync_mu_);
@@ -88,8 +94,10 @@ class Spool {
   const std::string& dir() const { return options_.dir; }
   uint64_t next_seq() const ABSL_LOCKS_EXCLUDED(mu_);   // the seq the next Append gets
   uint64_t first_seq() const ABSL_LOCKS_EXCLUDED(mu_);  // the oldest seq still on disk
-  size_t bytes() const { return bytes_.load(); }
-  bool Full() const { return bytes_.load() > options_.max_bytes; }
+  // Bytes of the segments PostgreSQL does not have in full: the backlog that max_bytes
+  // bounds. (A segment kept only for its packet ids does not count.)
+  size_t bytes() const { return bytes_.load() - history_bytes_.load(); }
+  bool Full() const { return bytes() > options_.max_bytes; }
   // Messages appended but not yet fsynced: what a power cut would lose now. The time the
   // oldest of them waited (window start to fsync done: spool_sync plus the fsync itself) is
   // histogram devbridge_ingest_spool_sync_wait_ms.
@@ -126,7 +134,8 @@ class Spool {
   int fd_ ABSL_GUARDED_BY(mu_) = -1;                          // the newest segment, open for append
   uint64_t next_seq_ ABSL_GUARDED_BY(mu_) = 1;
   std::string record_ ABSL_GUARDED_BY(mu_);                   // reused buffer for one record
-  std::atomic<size_t> bytes_{0};
+  std::atomic<size_t> bytes_{0};          // all segments
+  std::atomic<size_t> history_bytes_{0};  // the older of the two kept, when wholly committed
 
   // Segments rotated out, fsynced and closed by the next SyncNow().
   std::vector<int> retired_fds_ ABSL_GUARDED_BY(mu_);

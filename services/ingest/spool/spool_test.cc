@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <deque>
 #include <fstream>
+#include <zlib.h>
 
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
@@ -173,6 +174,43 @@ TEST_F(SpoolTest, CorruptRecordInAnOlderSegmentIsSkippedAndCounted) {
   EXPECT_THAT(Metrics(), ::testing::HasSubstr("devbridge_ingest_spool_corrupt_total 1"));
 }
 
+TEST_F(SpoolTest, PacketIdsAreKeptAndOldRecordsWithoutThemStillRead) {
+  // A segment as the first spool format wrote it: no packet id, the length's top bit clear.
+  std::string body;
+  auto put = [&body](uint64_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) body.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  };
+  put(1, 8);                 // seq
+  put(1700000000000000, 8);  // taken at, µs
+  put(5, 2);                 // topic length
+  body += "t/old";
+  body += "payload";
+  std::string record;
+  const uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(body.data()),
+                                                   static_cast<uInt>(body.size())));
+  for (uint64_t v : {static_cast<uint64_t>(body.size()), static_cast<uint64_t>(crc)}) {
+    for (int i = 0; i < 4; ++i) record.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+  }
+  record += body;
+  std::ofstream(absl::StrCat(dir_, "/00000000000000000001.seg"), std::ios::binary) << record;
+
+  auto spool = Open();
+  ASSERT_EQ(spool->next_seq(), 2u) << "the old record is whole";
+  ASSERT_TRUE(spool->Append("t/new", "p", absl::Now(), 4242).ok());
+  ASSERT_TRUE(spool->Append("t/qos0", "p", absl::Now()).ok());
+  std::vector<SpooledMessage> all = ReadAll(*spool, 1);
+  ASSERT_THAT(all, SizeIs(3));
+  EXPECT_EQ(all[0].topic, "t/old");
+  EXPECT_EQ(all[0].payload, "payload");
+  EXPECT_EQ(all[0].packet_id, 0);
+  EXPECT_EQ(all[0].taken_at, absl::FromUnixMicros(1700000000000000));
+  EXPECT_EQ(all[1].topic, "t/new");
+  EXPECT_EQ(all[1].packet_id, 4242);
+  EXPECT_EQ(all[2].packet_id, 0);
+  spool.reset();
+  EXPECT_EQ(ReadAll(*Open(), 2)[0].packet_id, 4242) << "and after a restart";
+}
+
 TEST_F(SpoolTest, CommittedDeletesWhollyCoveredSegmentsOnly) {
   auto spool = Open(1 << 20, /*segment_bytes=*/256);
   for (int i = 0; i < 60; ++i) ASSERT_TRUE(spool->Append("topic", "payload", absl::Now()).ok());
@@ -189,7 +227,9 @@ TEST_F(SpoolTest, CommittedDeletesWhollyCoveredSegmentsOnly) {
   ASSERT_THAT(rest, SizeIs(30));
   EXPECT_EQ(rest.front().seq, 31u);
   spool->Committed(60);
-  EXPECT_THAT(Segments(), SizeIs(1));  // the newest stays: its name keeps the numbering
+  // The newest two stay: the newest's name keeps the numbering, and both keep the last
+  // messages' packet ids for after a restart.
+  EXPECT_THAT(Segments(), SizeIs(2));
   spool.reset();
   EXPECT_EQ(Open(1 << 20, 256)->next_seq(), 61u);
 }

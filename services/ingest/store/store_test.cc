@@ -2,19 +2,12 @@
 // in the middle of writing, and queries.
 #include "services/ingest/store/store.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <future>
-#include <mutex>
 #include <pqxx/pqxx>
-#include <thread>
 
 #include "gtest/gtest.h"
+#include "tests/component/tcp_proxy.h"
 #include "tests/component/test_env.h"
 
 namespace devbridge::ingest {
@@ -22,6 +15,7 @@ namespace {
 
 using devbridge::testing::CreateTestDatabase;
 using devbridge::testing::Harness;
+using devbridge::testing::TcpProxy;
 using devbridge::testing::WaitFor;
 
 ReadingRecord Reading(const std::string& device, int i) {
@@ -50,100 +44,10 @@ void Exec(const std::string& dsn, const std::string& sql) {
   tx.commit();
 }
 
-// A TCP proxy to PostgreSQL that can stop forwarding while keeping every connection open:
-// PostgreSQL unreachable behind a silent network, not down.
-class FreezableProxy {
- public:
-  explicit FreezableProxy(int target_port) : target_port_(target_port) {
-    listen_fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
-    listen(listen_fd_, 16);
-    socklen_t len = sizeof a;
-    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
-    acceptor_ = std::thread([this] { Accept(); });
-  }
-  ~FreezableProxy() {
-    stop_ = true;
-    shutdown(listen_fd_, SHUT_RDWR);
-    acceptor_.join();
-    for (auto& t : pumps_) t.join();
-    close(listen_fd_);
-  }
-  int port() const { return port_; }
-  void Freeze(bool frozen) { frozen_ = frozen; }
-  // From the next request containing `marker` on, forwards requests but holds back every
-  // answer: with "COMMIT", a transaction commits and its answer never comes back.
-  void FreezeAnswersAfter(const std::string& marker) {
-    std::lock_guard<std::mutex> lock(marker_mu_);
-    marker_ = marker;
-  }
-  void ThawAnswers() {
-    FreezeAnswersAfter("");
-    answers_frozen_ = false;
-  }
-
- private:
-  void Accept() {
-    while (!stop_) {
-      const int client = accept(listen_fd_, nullptr, nullptr);
-      if (client < 0) return;
-      const int server = socket(AF_INET, SOCK_STREAM, 0);
-      sockaddr_in a{};
-      a.sin_family = AF_INET;
-      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-      a.sin_port = htons(static_cast<uint16_t>(target_port_));
-      if (connect(server, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-        close(client);
-        close(server);
-        continue;
-      }
-      pumps_.emplace_back([this, client, server] { Pump(client, server); });
-    }
-  }
-  void Pump(int a, int b) {
-    char buf[16384];
-    while (!stop_) {
-      pollfd fds[2] = {{a, POLLIN, 0}, {b, POLLIN, 0}};
-      if (poll(fds, 2, 50) <= 0 || frozen_) continue;
-      bool closed = false;
-      for (int i = 0; i < 2; ++i) {
-        if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
-        if (i == 1 && answers_frozen_) continue;
-        const ssize_t n = read(fds[i].fd, buf, sizeof buf);
-        if (n <= 0 || write(fds[1 - i].fd, buf, static_cast<size_t>(n)) != n) closed = true;
-        if (i == 0 && n > 0) {
-          std::lock_guard<std::mutex> lock(marker_mu_);
-          if (!marker_.empty() && std::string(buf, static_cast<size_t>(n)).find(marker_) != std::string::npos) {
-            answers_frozen_ = true;
-          }
-        }
-      }
-      if (closed) break;
-    }
-    close(a);
-    close(b);
-  }
-
-  int target_port_;
-  int listen_fd_ = -1;
-  int port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::atomic<bool> frozen_{false};
-  std::atomic<bool> answers_frozen_{false};
-  std::mutex marker_mu_;
-  std::string marker_;
-  std::thread acceptor_;
-  std::vector<std::thread> pumps_;  // touched by the acceptor only, joined after it
-};
-
 int HarnessPgPort() { return std::stoi(std::getenv("DEVBRIDGE_TEST_PG_PORT")); }
 
 // The database of `dsn`, reached through `proxy`.
-std::string Through(const FreezableProxy& proxy, const std::string& dsn) {
+std::string Through(const TcpProxy& proxy, const std::string& dsn) {
   return absl::StrCat("postgresql://postgres@127.0.0.1:", proxy.port(), "/", dsn.substr(dsn.rfind('/') + 1));
 }
 
@@ -232,6 +136,31 @@ TEST(Store, WritesEveryTableAsTheContractSays) {
   EXPECT_EQ(reading[5].as<int>(), 0);
 }
 
+
+// Readings go in with COPY's text format, where a tab, a newline and a backslash mean
+// something: values carrying them, and the NULL columns, must come back as they went in.
+TEST(Store, ReadingsKeepEveryCharacterAndTheirNulls) {
+  const std::string dsn = CreateTestDatabase();
+  common::MetricsRegistry metrics;
+  auto store = Store::Start(Options(dsn), &metrics);
+  ReadingRecord r = Reading("d.1:x-y_z", 1);
+  r.address = std::nullopt;
+  r.raw = std::string("\x5c\x09\x0a\x00\xff", 5);  // backslash, tab, newline, NUL, 0xff
+  r.values_json = R"({"name":{"value":"a\tb\nc\\d\r\"e\" °C","unit":"","raw":[]}})";
+  store->Push(r);
+  ASSERT_TRUE(store->Flush(absl::Seconds(20)));
+  pqxx::connection conn(dsn);
+  pqxx::read_transaction tx(conn);
+  pqxx::row row = tx.exec1(
+      "SELECT device_id, command_id IS NULL, address IS NULL, encode(raw, 'hex'), \"values\"->'name'->>'value',"
+      " extract(epoch from received_at) * 1000 FROM readings");
+  EXPECT_EQ(row[0].as<std::string>(), "d.1:x-y_z");
+  EXPECT_TRUE(row[1].as<bool>());
+  EXPECT_TRUE(row[2].as<bool>());
+  EXPECT_EQ(row[3].as<std::string>(), "5c090a00ff");
+  EXPECT_EQ(row[4].as<std::string>(), "a\tb\nc\\d\r\"e\" °C");
+  EXPECT_EQ(row[5].as<double>(), 1700000000001.0);
+}
 TEST(Store, DatabaseOutageLosesNothingAndPushesBack) {
   const std::string dsn = CreateTestDatabase();
   common::MetricsRegistry metrics;
@@ -435,7 +364,7 @@ TEST(Store, CommandsACrashLeftOpenAreFailedAtTheNextStart) {
 
 TEST(Store, AStatementHangingOnASilentNetworkIsAbandonedAndRetried) {
   const std::string dsn = CreateTestDatabase();
-  FreezableProxy proxy(HarnessPgPort());
+  TcpProxy proxy(HarnessPgPort());
   const std::string via = Through(proxy, dsn);
   common::MetricsRegistry metrics;
   StoreOptions options = Options(via);
@@ -458,7 +387,7 @@ TEST(Store, AStatementHangingOnASilentNetworkIsAbandonedAndRetried) {
 
 TEST(Store, ACommitWhoseAnswerIsLostIsNotWrittenTwice) {
   const std::string dsn = CreateTestDatabase();
-  FreezableProxy proxy(HarnessPgPort());
+  TcpProxy proxy(HarnessPgPort());
   const std::string via = Through(proxy, dsn);
   common::MetricsRegistry metrics;
   StoreOptions options = Options(via);
@@ -486,7 +415,7 @@ TEST(Store, ACommitWhoseAnswerIsLostIsNotWrittenTwice) {
 
 TEST(Store, StopReturnsWhileAStatementHangs) {
   const std::string dsn = CreateTestDatabase();
-  FreezableProxy proxy(HarnessPgPort());
+  TcpProxy proxy(HarnessPgPort());
   const std::string via = Through(proxy, dsn);
   common::MetricsRegistry metrics;
   StoreOptions options = Options(via);
