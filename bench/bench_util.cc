@@ -1,7 +1,8 @@
 #include "bench/bench_util.h"
 
-#include <signal.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -138,6 +139,13 @@ double BucketsQuantile(const std::vector<std::pair<double, double>>& buckets, do
   return buckets.back().first;
 }
 
+double WindowQuantile(const std::string& before, const std::string& after, const std::string& name, double q) {
+  std::vector<std::pair<double, double>> window = HistogramBuckets(after, name);
+  const std::vector<std::pair<double, double>> earlier = HistogramBuckets(before, name);
+  for (size_t i = 0; i < window.size() && i < earlier.size(); ++i) window[i].second -= earlier[i].second;
+  return BucketsQuantile(window, q);
+}
+
 double HistogramQuantile(const std::string& metrics, const std::string& name, double q) {
   return BucketsQuantile(HistogramBuckets(metrics, name), q);
 }
@@ -163,6 +171,21 @@ double CpuSeconds(pid_t pid) {
     if (i == 15) stime = std::atof(field.c_str());
   }
   return (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double CpuSecondsOf(const std::string& comm) {
+  double total = 0;
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return 0;
+  while (dirent* e = readdir(proc)) {
+    const pid_t pid = static_cast<pid_t>(std::atol(e->d_name));
+    if (pid <= 0) continue;
+    std::ifstream in("/proc/" + std::to_string(pid) + "/comm");
+    std::string name;
+    if (std::getline(in, name) && name == comm) total += CpuSeconds(pid);
+  }
+  closedir(proc);
+  return total;
 }
 
 double Percentile(std::vector<double> values, double q) {

@@ -53,12 +53,17 @@ double HistogramQuantile(const std::string& metrics, const std::string& name, do
 // scrapes' buckets subtracted give the quantile of what happened between them).
 std::vector<std::pair<double, double>> HistogramBuckets(const std::string& metrics, const std::string& name);
 double BucketsQuantile(const std::vector<std::pair<double, double>>& buckets, double q);
+// Quantile q of what histogram `name` recorded between two scrapes of /metrics.
+double WindowQuantile(const std::string& before, const std::string& after, const std::string& name, double q);
 // q in [0,1] of `values` (sorts a copy).
 double Percentile(std::vector<double> values, double q);
 int64_t NowMicros();
 // A process's resident memory (KiB) and CPU time used so far (user + system, seconds).
 long RssKiB(pid_t pid);
 double CpuSeconds(pid_t pid);
+// CPU time used so far by every live process whose name (/proc/PID/comm) is `comm`, e.g.
+// "postgres" (the postmaster and each backend) or "mosquitto".
+double CpuSecondsOf(const std::string& comm);
 // Required environment variable, or exit with a message.
 std::string Env(const char* name);
 std::string SelfDir();  // directory of the running executable

@@ -10,6 +10,7 @@
 //
 // Run through scripts/bench, which starts the broker and the database. Prints figures only.
 #include <MQTTAsync.h>
+#include <sys/resource.h>
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "bench/bench_util.h"
 #include "bench/raw_publisher.h"
 #include "devbridge/v1/ingest.grpc.pb.h"
@@ -226,7 +228,11 @@ int BareSubscriber(const std::string& url, const std::string& filter, uint64_t e
     last = st.count;
   }
   const double secs = static_cast<double>(st.last_us - st.first_us) / 1e6;
-  std::printf("received %llu in %.3f s\n", static_cast<unsigned long long>(st.count.load()), secs);
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  const double cpu = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+                     static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+  std::printf("received %llu in %.3f s, cpu %.3f s\n", static_cast<unsigned long long>(st.count.load()), secs, cpu);
   std::fflush(stdout);
   return 0;
 }
@@ -259,12 +265,12 @@ double BarePaho(const Config& c, Publisher& pub, int devices, uint64_t n) {
   pub.Drain();
   const double pub_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   unsigned long long got = 0;
-  double secs = 0;
-  if (fgets(line, sizeof line, bare) != nullptr) std::sscanf(line, "received %llu in %lf s", &got, &secs);
+  double secs = 0, cpu = 0;
+  if (fgets(line, sizeof line, bare) != nullptr) std::sscanf(line, "received %llu in %lf s, cpu %lf s", &got, &secs, &cpu);
   pclose(bare);
   const double rate = secs > 0 ? static_cast<double>(got) / std::max(secs, pub_secs) : 0;
-  std::printf("bare Paho subscriber (counts only, QoS 1): %llu of %llu at %.0f msg/s\n", got,
-              static_cast<unsigned long long>(n), rate);
+  std::printf("bare Paho subscriber (counts only, QoS 1): %llu of %llu at %.0f msg/s, CPU %.0f us per message\n", got,
+              static_cast<unsigned long long>(n), rate, got > 0 ? cpu / static_cast<double>(got) * 1e6 : 0);
   return rate;
 }
 
@@ -299,6 +305,8 @@ IngestFigures RunIngest(const Config& c, Publisher& pub, const std::string& labe
 
   // 2. Sustained: a fixed offered rate.
   const uint64_t before = watcher.seen();
+  const std::string m0 = HttpGet(ingest.http_port, "/metrics");
+  const double cpu0[3] = {CpuSeconds(ingest.child->pid()), CpuSecondsOf("postgres"), CpuSecondsOf("mosquitto")};
   PublishRun sustained = Publish(pub, "bench", devices, rate, seconds, 0);
   const bool all = WaitCommitted(watcher, before + sustained.frames, 60);
   std::vector<double> lat = watcher.TakeLatencies();
@@ -310,6 +318,19 @@ IngestFigures RunIngest(const Config& c, Publisher& pub, const std::string& labe
               " frames/s; publish->commit p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
               label.c_str(), rate, sustained.seconds, static_cast<unsigned long long>(sustained.frames), devices,
               all ? "" : " (NOT ALL)", f.sustained_rate, f.p50, f.p99, Percentile(lat, 1.0));
+  const double frames = static_cast<double>(std::max<uint64_t>(1, sustained.frames));
+  std::printf("  CPU per frame: ingest %.0f us, PostgreSQL %.0f us (its writer, and the bench's watcher), mosquitto"
+              " %.0f us (in and out)\n",
+              (CpuSeconds(ingest.child->pid()) - cpu0[0]) / frames * 1e6,
+              (CpuSecondsOf("postgres") - cpu0[1]) / frames * 1e6, (CpuSecondsOf("mosquitto") - cpu0[2]) / frames * 1e6);
+  // Where the time went, from ingest's own histograms over the same window (bucket bounds).
+  const std::string m1 = HttpGet(ingest.http_port, "/metrics");
+  auto window = [&](const char* name) {
+    return absl::StrFormat("p50 %g, p99 %g", WindowQuantile(m0, m1, name, 0.5), WindowQuantile(m0, m1, name, 0.99));
+  };
+  std::printf("  inside ingest (ms): taken->committed %s; one batch written %s; spool fsync window %s\n",
+              window("devbridge_ingest_db_commit_latency_ms").c_str(), window("devbridge_ingest_db_batch_ms").c_str(),
+              window("devbridge_ingest_spool_sync_wait_ms").c_str());
   {
     // Every frame carries its sequence number (unique within each phase): the rows beyond the
     // distinct ones were stored twice.

@@ -62,12 +62,6 @@ struct Figures {
   double rss_mib = 0;
 };
 
-std::vector<std::pair<double, double>> Minus(std::vector<std::pair<double, double>> a,
-                                             const std::vector<std::pair<double, double>>& b) {
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) a[i].second -= b[i].second;
-  return a;
-}
-
 Figures Run(const Config& c, bool polled, const std::string& label, const std::vector<std::string>& extra = {}) {
   static int runs = 0;
   const std::string prefix = absl::StrCat("pb", polled ? "p" : "d", ++runs, "-", getpid());
@@ -120,10 +114,8 @@ Figures Run(const Config& c, bool polled, const std::string& label, const std::v
   f.replies_per_s = delta(R"(devbridge_ingest_messages_total{kind="data"})") / secs;
   f.skipped = delta(R"(devbridge_ingest_polls_total{outcome="skipped"})");
   f.no_reply = delta(R"(devbridge_ingest_polls_total{outcome="no_reply"})");
-  const auto window = Minus(HistogramBuckets(m1, "devbridge_ingest_poll_start_delay_ms"),
-                            HistogramBuckets(m0, "devbridge_ingest_poll_start_delay_ms"));
-  f.delay_p50 = BucketsQuantile(window, 0.5);
-  f.delay_p99 = BucketsQuantile(window, 0.99);
+  f.delay_p50 = WindowQuantile(m0, m1, "devbridge_ingest_poll_start_delay_ms", 0.5);
+  f.delay_p99 = WindowQuantile(m0, m1, "devbridge_ingest_poll_start_delay_ms", 0.99);
   f.rss_mib = RssKiB(ingest.pid()) / 1024.0;
   std::printf("  %-14s %d devices: ingest CPU %.1f%% of a core, RSS %.0f MiB; requests sent %.0f/s, data frames taken %.0f/s",
               label.c_str(), c.devices, f.cpu_percent, f.rss_mib, f.polls_per_s, f.replies_per_s);
