@@ -6,12 +6,16 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 
 #include <random>
 #include <string_view>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/log.h"
@@ -115,11 +119,40 @@ struct PahoCallbacks {
   static void SubscribeFailure(void* context, MQTTAsync_failureData* response) {
     static_cast<Client*>(context)->OnSubscribeFailure(response != nullptr ? response->code : -1);
   }
+  static int TlsError(const char* text, size_t len, void* context) {
+    static_cast<Client*>(context)->OnTlsError(absl::string_view(text, len));
+    return 0;
+  }
 };
+
+absl::StatusOr<int> ParseVersion(absl::string_view text) {
+  if (text == "3.1") return MQTTVERSION_3_1;
+  if (text == "3.1.1") return MQTTVERSION_3_1_1;
+  if (text == "5") return absl::UnimplementedError("MQTT 5 is not supported yet (3.1 or 3.1.1)");
+  return absl::InvalidArgumentError(absl::StrCat("\"", text, "\" is not an MQTT version (3.1, 3.1.1 or 5)"));
+}
+
+bool IsTlsUrl(absl::string_view url) { return absl::StartsWith(url, "ssl://") || absl::StartsWith(url, "mqtts://"); }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(Options options, MessageHandler on_message,
                                                        StateHandler on_state) {
   if (options.client_id.empty()) return absl::InvalidArgumentError("MQTT client id is empty");
+  const Transport& t = options.transport;
+  if (!IsTlsUrl(options.url) && (!t.ca_file.empty() || !t.cert_file.empty() || !t.key_file.empty())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TLS files are set but ", options.url, " is not a TLS URL (ssl://HOST:PORT or mqtts://HOST:PORT)"));
+  }
+  if (t.cert_file.empty() != t.key_file.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs both its certificate and its key file");
+  }
+  for (const std::string* file : {&t.ca_file, &t.cert_file, &t.key_file}) {
+    if (!file->empty() && ::access(file->c_str(), R_OK) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot read ", *file, ": ", std::strerror(errno)));
+    }
+  }
+  if (t.version != MQTTVERSION_3_1 && t.version != MQTTVERSION_3_1_1) {
+    return absl::InvalidArgumentError(absl::StrCat("unsupported MQTT protocol level ", t.version));
+  }
   std::unique_ptr<Client> client(new Client(std::move(options), std::move(on_message), std::move(on_state)));
   MQTTAsync_createOptions create = MQTTAsync_createOptions_initializer;
   create.sendWhileDisconnected = 1;
@@ -228,6 +261,19 @@ void Client::Supervise() {
     opts.onSuccess = &PahoCallbacks::ConnectSuccess;
     opts.onFailure = &PahoCallbacks::ConnectFailure;
     opts.context = this;
+    opts.MQTTVersion = options_.transport.version;
+    MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
+    if (IsTlsUrl(options_.url)) {
+      const Transport& t = options_.transport;
+      if (!t.ca_file.empty()) ssl.trustStore = t.ca_file.c_str();
+      if (!t.cert_file.empty()) ssl.keyStore = t.cert_file.c_str();
+      if (!t.key_file.empty()) ssl.privateKey = t.key_file.c_str();
+      ssl.enableServerCertAuth = t.insecure ? 0 : 1;
+      ssl.verify = t.insecure ? 0 : 1;  // the broker's name must match its certificate
+      ssl.ssl_error_cb = &PahoCallbacks::TlsError;
+      ssl.ssl_error_context = this;
+      opts.ssl = &ssl;
+    }
     const int rc = MQTTAsync_connect(client_, &opts);
     mu_.Lock();
     if (rc != MQTTASYNC_SUCCESS) {
@@ -378,9 +424,22 @@ void Client::OnConnectSuccess() {
 }
 
 void Client::OnConnectFailure(const char* message, int code) {
+  connect_failures_.fetch_add(1);
+  std::string tls;
+  {
+    common::MutexLock lock(&tls_error_mu_);
+    tls.swap(tls_error_);
+  }
   common::Logger(options_.log_name)
-      ->warn("cannot connect to {}: {}", options_.url, message != nullptr ? message : PahoError(code).c_str());
+      ->warn("cannot connect to {}: {}{}{}", options_.url, message != nullptr ? message : PahoError(code).c_str(),
+             tls.empty() ? "" : "; TLS: ", tls);
   RequestConnect();
+}
+
+void Client::OnTlsError(absl::string_view text) {
+  common::MutexLock lock(&tls_error_mu_);
+  tls_error_.assign(text.data(), text.size());
+  while (!tls_error_.empty() && (tls_error_.back() == '\n' || tls_error_.back() == '\r')) tls_error_.pop_back();
 }
 
 void Client::OnSubscribeFailure(int code) {

@@ -27,8 +27,24 @@
 
 namespace devbridge::mqtt {
 
+// How to reach the broker beyond its URL (CONTRACT §10.4): TLS for ssl:// and mqtts:// URLs,
+// and the protocol version.
+struct Transport {
+  std::string ca_file;    // PEM CAs to trust; empty: the system's
+  std::string cert_file;  // PEM client certificate (with key_file): the broker may require one
+  std::string key_file;
+  bool insecure = false;  // do not verify the broker's certificate or name (tests only)
+  int version = 4;        // MQTT protocol level: 3 (3.1) or 4 (3.1.1)
+};
+
+// `text` as a protocol level: "3.1" → 3, "3.1.1" → 4.
+absl::StatusOr<int> ParseVersion(absl::string_view text);
+// True for ssl:// and mqtts:// URLs.
+bool IsTlsUrl(absl::string_view url);
+
 struct Options {
   std::string url = "tcp://127.0.0.1:1883";
+  Transport transport;
   std::string client_id;
   std::string username;
   std::string password;
@@ -88,6 +104,7 @@ class Client {
   bool connected() const { return connected_.load(); }
   bool paused() const { return paused_.load(); }
   uint64_t connects() const { return connects_.load(); }
+  uint64_t connect_failures() const { return connect_failures_.load(); }
   uint64_t duplicates_dropped() const { return duplicates_.load(); }
   // Messages that arrived with the DUP flag (a redelivery), dropped or not.
   uint64_t dup_flagged() const { return dup_flagged_.load(); }
@@ -106,6 +123,7 @@ class Client {
   void OnConnectSuccess();
   void OnConnectFailure(const char* message, int code);
   void OnSubscribeFailure(int code);
+  void OnTlsError(absl::string_view text);
 
   Options options_;
   MessageHandler on_message_;
@@ -120,11 +138,14 @@ class Client {
   std::atomic<bool> connected_{false};
   std::atomic<bool> paused_{false};
   std::atomic<uint64_t> connects_{0};
+  std::atomic<uint64_t> connect_failures_{0};
   absl::Duration backoff_ ABSL_GUARDED_BY(mu_);
   std::atomic<uint64_t> duplicates_{0};
   std::atomic<uint64_t> dup_flagged_{0};
   common::Mutex redelivery_mu_;  // Paho delivers on one thread; the lock costs nothing then
   RedeliveryFilter redeliveries_ ABSL_GUARDED_BY(redelivery_mu_);
+  common::Mutex tls_error_mu_;
+  std::string tls_error_ ABSL_GUARDED_BY(tls_error_mu_);  // OpenSSL's last words, for the connect failure log
   std::thread supervisor_;
 };
 

@@ -6,9 +6,11 @@
 #include "common/flags.h"
 #include "common/log.h"
 #include "common/shutdown.h"
+#include "mqtt/flags.h"
 #include "sim/simulator.h"
 
-ABSL_FLAG(std::string, mqtt_url, "tcp://127.0.0.1:1883", "MQTT broker URL");
+ABSL_FLAG(std::string, mqtt_url, "tcp://127.0.0.1:1883",
+          "MQTT broker URL: tcp://HOST:PORT, or ssl://HOST:PORT (mqtts://) for TLS (see mqtt_ca_file)");
 ABSL_FLAG(std::string, topic_prefix, "devices", "topic prefix P of P/ID/heartbeat, P/ID/data, P/ID/command");
 ABSL_FLAG(int, devices, 10, "number of simulated devices");
 ABSL_FLAG(int, first_index, 1, "number of the first device (ids are id_prefix + 4 digits)");
@@ -42,6 +44,7 @@ int main(int argc, char** argv) {
   }
   devbridge::sim::SimOptions o;
   o.mqtt_url = absl::GetFlag(FLAGS_mqtt_url);
+  o.mqtt_transport = devbridge::mqtt::TransportFromFlags(o.mqtt_url);
   o.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
   o.devices = absl::GetFlag(FLAGS_devices);
   devbridge::common::RequireInRange("devices", o.devices, 1, 1000000);

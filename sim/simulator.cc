@@ -198,6 +198,7 @@ absl::StatusOr<std::unique_ptr<Simulator>> Simulator::Start(SimOptions options) 
     const int last = std::min(o.devices, first + per);
     mqtt::Options mo;
     mo.url = o.mqtt_url;
+    mo.transport = o.mqtt_transport;
     mo.client_id = absl::StrCat(o.client_id_prefix, "-", run, "-", first / per);
     mo.clean_session = true;
     mo.max_inflight = 10000;

@@ -10,12 +10,14 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "mqtt/client.h"
 #include "regmap/register_map.h"
 
 namespace devbridge::sim {
 
 struct SimOptions {
   std::string mqtt_url = "tcp://127.0.0.1:1883";
+  mqtt::Transport mqtt_transport;  // TLS files, mqtt_insecure, mqtt_version
   std::string topic_prefix = "devices";
   int devices = 10;
   int first_index = 1;              // ids are id_prefix + 4-digit index from here

@@ -8,12 +8,14 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/flags.h"
+#include "mqtt/flags.h"
 #include "common/log.h"
 #include "common/shutdown.h"
 #include "grpcutil/security.h"
 #include "services/ingest/app/app.h"
 
-ABSL_FLAG(std::string, mqtt_url, "tcp://127.0.0.1:1883", "MQTT broker URL (tcp://host:port)");
+ABSL_FLAG(std::string, mqtt_url, "tcp://127.0.0.1:1883",
+          "MQTT broker URL: tcp://HOST:PORT, or ssl://HOST:PORT (mqtts://) for TLS (see mqtt_ca_file)");
 ABSL_FLAG(std::string, mqtt_client_id, "", "MQTT client id (default devbridge-ingest-HOSTNAME); "
           "the broker keeps this id's session while ingest is away");
 ABSL_FLAG(std::string, mqtt_username, "", "MQTT user name");
@@ -78,6 +80,7 @@ int main(int argc, char** argv) {
   o.mqtt_username = absl::GetFlag(FLAGS_mqtt_username);
   o.mqtt_password = absl::GetFlag(FLAGS_mqtt_password);
   o.mqtt_qos = absl::GetFlag(FLAGS_mqtt_qos);
+  o.mqtt_transport = devbridge::mqtt::TransportFromFlags(o.mqtt_url);
   devbridge::common::RequireInRange("mqtt_qos", o.mqtt_qos, 0, 2);
   o.topic_prefix = absl::GetFlag(FLAGS_topic_prefix);
   devbridge::common::RequireNonEmpty("topic_prefix", o.topic_prefix);

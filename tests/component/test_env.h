@@ -37,6 +37,9 @@ int Spawn(const std::vector<std::string>& argv, const std::string& log_path);
 // Waits up to `timeout` for child `pid` to exit; returns its exit status, or -1 on timeout
 // (the child is then killed).
 int WaitExit(int pid, absl::Duration timeout);
+// A loopback TCP port free right now, and whether something listens on one.
+int FreePort();
+bool PortOpen(int port);
 // The text of a file ("" if unreadable).
 std::string ReadFile(const std::string& path);
 

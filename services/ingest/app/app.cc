@@ -529,6 +529,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   mo.client_id = o.mqtt_client_id;
   mo.username = o.mqtt_username;
   mo.password = o.mqtt_password;
+  mo.transport = o.mqtt_transport;
   mo.clean_session = false;  // the broker keeps our QoS 1 messages while we are away or paused
   mo.log_name = "ingest.mqtt";
   const std::string share = o.shared_group.empty() ? "" : absl::StrCat("$share/", o.shared_group, "/");

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "grpcutil/security.h"
+#include "mqtt/client.h"
 #include "regmap/register_map.h"
 
 namespace devbridge::ingest {
@@ -26,6 +27,7 @@ struct IngestOptions {
   std::string mqtt_client_id;  // required
   std::string mqtt_username;
   std::string mqtt_password;
+  mqtt::Transport mqtt_transport;  // TLS files, mqtt_insecure, mqtt_version
   int mqtt_qos = 1;
   std::string topic_prefix = "devices";
   std::string shared_group;
