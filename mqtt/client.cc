@@ -119,6 +119,43 @@ struct PahoCallbacks {
   static void SubscribeFailure(void* context, MQTTAsync_failureData* response) {
     static_cast<Client*>(context)->OnSubscribeFailure(response != nullptr ? response->code : -1);
   }
+  // MQTT 5: Paho calls these instead, with reason codes (a v5 client must not be given the
+  // callbacks above).
+  static void ConnectSuccess5(void* context, MQTTAsync_successData5* /*response*/) {
+    static_cast<Client*>(context)->OnConnectSuccess();
+  }
+  static void ConnectFailure5(void* context, MQTTAsync_failureData5* response) {
+    std::string reason;
+    if (response != nullptr && response->reasonCode != MQTTREASONCODE_SUCCESS) {
+      reason = absl::StrCat(MQTTReasonCode_toString(response->reasonCode), response->message ? ": " : "",
+                            response->message ? response->message : "");
+    }
+    static_cast<Client*>(context)->OnConnectFailure(reason.empty() ? (response ? response->message : nullptr)
+                                                                    : reason.c_str(),
+                                                    response != nullptr ? response->code : -1);
+  }
+  static void PublishSuccess5(void* context, MQTTAsync_successData5* response) {
+    // A PUBACK may carry a refusal (reason code 0x80 or more: not authorised, quota exceeded).
+    Deliver(context, response == nullptr || response->reasonCode < MQTTREASONCODE_UNSPECIFIED_ERROR);
+  }
+  static void PublishFailure5(void* context, MQTTAsync_failureData5* /*response*/) { Deliver(context, false); }
+  static void SubscribeSuccess5(void* context, MQTTAsync_successData5* response) {
+    if (response == nullptr) return;
+    // Granted QoS per filter, or a refusal (0x80 and up) for some. Paho fills the array only
+    // for more than one filter (1.3.11); for one, the code is in reasonCode.
+    if (response->alt.sub.reasonCodeCount > 1) {
+      for (int i = 0; i < response->alt.sub.reasonCodeCount; ++i) {
+        if (response->alt.sub.reasonCodes[i] >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
+          static_cast<Client*>(context)->OnSubscribeFailure(response->alt.sub.reasonCodes[i]);
+        }
+      }
+    } else if (response->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
+      static_cast<Client*>(context)->OnSubscribeFailure(response->reasonCode);
+    }
+  }
+  static void SubscribeFailure5(void* context, MQTTAsync_failureData5* response) {
+    static_cast<Client*>(context)->OnSubscribeFailure(response != nullptr ? response->reasonCode : -1);
+  }
   static int TlsError(const char* text, size_t len, void* context) {
     static_cast<Client*>(context)->OnTlsError(absl::string_view(text, len));
     return 0;
@@ -128,7 +165,7 @@ struct PahoCallbacks {
 absl::StatusOr<int> ParseVersion(absl::string_view text) {
   if (text == "3.1") return MQTTVERSION_3_1;
   if (text == "3.1.1") return MQTTVERSION_3_1_1;
-  if (text == "5") return absl::UnimplementedError("MQTT 5 is not supported yet (3.1 or 3.1.1)");
+  if (text == "5") return MQTTVERSION_5;
   return absl::InvalidArgumentError(absl::StrCat("\"", text, "\" is not an MQTT version (3.1, 3.1.1 or 5)"));
 }
 
@@ -150,14 +187,14 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(Options options, MessageH
       return absl::InvalidArgumentError(absl::StrCat("cannot read ", *file, ": ", std::strerror(errno)));
     }
   }
-  if (t.version != MQTTVERSION_3_1 && t.version != MQTTVERSION_3_1_1) {
+  if (t.version != MQTTVERSION_3_1 && t.version != MQTTVERSION_3_1_1 && t.version != MQTTVERSION_5) {
     return absl::InvalidArgumentError(absl::StrCat("unsupported MQTT protocol level ", t.version));
   }
   std::unique_ptr<Client> client(new Client(std::move(options), std::move(on_message), std::move(on_state)));
   MQTTAsync_createOptions create = MQTTAsync_createOptions_initializer;
   create.sendWhileDisconnected = 1;
   create.maxBufferedMessages = client->options_.max_buffered;
-  create.MQTTVersion = MQTTVERSION_3_1_1;
+  create.MQTTVersion = client->options_.transport.version == MQTTVERSION_5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
   MQTTAsync handle = nullptr;
   int rc = MQTTAsync_createWithOptions(&handle, client->options_.url.c_str(),
                                        client->options_.client_id.c_str(), MQTTCLIENT_PERSISTENCE_NONE,
@@ -250,16 +287,38 @@ void Client::Supervise() {
     want_connect_ = false;
     connecting_ = true;
     mu_.Unlock();
+    const bool v5 = options_.transport.version == MQTTVERSION_5;
     MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer;
+    MQTTAsync_connectOptions opts5 = MQTTAsync_connectOptions_initializer5;
+    if (v5) opts = opts5;
     opts.keepAliveInterval = options_.keepalive_seconds;
-    opts.cleansession = options_.clean_session ? 1 : 0;
+    // A session the broker keeps while we are away: MQTT 3.1.1's clean session false; MQTT 5's
+    // clean start false with a session expiry interval (0 would end it at the disconnect).
+    MQTTProperties props = MQTTProperties_initializer;
+    if (v5) {
+      opts.cleanstart = options_.clean_session ? 1 : 0;
+      if (!options_.clean_session) {
+        MQTTProperty expiry;
+        expiry.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+        expiry.value.integer4 = 0xFFFFFFFF;  // never: as long as a 3.1.1 persistent session
+        MQTTProperties_add(&props, &expiry);
+        opts.connectProperties = &props;
+      }
+    } else {
+      opts.cleansession = options_.clean_session ? 1 : 0;
+    }
     opts.maxInflight = options_.max_inflight;
     opts.connectTimeout = kConnectTimeoutSeconds;
     opts.automaticReconnect = 0;  // we reconnect ourselves, with our own backoff
     if (!options_.username.empty()) opts.username = options_.username.c_str();
     if (!options_.password.empty()) opts.password = options_.password.c_str();
-    opts.onSuccess = &PahoCallbacks::ConnectSuccess;
-    opts.onFailure = &PahoCallbacks::ConnectFailure;
+    if (v5) {
+      opts.onSuccess5 = &PahoCallbacks::ConnectSuccess5;
+      opts.onFailure5 = &PahoCallbacks::ConnectFailure5;
+    } else {
+      opts.onSuccess = &PahoCallbacks::ConnectSuccess;
+      opts.onFailure = &PahoCallbacks::ConnectFailure;
+    }
     opts.context = this;
     opts.MQTTVersion = options_.transport.version;
     MQTTAsync_SSLOptions ssl = MQTTAsync_SSLOptions_initializer;
@@ -275,6 +334,7 @@ void Client::Supervise() {
       opts.ssl = &ssl;
     }
     const int rc = MQTTAsync_connect(client_, &opts);
+    MQTTProperties_free(&props);  // Paho copied them
     mu_.Lock();
     if (rc != MQTTASYNC_SUCCESS) {
       log->warn("connect to {} could not start: {}", options_.url, PahoError(rc));
@@ -326,8 +386,13 @@ absl::Status Client::Publish(absl::string_view topic, absl::string_view payload,
   DeliveryHandler* context = nullptr;
   if (on_done) {
     context = new DeliveryHandler(std::move(on_done));
-    response.onSuccess = &PahoCallbacks::PublishSuccess;
-    response.onFailure = &PahoCallbacks::PublishFailure;
+    if (options_.transport.version == MQTTVERSION_5) {
+      response.onSuccess5 = &PahoCallbacks::PublishSuccess5;
+      response.onFailure5 = &PahoCallbacks::PublishFailure5;
+    } else {
+      response.onSuccess = &PahoCallbacks::PublishSuccess;
+      response.onFailure = &PahoCallbacks::PublishFailure;
+    }
     response.context = context;
   }
   const int rc = MQTTAsync_sendMessage(client_, topic_z.c_str(), &msg, context != nullptr ? &response : nullptr);
@@ -408,7 +473,12 @@ void Client::OnConnectSuccess() {
       qos.push_back(q);
     }
     MQTTAsync_responseOptions opts = MQTTAsync_responseOptions_initializer;
-    opts.onFailure = &PahoCallbacks::SubscribeFailure;
+    if (options_.transport.version == MQTTVERSION_5) {
+      opts.onSuccess5 = &PahoCallbacks::SubscribeSuccess5;
+      opts.onFailure5 = &PahoCallbacks::SubscribeFailure5;
+    } else {
+      opts.onFailure = &PahoCallbacks::SubscribeFailure;
+    }
     opts.context = this;
     const int rc = MQTTAsync_subscribeMany(client_, static_cast<int>(topics.size()), topics.data(), qos.data(), &opts);
     if (rc != MQTTASYNC_SUCCESS) log->error("subscribe failed to start: {}", PahoError(rc));

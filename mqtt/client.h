@@ -34,10 +34,10 @@ struct Transport {
   std::string cert_file;  // PEM client certificate (with key_file): the broker may require one
   std::string key_file;
   bool insecure = false;  // do not verify the broker's certificate or name (tests only)
-  int version = 4;        // MQTT protocol level: 3 (3.1) or 4 (3.1.1)
+  int version = 4;        // MQTT protocol level: 3 (3.1), 4 (3.1.1) or 5
 };
 
-// `text` as a protocol level: "3.1" → 3, "3.1.1" → 4.
+// `text` as a protocol level: "3.1" → 3, "3.1.1" → 4, "5" → 5.
 absl::StatusOr<int> ParseVersion(absl::string_view text);
 // True for ssl:// and mqtts:// URLs.
 bool IsTlsUrl(absl::string_view url);

@@ -57,13 +57,16 @@ std::unique_ptr<Client> MakeClient(const std::string& id, std::vector<std::pair<
   return std::move(client).value();
 }
 
-TEST(MqttClient, PublishesReceivesPausesAndResumesWithoutLoss) {
+// `version`: the subscriber's MQTT protocol level. With 5, the session outlives the pause only
+// if the client asked for a session expiry interval.
+void PublishesReceivesPausesAndResumesWithoutLoss(int version) {
   const std::string prefix = UniqueTopicPrefix();
   Inbox inbox;
   std::atomic<int> state_changes{0};
   Options o;
   o.url = MqttUrl();
   o.client_id = prefix + "-sub";
+  o.transport.version = version;
   o.clean_session = false;  // the broker keeps QoS 1 messages while paused
   o.subscriptions = {{prefix + "/#", 1}};
   auto sub = Client::Create(std::move(o), inbox.Handler(), [&](bool) { state_changes.fetch_add(1); });
@@ -98,6 +101,10 @@ TEST(MqttClient, PublishesReceivesPausesAndResumesWithoutLoss) {
   (*sub)->Stop();
   EXPECT_FALSE((*sub)->connected());
 }
+
+TEST(MqttClient, PublishesReceivesPausesAndResumesWithoutLoss) { PublishesReceivesPausesAndResumesWithoutLoss(4); }
+
+TEST(MqttClient, TheSameWithMqtt5) { PublishesReceivesPausesAndResumesWithoutLoss(5); }
 
 TEST(MqttClient, StopWhileConnectingLeavesNothingConnected) {
   const std::string prefix = UniqueTopicPrefix();

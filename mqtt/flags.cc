@@ -15,7 +15,9 @@ ABSL_FLAG(std::string, mqtt_cert_file, "", "PEM client certificate for the broke
 ABSL_FLAG(std::string, mqtt_key_file, "", "PEM private key of mqtt_cert_file");
 ABSL_FLAG(bool, mqtt_insecure, false,
           "TLS without checking the broker's certificate and name (for tests; never in production)");
-ABSL_FLAG(std::string, mqtt_version, "3.1.1", "MQTT protocol version: 3.1 or 3.1.1");
+ABSL_FLAG(std::string, mqtt_version, "3.1.1",
+          "MQTT protocol version: 3.1, 3.1.1 or 5 (with 5 a kept session is clean start false with a session "
+          "expiry interval, and shared subscriptions are MQTT 5's own)");
 
 namespace devbridge::mqtt {
 

@@ -49,6 +49,22 @@ TEST_F(IngestTest, HeartbeatBringsDeviceOnlineAndSilenceTakesItOffline) {
   EXPECT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM devices WHERE NOT online") == 1; }));
 }
 
+// Devices and ingest on MQTT 3.1 and on MQTT 5 (ingest's kept session then has a session
+// expiry interval): readings and a command round trip, as with 3.1.1.
+TEST_F(IngestTest, Mqtt31And5CarryReadingsAndCommands) {
+  for (const char* version : {"3.1", "5"}) {
+    SCOPED_TRACE(version);
+    const int level = *mqtt::ParseVersion(version);
+    StartIngest([&](ingest::IngestOptions& o) { o.mqtt_transport.version = level; });
+    auto sim = StartSim([&](sim::SimOptions& o) { o.mqtt_transport.version = level; });
+    const int64_t before = Count("SELECT count(*) FROM readings");
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(Dispatch(Read(sim->DeviceId(0), 0, 2)).code(), 200);
+    EXPECT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM readings") == before + 3; }));
+    sim->Stop();
+    StopIngest();
+  }
+}
+
 TEST_F(IngestTest, ReadCommandRoundTripsThroughTheDevice) {
   StartIngest();
   EventCollector events(stub_.get(), {});
