@@ -24,27 +24,12 @@ using testing::MqttUrl;
 using testing::UniqueTopicPrefix;
 using testing::WaitFor;
 
-// A CA, a second CA that signed nothing of ours, a broker certificate for localhost and
-// 127.0.0.1, and a client certificate, in a fresh folder; and a mosquitto with two TLS
-// listeners: `port` (server certificate only) and `mtls_port` (client certificate required).
+// Test certificates (testing::TestPki) and a mosquitto with two TLS listeners: `port`
+// (server certificate only) and `mtls_port` (client certificate required).
 class TlsBroker {
  public:
   TlsBroker() {
-    char tmpl[] = "/tmp/mqtt-tls.XXXXXX";
-    dir_ = mkdtemp(tmpl);
-    const std::string d = dir_;
-    const std::string script = absl::StrCat(
-        "set -e; cd ", d, "\n",
-        "q() { \"$@\" >/dev/null 2>&1; }\n",
-        "q openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=devbridge-test-ca -keyout ca.key -out ca.pem\n",
-        "q openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout other.key -out other.pem\n",
-        "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext\n",
-        "q openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr\n",
-        "q openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext "
-        "-out server.pem\n",
-        "q openssl req -newkey rsa:2048 -nodes -subj /CN=device-1 -keyout client.key -out client.csr\n",
-        "q openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem\n");
-    EXPECT_EQ(std::system(script.c_str()), 0) << "openssl failed in " << d;
+    const std::string& d = pki_.dir;
     port_ = FreePort();
     mtls_port_ = FreePort();
     std::ofstream(d + "/mosquitto.conf") << "allow_anonymous true\n"
@@ -68,14 +53,13 @@ class TlsBroker {
       kill(pid_, SIGTERM);
       testing::WaitExit(pid_, absl::Seconds(5));
     }
-    std::system(absl::StrCat("rm -rf ", dir_).c_str());
   }
-  std::string File(const std::string& name) const { return dir_ + "/" + name; }
+  const testing::TestPki& pki() const { return pki_; }
   int port() const { return port_; }
   int mtls_port() const { return mtls_port_; }
 
  private:
-  std::string dir_;
+  testing::TestPki pki_;
   int port_ = 0, mtls_port_ = 0;
   int pid_ = -1;
 };
@@ -125,7 +109,7 @@ bool RoundTrips(Client& client, Inbox& inbox, const std::string& topic) {
 TEST(MqttTls, ServerCertificateCheckedAgainstTheCa) {
   TlsBroker broker;
   Transport t;
-  t.ca_file = broker.File("ca.pem");
+  t.ca_file = broker.pki().ca;
   Inbox inbox;
   const std::string topic = UniqueTopicPrefix() + "/tls";
   auto client = Connect(absl::StrCat("ssl://localhost:", broker.port()), t, topic, &inbox);
@@ -142,7 +126,7 @@ TEST(MqttTls, ClientCertificateWhenTheBrokerRequiresOne) {
   TlsBroker broker;
   const std::string topic = UniqueTopicPrefix() + "/mtls";
   Transport without;
-  without.ca_file = broker.File("ca.pem");
+  without.ca_file = broker.pki().ca;
   Inbox refused_inbox;
   auto refused = Connect(absl::StrCat("ssl://localhost:", broker.mtls_port()), without, topic, &refused_inbox);
   ASSERT_NE(refused, nullptr);
@@ -150,8 +134,8 @@ TEST(MqttTls, ClientCertificateWhenTheBrokerRequiresOne) {
   EXPECT_FALSE(refused->connected());
 
   Transport with = without;
-  with.cert_file = broker.File("client.pem");
-  with.key_file = broker.File("client.key");
+  with.cert_file = broker.pki().client_cert;
+  with.key_file = broker.pki().client_key;
   Inbox inbox;
   auto client = Connect(absl::StrCat("ssl://localhost:", broker.mtls_port()), with, topic, &inbox);
   ASSERT_NE(client, nullptr);
@@ -161,7 +145,7 @@ TEST(MqttTls, ClientCertificateWhenTheBrokerRequiresOne) {
 TEST(MqttTls, AWrongCaIsRefusedAndRetried) {
   TlsBroker broker;
   Transport t;
-  t.ca_file = broker.File("other.pem");
+  t.ca_file = broker.pki().other_ca;
   Inbox inbox;
   auto client = Connect(absl::StrCat("ssl://localhost:", broker.port()), t, UniqueTopicPrefix() + "/x", &inbox);
   ASSERT_NE(client, nullptr);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "common/uuid.h"
+#include "grpcutil/security.h"
 #include "tests/component/test_env.h"
 
 namespace devbridge::testing {
@@ -103,8 +104,10 @@ void IngestFixture::StartIngest(const std::function<void(ingest::IngestOptions&)
   auto app = ingest::App::Create(o);
   ASSERT_TRUE(app.ok()) << app.status();
   app_ = *std::move(app);
-  channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", app_->grpc_port()),
-                                 grpc::InsecureChannelCredentials());
+  // As a push replica would call it: with its TLS options (and certificate, for mutual TLS).
+  auto credentials = grpcutil::ChannelCredentials(o.security);
+  ASSERT_TRUE(credentials.ok()) << credentials.status();
+  channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", app_->grpc_port()), *credentials);
   stub_ = v1::Ingest::NewStub(channel_);
   ASSERT_TRUE(WaitFor([&] { return HttpGet("/healthz").rfind("ok", 0) == 0; }))
       << "ingest not healthy: " << HttpGet("/healthz");

@@ -210,6 +210,41 @@ TEST_F(PushTest, GrpcPushApiAcrossReplicas) {
   EXPECT_EQ(stub->SendToClient(&ctx2, req, &reply).error_code(), grpc::StatusCode::NOT_FOUND);
 }
 
+// grpc_tls_* with two replicas: ingest requires a client certificate signed by the CA (mutual
+// TLS), the replicas present one to ingest and to each other; events, commands and membership
+// cross both kinds of link. (Tokens and refusals: InternalCallsNeedTheTokenAndMutualTls.)
+TEST_F(PushTest, IngestAndReplicasTalkOverMutualTls) {
+  TestPki pki;
+  grpcutil::Security tls;
+  tls.tls_cert = pki.server_cert;  // for localhost and 127.0.0.1, as server and as client
+  tls.tls_key = pki.server_key;
+  tls.tls_ca = pki.ca;
+  StartIngest([&](ingest::IngestOptions& o) { o.security = tls; });
+  a_ = StartPush("node-a", [&](push::PushOptions& o) { o.security = tls; });
+  b_ = StartPush("node-b", [&](push::PushOptions& o) { o.security = tls; });
+  auto fleet = WsClient::Connect(a_->port(), "systemId=fleet&clientId=console");
+  auto other = WsClient::Connect(b_->port(), "systemId=fleet&clientId=other");
+  ASSERT_TRUE(fleet->open() && other->open());
+  EXPECT_TRUE(WaitOnline(b_.get(), 2)) << "membership crosses the replicas' TLS link";
+  auto sim = StartSim();
+  const std::string id = sim->DeviceId(0);
+  EXPECT_FALSE(other->WaitFor([&](const Json& f) { return f["type"] == "device.online" && f["data"]["deviceId"] == id; })
+                   .is_null())
+      << "device events come from ingest over TLS";
+  fleet->Send(Json({{"action", "command"}, {"requestId", "r"}, {"deviceId", id}, {"address", 0}, {"count", 2}}).dump());
+  EXPECT_EQ(fleet->WaitForType("command.result")["code"], 200);
+
+  // A caller trusting another CA does not get through (ingest's certificate is not signed by it).
+  grpcutil::Security wrong_ca = tls;
+  wrong_ca.tls_ca = pki.other_ca;
+  auto stub = v1::Ingest::NewStub(
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", app_->grpc_port()), *grpcutil::ChannelCredentials(wrong_ca)));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::ListDevicesResponse response;
+  EXPECT_EQ(stub->ListDevices(&ctx, v1::ListDevicesRequest(), &response).error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
 TEST_F(PushTest, DeviceEventsFanOutAndCommandsRoundTrip) {
   StartCluster();
   auto fleet = WsClient::Connect(a_->port(), "systemId=fleet&clientId=console");
@@ -425,30 +460,9 @@ TEST_F(PushTest, HostileRequestsGetTheirErrorsAndTheReplicasStayUp) {
   std::filesystem::remove_all(root);
 }
 
-// A CA and one certificate for 127.0.0.1 signed by it, made with openssl for this test.
-struct TestPki {
-  std::string dir, ca, cert, key;
-};
-TestPki MakePki() {
-  TestPki p;
-  p.dir = std::filesystem::temp_directory_path() / absl::StrCat("devbridge-pki-", getpid());
-  std::filesystem::create_directories(p.dir);
-  p.ca = p.dir + "/ca.pem";
-  p.cert = p.dir + "/node.pem";
-  p.key = p.dir + "/node.key";
-  const std::string script = absl::StrCat(
-      "cd ", p.dir, " && exec >openssl.log 2>&1 && ",
-      "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=devbridge-test-ca && ",
-      "openssl req -newkey rsa:2048 -nodes -keyout node.key -out node.csr -subj /CN=127.0.0.1 && ",
-      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost' > ext && ",
-      "openssl x509 -req -in node.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out node.pem -days 2 -extfile ext");
-  EXPECT_EQ(std::system(script.c_str()), 0) << "openssl failed; see " << p.dir << "/openssl.log";
-  return p;
-}
-
 TEST_F(PushTest, InternalCallsNeedTheTokenAndMutualTls) {
-  const TestPki pki = MakePki();
-  grpcutil::Security security{"s3cret-token", pki.cert, pki.key, pki.ca};
+  const TestPki pki;
+  grpcutil::Security security{"s3cret-token", pki.server_cert, pki.server_key, pki.ca};
   StartIngest([&](ingest::IngestOptions& o) { o.security = security; });
   a_ = StartPush("node-a", [&](push::PushOptions& o) { o.security = security; });
   ASSERT_TRUE(a_);
@@ -491,7 +505,6 @@ TEST_F(PushTest, InternalCallsNeedTheTokenAndMutualTls) {
     EXPECT_EQ(push_stub->SendToSystem(&ctx, req, &reply).error_code(),
               token.empty() ? grpc::StatusCode::UNAUTHENTICATED : grpc::StatusCode::OK);
   }
-  std::filesystem::remove_all(pki.dir);
 }
 
 TEST_F(PushTest, SlowConsumerIsClosedWhileAFastOneKeepsReceiving) {

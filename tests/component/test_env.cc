@@ -105,6 +105,31 @@ int WaitExit(int pid, absl::Duration timeout) {
   return -1;
 }
 
+TestPki::TestPki() {
+  char tmpl[] = "/tmp/devbridge-pki.XXXXXX";
+  dir = mkdtemp(tmpl);
+  const std::string script = absl::StrCat(
+      "set -e; cd ", dir, "\n",
+      "q() { \"$@\" >/dev/null 2>&1; }\n",
+      "q openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=devbridge-test-ca -keyout ca.key -out ca.pem\n",
+      "q openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=other-ca -keyout other.key -out other.pem\n",
+      "printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext\n",
+      "q openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr\n",
+      "q openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext "
+      "-out server.pem\n",
+      "q openssl req -newkey rsa:2048 -nodes -subj /CN=device-1 -keyout client.key -out client.csr\n",
+      "q openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out client.pem\n");
+  EXPECT_EQ(std::system(script.c_str()), 0) << "openssl failed in " << dir;
+  ca = dir + "/ca.pem";
+  other_ca = dir + "/other.pem";
+  server_cert = dir + "/server.pem";
+  server_key = dir + "/server.key";
+  client_cert = dir + "/client.pem";
+  client_key = dir + "/client.key";
+}
+
+TestPki::~TestPki() { std::system(absl::StrCat("rm -rf ", dir).c_str()); }
+
 int FreePort() {
   asio::io_context io;
   asio::ip::tcp::acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});

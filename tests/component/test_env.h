@@ -37,6 +37,20 @@ int Spawn(const std::vector<std::string>& argv, const std::string& log_path);
 // Waits up to `timeout` for child `pid` to exit; returns its exit status, or -1 on timeout
 // (the child is then killed).
 int WaitExit(int pid, absl::Duration timeout);
+// Certificates made by openssl in a fresh folder, for TLS tests: a CA, a second CA that signed
+// nothing here, a server certificate for localhost and 127.0.0.1 (also good as a client
+// certificate) and a client certificate, all signed by the first CA. Removed with the object.
+struct TestPki {
+  TestPki();
+  ~TestPki();
+  TestPki(const TestPki&) = delete;
+  TestPki& operator=(const TestPki&) = delete;
+  std::string dir;
+  std::string ca, other_ca;              // ca.pem, other.pem
+  std::string server_cert, server_key;  // server.pem, server.key
+  std::string client_cert, client_key;  // client.pem, client.key
+};
+
 // A loopback TCP port free right now, and whether something listens on one.
 int FreePort();
 bool PortOpen(int port);
