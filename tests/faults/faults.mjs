@@ -421,9 +421,10 @@ async function main() {
       const vs = await viewers(load);
       await sleep(3000);
       // A device that only answers (the loaded ones stream data, which would be taken for the
-      // reply): it answers after 1.5 s, so the command is in flight when ingest dies.
+      // reply): it answers after 4 s, so the command is in flight when ingest dies (1.5 s was
+      // too short on a loaded machine: the reply came before the row was stored and the kill).
       const meter = new Proc('sim-k1-meter', path.join(build, 'sim/devbridge-sim'), [
-        `--mqtt_url=${mqttUrl}`, '--devices=1', '--id_prefix=k1m-', '--heartbeat_interval=1s', '--reply_delay=1500ms',
+        `--mqtt_url=${mqttUrl}`, '--devices=1', '--id_prefix=k1m-', '--heartbeat_interval=1s', '--reply_delay=4s',
         `--register_map=${path.join(root, 'config/registers.json')}`, '--stats_interval=0',
       ]).start();
       assert.ok(await until(() => psql("SELECT count(*) FROM devices WHERE device_id = 'k1m-0001' AND online").trim() === '1', 10000),
@@ -433,10 +434,10 @@ async function main() {
       const accepted = await until(() => asker.frames.find((f) => f.type === 'command.accepted'), 5000);
       assert.ok(accepted, 'command accepted');
       const commandId = accepted.data.commandId;
-      // The device answers after 1.5 s: kill while it is in flight, once PostgreSQL has it.
+      // The device answers after 4 s: kill while it is in flight, once PostgreSQL has it.
       const stored = await until(
         () => ['queued', 'sent'].includes(psql(`SELECT status FROM commands WHERE command_id = '${commandId}'`).trim()),
-        1200,
+        3000,
         20,
       );
       if (!stored) log("the command's row was not in PostgreSQL yet at the kill");
