@@ -2,10 +2,11 @@
 // engine would read it (Debian's docker-compose `config`), and everything it and the
 // Dockerfile name is checked against the real thing: every DEVBRIDGE_<NAME> variable and
 // flag is one the binary accepts, every build target exists, every runtime package is a
-// Debian 12 package, every copied path exists, and nginx accepts the proxy config.
+// Debian 12 package, every copied path exists, and nginx accepts the proxy config; the TLS
+// overlay's certificates (deploy/make-certs), nginx and mosquitto TLS configs too.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -14,13 +15,16 @@ import { BUILD, ROOT } from './demo.mjs';
 const DEPLOY = join(ROOT, 'deploy');
 const BINARIES = { ingest: 'services/ingest/devbridge-ingest', push: 'services/push/devbridge-push', sim: 'sim/devbridge-sim' };
 
+const TLS_OVERLAY = ['-f', join(DEPLOY, 'docker-compose.tls.yml')];
+
 function compose(...args) {
   return spawnSync('docker-compose', ['-f', join(DEPLOY, 'docker-compose.yml'), ...args], { encoding: 'utf8' });
 }
 
-// The compose file as docker-compose resolves it, every profile included, as JSON.
-function resolvedConfig() {
-  const yaml = compose('--profile', 'sim', 'config');
+// The compose file as docker-compose resolves it (with the `overlay` files after it), every
+// profile included, as JSON.
+function resolvedConfig(overlay = []) {
+  const yaml = compose(...overlay, '--profile', 'sim', 'config');
   assert.equal(yaml.status, 0, yaml.stderr);
   const json = execFileSync('python3', ['-c', 'import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))'],
     { input: yaml.stdout, encoding: 'utf8' });
@@ -69,7 +73,10 @@ test('docker-compose accepts the compose file, with and without the sim profile'
 });
 
 test('every DEVBRIDGE_ variable and flag in compose and the Dockerfile is one the binary accepts', () => {
-  const config = resolvedConfig();
+  for (const overlay of [[], TLS_OVERLAY]) checkNames(resolvedConfig(overlay));
+});
+
+function checkNames(config) {
   const stages = dockerfileStages();
   let checked = 0;
   for (const [name, service] of Object.entries(config.services)) {
@@ -93,7 +100,7 @@ test('every DEVBRIDGE_ variable and flag in compose and the Dockerfile is one th
     assert.ok(service.healthcheck || target === 'sim', `${name} has a health check`);
   }
   assert.ok(checked >= 15, `checked ${checked} names`);
-});
+}
 
 test('the Dockerfile copies what exists and installs Debian 12 packages', () => {
   const stages = dockerfileStages();
@@ -125,6 +132,69 @@ test('nginx accepts the proxy configuration', () => {
     const conf = readFileSync(join(DEPLOY, 'nginx.conf'), 'utf8');
     assert.match(conf, /proxy_set_header Upgrade \$http_upgrade/);
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// The TLS overlay: deploy/make-certs makes what it mounts, the certificates chain to the CA
+// with the names the services are reached by, and nginx and mosquitto accept their TLS
+// configurations with them (mosquitto really serves TLS with them: a client checks it).
+test('make-certs and the TLS overlay: certificates, nginx and mosquitto with TLS', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'devbridge-tls-'));
+  const certs = join(dir, 'certs');
+  let broker = null;
+  try {
+    execFileSync(join(DEPLOY, 'make-certs'), [certs], { encoding: 'utf8' });
+    for (const name of ['internal', 'mosquitto']) {
+      execFileSync('openssl', ['verify', '-CAfile', join(certs, 'ca.pem'), join(certs, `${name}.pem`)]);
+    }
+    const san = execFileSync('openssl', ['x509', '-in', join(certs, 'internal.pem'), '-noout', '-ext', 'subjectAltName'],
+      { encoding: 'utf8' });
+    for (const host of ['ingest', 'push']) assert.match(san, new RegExp(`DNS:${host}\\b`));
+
+    const { services } = resolvedConfig(TLS_OVERLAY);
+    let mounted = 0;
+    for (const [name, service] of Object.entries(services)) {
+      for (const v of service.volumes || []) {
+        const m = String(v).match(/\/certs:(\S+?):ro$/) || (typeof v === 'object' && v.source?.endsWith('/certs') ? [0, v.target] : null);
+        if (!m) continue;
+        for (const value of Object.values(service.environment || {})) {
+          if (String(value).startsWith(`${m[1]}/`)) {
+            assert.ok(existsSync(join(certs, String(value).slice(m[1].length + 1))), `${name}: make-certs makes no ${value}`);
+            mounted++;
+          }
+        }
+      }
+    }
+    assert.ok(mounted >= 9, `checked ${mounted} certificate paths`);
+    assert.equal(services.ingest.environment.DEVBRIDGE_MQTT_URL, 'mqtts://mosquitto:8883');
+
+    mkdirSync(join(dir, 'logs'));
+    const nginxConf = join(dir, 'nginx-tls.conf');
+    writeFileSync(nginxConf, readFileSync(join(DEPLOY, 'nginx-tls.conf'), 'utf8').replaceAll('/etc/nginx/certs', certs));
+    const r = spawnSync('nginx', ['-t', '-p', dir, '-c', nginxConf, '-g', `pid ${dir}/nginx.pid; error_log stderr;`],
+      { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+
+    const plain = 20000 + Math.floor(Math.random() * 20000);
+    const tls = plain + 1;
+    const brokerConf = join(dir, 'mosquitto.conf');
+    writeFileSync(brokerConf, readFileSync(join(DEPLOY, 'mosquitto-tls.conf'), 'utf8')
+      .replaceAll('/etc/mosquitto/certs', certs)
+      .replace('listener 1883', `listener ${plain} 127.0.0.1`)
+      .replace('listener 8883', `listener ${tls} 127.0.0.1`)
+      .replace('/var/lib/mosquitto/', `${dir}/`)
+      .replace(/^user .*$/m, `user ${execFileSync('id', ['-un'], { encoding: 'utf8' }).trim()}`));
+    broker = spawn('/usr/sbin/mosquitto', ['-c', brokerConf], { stdio: 'ignore' });
+    let ok = false;
+    for (let i = 0; i < 50 && !ok; i++) {
+      await new Promise((done) => setTimeout(done, 100));
+      ok = spawnSync('mosquitto_pub', ['-h', 'localhost', '-p', String(tls), '--cafile', join(certs, 'ca.pem'),
+        '-t', 'tls/check', '-m', 'x', '-q', '1']).status === 0;
+    }
+    assert.ok(ok, 'a client checking ca.pem publishes over TLS to mosquitto-tls.conf');
+  } finally {
+    broker?.kill();
     rmSync(dir, { recursive: true, force: true });
   }
 });
