@@ -90,18 +90,12 @@ struct App::Impl : public CoreOutputs {
 
   void Post(std::function<void()> fn) { asio::post(io, std::move(fn)); }
 
-  // Paho thread: take the message. Paho has already acknowledged it to the broker, so it
-  // must be kept: first in the spool (one write(); a crash of ingest from here on loses
-  // nothing), then in memory for the io thread, or, past max_pending_messages or while older
-  // messages wait on disk, on disk only. Intake pauses when the spool is full (or, without a
-  // spool, when memory is); the broker holds what follows, and only what was already on its
-  // way arrives after that.
   // Messages the last run took may come again: the broker resends, flagged DUP, what it had
   // not seen acknowledged when that run's connection closed (Paho sends acknowledgements
   // after the messages, and queues them when the socket is busy: at a stop under load,
   // hundreds to tens of thousands were measured). The spool's last messages carry their
   // packet ids; the MQTT client drops a redelivery whose packet id last came with the same
-  // message. Runs before the client starts, on the thread that will later read the spool.
+  // message. Runs before the client starts, and before the io thread (the spool's reader) does.
   void RememberTakenFromSpool() {
     constexpr uint64_t kRecent = 65536;  // one message per packet id
     const uint64_t next = spool->next_seq();
@@ -130,6 +124,12 @@ struct App::Impl : public CoreOutputs {
     }
   }
 
+  // Paho thread: take the message. Paho has acknowledged it to the broker (or queued the
+  // acknowledgement), so it must be kept: first in the spool, with its packet id (one
+  // write(); a crash of ingest from here on loses nothing), then in memory for the io thread, or, past max_pending_messages or while older
+  // messages wait on disk, on disk only. Intake pauses when the spool is full (or, without a
+  // spool, when memory is); the broker holds what follows, and only what was already on its
+  // way arrives after that.
   void OnMessage(absl::string_view topic, absl::string_view payload, uint16_t packet_id) {
     const absl::Time now = absl::Now();
     bool pause = false;
