@@ -126,10 +126,10 @@ struct App::Impl : public CoreOutputs {
 
   // Paho thread: take the message. Paho has acknowledged it to the broker (or queued the
   // acknowledgement), so it must be kept: first in the spool, with its packet id (one
-  // write(); a crash of ingest from here on loses nothing), then in memory for the io thread, or, past max_pending_messages or while older
-  // messages wait on disk, on disk only. Intake pauses when the spool is full (or, without a
-  // spool, when memory is); the broker holds what follows, and only what was already on its
-  // way arrives after that.
+  // write(); a crash of ingest from here on loses nothing), then in memory for the io
+  // thread, or, past max_pending_messages or while older messages wait on disk, on disk only.
+  // Intake pauses when the spool is full (or, without a spool, when memory is); the broker
+  // holds what follows, and only what was already on its way arrives after that.
   void OnMessage(absl::string_view topic, absl::string_view payload, uint16_t packet_id) {
     const absl::Time now = absl::Now();
     bool pause = false;
