@@ -322,8 +322,12 @@ TEST_F(PushTest, DashboardReadsDevicesAndReadingsThroughEitherReplica) {
   EXPECT_EQ(devices["data"]["devices"][0]["deviceId"], id);
   EXPECT_EQ(devices["data"]["devices"][0]["online"], true);
 
-  Json readings = get(a_.get(), "/api/readings?limit=5&deviceId=" + id + "&token=" + own, &status);
-  ASSERT_EQ(status, 200) << readings;
+  // The reply's reading is committed by ingest's writer a moment after Dispatch returns.
+  Json readings;
+  EXPECT_TRUE(WaitFor([&] {
+    readings = get(a_.get(), "/api/readings?limit=5&deviceId=" + id + "&token=" + own, &status);
+    return status == 200 && readings["data"]["readings"].size() == 1u;
+  })) << status << " " << readings;
   ASSERT_EQ(readings["data"]["readings"].size(), 1u) << readings;
   EXPECT_EQ(readings["data"]["readings"][0]["deviceId"], id);
   EXPECT_TRUE(readings["data"]["readings"][0]["values"].contains("temperature"));
