@@ -95,8 +95,13 @@ class Spool {
   uint64_t next_seq() const ABSL_LOCKS_EXCLUDED(mu_);   // the seq the next Append gets
   uint64_t first_seq() const ABSL_LOCKS_EXCLUDED(mu_);  // the oldest seq still on disk
   // Bytes of the segments PostgreSQL does not have in full: the backlog that max_bytes
-  // bounds. (A segment kept only for its packet ids does not count.)
-  size_t bytes() const { return bytes_.load() - history_bytes_.load(); }
+  // bounds. (A segment kept only for its packet ids does not count.) The two counts are read
+  // apart from Committed(), which moves both: never below zero.
+  size_t bytes() const {
+    const size_t all = bytes_.load();
+    const size_t history = history_bytes_.load();
+    return all > history ? all - history : 0;
+  }
   bool Full() const { return bytes() > options_.max_bytes; }
   // Messages appended but not yet fsynced: what a power cut would lose now. The time the
   // oldest of them waited (window start to fsync done: spool_sync plus the fsync itself) is
