@@ -145,8 +145,8 @@ void WriteCheckpoint(pqxx::work& tx, WriteContext& ctx, absl::Span<const QueuedR
 // Readings go in with COPY: PostgreSQL then neither parses nor plans a statement per batch,
 // and a row's memory is freed as soon as it is in (a multi-row INSERT of 1,000 readings held
 // the parse tree of all of them; it cost the server 2–3× the CPU per frame: ~89 µs against
-// 27–40 µs, ingest_bench). Fields are text in
-// COPY's text format; libpqxx escapes them, and a null pointer is NULL.
+// 27–40 µs, ingest_bench). Fields are text in COPY's text format; libpqxx escapes them, and
+// a null pointer is NULL.
 void WriteReadings(pqxx::work& tx, const std::vector<const ReadingRecord*>& readings) {
   static const std::vector<std::string> kColumns = {"device_id", "received_at", "command_id", "unit",
                                                     "function",  "address",     "raw",        "\"values\""};
