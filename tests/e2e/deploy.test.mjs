@@ -122,14 +122,30 @@ test('the Dockerfile copies what exists and installs Debian 12 packages', () => 
   for (const p of packages) assert.equal(spawnSync('apt-cache', ['show', p]).status, 0, `${p} is not a Debian package`);
 });
 
+// resolver.conf, which deploy/nginx-entrypoint writes next to nginx.conf in the container,
+// made the same way from a resolv.conf naming Docker's DNS server.
+function writeResolverConf(dir) {
+  const entrypoint = readFileSync(join(DEPLOY, 'nginx-entrypoint'), 'utf8');
+  assert.match(entrypoint, /> \/etc\/nginx\/resolver\.conf/, 'the entrypoint writes resolver.conf beside nginx.conf');
+  const resolvConf = join(dir, 'resolv.conf');
+  writeFileSync(resolvConf, 'search example\nnameserver 127.0.0.11\n');
+  const script = entrypoint.replaceAll('/etc/resolv.conf', resolvConf).replaceAll('/etc/nginx/resolver.conf', join(dir, 'resolver.conf'))
+    .replace(/^exec .*$/m, 'exit 0');
+  const r = spawnSync('sh', ['-c', script], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(readFileSync(join(dir, 'resolver.conf'), 'utf8'), 'resolver 127.0.0.11 valid=10s ipv6=off;\n');
+}
+
 test('nginx accepts the proxy configuration', () => {
   const dir = mkdtempSync(join(tmpdir(), 'devbridge-nginx-'));
   try {
     mkdirSync(join(dir, 'logs'));
-    const r = spawnSync('nginx', ['-t', '-p', dir, '-c', join(DEPLOY, 'nginx.conf'), '-g', `pid ${dir}/nginx.pid; error_log stderr;`],
+    const conf = readFileSync(join(DEPLOY, 'nginx.conf'), 'utf8');
+    writeFileSync(join(dir, 'nginx.conf'), conf);
+    writeResolverConf(dir);
+    const r = spawnSync('nginx', ['-t', '-p', dir, '-c', join(dir, 'nginx.conf'), '-g', `pid ${dir}/nginx.pid; error_log stderr;`],
       { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
-    const conf = readFileSync(join(DEPLOY, 'nginx.conf'), 'utf8');
     assert.match(conf, /proxy_set_header Upgrade \$http_upgrade/);
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -172,6 +188,7 @@ test('make-certs and the TLS overlay: certificates, nginx and mosquitto with TLS
     mkdirSync(join(dir, 'logs'));
     const nginxConf = join(dir, 'nginx-tls.conf');
     writeFileSync(nginxConf, readFileSync(join(DEPLOY, 'nginx-tls.conf'), 'utf8').replaceAll('/etc/nginx/certs', certs));
+    writeResolverConf(dir);
     const r = spawnSync('nginx', ['-t', '-p', dir, '-c', nginxConf, '-g', `pid ${dir}/nginx.pid; error_log stderr;`],
       { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);

@@ -23,6 +23,9 @@ IngestLink::IngestLink(LinkOptions options, Poster post,
   args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
+  // A restarted ingest may come back on another address (a container gets a new IP): look
+  // the name up again after a second, not gRPC's default 30 s, while connections fail.
+  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
       grpcutil::ChannelCredentials(options_.security);
   channel_ = grpc::CreateCustomChannel(options_.ingest_addr,
