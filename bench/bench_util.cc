@@ -17,6 +17,10 @@
 #include <sstream>
 #include <pqxx/pqxx>
 #include <thread>
+#include <vector>
+
+#include "modbus/frame.h"
+#include "modbus/payload.h"
 
 extern char** environ;
 
@@ -193,6 +197,16 @@ double Percentile(std::vector<double> values, double q) {
   std::sort(values.begin(), values.end());
   const size_t i = std::min(values.size() - 1, static_cast<size_t>(q * static_cast<double>(values.size())));
   return values[i];
+}
+
+std::string BenchFrameHex(uint32_t seq, int64_t sent_us) {
+  const uint64_t t = static_cast<uint64_t>(sent_us);
+  std::vector<uint16_t> regs = {static_cast<uint16_t>(seq >> 16), static_cast<uint16_t>(seq),
+                                static_cast<uint16_t>(t >> 48),   static_cast<uint16_t>(t >> 32),
+                                static_cast<uint16_t>(t >> 16),   static_cast<uint16_t>(t),
+                                215,                              455,
+                                0x4366,                           0x8000};
+  return modbus::ToHex(modbus::BuildReadReply(1, modbus::kReadHoldingRegisters, regs));
 }
 
 int64_t NowMicros() {

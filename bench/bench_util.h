@@ -58,6 +58,10 @@ double WindowQuantile(const std::string& before, const std::string& after, const
 // q in [0,1] of `values` (sorts a copy).
 double Percentile(std::vector<double> values, double q);
 int64_t NowMicros();
+
+// The Modbus reply a bench device publishes (bench/registers_bench.json), as hex text:
+// sequence (uint32), send time (NowMicros, uint64) and a few realistic values.
+std::string BenchFrameHex(uint32_t seq, int64_t sent_us);
 // A process's resident memory (KiB) and CPU time used so far (user + system, seconds).
 long RssKiB(pid_t pid);
 double CpuSeconds(pid_t pid);

@@ -36,17 +36,6 @@ namespace {
 
 using Config = ServiceEnv;
 
-// The frame a bench device publishes: sequence, publish time, and a few realistic values.
-std::string Frame(uint32_t seq, int64_t sent_us) {
-  const uint64_t t = static_cast<uint64_t>(sent_us);
-  std::vector<uint16_t> regs = {static_cast<uint16_t>(seq >> 16), static_cast<uint16_t>(seq),
-                                static_cast<uint16_t>(t >> 48),   static_cast<uint16_t>(t >> 32),
-                                static_cast<uint16_t>(t >> 16),   static_cast<uint16_t>(t),
-                                215,                              455,
-                                0x4366,                           0x8000};
-  return modbus::ToHex(modbus::BuildReadReply(1, modbus::kReadHoldingRegisters, regs));
-}
-
 // Publishes frames over a few raw MQTT connections (bench/raw_publisher.h), so the load
 // generator is cheap next to what it loads.
 class Publisher {
@@ -88,7 +77,7 @@ PublishRun Publish(Publisher& pub, const std::string& prefix, int devices, doubl
     if (elapsed >= seconds) break;
     const uint64_t due = rate > 0 ? static_cast<uint64_t>(elapsed * rate) + 1 : run.frames + 100;
     while (run.frames < due) {
-      pub.Send(topics[run.frames % topics.size()], Frame(seq++, NowMicros()));
+      pub.Send(topics[run.frames % topics.size()], BenchFrameHex(seq++, NowMicros()));
       ++run.frames;
     }
     if (rate > 0) std::this_thread::sleep_for(std::chrono::microseconds(500));
@@ -260,7 +249,7 @@ double BarePaho(const Config& c, Publisher& pub, int devices, uint64_t n) {
   for (int d = 0; d < devices; ++d) topics.push_back(absl::StrCat("peer/dev-", d, "/data"));
   const auto t0 = std::chrono::steady_clock::now();
   for (uint64_t sent = 0; sent < n; ++sent) {
-    pub.Send(topics[sent % topics.size()], Frame(static_cast<uint32_t>(sent), NowMicros()));
+    pub.Send(topics[sent % topics.size()], BenchFrameHex(static_cast<uint32_t>(sent), NowMicros()));
   }
   pub.Drain();
   const double pub_secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

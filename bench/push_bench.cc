@@ -24,70 +24,26 @@
 #include <string>
 #include <thread>
 #include <vector>
-#include <websocketpp/client.hpp>
-#include <websocketpp/config/asio_no_tls_client.hpp>
+#include <asio.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "bench/bench_util.h"
+#include "bench/viewers.h"
 
 namespace devbridge::bench {
 namespace {
 
-using WsClient = websocketpp::client<websocketpp::config::asio_client>;
-
-std::atomic<bool> g_stop{false};
-
 // ---- client process: N connections, records the latency of every message ----
+int64_t SentOfBenchMessage(const std::string& p) {
+  const size_t at = p.find("\"t\":");
+  if (at == std::string::npos) return -1;  // e.g. push's "connected" frame
+  return std::strtoll(p.c_str() + at + 4, nullptr, 10);
+}
+
 int Clients(int port, const std::string& path, int n, const std::string& out_file, const std::string& source_ip) {
-  signal(SIGTERM, [](int) { g_stop = true; });
-  WsClient client;
-  client.clear_access_channels(websocketpp::log::alevel::all);
-  client.clear_error_channels(websocketpp::log::elevel::all);
-  client.init_asio();
-  if (!source_ip.empty()) {
-    // Spread connections over 127.0.0.x source addresses: one address has ~28k ports.
-    client.set_socket_init_handler([source_ip](websocketpp::connection_hdl, asio::ip::tcp::socket& socket) {
-      std::error_code ec;
-      if (!socket.is_open()) socket.open(asio::ip::tcp::v4(), ec);
-      socket.bind(asio::ip::tcp::endpoint(asio::ip::make_address(source_ip), 0), ec);
-    });
-  }
-  std::atomic<int> open{0};
-  std::vector<float> latencies;
-  latencies.reserve(1 << 22);
-  uint64_t received = 0;
-  int64_t first_us = 0, last_us = 0;
-  client.set_open_handler([&](websocketpp::connection_hdl) { open.fetch_add(1); });
-  client.set_message_handler([&](websocketpp::connection_hdl, WsClient::message_ptr msg) {
-    const std::string& p = msg->get_payload();
-    const size_t at = p.find("\"t\":");
-    if (at == std::string::npos) return;  // e.g. push's "connected" frame
-    const int64_t sent = std::strtoll(p.c_str() + at + 4, nullptr, 10);
-    const int64_t now = NowMicros();
-    if (received++ == 0) first_us = now;
-    last_us = now;
-    latencies.push_back(static_cast<float>(now - sent) / 1000.0f);
-  });
-  for (int i = 0; i < n; ++i) {
-    std::error_code ec;
-    auto con = client.get_connection(absl::StrCat("ws://127.0.0.1:", port, path, i), ec);
-    if (!ec) client.connect(con);
-  }
-  std::thread io([&] { client.run(); });
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (open.load() < n && !g_stop && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  std::printf("ready %d\n", open.load());
-  std::fflush(stdout);
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  client.stop();
-  io.join();
-  std::ofstream out(out_file, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(&first_us), sizeof first_us);
-  out.write(reinterpret_cast<const char*>(&last_us), sizeof last_us);
-  out.write(reinterpret_cast<const char*>(latencies.data()), static_cast<std::streamsize>(latencies.size() * sizeof(float)));
-  return 0;
+  std::vector<std::string> urls;
+  for (int i = 0; i < n; ++i) urls.push_back(absl::StrCat("ws://127.0.0.1:", port, path, i));
+  return RunWsViewers(urls, source_ip, SentOfBenchMessage, out_file);
 }
 
 struct Result {

@@ -26,9 +26,10 @@ ABSL_FLAG(int, max_message_bytes, 65536, "largest client frame; larger closes th
 ABSL_FLAG(int, send_queue_bytes, 1048576, "unsent bytes a client may have before it is closed (4008)");
 ABSL_FLAG(absl::Duration, ping_interval, absl::Seconds(25), "how often clients are pinged");
 ABSL_FLAG(absl::Duration, pong_timeout, absl::Seconds(10), "a client that does not answer a ping in time is closed");
-ABSL_FLAG(absl::Duration, flush_interval, absl::Milliseconds(25),
+ABSL_FLAG(absl::Duration, flush_interval, absl::ZeroDuration(),
           "least time between two rounds of socket writes; frames queued meanwhile share one write per client "
-          "(fewer system calls under load, at most this much added latency; 0: write at once)");
+          "(fewer system calls under a heavy fan-out, at most this much added latency). 0: each round is written at "
+          "once, and frames queued while a connection's write is in flight still go out together");
 ABSL_FLAG(int, history_size, 1000, "messages kept per system and per group for recover");
 ABSL_FLAG(absl::Duration, history_ttl, absl::Minutes(5), "how long messages are kept for recover");
 ABSL_FLAG(int, max_groups_per_client, 128, "groups one client may be in; a join or bind past it gets 429");

@@ -50,12 +50,21 @@ TEST_F(IngestTest, HeartbeatBringsDeviceOnlineAndSilenceTakesItOffline) {
 }
 
 // Devices and ingest on MQTT 3.1 and on MQTT 5 (ingest's kept session then has a session
-// expiry interval): readings and a command round trip, as with 3.1.1.
+// expiry interval, and its subscriptions are shared ones, `$share/GROUP/...`, which MQTT 5
+// standardised): readings and a command round trip, as with 3.1.1. The MQTT 5 run is a new
+// session: a kept session would keep the 3.1 run's plain subscriptions beside the shared
+// ones, and the broker would deliver every message twice (README, shared_group).
 TEST_F(IngestTest, Mqtt31And5CarryReadingsAndCommands) {
   for (const char* version : {"3.1", "5"}) {
     SCOPED_TRACE(version);
     const int level = *mqtt::ParseVersion(version);
-    StartIngest([&](ingest::IngestOptions& o) { o.mqtt_transport.version = level; });
+    StartIngest([&](ingest::IngestOptions& o) {
+      o.mqtt_transport.version = level;
+      if (level == 5) {
+        o.shared_group = "ingest";
+        o.mqtt_client_id += "-v5";
+      }
+    });
     auto sim = StartSim([&](sim::SimOptions& o) { o.mqtt_transport.version = level; });
     const int64_t before = Count("SELECT count(*) FROM readings");
     for (int i = 0; i < 3; ++i) EXPECT_EQ(Dispatch(Read(sim->DeviceId(0), 0, 2)).code(), 200);

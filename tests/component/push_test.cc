@@ -2,6 +2,7 @@
 // simulated devices and real WebSocket clients.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -123,6 +124,37 @@ class PushTest : public IngestFixture {
 
   std::unique_ptr<push::App> a_, b_;
 };
+
+// For every connection to `port` this process accepted (the server's end), whether it has
+// TCP_NODELAY set.
+std::vector<bool> NoDelayOfAccepted(int port) {
+  std::vector<bool> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    const int fd = std::atoi(entry.path().filename().c_str());
+    sockaddr_in local{}, peer{};
+    socklen_t n = sizeof local, m = sizeof peer;
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &n) != 0 || local.sin_family != AF_INET ||
+        ntohs(local.sin_port) != port) {
+      continue;
+    }
+    if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &m) != 0) continue;  // the listening socket
+    int on = 0;
+    socklen_t len = sizeof on;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, &len) == 0) out.push_back(on != 0);
+  }
+  return out;
+}
+
+// Frames leave when written: push's end of a WebSocket connection has Nagle's algorithm off
+// (with it on, a small frame waits for the client's delayed ACK of the one before, up to 40 ms).
+TEST_F(PushTest, WebSocketConnectionsWriteWithoutNagleDelay) {
+  StartCluster();
+  auto viewer = WsClient::Connect(a_->port(), "systemId=fleet&clientId=nagle");
+  ASSERT_TRUE(viewer->open());
+  const std::vector<bool> nodelay = NoDelayOfAccepted(a_->port());
+  ASSERT_FALSE(nodelay.empty()) << "found no accepted connection to port " << a_->port();
+  for (bool on : nodelay) EXPECT_TRUE(on);
+}
 
 TEST_F(PushTest, EveryApiOperationWorksAcrossReplicas) {
   StartCluster();

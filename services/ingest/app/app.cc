@@ -79,6 +79,7 @@ struct App::Impl : public CoreOutputs {
   // Io thread: one message through the core; what it stores goes to the writer as one unit
   // with the message's spool position (0: not spooled).
   void Process(const std::string& topic, const std::string& payload, absl::Time taken_at, uint64_t seq) {
+    intake_ms->Observe(absl::ToDoubleMilliseconds(absl::Now() - taken_at));
     in_message = true;
     core->OnMessage(topic, payload, taken_at);
     in_message = false;
@@ -419,6 +420,7 @@ struct App::Impl : public CoreOutputs {
   common::Counter* pushbacks = nullptr;
   common::Counter* replayed = nullptr;
   common::Gauge* intake_depth = nullptr;
+  common::Histogram* intake_ms = nullptr;
   common::Gauge* commands_queued = nullptr;
   common::Gauge* devices_online = nullptr;
   common::Gauge* devices_known = nullptr;
@@ -437,6 +439,11 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   s.replayed = &s.metrics.AddCounter("devbridge_ingest_spool_read_total",
                                      "Messages processed from the spool on disk (replay after a start, backlog).");
   s.intake_depth = &s.metrics.AddGauge("devbridge_ingest_intake_depth", "Messages taken but not yet processed.");
+  s.intake_ms = &s.metrics.AddHistogram(
+      "devbridge_ingest_intake_latency_ms",
+      "MQTT message taken (Paho's callback) to processed: decoded and its event emitted, ms (replays from the "
+      "spool after a restart count from when they were first taken).",
+      common::LatencyBucketsMs());
   s.commands_queued = &s.metrics.AddGauge("devbridge_ingest_commands_pending", "Commands waiting or in flight.");
   s.devices_online = &s.metrics.AddGauge("devbridge_ingest_devices_online", "Devices online.");
   s.devices_known = &s.metrics.AddGauge("devbridge_ingest_devices_known", "Devices seen since start.");

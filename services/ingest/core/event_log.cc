@@ -12,6 +12,7 @@ uint64_t EventLog::Append(v1::Event event, const std::vector<StreamRef>& streams
   event.set_epoch(epoch_);
   event.set_seq(seq);
   event.set_at_unix_ms(absl::ToUnixMillis(now));
+  event.set_at_unix_us(absl::ToUnixMicros(now));
   for (const StreamRef& s : streams) {
     auto [it, inserted] = stream_offsets_.try_emplace(absl::StrCat(s.system_id, "\x1f", s.group_name));
     StreamState& state = it->second;
@@ -27,10 +28,12 @@ uint64_t EventLog::Append(v1::Event event, const std::vector<StreamRef>& streams
   auto encoded = std::make_shared<const std::string>(event.SerializeAsString());
   bytes_ += encoded->size();
   events_.push_back(std::move(encoded));
+  appended_at_.push_back(now);
   // At least the newest event stays, however large.
   while (events_.size() > capacity_ || (bytes_ > max_bytes_ && events_.size() > 1)) {
     bytes_ -= events_.front()->size();
     events_.pop_front();
+    appended_at_.pop_front();
   }
   std::vector<std::function<void()>> waiters;
   waiters.swap(waiters_);
@@ -80,6 +83,11 @@ ReadStart EventLog::Start(const v1::SubscribeRequest& request) const {
 std::shared_ptr<const std::string> EventLog::Get(uint64_t seq) const {
   if (seq < oldest_seq() || seq >= next_seq_) return nullptr;
   return events_[seq - oldest_seq()];
+}
+
+absl::Time EventLog::AppendedAt(uint64_t seq) const {
+  if (seq < oldest_seq() || seq >= next_seq_) return absl::InfinitePast();
+  return appended_at_[seq - oldest_seq()];
 }
 
 }  // namespace devbridge::ingest

@@ -49,6 +49,8 @@ class EventLog {
 
   // The encoded event `seq`, or null if not held (evicted, or not appended yet).
   std::shared_ptr<const std::string> Get(uint64_t seq) const;
+  // When event `seq` was appended (the `now` given to Append); InfinitePast if not held.
+  absl::Time AppendedAt(uint64_t seq) const;
 
   // Forgets the offsets of streams without a message since `idle` before `now`.
   void ForgetIdleStreams(absl::Time now, absl::Duration idle);
@@ -71,6 +73,7 @@ class EventLog {
   bool forgot_any_ = false;  // a stream was forgotten in this epoch: new ones start higher
   uint64_t next_seq_ = 1;
   std::deque<std::shared_ptr<const std::string>> events_;  // seq oldest_seq() .. last_seq()
+  std::deque<absl::Time> appended_at_;                     // the same seqs
   struct StreamState {
     uint64_t offset = 0;
     absl::Time last_used;

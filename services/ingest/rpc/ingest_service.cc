@@ -27,8 +27,8 @@ constexpr int64_t kMaxSinceMs = 253402300799999;
 class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
  public:
   Subscription(Poster post, EventLog* log, v1::SubscribeRequest request, std::atomic<int>* count,
-               common::Counter* sent, NodeTracker* nodes)
-      : post_(std::move(post)), log_(log), request_(std::move(request)), count_(count), sent_(sent), nodes_(nodes) {
+               const StreamMetrics* metrics, NodeTracker* nodes)
+      : post_(std::move(post)), log_(log), request_(std::move(request)), count_(count), m_(metrics), nodes_(nodes) {
     count_->fetch_add(1);
     // Tell the subscriber at once that the stream is up, even if no event comes for a while.
     StartSendInitialMetadata();
@@ -38,6 +38,7 @@ class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
   void OnWriteDone(bool ok) override {
     post_([this, ok] {
       writing_ = false;
+      m_->write_ms->Observe(absl::ToDoubleMilliseconds(absl::Now() - write_started_));
       if (!ok) return FinishOnce(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
       if (finish_pending_) return FinishOnce(finish_status_);
       Pump();
@@ -78,9 +79,11 @@ class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
       batch_.add_events(*reset_);
       reset_.reset();
     }
+    const absl::Time now = absl::Now();
     while (batch_.events_size() < kMaxBatchEvents && bytes < kMaxBatchBytes) {
       std::shared_ptr<const std::string> event = log_->Get(next_);
       if (!event) break;
+      m_->wait_ms->Observe(absl::ToDoubleMilliseconds(now - log_->AppendedAt(next_)));
       bytes += event->size();
       batch_.add_events(*event);
       ++next_;
@@ -102,8 +105,9 @@ class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
       }
       return;
     }
-    sent_->Inc(static_cast<uint64_t>(batch_.events_size()));
+    m_->sent->Inc(static_cast<uint64_t>(batch_.events_size()));
     writing_ = true;
+    write_started_ = now;
     StartWrite(&batch_);
   }
 
@@ -122,8 +126,9 @@ class Subscription final : public grpc::ServerWriteReactor<v1::EventBatch> {
   EventLog* log_;
   v1::SubscribeRequest request_;
   std::atomic<int>* count_;
-  common::Counter* sent_;
+  const StreamMetrics* m_;
   NodeTracker* nodes_;
+  absl::Time write_started_;
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::shared_ptr<const std::string> reset_;
   v1::EventBatch batch_;
@@ -191,8 +196,15 @@ std::vector<StreamRef> StreamsOf(const v1::PushMessage& message) {
 IngestService::IngestService(Poster post, IngestCore* core, EventLog* log, Store* store,
                              common::MetricsRegistry* metrics, std::string internal_token)
     : post_(std::move(post)), core_(core), log_(log), store_(store), token_(std::move(internal_token)) {
-  events_sent_ = &metrics->AddCounter("devbridge_ingest_stream_events_sent_total",
-                                      "Events written to stream subscribers.");
+  stream_metrics_.sent = &metrics->AddCounter("devbridge_ingest_stream_events_sent_total",
+                                              "Events written to stream subscribers.");
+  stream_metrics_.wait_ms = &metrics->AddHistogram(
+      "devbridge_ingest_stream_wait_latency_ms",
+      "Event emitted to handed to gRPC for a push replica's stream (waits while the previous write is in flight), ms.",
+      common::LatencyBucketsMs());
+  stream_metrics_.write_ms = &metrics->AddHistogram(
+      "devbridge_ingest_stream_write_latency_ms", "One write of a batch of events to a push replica's stream, ms.",
+      common::LatencyBucketsMs());
   unauthenticated_ = &metrics->AddCounter("devbridge_ingest_rpc_unauthenticated_total",
                                           "gRPC calls refused for a missing or wrong internal token.");
   refused_ = &metrics->AddCounter("devbridge_ingest_rpc_refused_total",
@@ -310,7 +322,7 @@ grpc::ServerWriteReactor<v1::EventBatch>* IngestService::Subscribe(
   // The epoch never changes in a process, so reading it here is safe. Subscribers see this
   // initial metadata as soon as the stream is established.
   ctx->AddInitialMetadata("devbridge-epoch", log_->epoch());
-  return new Subscription(post_, log_, *request, &subscribers_, events_sent_, &nodes_);
+  return new Subscription(post_, log_, *request, &subscribers_, &stream_metrics_, &nodes_);
 }
 
 grpc::ServerUnaryReactor* IngestService::Publish(grpc::CallbackServerContext* ctx,

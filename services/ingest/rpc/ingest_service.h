@@ -32,6 +32,13 @@ class NodeTracker {
   absl::flat_hash_map<std::string, int> streams_;
 };
 
+// The event stream's metrics, shared by every subscription.
+struct StreamMetrics {
+  common::Counter* sent = nullptr;
+  common::Histogram* wait_ms = nullptr;   // event emitted → handed to gRPC
+  common::Histogram* write_ms = nullptr;  // one write: StartWrite → OnWriteDone
+};
+
 class IngestService final : public v1::Ingest::CallbackService {
  public:
   // `core` and `log` are touched only inside functions given to `post`. `store` may be null
@@ -64,7 +71,7 @@ class IngestService final : public v1::Ingest::CallbackService {
   Store* store_;
   std::string token_;
   std::atomic<int> subscribers_{0};
-  common::Counter* events_sent_;
+  StreamMetrics stream_metrics_;
   common::Counter* refused_;
   common::Counter* unauthenticated_;
   NodeTracker nodes_;

@@ -27,7 +27,7 @@ struct PushOptions {
   size_t send_queue_bytes = 1 << 20;
   absl::Duration ping_interval = absl::Seconds(25);
   absl::Duration pong_timeout = absl::Seconds(10);
-  absl::Duration flush_interval = absl::Milliseconds(25);
+  absl::Duration flush_interval = absl::ZeroDuration();
   size_t history_size = 1000;
   absl::Duration history_ttl = absl::Minutes(5);
   size_t max_groups_per_client = 128;

@@ -568,8 +568,10 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
     ReleaseSyncWaiters(UINT64_MAX);  // the seqs they wait for belong to the old epoch
     if (event.has_reset()) return absl::OkStatus();
   }
-  if (event.at_unix_ms() > 0) {
-    m_.delivery_ms->Observe(std::max(0.0, absl::ToDoubleMilliseconds(now - absl::FromUnixMillis(event.at_unix_ms()))));
+  if (event.at_unix_us() > 0 || event.at_unix_ms() > 0) {
+    const absl::Time at = event.at_unix_us() > 0 ? absl::FromUnixMicros(event.at_unix_us())
+                                                  : absl::FromUnixMillis(event.at_unix_ms());
+    m_.delivery_ms->Observe(std::max(0.0, absl::ToDoubleMilliseconds(now - at)));
   }
   ServerFrame frame;
   if (event.has_device_state()) {
