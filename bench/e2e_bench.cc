@@ -4,18 +4,18 @@
 //                                             sequence number and the send time) to
 //                                             devices/bench-NNNN/data, round robin, RATE/s, QoS 1
 //   e2e_bench view-ws OUT URL...              one WebSocket viewer per URL
-//   e2e_bench view-mqtt OUT BROKER N          N MQTT subscribers of devices/+/data: viewers of
-//                                             the broker itself (the "mosquitto only" row)
+//   e2e_bench view-mqtt OUT BROKER N          N MQTT subscribers (QoS 0) of devices/+/data:
+//                                             viewers of the broker itself (the "mosquitto" row)
 //
 // A viewer takes each frame's latency from the send time in it and, on SIGTERM, writes them
 // all to OUT (bench/viewers.h). The load prints one line: frames sent, seconds, its own CPU.
-#include <MQTTAsync.h>
 #include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -73,68 +73,36 @@ int64_t SentOfJson(const std::string& p) {
 }
 
 // In the Modbus reply itself: registers 2..5 (bytes 7..14 after unit, function, count).
-int64_t SentOfFrame(const char* payload, int len) {
-  absl::StatusOr<modbus::FrameBytes> frame = modbus::ReadPayload(absl::string_view(payload, static_cast<size_t>(len)));
+int64_t SentOfFrame(const char* payload, size_t len) {
+  absl::StatusOr<modbus::FrameBytes> frame = modbus::ReadPayload(absl::string_view(payload, len));
   if (!frame.ok() || frame->size < 15) return -1;
   uint64_t t = 0;
   for (size_t i = 7; i < 15; ++i) t = (t << 8) | frame->bytes[i];
   return static_cast<int64_t>(t);
 }
 
-struct MqttViewers {
+// Viewers of the broker itself: raw QoS 0 subscribers (bench/raw_publisher.h), each on its
+// own thread; a full client library would cost more than the broker it measures.
+int ViewMqtt(const std::string& out, const std::string& broker, int n) {
   std::mutex mu;
   Latencies received;
-  std::atomic<int> subscribed{0};
-};
-
-int ViewMqtt(const std::string& out, const std::string& broker, int n) {
-  static MqttViewers v;
-  v.received.ms.reserve(1 << 22);
-  std::vector<MQTTAsync> clients(static_cast<size_t>(n));
+  received.ms.reserve(1 << 22);
+  std::vector<std::unique_ptr<RawSubscriber>> viewers;
   for (int i = 0; i < n; ++i) {
-    MQTTAsync& c = clients[static_cast<size_t>(i)];
-    MQTTAsync_create(&c, broker.c_str(), absl::StrCat("e2e-view-", getpid(), "-", i).c_str(), MQTTCLIENT_PERSISTENCE_NONE,
-                     nullptr);
-    MQTTAsync_setCallbacks(
-        c, nullptr, nullptr,
-        [](void*, char* topic, int, MQTTAsync_message* m) -> int {
-          const int64_t sent = SentOfFrame(static_cast<const char*>(m->payload), m->payloadlen);
+    viewers.push_back(std::make_unique<RawSubscriber>(
+        broker, absl::StrCat("e2e-view-", getpid(), "-", i), "devices/+/data", [&](const char* payload, size_t size) {
+          const int64_t sent = SentOfFrame(payload, size);
           const int64_t now = NowMicros();
-          if (sent >= 0) {
-            std::lock_guard<std::mutex> lock(v.mu);
-            v.received.Add(sent, now);
-          }
-          MQTTAsync_freeMessage(&m);
-          MQTTAsync_free(topic);
-          return 1;
-        },
-        nullptr);
-    MQTTAsync_connectOptions opts = MQTTAsync_connectOptions_initializer;
-    opts.cleansession = 1;
-    opts.context = c;
-    opts.onSuccess = [](void* context, MQTTAsync_successData*) {
-      MQTTAsync_responseOptions sub = MQTTAsync_responseOptions_initializer;
-      sub.onSuccess = [](void*, MQTTAsync_successData*) { v.subscribed.fetch_add(1); };
-      MQTTAsync_subscribe(static_cast<MQTTAsync>(context), "devices/+/data", 0, &sub);
-    };
-    if (MQTTAsync_connect(c, &opts) != MQTTASYNC_SUCCESS) {
-      std::fprintf(stderr, "view-mqtt: cannot connect to %s\n", broker.c_str());
-      return 1;
-    }
+          if (sent < 0) return;
+          std::lock_guard<std::mutex> lock(mu);
+          received.Add(sent, now);
+        }));
   }
-  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  while (v.subscribed.load() < n && std::chrono::steady_clock::now() < give_up) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  std::printf("ready %d\n", v.subscribed.load());
+  std::printf("ready %d\n", n);
   std::fflush(stdout);
   WaitForTermination();
-  for (MQTTAsync& c : clients) {
-    MQTTAsync_disconnect(c, nullptr);
-    MQTTAsync_destroy(&c);
-  }
-  std::lock_guard<std::mutex> lock(v.mu);
-  WriteLatencies(v.received, out);
+  viewers.clear();
+  WriteLatencies(received, out);
   return 0;
 }
 

@@ -49,23 +49,22 @@ void WriteFull(int fd, const std::string& data) {
   }
 }
 
-}  // namespace
-
-RawPublisher::RawPublisher(const std::string& url, const std::string& client_id, int window) : window_(window) {
+// Connects to tcp://host:port as `client_id` (clean session), or exits with a message.
+int ConnectRaw(const std::string& url, const std::string& client_id) {
   const size_t colon = url.rfind(':');
   const std::string host = url.substr(url.find("//") + 2, colon - url.find("//") - 2);
   const int port = std::atoi(url.c_str() + colon + 1);
-  fd_ = socket(AF_INET, SOCK_STREAM, 0);
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
   inet_pton(AF_INET, host == "localhost" ? "127.0.0.1" : host.c_str(), &addr.sin_addr);
-  if (connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    std::perror("raw publisher connect");
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    std::perror("raw MQTT connect");
     std::exit(1);
   }
   int one = 1;
-  setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   std::string body;
   PutString(body, "MQTT");
   body.push_back(4);     // protocol level 3.1.1
@@ -75,12 +74,19 @@ RawPublisher::RawPublisher(const std::string& url, const std::string& client_id,
   PutString(body, client_id);
   std::string packet(1, static_cast<char>(0x10));
   PutLength(packet, body.size());
-  WriteFull(fd_, packet + body);
+  WriteFull(fd, packet + body);
   uint8_t connack[4];
-  if (!ReadFull(fd_, connack, 4) || connack[0] != 0x20 || connack[3] != 0) {
-    std::fprintf(stderr, "raw publisher: connection refused by broker\n");
+  if (!ReadFull(fd, connack, 4) || connack[0] != 0x20 || connack[3] != 0) {
+    std::fprintf(stderr, "raw MQTT: connection refused by broker\n");
     std::exit(1);
   }
+  return fd;
+}
+
+}  // namespace
+
+RawPublisher::RawPublisher(const std::string& url, const std::string& client_id, int window)
+    : fd_(ConnectRaw(url, client_id)), window_(window) {
   reader_ = std::thread([this] { ReadAcks(); });
 }
 
@@ -122,6 +128,66 @@ void RawPublisher::Publish(const std::string& topic, const std::string& payload)
 void RawPublisher::Drain() {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait_for(lock, std::chrono::seconds(30), [&] { return acked_.load() >= sent_; });
+}
+
+RawSubscriber::RawSubscriber(const std::string& url, const std::string& client_id, const std::string& filter,
+                             std::function<void(const char* payload, size_t size)> on_message)
+    : fd_(ConnectRaw(url, client_id)), on_message_(std::move(on_message)) {
+  std::string body(2, '\0');
+  body[1] = 1;  // packet id 1
+  PutString(body, filter);
+  body.push_back(0);  // QoS 0
+  std::string packet(1, static_cast<char>(0x82));
+  PutLength(packet, body.size());
+  WriteFull(fd_, packet + body);
+  uint8_t suback[5];
+  if (!ReadFull(fd_, suback, 5) || suback[0] != 0x90 || suback[4] > 2) {
+    std::fprintf(stderr, "raw MQTT: subscription to %s refused\n", filter.c_str());
+    std::exit(1);
+  }
+  reader_ = std::thread([this] { Read(); });
+}
+
+RawSubscriber::~RawSubscriber() {
+  shutdown(fd_, SHUT_RDWR);
+  reader_.join();
+  close(fd_);
+}
+
+// Reads in large chunks and cuts them into packets; calls on_message_ for each PUBLISH.
+void RawSubscriber::Read() {
+  std::string buf;
+  char chunk[65536];
+  for (;;) {
+    const ssize_t r = read(fd_, chunk, sizeof chunk);
+    if (r <= 0) return;
+    buf.append(chunk, static_cast<size_t>(r));
+    size_t at = 0;
+    for (;;) {
+      // Fixed header: type and flags, then the remaining length (1..4 bytes, 7 bits each).
+      size_t length = 0, pos = at + 1;
+      int shift = 0;
+      bool complete = false;
+      while (pos < buf.size() && shift <= 21) {
+        const auto b = static_cast<uint8_t>(buf[pos++]);
+        length |= static_cast<size_t>(b & 0x7F) << shift;
+        shift += 7;
+        if ((b & 0x80) == 0) {
+          complete = true;
+          break;
+        }
+      }
+      if (!complete || buf.size() - pos < length) break;
+      const auto type = static_cast<uint8_t>(buf[at]);
+      if ((type >> 4) == 3 && length >= 2) {  // PUBLISH at QoS 0: topic, then the payload
+        const size_t topic = (static_cast<size_t>(static_cast<uint8_t>(buf[pos])) << 8) | static_cast<uint8_t>(buf[pos + 1]);
+        const size_t skip = 2 + topic + (((type >> 1) & 3) != 0 ? 2 : 0);
+        if (skip <= length) on_message_(buf.data() + pos + skip, length - skip);
+      }
+      at = pos + length;
+    }
+    buf.erase(0, at);
+  }
 }
 
 }  // namespace devbridge::bench
