@@ -47,6 +47,19 @@ TEST(EventLog, EvictsOldestBeyondCapacity) {
   EXPECT_EQ(Decode(log.Get(3)).seq(), 3u);
 }
 
+// The append time, for the stream's latency histogram and in the event itself (ms and µs).
+TEST(EventLog, KeepsWhenEachHeldEventWasAppended) {
+  EventLog log("ep", 2);
+  for (int i = 0; i < 3; ++i) log.Append(Online("a"), {}, t0 + absl::Microseconds(1500 * i));
+  EXPECT_EQ(log.AppendedAt(1), absl::InfinitePast()) << "evicted";
+  EXPECT_EQ(log.AppendedAt(2), t0 + absl::Microseconds(1500));
+  EXPECT_EQ(log.AppendedAt(3), t0 + absl::Microseconds(3000));
+  EXPECT_EQ(log.AppendedAt(4), absl::InfinitePast()) << "not appended yet";
+  const v1::Event third = Decode(log.Get(3));
+  EXPECT_EQ(third.at_unix_us(), absl::ToUnixMicros(t0) + 3000);
+  EXPECT_EQ(third.at_unix_ms(), absl::ToUnixMillis(t0) + 3);
+}
+
 TEST(EventLog, EvictsOldestBeyondItsBytes) {
   v1::Event big;
   big.mutable_push()->set_data(std::string(1000, 'x'));
