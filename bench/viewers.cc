@@ -17,6 +17,11 @@ namespace {
 
 std::atomic<bool> g_stop{false};
 
+void StopOnSignals() {
+  signal(SIGTERM, [](int) { g_stop = true; });
+  signal(SIGINT, [](int) { g_stop = true; });
+}
+
 }  // namespace
 
 void Latencies::Add(int64_t sent_us, int64_t now_us) {
@@ -33,16 +38,14 @@ void WriteLatencies(const Latencies& l, const std::string& file) {
 }
 
 void WaitForTermination() {
-  signal(SIGTERM, [](int) { g_stop = true; });
-  signal(SIGINT, [](int) { g_stop = true; });
+  StopOnSignals();
   while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(20));
 }
 
 int RunWsViewers(const std::vector<std::string>& urls, const std::string& source_ip, SentMicros sent,
                  const std::string& out_file) {
   using WsClient = websocketpp::client<websocketpp::config::asio_client>;
-  signal(SIGTERM, [](int) { g_stop = true; });
-  signal(SIGINT, [](int) { g_stop = true; });
+  StopOnSignals();  // before connecting: a signal during the wait below ends it
   WsClient client;
   client.clear_access_channels(websocketpp::log::alevel::all);
   client.clear_error_channels(websocketpp::log::elevel::all);
@@ -74,7 +77,7 @@ int RunWsViewers(const std::vector<std::string>& urls, const std::string& source
   }
   std::printf("ready %d\n", open.load());
   std::fflush(stdout);
-  while (!g_stop) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  WaitForTermination();
   client.stop();
   io.join();
   WriteLatencies(received, out_file);

@@ -27,13 +27,11 @@ uint64_t EventLog::Append(v1::Event event, const std::vector<StreamRef>& streams
   }
   auto encoded = std::make_shared<const std::string>(event.SerializeAsString());
   bytes_ += encoded->size();
-  events_.push_back(std::move(encoded));
-  appended_at_.push_back(now);
+  events_.push_back({std::move(encoded), now});
   // At least the newest event stays, however large.
   while (events_.size() > capacity_ || (bytes_ > max_bytes_ && events_.size() > 1)) {
-    bytes_ -= events_.front()->size();
+    bytes_ -= events_.front().encoded->size();
     events_.pop_front();
-    appended_at_.pop_front();
   }
   std::vector<std::function<void()>> waiters;
   waiters.swap(waiters_);
@@ -82,12 +80,12 @@ ReadStart EventLog::Start(const v1::SubscribeRequest& request) const {
 
 std::shared_ptr<const std::string> EventLog::Get(uint64_t seq) const {
   if (seq < oldest_seq() || seq >= next_seq_) return nullptr;
-  return events_[seq - oldest_seq()];
+  return events_[seq - oldest_seq()].encoded;
 }
 
 absl::Time EventLog::AppendedAt(uint64_t seq) const {
   if (seq < oldest_seq() || seq >= next_seq_) return absl::InfinitePast();
-  return appended_at_[seq - oldest_seq()];
+  return events_[seq - oldest_seq()].appended_at;
 }
 
 }  // namespace devbridge::ingest

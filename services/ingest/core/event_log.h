@@ -72,8 +72,11 @@ class EventLog {
   size_t bytes_ = 0;         // of the encoded events held
   bool forgot_any_ = false;  // a stream was forgotten in this epoch: new ones start higher
   uint64_t next_seq_ = 1;
-  std::deque<std::shared_ptr<const std::string>> events_;  // seq oldest_seq() .. last_seq()
-  std::deque<absl::Time> appended_at_;                     // the same seqs
+  struct Held {
+    std::shared_ptr<const std::string> encoded;
+    absl::Time appended_at;
+  };
+  std::deque<Held> events_;  // seq oldest_seq() .. last_seq()
   struct StreamState {
     uint64_t offset = 0;
     absl::Time last_used;
