@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <thread>
 #include <websocketpp/client.hpp>
 #include <websocketpp/config/asio_no_tls_client.hpp>
@@ -58,28 +59,56 @@ int RunWsViewers(const std::vector<std::string>& urls, const std::string& source
     });
   }
   std::atomic<int> open{0};
+  std::atomic<int> failed{0};
   Latencies received;
   received.ms.reserve(1 << 22);
-  client.set_open_handler([&](websocketpp::connection_hdl) { open.fetch_add(1); });
+  // At most kHandshakesInFlight connections are opening at once, as a fleet of browsers
+  // arrives: a server may refuse handshakes past a bound (push: 503 past
+  // max_http_connections, 1024, CONTRACT §9), and a burst of thousands overflows the
+  // kernel's accept queue, so connects would time out. Each open or failure starts the next.
+  constexpr size_t kHandshakesInFlight = 200;
+  size_t next = 0;
+  std::map<std::string, int> failures;  // why connections failed, by reason (io thread)
+  auto connect_next = [&] {
+    while (next < urls.size()) {
+      std::error_code ec;
+      auto con = client.get_connection(urls[next++], ec);
+      if (ec) {
+        ++failures[ec.message()];
+        failed.fetch_add(1);
+        continue;
+      }
+      client.connect(con);
+      return;
+    }
+  };
+  client.set_open_handler([&](websocketpp::connection_hdl) {
+    open.fetch_add(1);
+    connect_next();
+  });
+  client.set_fail_handler([&](websocketpp::connection_hdl hdl) {
+    std::error_code ec;
+    WsClient::connection_ptr con = client.get_con_from_hdl(hdl, ec);
+    ++failures[con ? con->get_ec().message() : "unknown"];
+    failed.fetch_add(1);
+    connect_next();
+  });
   client.set_message_handler([&](websocketpp::connection_hdl, WsClient::message_ptr msg) {
     const int64_t at = sent(msg->get_payload());
     if (at >= 0) received.Add(at, NowMicros());
   });
-  for (const std::string& url : urls) {
-    std::error_code ec;
-    auto con = client.get_connection(url, ec);
-    if (!ec) client.connect(con);
-  }
+  for (size_t i = 0; i < kHandshakesInFlight; ++i) connect_next();
   std::thread io([&] { client.run(); });
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (open.load() < static_cast<int>(urls.size()) && !g_stop && std::chrono::steady_clock::now() < give_up) {
+  while (open.load() + failed.load() < static_cast<int>(urls.size()) && !g_stop && std::chrono::steady_clock::now() < give_up) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  std::printf("ready %d\n", open.load());
+  std::printf("ready %d\n", open.load());  // and the failures, by reason, on stderr at the end
   std::fflush(stdout);
   WaitForTermination();
   client.stop();
   io.join();
+  for (const auto& [reason, n] : failures) std::fprintf(stderr, "viewers: %d connection(s) failed: %s\n", n, reason.c_str());
   WriteLatencies(received, out_file);
   return 0;
 }

@@ -25,7 +25,8 @@ struct Latencies {
 void WriteLatencies(const Latencies& l, const std::string& file);
 
 // Connects to every URL (from `source_ip` if not empty: one address has ~28k ports), prints
-// "ready N" on stdout once all are open (or after 60 s), records until SIGTERM or SIGINT,
+// "ready N" on stdout once all are open or failed (or after 60 s; at most 200 handshakes at a
+// time, as clients arrive), records until SIGTERM or SIGINT,
 // then writes what it received to `out_file`. Returns the process's exit status.
 int RunWsViewers(const std::vector<std::string>& urls, const std::string& source_ip, SentMicros sent,
                  const std::string& out_file);

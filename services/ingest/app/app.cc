@@ -29,7 +29,6 @@ namespace {
 
 constexpr size_t kDrainBatch = 512;
 constexpr absl::Duration kCommandTick = absl::Milliseconds(10);
-constexpr absl::Duration kDrainLinger = absl::Milliseconds(1);
 
 struct Message {
   std::string topic;
@@ -235,17 +234,7 @@ struct App::Impl : public CoreOutputs {
       if (on_disk) left = 1;
     }
     ReportReplay();
-    if (left > 0) {
-      ScheduleDrain();
-    } else if ((!batch.empty() || from_disk) && !all && !drain_scheduled.exchange(true)) {
-      // Under load, drain again shortly on a timer instead of being woken per message:
-      // one wake-up per millisecond instead of one per message. Idle, the first message
-      // wakes us at once.
-      drain_timer.expires_after(absl::ToChronoMicroseconds(kDrainLinger));
-      drain_timer.async_wait([this](std::error_code ec) {
-        if (!ec) Drain(false);
-      });
-    }
+    if (left > 0) ScheduleDrain();
     MaybeResume(left);
   }
 
