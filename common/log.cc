@@ -39,4 +39,16 @@ absl::Status SetLogLevel(absl::string_view level) {
   return absl::OkStatus();
 }
 
+bool LogLimiter::Allow(absl::Time now, uint64_t* skipped) {
+  MutexLock lock(&mu_);
+  if (now - last_ < every_) {
+    ++skipped_;
+    return false;
+  }
+  last_ = now;
+  if (skipped != nullptr) *skipped = skipped_;
+  skipped_ = 0;
+  return true;
+}
+
 }  // namespace devbridge::common

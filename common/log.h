@@ -4,10 +4,11 @@
 
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
-
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/mutex.h"
 #include "spdlog/logger.h"
 
 // Lets log lines take absl::string_view (a distinct type in Debian's C++14 Abseil build).
@@ -27,6 +28,26 @@ std::shared_ptr<spdlog::logger> Logger(const std::string& name);
 
 // Sets the level of every logger, current and future: trace, debug, info, warn, error, off.
 absl::Status SetLogLevel(absl::string_view level);
+
+// At most one line per `every` for a condition that may repeat at message rate (a failing
+// disk, a peer that is down): the first one logs, the rest are counted until the next one
+// may, which says how many were left out. Thread-safe.
+//
+//   uint64_t skipped = 0;
+//   if (limiter.Allow(absl::Now(), &skipped)) log->warn("... ({} more not logged)", skipped);
+class LogLimiter {
+ public:
+  explicit LogLimiter(absl::Duration every) : every_(every) {}
+  // True if a line may be logged now; then `*skipped` (if given) gets the number of calls
+  // refused since the last line.
+  bool Allow(absl::Time now, uint64_t* skipped = nullptr);
+
+ private:
+  const absl::Duration every_;
+  Mutex mu_;
+  absl::Time last_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  uint64_t skipped_ ABSL_GUARDED_BY(mu_) = 0;
+};
 
 }  // namespace devbridge::common
 

@@ -37,23 +37,6 @@ struct Message {
   uint64_t seq = 0;  // position in the spool; 0: not spooled
 };
 
-// At most one line per `every` for a condition that may repeat at message rate.
-class LogLimiter {
- public:
-  explicit LogLimiter(absl::Duration every) : every_(every) {}
-  bool Allow(absl::Time now) {
-    common::MutexLock lock(&mu_);
-    if (now - last_ < every_) return false;
-    last_ = now;
-    return true;
-  }
-
- private:
-  const absl::Duration every_;
-  common::Mutex mu_;
-  absl::Time last_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
-};
-
 }  // namespace
 
 struct App::Impl : public CoreOutputs {
@@ -390,7 +373,7 @@ struct App::Impl : public CoreOutputs {
   uint64_t replay_end = 0;       // the start-up replay runs up to here; 0: done
   absl::Time replay_started;
   absl::Time last_replay_report = absl::InfinitePast();
-  LogLimiter spool_log{absl::Seconds(10)};
+  common::LogLimiter spool_log{absl::Seconds(10)};
   std::atomic<bool> drain_scheduled{false};
   std::atomic<bool> pause_requested{false};
   bool drain_blocked = false;

@@ -114,6 +114,9 @@ PushNode::PushNode(NodeOptions options, Transport* transport, Upstream* upstream
   m_.events = &r.AddCounter("devbridge_push_events_total", "Events received from ingest.");
   m_.events_rejected = &r.AddCounter("devbridge_push_events_rejected_total",
                                      "Events from ingest that could not be applied: logged and skipped.");
+  m_.membership_unpublished = &r.AddCounter(
+      "devbridge_push_membership_unpublished_total",
+      "Membership updates (client up or down, group join or leave) ingest did not take; the next snapshot repairs them.");
   m_.delivery_ms = &r.AddHistogram("devbridge_push_delivery_latency_ms", "Event emitted by ingest to frame queued, ms.",
                                    common::LatencyBucketsMs());
 }
@@ -413,8 +416,15 @@ void PushNode::PublishMembership(v1::PushMessage::Kind kind, const Session& sess
   if (kind == v1::PushMessage::BIND_GROUP) registry_.MemberJoin(session.client_id, group);
   if (kind == v1::PushMessage::UNBIND_GROUP) registry_.MemberLeave(session.client_id, group);
   if (kind == v1::PushMessage::CLIENT_DOWN) registry_.MemberDown(session.client_id, options_.node_id);
-  upstream_->Publish(std::move(m), [published = std::move(published)](const absl::Status& s) {
-    if (!s.ok()) common::Logger("push.node")->warn("membership update not published: {}", s.message());
+  upstream_->Publish(std::move(m), [this, published = std::move(published)](const absl::Status& s) {
+    if (!s.ok()) {
+      m_.membership_unpublished->Inc();
+      uint64_t skipped = 0;
+      if (membership_log_.Allow(absl::Now(), &skipped)) {
+        common::Logger("push.node")->warn("membership update not published: {} ({} more failed since the last line)",
+                                          s.message(), skipped);
+      }
+    }
     if (published) published();
   });
 }

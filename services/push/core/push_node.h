@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/log.h"
 #include "common/metrics.h"
 #include "devbridge/v1/events.pb.h"
 #include "devbridge/v1/ingest.pb.h"
@@ -177,8 +178,11 @@ class PushNode {
     common::Counter* gone;
     common::Counter* events;
     common::Counter* events_rejected;
+    common::Counter* membership_unpublished;
     common::Histogram* delivery_ms;
   } m_;
+  // A burst of connects while ingest is down fails one membership update per connection.
+  common::LogLimiter membership_log_{absl::Seconds(10)};
 };
 
 // "2026-11-26T03:10:00.123Z"

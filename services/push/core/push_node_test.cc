@@ -279,6 +279,28 @@ TEST_F(PushNodeTest, FramesForAClientWaitForItsConnectedFrame) {
   EXPECT_EQ(t.frames[7][1]["type"], "device.online");
 }
 
+TEST_F(PushNodeTest, MembershipUpdatesIngestRefusesAreCountedAndClientsStillGetConnected) {
+  // An upstream whose stream is up but whose publishes fail (ingest overloaded or restarting).
+  class RefusingUpstream : public FakeUpstream {
+   public:
+    using FakeUpstream::FakeUpstream;
+    void Publish(v1::PushMessage, std::function<void(absl::Status)> done) override {
+      done(absl::UnavailableError("ingest is restarting"));
+    }
+  };
+  RefusingUpstream refusing(&bus_);
+  FakeTransport t;
+  common::MetricsRegistry m;
+  auto node = Make("refused", &t, &refusing, &m);
+  bus_.Attach(node.get());
+  for (ConnId c = 1; c <= 50; ++c) Open(node.get(), c, absl::StrCat("systemId=fleet&clientId=r", c));
+  for (ConnId c = 1; c <= 50; ++c) {
+    ASSERT_FALSE(t.frames[c].empty()) << c;
+    EXPECT_EQ(t.frames[c][0]["type"], "connected") << c;
+  }
+  EXPECT_NE(m.Render().find("devbridge_push_membership_unpublished_total 50\n"), std::string::npos) << m.Render();
+}
+
 TEST_F(PushNodeTest, GroupsPerClientAreBoundedForJoinsAndBinds) {
   FakeTransport t;
   common::MetricsRegistry m;
