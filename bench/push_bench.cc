@@ -197,6 +197,11 @@ void Fanout(int clients, double rate, double seconds) {
   Result ours = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, rate, seconds, send_push);
   Result ours_max = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, rate * 5, seconds, send_push);
   devbridge->Stop();
+  if (getenv("PUSH_BENCH_OURS_ONLY") != nullptr) {  // quick iterations on push alone
+    std::printf("devbridge push %5.0f msg/s: %7.0f deliveries/s, p50 %.1f ms, p99 %.1f ms; %5.0f msg/s: %7.0f deliveries/s\n",
+                rate, ours.deliveries / ours.seconds, ours.p50, ours.p99, rate * 5, ours_max.deliveries / ours_max.seconds);
+    return;
+  }
 
   // The peer: Node.js ws broadcasting the same payloads.
   const int peer_port = FreePort();

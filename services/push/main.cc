@@ -28,8 +28,8 @@ ABSL_FLAG(absl::Duration, ping_interval, absl::Seconds(25), "how often clients a
 ABSL_FLAG(absl::Duration, pong_timeout, absl::Seconds(10), "a client that does not answer a ping in time is closed");
 ABSL_FLAG(absl::Duration, flush_interval, absl::ZeroDuration(),
           "least time between two rounds of socket writes; frames queued meanwhile share one write per client "
-          "(fewer system calls under a heavy fan-out, at most this much added latency). 0: each round is written at "
-          "once, and frames queued while a connection's write is in flight still go out together");
+          "(fewer system calls under a heavy fan-out, at most this much added latency). 0: a round starts at once "
+          "unless the previous one ended less than its own length ago (then it waits for that, at most 25ms)");
 ABSL_FLAG(int, history_size, 1000, "messages kept per system and per group for recover");
 ABSL_FLAG(absl::Duration, history_ttl, absl::Minutes(5), "how long messages are kept for recover");
 ABSL_FLAG(int, max_groups_per_client, 128, "groups one client may be in; a join or bind past it gets 429");

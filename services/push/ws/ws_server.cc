@@ -71,6 +71,8 @@ using Server = websocketpp::server<Config>;
 using ConnectionPtr = Server::connection_ptr;
 
 constexpr int kCloseNoPong = 4010;
+// The most a round of writes waits because the previous one was long (Schedule()).
+constexpr std::chrono::milliseconds kMaxAdaptiveSpacing{25};
 
 // Runs a websocketpp handler's body. Our handlers do not throw by design; should one throw
 // anyway (a bug), the exception is logged and counted here instead of unwinding through
@@ -99,15 +101,26 @@ struct WsServer::Impl {
     return it == conns.end() ? nullptr : it->second;
   }
 
-  // Sends and closes are queued and carried out together right after the current handler:
-  // frames for one connection that pile up in one run go out in one write.
-  // With a flush_interval, a round that comes sooner than that after the last one waits for
-  // the rest of the interval.
+  // Sends and closes are queued and carried out together in rounds, after the current
+  // handler: frames for one connection that pile up before a round go out in one write.
+  // A round's sends post websocketpp's writes, so it ends when a marker posted after them
+  // runs. The next round starts at once unless the previous one ended less than its own
+  // length ago (or less than flush_interval ago): then it waits for that. Idle, a round of a
+  // few sockets takes microseconds and a frame goes out at once; under a heavy fan-out a
+  // round of thousands of writes takes milliseconds, and what arrives meanwhile is coalesced
+  // into the next one: writing takes at most about half of the io thread.
   void Schedule() {
     if (flush_scheduled) return;
     flush_scheduled = true;
-    const auto due = last_flush + absl::ToChronoNanoseconds(options.flush_interval);
-    if (options.flush_interval == absl::ZeroDuration() || std::chrono::steady_clock::now() >= due) {
+    if (!round_running) ScheduleRound();  // else RoundEnded() does
+  }
+
+  void ScheduleRound() {
+    using Duration = std::chrono::steady_clock::duration;
+    const Duration spacing = std::max<Duration>(absl::ToChronoNanoseconds(options.flush_interval),
+                                                std::min<Duration>(last_round_cost, kMaxAdaptiveSpacing));
+    const auto due = last_flush + spacing;
+    if (std::chrono::steady_clock::now() >= due) {
       asio::post(io, [this] { Flush(); });
       return;
     }
@@ -119,7 +132,8 @@ struct WsServer::Impl {
 
   void Flush() {
     flush_scheduled = false;
-    last_flush = std::chrono::steady_clock::now();
+    round_running = true;
+    const auto start = std::chrono::steady_clock::now();
     std::vector<Action> actions;
     actions.swap(pending);
     for (Action& a : actions) {
@@ -131,6 +145,14 @@ struct WsServer::Impl {
         a.con->close(static_cast<websocketpp::close::status::value>(a.code), a.reason, ec);
       }
     }
+    asio::post(io, [this, start] { RoundEnded(start); });  // after the writes just posted
+  }
+
+  void RoundEnded(std::chrono::steady_clock::time_point start) {
+    round_running = false;
+    last_flush = std::chrono::steady_clock::now();
+    last_round_cost = last_flush - start;
+    if (flush_scheduled) ScheduleRound();
   }
 
   // GET /ws: the path, then the handler's checks. True to upgrade.
@@ -245,9 +267,11 @@ struct WsServer::Impl {
     std::string reason;
   };
   std::vector<Action> pending;
-  bool flush_scheduled = false;
+  bool flush_scheduled = false;  // a round is due (posted, on the timer, or after the running one)
+  bool round_running = false;    // a round's writes are posted and not all done
   bool nodelay_warned = false;
-  std::chrono::steady_clock::time_point last_flush;
+  std::chrono::steady_clock::time_point last_flush;      // when the last round of writes ended
+  std::chrono::steady_clock::duration last_round_cost{};  // and how long it took
   std::unique_ptr<asio::steady_timer> flush_timer;
   std::unique_ptr<asio::steady_timer> ping_timer;
   bool shut_down = false;

@@ -34,8 +34,9 @@ struct WsOptions {
   absl::Duration pong_timeout = absl::Seconds(10);
   // Least time between two rounds of writes. Frames queued meanwhile go out together, one
   // write per connection, so under load each write carries several frames (fewer system
-  // calls and wake-ups on both ends); after a quiet spell a frame goes out at once. 0: every
-  // round of work is written at once.
+  // calls and wake-ups on both ends); after a quiet spell a frame goes out at once. Whatever
+  // it is, a round also waits until the previous one ended at least its own length ago (at
+  // most 25 ms): a long round means busy sockets, and what arrives meanwhile coalesces.
   absl::Duration flush_interval = absl::ZeroDuration();
   // Counts handler bodies that threw (a bug: they are not meant to); may be null.
   common::Counter* handler_errors = nullptr;
