@@ -196,10 +196,20 @@ void Fanout(int clients, double rate, double seconds) {
   };
   Result ours = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, rate, seconds, send_push);
   Result ours_max = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, rate * 5, seconds, send_push);
+  // Latency where it matters: offered half of the ceiling just measured (issue "Real time":
+  // p99 <= 50 ms there).
+  const double half = std::max(1.0, (ours_max.deliveries / ours_max.seconds) / clients / 2);
+  Result ours_half = Run(self, dir, push_port, "/ws?systemId=fleet&clientId=c", clients, procs, half, seconds, send_push);
   devbridge->Stop();
+  auto print_half = [&] {
+    std::printf("devbridge push at half its ceiling, %.0f msg/s x %d clients: %7.0f deliveries/s, send->receive p50 %.1f ms,"
+                " p99 %.1f ms (target: p99 <= 50 ms)\n",
+                half, clients, ours_half.deliveries / ours_half.seconds, ours_half.p50, ours_half.p99);
+  };
   if (getenv("PUSH_BENCH_OURS_ONLY") != nullptr) {  // quick iterations on push alone
     std::printf("devbridge push %5.0f msg/s: %7.0f deliveries/s, p50 %.1f ms, p99 %.1f ms; %5.0f msg/s: %7.0f deliveries/s\n",
                 rate, ours.deliveries / ours.seconds, ours.p50, ours.p99, rate * 5, ours_max.deliveries / ours_max.seconds);
+    print_half();
     return;
   }
 
@@ -228,10 +238,10 @@ void Fanout(int clients, double rate, double seconds) {
   print("Node.js ws (peer)", rate, theirs);
   print("devbridge push", rate * 5, ours_max);
   print("Node.js ws (peer)", rate * 5, theirs_max);
+  print_half();
   // At the lower rate the ratio is capped by what is offered; at 5x both run flat out, so that
   // one compares the two servers' ceilings.
-  std::printf("ours/peer = %.2f at %.0f msg/s offered, %.2f at %.0f msg/s (flat out) (targets: >= 200000"
-              " deliveries/s with p99 <= 100 ms; ours/peer >= 2.5)\n",
+  std::printf("ours/peer = %.2f at %.0f msg/s offered, %.2f at %.0f msg/s (flat out) (target: ours/peer >= 5)\n",
               (ours.deliveries / ours.seconds) / std::max(1.0, theirs.deliveries / theirs.seconds), rate,
               (ours_max.deliveries / ours_max.seconds) / std::max(1.0, theirs_max.deliveries / theirs_max.seconds),
               rate * 5);
@@ -292,7 +302,7 @@ void Connections(int n, double idle_seconds) {
               ours.connected, ours.kib_per_conn, ours.idle_cpu_percent, idle_seconds);
   std::printf("  Node.js ws (peer): %d connected, %.1f KiB RSS per connection, %.2f%% CPU at idle over %.0f s\n",
               theirs.connected, theirs.kib_per_conn, theirs.idle_cpu_percent, idle_seconds);
-  std::printf("  memory per connection peer/ours = %.2f (target: ours <= 8 KiB)\n",
+  std::printf("  memory per connection peer/ours = %.2f (target: ours <= 4 KiB)\n",
               ours.kib_per_conn > 0 ? theirs.kib_per_conn / ours.kib_per_conn : 0);
 }
 
