@@ -1,0 +1,317 @@
+// The bus against a real 3-server JetStream cluster (nats-server processes of its own):
+// offsets stay contiguous with several writers and through a server's kill -9, readers find
+// where to go on, and leases have one holder at a time and move when their holder goes.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "absl/random/random.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "bus/connection.h"
+#include "bus/leases.h"
+#include "bus/offset_log.h"
+#include "tests/component/nats_cluster.h"
+#include "tests/component/test_env.h"
+
+namespace devbridge::bus {
+namespace {
+
+using testing::NatsCluster;
+
+class BusTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cluster_ = new NatsCluster(3);
+    ASSERT_TRUE(cluster_->WaitHealthy()) << "see " << cluster_->log(0);
+  }
+  static void TearDownTestSuite() {
+    delete cluster_;
+    cluster_ = nullptr;
+  }
+
+  // A connection to the servers in `urls` (all of them by default).
+  std::unique_ptr<Connection> Connect(std::string urls = "") {
+    ConnectionOptions options;
+    options.urls = *ParseBusFlag(urls.empty() ? cluster_->urls() : urls);
+    options.name = "bus_component_test";
+    absl::StatusOr<std::unique_ptr<Connection>> connection = Connection::Connect(options);
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    return connection.ok() ? *std::move(connection) : nullptr;
+  }
+
+  // A stream of 3 replicas of its own for the running test, created once the cluster has a
+  // JetStream leader (right after start, that takes a moment).
+  std::string NewStream(const Connection& connection) {
+    const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    StreamSpec spec{name, {name + ".>"}, 3};
+    absl::Status created;
+    EXPECT_TRUE(testing::WaitFor([&] { return (created = EnsureStream(connection, spec)).ok(); },
+                                 absl::Seconds(30)))
+        << created;
+    return name;
+  }
+
+  // Every message of `stream`, in order: subject → (offset → data).
+  static std::map<std::string, std::map<uint64_t, std::string>> ReadAll(OffsetLog& log, const Connection& connection,
+                                                                        const std::string& stream) {
+    std::map<std::string, std::map<uint64_t, std::string>> all;
+    const uint64_t last = *LastSequence(connection, stream);
+    for (uint64_t seq = 1; seq <= last; ++seq) {
+      absl::StatusOr<OffsetLog::Message> message = log.Read(seq);
+      if (!message.ok()) {
+        ADD_FAILURE() << message.status();
+        continue;
+      }
+      EXPECT_TRUE(all[message->subject].emplace(message->position.offset, message->data).second)
+          << "offset " << message->position.offset << " twice on " << message->subject;
+    }
+    return all;
+  }
+
+  // True when the offsets of `messages` are start, start + 1, … with none missing.
+  static bool Contiguous(const std::map<uint64_t, std::string>& messages) {
+    if (messages.empty()) return true;
+    return messages.rbegin()->first - messages.begin()->first + 1 == messages.size();
+  }
+
+  static NatsCluster* cluster_;
+};
+
+NatsCluster* BusTest::cluster_ = nullptr;
+
+TEST_F(BusTest, TwoWritersOnOneSubjectGiveContiguousOffsets) {
+  std::unique_ptr<Connection> a = Connect(cluster_->url(0));
+  std::unique_ptr<Connection> b = Connect(cluster_->url(1));
+  ASSERT_TRUE(a && b);
+  const std::string stream = NewStream(*a);
+  const std::string subject = stream + ".s.plant";
+  constexpr int kEach = 200;
+  std::atomic<uint64_t> conflicts{0};
+  // Two writers of one subject at once, in bursts of 10 with pauses of up to 10 ms: each
+  // burst finds the other's appends in between, and bursts overlap at times. (A writer flat
+  // out would starve the other: JetStream's check is fair to nobody, which is why a stream
+  // has one writer at a time and this is about handovers.)
+  auto write = [&](Connection* connection, const std::string& who) {
+    OffsetLog log(connection, stream);
+    absl::BitGen random;
+    for (int i = 0; i < kEach; ++i) {
+      if (i % 10 == 0) absl::SleepFor(absl::Microseconds(absl::Uniform(random, 0, 10000)));
+      absl::StatusOr<Position> appended =
+          log.Append(subject, "", [&](uint64_t offset) { return absl::StrCat(who, i, "@", offset); });
+      ASSERT_TRUE(appended.ok()) << appended.status();
+    }
+    conflicts += log.conflicts();
+  };
+  std::thread ta(write, a.get(), "a");
+  std::thread tb(write, b.get(), "b");
+  ta.join();
+  tb.join();
+
+  OffsetLog reader(a.get(), stream);
+  auto all = ReadAll(reader, *a, stream);
+  const auto& messages = all[subject];
+  ASSERT_EQ(messages.size(), 2u * kEach);
+  EXPECT_TRUE(Contiguous(messages));
+  std::set<std::string> seen;
+  for (const auto& [offset, data] : messages) {
+    // Each message names the offset it was built for: the one it was stored with.
+    EXPECT_EQ(data.substr(data.find('@') + 1), absl::StrCat(offset));
+    EXPECT_TRUE(seen.insert(data.substr(0, data.find('@'))).second) << data << " twice";
+  }
+  std::cout << "conflicts retried: " << conflicts << "\n";
+  EXPECT_GT(conflicts.load(), 0u) << "the writers never raced: the test proves nothing";
+}
+
+TEST_F(BusTest, ANewSubjectStartsAboveEveryOffsetItCouldHaveHad) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  OffsetLog log(connection.get(), stream);
+  auto body = [](uint64_t) { return std::string("x"); };
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(log.Append(stream + ".s.a", "", body).ok());
+  absl::StatusOr<Position> first_b = log.Append(stream + ".s.b", "", body);
+  ASSERT_TRUE(first_b.ok()) << first_b.status();
+  EXPECT_EQ(first_b->offset, 4u);  // the stream held 3 messages
+  EXPECT_EQ(first_b->sequence, 4u);
+
+  // All of b's messages gone: b starts again above the stream's last sequence, not at 1.
+  ASSERT_TRUE(log.Append(stream + ".s.b", "", body).ok());
+  jsOptions purge;
+  jsOptions_Init(&purge);
+  const std::string b = stream + ".s.b";
+  purge.Stream.Purge.Subject = b.c_str();
+  ASSERT_EQ(js_PurgeStream(connection->js(), stream.c_str(), &purge, nullptr), NATS_OK);
+  OffsetLog fresh(connection.get(), stream);  // no cache of what b had
+  absl::StatusOr<Position> again = fresh.Append(b, "", body);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->offset, 6u);
+}
+
+TEST_F(BusTest, ARepeatedIdIsStoredOnce) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  OffsetLog log(connection.get(), stream);
+  auto body = [](uint64_t offset) { return absl::StrCat("at ", offset); };
+  absl::StatusOr<Position> first = log.Append(stream + ".s.a", "ingest-1:42", body);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_TRUE(log.Append(stream + ".s.a", "ingest-1:43", body).ok());
+  // Another writer (a restarted one, say) sends message 42 again.
+  OffsetLog other(connection.get(), stream);
+  absl::StatusOr<Position> repeated = other.Append(stream + ".s.a", "ingest-1:42", body);
+  ASSERT_TRUE(repeated.ok()) << repeated.status();
+  EXPECT_EQ(repeated->sequence, first->sequence);
+  EXPECT_EQ(repeated->offset, first->offset);
+  EXPECT_EQ(*LastSequence(*connection, stream), 2u);
+}
+
+TEST_F(BusTest, LocateFindsWhereAReaderGoesOn) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  OffsetLog log(connection.get(), stream);
+  const std::string a = stream + ".s.a";
+  std::vector<Position> of_a;
+  // a's messages interleaved with others', irregularly, so the search has gaps to cross.
+  for (int i = 0; i < 60; ++i) {
+    absl::StatusOr<Position> appended = log.Append(a, "", [](uint64_t) { return std::string("a"); });
+    ASSERT_TRUE(appended.ok()) << appended.status();
+    of_a.push_back(*appended);
+    for (int j = 0; j < i % 7; ++j) {
+      ASSERT_TRUE(log.Append(stream + ".g.x." + std::to_string(j), "", [](uint64_t) { return std::string("o"); }).ok());
+    }
+  }
+  for (size_t i = 0; i + 1 < of_a.size(); ++i) {
+    absl::StatusOr<Resume> resume = log.Locate(a, of_a[i].offset);
+    ASSERT_TRUE(resume.ok()) << resume.status();
+    EXPECT_EQ(resume->kind, Resume::kNext) << i;
+    EXPECT_EQ(resume->sequence, of_a[i + 1].sequence) << i;
+  }
+  EXPECT_EQ(log.Locate(a, of_a.back().offset)->kind, Resume::kUpToDate);
+  EXPECT_EQ(log.Locate(a, of_a.back().offset + 1)->kind, Resume::kGone);  // a future it never had
+  EXPECT_EQ(log.Locate(stream + ".s.none", 5)->kind, Resume::kGone);
+
+  // Keep a's last 10: a reader that saw the 49th goes on at the 51st; one that saw less is gone.
+  jsOptions purge;
+  jsOptions_Init(&purge);
+  purge.Stream.Purge.Subject = a.c_str();
+  purge.Stream.Purge.Keep = 10;
+  ASSERT_EQ(js_PurgeStream(connection->js(), stream.c_str(), &purge, nullptr), NATS_OK);
+  absl::StatusOr<Resume> resume = log.Locate(a, of_a[49].offset);
+  ASSERT_TRUE(resume.ok()) << resume.status();
+  EXPECT_EQ(resume->kind, Resume::kNext);
+  EXPECT_EQ(resume->sequence, of_a[50].sequence);
+  EXPECT_EQ(log.Locate(a, of_a[48].offset)->kind, Resume::kGone);
+  EXPECT_EQ(log.Locate(a, of_a[0].offset)->kind, Resume::kGone);
+}
+
+TEST_F(BusTest, AppendsGoOnThroughAServersKill9) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  const std::string subject = stream + ".s.plant";
+  OffsetLog log(connection.get(), stream);
+  int retries = 0;
+  auto append = [&](int i) {
+    // As a writer does: the same id on every try, so a try whose answer was lost is not stored twice.
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    for (;;) {
+      absl::StatusOr<Position> appended =
+          log.Append(subject, absl::StrCat("m", i), [&](uint64_t) { return absl::StrCat("m", i); });
+      if (appended.ok()) return true;
+      if (absl::Now() > deadline) {
+        ADD_FAILURE() << "message " << i << ": " << appended.status();
+        return false;
+      }
+      ++retries;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+  };
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(append(i));
+  cluster_->Kill(0);
+  for (int i = 100; i < 200; ++i) ASSERT_TRUE(append(i));
+  cluster_->Start(0);
+  ASSERT_TRUE(cluster_->WaitHealthy());
+  for (int i = 200; i < 300; ++i) ASSERT_TRUE(append(i));
+
+  auto all = ReadAll(log, *connection, stream);
+  const auto& messages = all[subject];
+  EXPECT_EQ(messages.size(), 300u);
+  EXPECT_TRUE(Contiguous(messages));
+  std::set<std::string> distinct;
+  for (const auto& [offset, data] : messages) distinct.insert(data);
+  EXPECT_EQ(distinct.size(), 300u);
+  std::cout << "tries that failed while a server was down: " << retries << "\n";
+}
+
+TEST_F(BusTest, OneHolderPerLease) {
+  std::unique_ptr<Connection> a = Connect(cluster_->url(0));
+  std::unique_ptr<Connection> b = Connect(cluster_->url(2));
+  ASSERT_TRUE(a && b);
+  const std::string bucket = "leases-one-holder";
+  absl::StatusOr<std::unique_ptr<Leases>> la, lb;
+  ASSERT_TRUE(testing::WaitFor([&] { return (la = Leases::Open(a.get(), bucket, absl::Seconds(30), 3)).ok(); },
+                               absl::Seconds(30)))
+      << la.status();
+  lb = Leases::Open(b.get(), bucket, absl::Seconds(30), 3);
+  ASSERT_TRUE(lb.ok()) << lb.status();
+
+  EXPECT_EQ(*(*la)->Hold("p0", "ingest-a"), true);
+  EXPECT_EQ(*(*lb)->Hold("p0", "ingest-b"), false);
+  EXPECT_EQ(*(*la)->Hold("p0", "ingest-a"), true);  // a renewal
+  EXPECT_EQ(*(*lb)->Holder("p0"), "ingest-a");
+  EXPECT_EQ(*(*lb)->Hold("p1", "ingest-b"), true);
+
+  // b releasing what a holds changes nothing; a releasing it frees it for b.
+  ASSERT_TRUE((*lb)->Release("p0", "ingest-b").ok());
+  EXPECT_EQ(*(*la)->Holder("p0"), "ingest-a");
+  ASSERT_TRUE((*la)->Release("p0", "ingest-a").ok());
+  EXPECT_EQ(*(*la)->Holder("p0"), "");
+  EXPECT_EQ(*(*lb)->Hold("p0", "ingest-b"), true);
+  EXPECT_EQ(*(*la)->Hold("p0", "ingest-a"), false);
+
+  // Both racing for one free name: exactly one wins.
+  for (int round = 0; round < 20; ++round) {
+    const std::string name = absl::StrCat("race", round);
+    std::atomic<int> winners{0};
+    std::thread ta([&] { winners += *(*la)->Hold(name, "ingest-a") ? 1 : 0; });
+    std::thread tb([&] { winners += *(*lb)->Hold(name, "ingest-b") ? 1 : 0; });
+    ta.join();
+    tb.join();
+    EXPECT_EQ(winners.load(), 1) << name;
+  }
+}
+
+TEST_F(BusTest, ALeaseNotRenewedMovesAfterItsTtl) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  constexpr absl::Duration kTtl = absl::Seconds(2);
+  absl::StatusOr<std::unique_ptr<Leases>> a, b;
+  ASSERT_TRUE(testing::WaitFor(
+      [&] { return (a = Leases::Open(connection.get(), "leases-ttl", kTtl, 3)).ok(); }, absl::Seconds(30)))
+      << a.status();
+  b = Leases::Open(connection.get(), "leases-ttl", kTtl, 3);
+  ASSERT_TRUE(b.ok()) << b.status();
+
+  const absl::Time sent = absl::Now();
+  ASSERT_EQ(*(*a)->Hold("p7", "ingest-a"), true);
+  // While a's lease is good, b cannot have it; a stops renewing and b gets it after the TTL.
+  absl::Time taken = absl::InfiniteFuture();
+  ASSERT_TRUE(testing::WaitFor(
+      [&] {
+        absl::StatusOr<bool> held = (*b)->Hold("p7", "ingest-b");
+        if (held.ok() && *held) taken = absl::Now();
+        return held.ok() && *held;
+      },
+      absl::Seconds(20)));
+  EXPECT_GT(taken, (*a)->HeldUntil(sent)) << "b took the lease while a could still act on it";
+  EXPECT_EQ(*(*a)->Hold("p7", "ingest-a"), false);
+  EXPECT_EQ(*(*a)->Holder("p7"), "ingest-b");
+}
+
+}  // namespace
+}  // namespace devbridge::bus

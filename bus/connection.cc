@@ -1,0 +1,138 @@
+#include "bus/connection.h"
+
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+
+namespace devbridge::bus {
+
+absl::StatusOr<std::vector<std::string>> ParseBusFlag(absl::string_view flag) {
+  std::vector<std::string> urls;
+  for (absl::string_view entry : absl::StrSplit(flag, ',')) {
+    const std::string quoted = absl::StrCat("'", entry, "'");
+    absl::string_view rest = entry;
+    if (!absl::ConsumePrefix(&rest, "nats://")) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--bus: ", quoted, " is not nats://HOST:PORT (list several with commas)"));
+    }
+    const size_t colon = rest.rfind(':');
+    int port = 0;
+    if (colon == absl::string_view::npos || colon == 0 ||
+        !absl::SimpleAtoi(rest.substr(colon + 1), &port) || port < 1 || port > 65535) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--bus: ", quoted, " needs a host and a port from 1 to 65535"));
+    }
+    urls.emplace_back(entry);
+  }
+  return urls;
+}
+
+absl::Status FromNats(natsStatus status, absl::string_view what, int js_error) {
+  if (status == NATS_OK) return absl::OkStatus();
+  std::string text = absl::StrCat(what, ": ", natsStatus_GetText(status));
+  if (js_error != 0) absl::StrAppend(&text, " (JetStream error ", js_error, ")");
+  switch (status) {
+    case NATS_TIMEOUT:
+      return absl::DeadlineExceededError(text);
+    case NATS_NOT_FOUND:
+      return absl::NotFoundError(text);
+    case NATS_CONNECTION_CLOSED:
+    case NATS_NO_SERVER:
+    case NATS_STALE_CONNECTION:
+    case NATS_CONNECTION_DISCONNECTED:
+    case NATS_NOT_YET_CONNECTED:
+    case NATS_NO_RESPONDERS:
+      return absl::UnavailableError(text);
+    default:
+      break;
+  }
+  if (js_error == JSStreamWrongLastSequenceErr) return absl::FailedPreconditionError(text);
+  if (js_error == JSNoMessageFoundErr || js_error == JSStreamNotFoundErr) {
+    return absl::NotFoundError(text);
+  }
+  return absl::InternalError(text);
+}
+
+absl::StatusOr<std::unique_ptr<Connection>> Connection::Connect(const ConnectionOptions& options) {
+  if (options.urls.empty()) return absl::InvalidArgumentError("--bus: no server given");
+  natsOptions* opts = nullptr;
+  natsStatus s = natsOptions_Create(&opts);
+  std::vector<const char*> servers;
+  for (const std::string& url : options.urls) servers.push_back(url.c_str());
+  const int64_t timeout_ms = absl::ToInt64Milliseconds(options.timeout);
+  if (s == NATS_OK) s = natsOptions_SetServers(opts, servers.data(), static_cast<int>(servers.size()));
+  if (s == NATS_OK && !options.name.empty()) s = natsOptions_SetName(opts, options.name.c_str());
+  if (s == NATS_OK) s = natsOptions_SetTimeout(opts, timeout_ms);
+  // Once connected, keep trying for ever: a bus server restarting is not the end of us.
+  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
+  if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+  natsConnection* nc = nullptr;
+  if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
+  natsOptions_Destroy(opts);
+  if (s != NATS_OK) {
+    return FromNats(s, absl::StrCat("connecting to the bus (", absl::StrJoin(options.urls, ","), ")"));
+  }
+  jsOptions jso;
+  jsOptions_Init(&jso);
+  jso.Wait = timeout_ms;
+  jsCtx* js = nullptr;
+  s = natsConnection_JetStream(&js, nc, &jso);
+  if (s != NATS_OK) {
+    natsConnection_Destroy(nc);
+    return FromNats(s, "opening JetStream");
+  }
+  return std::unique_ptr<Connection>(new Connection(nc, js, options.timeout));
+}
+
+Connection::~Connection() {
+  jsCtx_Destroy(js_);
+  natsConnection_Close(nc_);
+  natsConnection_Destroy(nc_);
+}
+
+bool Connection::connected() const {
+  return natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED;
+}
+
+absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec) {
+  jsStreamConfig cfg;
+  jsStreamConfig_Init(&cfg);
+  cfg.Name = spec.name.c_str();
+  std::vector<const char*> subjects;
+  for (const std::string& subject : spec.subjects) subjects.push_back(subject.c_str());
+  cfg.Subjects = subjects.data();
+  cfg.SubjectsLen = static_cast<int>(subjects.size());
+  cfg.Storage = js_FileStorage;
+  cfg.Replicas = spec.replicas;
+  cfg.MaxAge = absl::ToInt64Nanoseconds(spec.max_age);
+  cfg.MaxBytes = spec.max_bytes;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  jsStreamInfo* info = nullptr;
+  natsStatus s = js_AddStream(&info, connection.js(), &cfg, nullptr, &code);
+  jsStreamInfo_Destroy(info);
+  if (s == NATS_OK || code == JSStreamNameExistErr) return absl::OkStatus();
+  // Another process created it a moment ago, with a different but compatible config.
+  if (code != 0) {
+    info = nullptr;
+    natsStatus get = js_GetStreamInfo(&info, connection.js(), spec.name.c_str(), nullptr, nullptr);
+    jsStreamInfo_Destroy(info);
+    if (get == NATS_OK) return absl::OkStatus();
+  }
+  return FromNats(s, absl::StrCat("creating stream ", spec.name), code);
+}
+
+absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::string& name) {
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&info, connection.js(), name.c_str(), nullptr, &code);
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading stream ", name), code);
+  const uint64_t last = info->State.LastSeq;
+  jsStreamInfo_Destroy(info);
+  return last;
+}
+
+}  // namespace devbridge::bus

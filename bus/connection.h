@@ -1,0 +1,80 @@
+// A connection to a NATS cluster with JetStream (the NATS C client, libnats), for
+// `--bus=nats://HOST:PORT[,…]`: it reconnects on its own to any server of the list, and
+// hands this folder's classes the raw handles. The C client is thread-safe; so is this.
+#ifndef DEVBRIDGE_BUS_CONNECTION_H_
+#define DEVBRIDGE_BUS_CONNECTION_H_
+
+#include <nats/nats.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace devbridge::bus {
+
+// The servers of a `--bus` flag: "nats://h1:4222,nats://h2:4222" → each URL, in order.
+// Fails (InvalidArgument, saying what is wrong) for anything else: another scheme, a
+// missing or out-of-range port, an empty entry.
+absl::StatusOr<std::vector<std::string>> ParseBusFlag(absl::string_view flag);
+
+// An error of the C client as a Status: `what` failed, with the client's text and, for a
+// JetStream API error, its code. NATS_TIMEOUT → DeadlineExceeded, NATS_NOT_FOUND →
+// NotFound, a JetStream "wrong last sequence" → FailedPrecondition, connection problems →
+// Unavailable, the rest → Internal.
+absl::Status FromNats(natsStatus status, absl::string_view what, int js_error = 0);
+
+struct ConnectionOptions {
+  std::vector<std::string> urls;           // nats://host:port, from ParseBusFlag
+  std::string name;                        // how the servers list this client
+  absl::Duration timeout = absl::Seconds(5);  // connect, and each JetStream API call
+};
+
+class Connection {
+ public:
+  // Connects to one of the servers (trying each), or fails with Unavailable.
+  static absl::StatusOr<std::unique_ptr<Connection>> Connect(const ConnectionOptions& options);
+  ~Connection();
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  natsConnection* nc() const { return nc_; }
+  jsCtx* js() const { return js_; }
+  absl::Duration timeout() const { return timeout_; }
+  // True while connected (false while the client reconnects).
+  bool connected() const;
+
+ private:
+  Connection(natsConnection* nc, jsCtx* js, absl::Duration timeout)
+      : nc_(nc), js_(js), timeout_(timeout) {}
+  natsConnection* nc_;
+  jsCtx* js_;
+  absl::Duration timeout_;
+};
+
+// A JetStream stream as devbridge wants it: file storage, `replicas` copies (1 on a single
+// server, 3 on a cluster), messages kept for `max_age` (zero: for ever) and at most
+// `max_bytes` bytes (-1: no bound).
+struct StreamSpec {
+  std::string name;
+  std::vector<std::string> subjects;
+  int replicas = 1;
+  absl::Duration max_age = absl::ZeroDuration();
+  int64_t max_bytes = -1;
+};
+
+// Creates the stream, or leaves it as it is when one of that name exists. Safe when several
+// processes do it at once.
+absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec);
+
+// The newest sequence number of stream `name` (0 when it is empty).
+absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::string& name);
+
+}  // namespace devbridge::bus
+
+#endif  // DEVBRIDGE_BUS_CONNECTION_H_

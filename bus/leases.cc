@@ -1,0 +1,104 @@
+#include "bus/leases.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status.h"
+
+namespace devbridge::bus {
+namespace {
+
+// Tries before Hold or Release gives up: each lost try means another write to the bucket
+// came in between.
+constexpr int kMaxAttempts = 16;
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Leases>> Leases::Open(const Connection* connection, const std::string& bucket,
+                                                     absl::Duration ttl, int replicas) {
+  kvStore* kv = nullptr;
+  natsStatus s = js_KeyValue(&kv, connection->js(), bucket.c_str());
+  if (s == NATS_NOT_FOUND) {
+    kvConfig cfg;
+    kvConfig_Init(&cfg);
+    cfg.Bucket = bucket.c_str();
+    cfg.History = 1;
+    cfg.TTL = absl::ToInt64Nanoseconds(ttl);  // the C client passes it on as MaxAge, in ns
+    cfg.StorageType = js_FileStorage;
+    cfg.Replicas = replicas;
+    s = js_CreateKeyValue(&kv, connection->js(), &cfg);
+    if (s != NATS_OK) {
+      const std::string why = nats_GetLastError(nullptr);
+      // Another process may have created it first.
+      if (js_KeyValue(&kv, connection->js(), bucket.c_str()) != NATS_OK) {
+        return FromNats(s, absl::StrCat("creating lease bucket ", bucket, " (", why, ")"));
+      }
+      s = NATS_OK;
+    }
+  }
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("opening lease bucket ", bucket));
+  return std::unique_ptr<Leases>(new Leases(connection, kv, bucket, ttl));
+}
+
+Leases::~Leases() { kvStore_Destroy(kv_); }
+
+absl::StatusOr<Leases::Entry> Leases::Read(const std::string& name) {
+  // From the stream's leader (the message API), not a replica that may lag (direct get).
+  natsMsg* msg = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  const std::string subject = Subject(name);
+  natsStatus s = js_GetLastMsg(&msg, connection_->js(), stream_.c_str(), subject.c_str(), nullptr, &code);
+  if (s == NATS_NOT_FOUND || code == JSNoMessageFoundErr) return Entry{};
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading lease ", name), code);
+  const char* operation = nullptr;
+  Entry entry;
+  // A deleted or purged entry carries KV-Operation; a held one is a plain message.
+  if (natsMsgHeader_Get(msg, "KV-Operation", &operation) != NATS_OK) {
+    entry.holder.assign(natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
+  }
+  natsMsg_Destroy(msg);
+  return entry;
+}
+
+absl::StatusOr<bool> Leases::Write(const std::string& name, const std::string& holder, bool hold) {
+  for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
+    // The bucket's end first, then the entry: an entry newer than that end makes the write
+    // below fail and go round again, never pass on an old view.
+    ASSIGN_OR_RETURN(const uint64_t last, LastSequence(*connection_, stream_));
+    ASSIGN_OR_RETURN(const Entry current, Read(name));
+    if (!current.holder.empty() && current.holder != holder) return false;
+    if (!hold && current.holder.empty()) return true;  // nothing of ours to release
+    natsMsg* msg = nullptr;
+    const std::string subject = Subject(name);
+    natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, hold ? holder.data() : nullptr,
+                                  hold ? static_cast<int>(holder.size()) : 0);
+    if (s == NATS_OK && !hold) s = natsMsgHeader_Set(msg, "KV-Operation", "DEL");
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Expected-Last-Sequence", absl::StrCat(last).c_str());
+    jsPubAck* ack = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    if (s == NATS_OK) s = js_PublishMsg(&ack, connection_->js(), msg, nullptr, &code);
+    natsMsg_Destroy(msg);
+    jsPubAck_Destroy(ack);
+    if (s == NATS_OK) return true;
+    if (code != JSStreamWrongLastSequenceErr) {
+      return FromNats(s, absl::StrCat(hold ? "holding" : "releasing", " lease ", name), code);
+    }
+  }
+  return absl::AbortedError(absl::StrCat("lease ", name, ": other writes to the bucket won ", kMaxAttempts,
+                                         " times in a row"));
+}
+
+absl::StatusOr<bool> Leases::Hold(const std::string& name, const std::string& holder) {
+  return Write(name, holder, /*hold=*/true);
+}
+
+absl::Status Leases::Release(const std::string& name, const std::string& holder) {
+  return Write(name, holder, /*hold=*/false).status();
+}
+
+absl::StatusOr<std::string> Leases::Holder(const std::string& name) {
+  ASSIGN_OR_RETURN(const Entry current, Read(name));
+  return current.holder;
+}
+
+}  // namespace devbridge::bus

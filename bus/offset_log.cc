@@ -1,0 +1,217 @@
+#include "bus/offset_log.h"
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/random/distributions.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/status.h"
+
+namespace devbridge::bus {
+namespace {
+
+// The offset header of a message read through the API: `block` is "NATS/1.0\r\nKey: v\r\n…".
+std::optional<uint64_t> OffsetInHeaderBlock(absl::string_view block) {
+  for (absl::string_view line : absl::StrSplit(block, "\r\n")) {
+    if (absl::ConsumePrefix(&line, kOffsetHeader) && absl::ConsumePrefix(&line, ":")) {
+      uint64_t offset = 0;
+      if (absl::SimpleAtoi(absl::StripAsciiWhitespace(line), &offset)) return offset;
+    }
+  }
+  return std::nullopt;
+}
+
+absl::StatusOr<uint64_t> OffsetOf(natsMsg* msg) {
+  const char* value = nullptr;
+  uint64_t offset = 0;
+  if (natsMsgHeader_Get(msg, kOffsetHeader, &value) != NATS_OK || value == nullptr ||
+      !absl::SimpleAtoi(value, &offset)) {
+    return absl::DataLossError(absl::StrCat("message ", natsMsg_GetSequence(msg), " on ",
+                                            natsMsg_GetSubject(msg), " has no ", kOffsetHeader));
+  }
+  return offset;
+}
+
+std::string Token(absl::string_view id) { return absl::StrReplaceAll(id, {{".", "%2E"}}); }
+
+}  // namespace
+
+std::string StreamSubject(absl::string_view prefix, absl::string_view system_id,
+                          absl::string_view group_name) {
+  if (group_name.empty()) return absl::StrCat(prefix, ".s.", Token(system_id));
+  return absl::StrCat(prefix, ".g.", Token(system_id), ".", Token(group_name));
+}
+
+OffsetLog::OffsetLog(const Connection* connection, std::string stream)
+    : connection_(connection),
+      stream_(std::move(stream)),
+      get_api_(absl::StrCat("$JS.API.STREAM.MSG.GET.", stream_)) {}
+
+absl::StatusOr<std::optional<Position>> OffsetLog::Newest(const std::string& subject) {
+  natsMsg* msg = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetLastMsg(&msg, connection_->js(), stream_.c_str(), subject.c_str(), nullptr, &code);
+  if (s == NATS_NOT_FOUND || code == JSNoMessageFoundErr) return std::nullopt;
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading the newest message of ", subject), code);
+  absl::StatusOr<uint64_t> offset = OffsetOf(msg);
+  const uint64_t sequence = natsMsg_GetSequence(msg);
+  natsMsg_Destroy(msg);
+  if (!offset.ok()) return offset.status();
+  return Position{sequence, *offset};
+}
+
+absl::StatusOr<OffsetLog::Message> OffsetLog::Read(uint64_t sequence) {
+  natsMsg* msg = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetMsg(&msg, connection_->js(), stream_.c_str(), sequence, nullptr, &code);
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading message ", sequence, " of ", stream_), code);
+  absl::StatusOr<uint64_t> offset = OffsetOf(msg);
+  Message read{Position{sequence, offset.ok() ? *offset : 0}, natsMsg_GetSubject(msg),
+               std::string(natsMsg_GetData(msg), natsMsg_GetDataLength(msg))};
+  natsMsg_Destroy(msg);
+  if (!offset.ok()) return offset.status();
+  return read;
+}
+
+absl::StatusOr<Position> OffsetLog::Append(const std::string& subject, const std::string& id,
+                                           const Payload& payload) {
+  std::optional<Position> previous;
+  auto cached = newest_.find(subject);
+  if (last_sequence_ > 0 && cached != newest_.end()) {
+    previous = cached->second;
+  } else {
+    RETURN_IF_ERROR(Reload(subject, &previous));
+  }
+  const absl::Time give_up = absl::Now() + connection_->timeout();
+  for (int attempt = 0;; ++attempt) {
+    // A subject with nothing held starts at the sequence its first message will get.
+    const uint64_t offset = previous ? previous->offset + 1 : last_sequence_ + 1;
+    const std::string body = payload(offset);
+    natsMsg* msg = nullptr;
+    natsStatus s = natsMsg_Create(&msg, subject.c_str(), nullptr, body.data(), static_cast<int>(body.size()));
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, kOffsetHeader, absl::StrCat(offset).c_str());
+    if (s == NATS_OK) {
+      s = natsMsgHeader_Set(msg, "Nats-Expected-Last-Sequence", absl::StrCat(last_sequence_).c_str());
+    }
+    if (s == NATS_OK && !id.empty()) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", id.c_str());
+    jsPubAck* ack = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    if (s == NATS_OK) s = js_PublishMsg(&ack, connection_->js(), msg, nullptr, &code);
+    natsMsg_Destroy(msg);
+    if (s == NATS_OK) {
+      const bool duplicate = ack->Duplicate;
+      const Position appended{ack->Sequence, offset};
+      jsPubAck_Destroy(ack);
+      if (duplicate) {
+        // Stored by an earlier try, with the offset it had then.
+        last_sequence_ = 0;  // not known: read it before the next append
+        ASSIGN_OR_RETURN(Message first, Read(appended.sequence));
+        return first.position;
+      }
+      last_sequence_ = appended.sequence;
+      newest_[subject] = appended;
+      return appended;
+    }
+    last_sequence_ = 0;
+    if (code != JSStreamWrongLastSequenceErr) {
+      return FromNats(s, absl::StrCat("appending to ", subject), code);
+    }
+    ++conflicts_;
+    if (absl::Now() > give_up) {
+      return absl::AbortedError(absl::StrCat("appending to ", subject, ": other writers kept the stream busy for ",
+                                             absl::FormatDuration(connection_->timeout()), " (", attempt + 1,
+                                             " tries)"));
+    }
+    // Another writer is busy with this stream: let it finish (a stream is meant to have one
+    // writer at a time; this only settles a handover) and read where it got to. What the
+    // stream shows is what it has applied, and the check counts what it has accepted, so
+    // while the other writes flat out this side cannot get in.
+    absl::SleepFor(absl::Microseconds(absl::Uniform(bitgen_, 0, 200 * std::min(attempt + 1, 10))));
+    RETURN_IF_ERROR(Reload(subject, &previous));
+  }
+}
+
+absl::Status OffsetLog::Reload(const std::string& subject, std::optional<Position>* newest) {
+  // The stream's end first, then the subject's newest message: what the subject shows may
+  // then be newer than that end (and the append is refused, and tried again), never older.
+  ASSIGN_OR_RETURN(const uint64_t last, LastSequence(*connection_, stream_));
+  // Somebody else appended since we looked: what we remember of any subject may be old.
+  if (last != last_sequence_) newest_.clear();
+  last_sequence_ = last;
+  ASSIGN_OR_RETURN(*newest, Newest(subject));
+  if (*newest) {
+    newest_[subject] = **newest;
+  } else {
+    newest_.erase(subject);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<Position>> OffsetLog::NextOnSubject(const std::string& subject,
+                                                                 uint64_t from) {
+  const std::string request = nlohmann::json{{"seq", from}, {"next_by_subj", subject}}.dump();
+  natsMsg* reply = nullptr;
+  natsStatus s = natsConnection_Request(&reply, connection_->nc(), get_api_.c_str(), request.data(),
+                                        static_cast<int>(request.size()),
+                                        absl::ToInt64Milliseconds(connection_->timeout()));
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading ", subject, " from ", from));
+  const nlohmann::json answer = nlohmann::json::parse(
+      absl::string_view(natsMsg_GetData(reply), natsMsg_GetDataLength(reply)), nullptr, false);
+  natsMsg_Destroy(reply);
+  if (answer.is_discarded() || !answer.is_object()) {
+    return absl::InternalError(absl::StrCat("reading ", subject, ": the server's answer is not JSON"));
+  }
+  if (answer.contains("error")) {
+    if (answer["error"].value("err_code", 0) == JSNoMessageFoundErr) return std::nullopt;
+    return absl::InternalError(absl::StrCat("reading ", subject, " from ", from, ": ",
+                                            answer["error"].value("description", "error")));
+  }
+  const nlohmann::json& message = answer.value("message", nlohmann::json::object());
+  std::string headers;
+  if (!absl::Base64Unescape(message.value("hdrs", ""), &headers)) {
+    return absl::DataLossError(absl::StrCat("reading ", subject, ": undecodable headers"));
+  }
+  const std::optional<uint64_t> offset = OffsetInHeaderBlock(headers);
+  const uint64_t sequence = message.value("seq", uint64_t{0});
+  if (!offset) {
+    return absl::DataLossError(absl::StrCat("message ", sequence, " on ", subject, " has no ", kOffsetHeader));
+  }
+  return Position{sequence, *offset};
+}
+
+absl::StatusOr<Resume> OffsetLog::Locate(const std::string& subject, uint64_t offset) {
+  ASSIGN_OR_RETURN(std::optional<Position> newest, Newest(subject));
+  if (!newest) return Resume{Resume::kGone, 0};
+  if (offset == newest->offset) return Resume{Resume::kUpToDate, 0};
+  if (offset > newest->offset) return Resume{Resume::kGone, 0};
+  // Binary search for the subject's first message with an offset above `offset` (offsets grow
+  // with sequences). Invariant: it is `found`, or lies in sequences [lo, hi); the messages of
+  // the subject before `lo` all have offsets up to `offset`.
+  Position found = *newest;
+  uint64_t lo = 1;
+  uint64_t hi = found.sequence;
+  while (lo < hi) {
+    const uint64_t mid = lo + (hi - lo) / 2;
+    ASSIGN_OR_RETURN(std::optional<Position> probe, NextOnSubject(subject, mid));
+    if (!probe) return absl::InternalError(absl::StrCat(subject, " lost its newest message"));
+    if (probe->sequence >= hi) {
+      hi = mid;  // nothing of the subject in [mid, hi)
+    } else if (probe->offset > offset) {
+      found = *probe;
+      hi = mid;
+    } else {
+      lo = probe->sequence + 1;
+    }
+  }
+  if (found.offset != offset + 1) return Resume{Resume::kGone, 0};
+  return Resume{Resume::kNext, found.sequence};
+}
+
+}  // namespace devbridge::bus
