@@ -14,6 +14,8 @@
 #include "bus/connection.h"
 #include "bus/leases.h"
 #include "bus/offset_log.h"
+#include "bus/subject_reader.h"
+#include "common/mutex.h"
 #include "tests/component/nats_cluster.h"
 #include "tests/component/test_env.h"
 
@@ -246,6 +248,94 @@ TEST_F(BusTest, AppendsGoOnThroughAServersKill9) {
   for (const auto& [offset, data] : messages) distinct.insert(data);
   EXPECT_EQ(distinct.size(), 300u);
   std::cout << "tries that failed while a server was down: " << retries << "\n";
+}
+
+// What a reader got: offsets in the order they came, guarded for the client's thread.
+struct Received {
+  common::Mutex mu;
+  std::vector<uint64_t> offsets;
+  std::set<std::string> subjects;
+  size_t size() {
+    common::MutexLock lock(&mu);
+    return offsets.size();
+  }
+  SubjectReader::OnMessage Sink() {
+    return [this](Position position, absl::string_view subject, absl::string_view) {
+      common::MutexLock lock(&mu);
+      offsets.push_back(position.offset);
+      subjects.emplace(subject);
+    };
+  }
+};
+
+TEST_F(BusTest, AReaderFromLocateGetsEveryLaterMessageOnceInOrder) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  const std::string a = stream + ".s.a";
+  OffsetLog log(connection.get(), stream);
+  auto body = [](uint64_t offset) { return absl::StrCat(offset); };
+  std::vector<Position> of_a;
+  for (int i = 0; i < 40; ++i) {
+    of_a.push_back(*log.Append(a, "", body));
+    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
+  }
+  // A client saw a's 30th message; it goes on from the 31st while a keeps growing.
+  absl::StatusOr<Resume> resume = log.Locate(a, of_a[29].offset);
+  ASSERT_TRUE(resume.ok() && resume->kind == Resume::kNext) << resume.status();
+  Received received;
+  absl::StatusOr<std::unique_ptr<SubjectReader>> reader =
+      SubjectReader::Start(connection.get(), stream, a, resume->sequence, received.Sink());
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  for (int i = 0; i < 100; ++i) {
+    of_a.push_back(*log.Append(a, "", body));
+    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
+  }
+  ASSERT_TRUE(testing::WaitFor([&] { return received.size() >= 110; }));
+  reader->reset();
+  common::MutexLock lock(&received.mu);
+  ASSERT_EQ(received.offsets.size(), 110u);
+  for (size_t i = 0; i < received.offsets.size(); ++i) {
+    EXPECT_EQ(received.offsets[i], of_a[30 + i].offset) << i;
+  }
+  EXPECT_EQ(received.subjects, std::set<std::string>{a});
+}
+
+TEST_F(BusTest, AReaderGoesOnThroughItsServersKill9) {
+  std::unique_ptr<Connection> reading = Connect(cluster_->url(0));
+  std::unique_ptr<Connection> writing = Connect(cluster_->url(1));
+  ASSERT_TRUE(reading && writing);
+  const std::string stream = NewStream(*writing);
+  const std::string a = stream + ".s.a";
+  OffsetLog log(writing.get(), stream);
+  auto append = [&](int i) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (!log.Append(a, absl::StrCat("m", i), [](uint64_t offset) { return absl::StrCat(offset); }).ok()) {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return true;
+  };
+  ASSERT_TRUE(append(0));
+  const uint64_t first = *LastSequence(*writing, stream);
+  Received received;
+  absl::StatusOr<std::unique_ptr<SubjectReader>> reader =
+      SubjectReader::Start(reading.get(), stream, a, first, received.Sink());
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  for (int i = 1; i < 100; ++i) ASSERT_TRUE(append(i));
+  ASSERT_TRUE(testing::WaitFor([&] { return received.size() >= 100; }));
+  cluster_->Kill(0);
+  for (int i = 100; i < 200; ++i) ASSERT_TRUE(append(i));
+  cluster_->Start(0);
+  ASSERT_TRUE(cluster_->WaitHealthy());
+  for (int i = 200; i < 300; ++i) ASSERT_TRUE(append(i));
+  EXPECT_TRUE(testing::WaitFor([&] { return received.size() >= 300; }, absl::Seconds(30)));
+  reader->reset();
+  common::MutexLock lock(&received.mu);
+  ASSERT_EQ(received.offsets.size(), 300u);
+  for (size_t i = 1; i < received.offsets.size(); ++i) {
+    EXPECT_EQ(received.offsets[i], received.offsets[i - 1] + 1) << i;
+  }
 }
 
 TEST_F(BusTest, OneHolderPerLease) {

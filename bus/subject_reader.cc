@@ -1,0 +1,68 @@
+#include "bus/subject_reader.h"
+
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+
+namespace devbridge::bus {
+
+absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connection* connection,
+                                                                    const std::string& stream,
+                                                                    const std::string& subject, uint64_t from,
+                                                                    OnMessage on_message) {
+  std::unique_ptr<SubjectReader> reader(new SubjectReader(std::move(on_message)));
+  jsSubOptions options;
+  jsSubOptions_Init(&options);
+  options.Stream = stream.c_str();
+  options.Ordered = true;
+  if (from > 0) {
+    options.Config.DeliverPolicy = js_DeliverByStartSequence;
+    options.Config.OptStartSeq = from;
+  } else {
+    options.Config.DeliverPolicy = js_DeliverNew;
+  }
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_Subscribe(&reader->sub_, connection->js(), subject.c_str(), &SubjectReader::Deliver,
+                              reader.get(), nullptr, &options, &code);
+  if (s == NATS_OK) s = natsSubscription_SetOnCompleteCB(reader->sub_, &SubjectReader::Completed, reader.get());
+  if (s != NATS_OK) {
+    if (reader->sub_ != nullptr) {
+      natsSubscription_Unsubscribe(reader->sub_);
+      natsSubscription_Destroy(reader->sub_);
+      reader->sub_ = nullptr;
+    }
+    return FromNats(s, absl::StrCat("reading ", subject, " of ", stream), code);
+  }
+  return reader;
+}
+
+SubjectReader::~SubjectReader() {
+  if (sub_ == nullptr) return;
+  // The client calls Completed after the last Deliver has returned.
+  if (natsSubscription_Unsubscribe(sub_) == NATS_OK) {
+    completed_.WaitForNotificationWithTimeout(absl::Seconds(10));
+  }
+  natsSubscription_Destroy(sub_);
+}
+
+void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  auto* reader = static_cast<SubjectReader*>(closure);
+  Position position;
+  jsMsgMetaData* meta = nullptr;
+  if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
+    position.sequence = meta->Sequence.Stream;
+    jsMsgMetaData_Destroy(meta);
+  }
+  const char* offset = nullptr;
+  if (natsMsgHeader_Get(msg, kOffsetHeader, &offset) == NATS_OK && offset != nullptr) {
+    if (!absl::SimpleAtoi(offset, &position.offset)) position.offset = 0;
+  }
+  reader->on_message_(position, natsMsg_GetSubject(msg),
+                      absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)));
+  natsMsg_Destroy(msg);
+}
+
+void SubjectReader::Completed(void* closure) { static_cast<SubjectReader*>(closure)->completed_.Notify(); }
+
+}  // namespace devbridge::bus
