@@ -12,6 +12,7 @@
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/time.h"
 #include "common/status.h"
 
 namespace devbridge::bus {
@@ -53,6 +54,153 @@ OffsetLog::OffsetLog(const Connection* connection, std::string stream)
     : connection_(connection),
       stream_(std::move(stream)),
       get_api_(absl::StrCat("$JS.API.STREAM.MSG.GET.", stream_)) {}
+
+OffsetLog::~OffsetLog() {
+  if (replies_ != nullptr) {
+    natsSubscription_Unsubscribe(replies_);
+    natsSubscription_Destroy(replies_);
+  }
+}
+
+absl::StatusOr<std::vector<Position>> OffsetLog::AppendBatch(const std::vector<Entry>& entries) {
+  for (const Entry& entry : entries) {
+    if (entry.id.empty()) return absl::InvalidArgumentError("AppendBatch: every entry needs an id");
+  }
+  if (replies_ == nullptr) {
+    natsInbox* inbox = nullptr;
+    natsStatus s = natsInbox_Create(&inbox);
+    if (s == NATS_OK) {
+      inbox_ = inbox;
+      natsInbox_Destroy(inbox);
+      s = natsConnection_SubscribeSync(&replies_, connection_->nc(), (inbox_ + ".>").c_str());
+    }
+    if (s == NATS_OK) s = natsSubscription_SetPendingLimits(replies_, -1, -1);
+    if (s != NATS_OK) return FromNats(s, "subscribing to the append answers");
+  }
+  std::vector<Position> positions;
+  positions.reserve(entries.size());
+  const absl::Time give_up = absl::Now() + connection_->timeout();
+  size_t done = 0;
+  for (int attempt = 0; done < entries.size(); ++attempt) {
+    absl::Status why;
+    ASSIGN_OR_RETURN(const size_t stored, SendBatch(entries, done, &positions, &why));
+    done += stored;
+    if (done == entries.size()) break;
+    last_sequence_ = 0;  // refused or unanswered: read the stream again before going on
+    if (!why.ok() && why.code() != absl::StatusCode::kFailedPrecondition) return why;
+    ++conflicts_;
+    if (absl::Now() > give_up) {
+      return absl::AbortedError(absl::StrCat("appending a batch: other writers kept the stream busy for ",
+                                             absl::FormatDuration(connection_->timeout()), " (", attempt + 1,
+                                             " tries)"));
+    }
+    absl::SleepFor(absl::Microseconds(absl::Uniform(bitgen_, 0, 200 * std::min(attempt + 1, 10))));
+  }
+  return positions;
+}
+
+absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, size_t from,
+                                            std::vector<Position>* positions, absl::Status* why) {
+  std::optional<Position> previous;
+  if (last_sequence_ == 0) RETURN_IF_ERROR(Reload(entries[from].subject, &previous));
+  // Offsets as if every message of the batch is stored: each one's subject goes on from what
+  // this writer knows, then from the batch's own earlier messages.
+  absl::flat_hash_map<std::string, Position> newest;  // the batch's view of each subject
+  std::vector<Position> planned;
+  uint64_t sequence = last_sequence_;
+  const std::string tag = absl::StrCat(inbox_, ".", ++batches_, ".");
+  for (size_t i = from; i < entries.size(); ++i) {
+    const Entry& entry = entries[i];
+    std::optional<Position> before;
+    if (auto it = newest.find(entry.subject); it != newest.end()) {
+      before = it->second;
+    } else if (auto known = newest_.find(entry.subject); known != newest_.end()) {
+      before = known->second;
+    } else {
+      ASSIGN_OR_RETURN(before, Newest(entry.subject));
+    }
+    const Position position{++sequence, before ? before->offset + 1 : sequence};
+    newest[entry.subject] = position;
+    planned.push_back(position);
+    const std::string body = entry.payload(position.offset);
+    natsMsg* msg = nullptr;
+    const std::string reply = absl::StrCat(tag, i);
+    natsStatus s = natsMsg_Create(&msg, entry.subject.c_str(), reply.c_str(), body.data(),
+                                  static_cast<int>(body.size()));
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, kOffsetHeader, absl::StrCat(position.offset).c_str());
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", entry.id.c_str());
+    if (s == NATS_OK) {
+      s = i == from ? natsMsgHeader_Set(msg, "Nats-Expected-Last-Sequence", absl::StrCat(last_sequence_).c_str())
+                    : natsMsgHeader_Set(msg, "Nats-Expected-Last-Msg-Id", entries[i - 1].id.c_str());
+    }
+    if (s == NATS_OK) s = natsConnection_PublishMsg(connection_->nc(), msg);
+    natsMsg_Destroy(msg);
+    if (s != NATS_OK) return FromNats(s, absl::StrCat("appending to ", entry.subject));
+  }
+  // The answers, in any order; the batch counts up to the first message not stored.
+  const size_t n = entries.size() - from;
+  std::vector<std::optional<nlohmann::json>> answers(n);
+  size_t answered = 0;
+  const absl::Time deadline = absl::Now() + connection_->timeout();
+  while (answered < n) {
+    const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
+    natsMsg* msg = nullptr;
+    natsStatus s = left > 0 ? natsSubscription_NextMsg(&msg, replies_, left) : NATS_TIMEOUT;
+    if (s == NATS_TIMEOUT) break;
+    if (s != NATS_OK) return FromNats(s, "reading the append answers");
+    absl::string_view subject = natsMsg_GetSubject(msg);
+    size_t index = 0;
+    if (absl::ConsumePrefix(&subject, tag) && absl::SimpleAtoi(subject, &index) && index >= from &&
+        index < entries.size() && !answers[index - from]) {
+      answers[index - from] = nlohmann::json::parse(
+          absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)), nullptr, false);
+      ++answered;
+    }
+    natsMsg_Destroy(msg);  // a late answer of an earlier batch, or this one's
+  }
+  size_t stored = 0;
+  for (; stored < n; ++stored) {
+    const std::optional<nlohmann::json>& answer = answers[stored];
+    const Entry& entry = entries[from + stored];
+    if (!answer) {
+      *why = absl::DeadlineExceededError(absl::StrCat("appending to ", entry.subject, ": no answer within ",
+                                                      absl::FormatDuration(connection_->timeout())));
+      break;
+    }
+    if (!answer->is_object() || answer->contains("error")) {
+      const nlohmann::json error = answer->is_object() ? answer->value("error", nlohmann::json::object())
+                                                       : nlohmann::json::object();
+      const int code = error.value("err_code", 0);
+      // Refused because an earlier one was: the one that started it says why.
+      if (code == JSStreamWrongLastSequenceErr || code == JSStreamWrongLastMsgIDErr) {
+        *why = absl::FailedPreconditionError(absl::StrCat("appending to ", entry.subject, ": ",
+                                                          error.value("description", "refused")));
+      } else {
+        *why = absl::InternalError(absl::StrCat("appending to ", entry.subject, ": ",
+                                                error.value("description", "refused"), " (JetStream error ", code, ")"));
+      }
+      break;
+    }
+    Position position = planned[stored];
+    if (answer->value("duplicate", false)) {
+      // Stored by an earlier try, with the offset it had then; what follows was planned on a
+      // view that did not count it: the rest of the batch goes again.
+      ASSIGN_OR_RETURN(Message first, Read(answer->value("seq", uint64_t{0})));
+      positions->push_back(first.position);
+      ++stored;
+      *why = absl::FailedPreconditionError("a message of the batch was already stored");
+      break;
+    }
+    if (answer->value("seq", uint64_t{0}) != position.sequence) {
+      return absl::InternalError(absl::StrCat("appending to ", entry.subject, ": stored at ",
+                                              answer->value("seq", uint64_t{0}), ", planned for ", position.sequence));
+    }
+    positions->push_back(position);
+    newest_[entry.subject] = position;
+    last_sequence_ = position.sequence;
+  }
+  return stored;
+}
 
 absl::StatusOr<std::optional<Position>> OffsetLog::Newest(const std::string& subject) {
   natsMsg* msg = nullptr;

@@ -34,6 +34,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/random/random.h"
@@ -61,6 +62,9 @@ class OffsetLog {
  public:
   // `stream` must exist (EnsureStream) and hold the subjects written here.
   OffsetLog(const Connection* connection, std::string stream);
+  ~OffsetLog();
+  OffsetLog(const OffsetLog&) = delete;
+  OffsetLog& operator=(const OffsetLog&) = delete;
 
   // Builds the message for the offset it is given (`payload(offset)`; called again with a
   // higher one when another writer won the race) and appends it to `subject`. `id`, when not
@@ -70,6 +74,20 @@ class OffsetLog {
   using Payload = std::function<std::string(uint64_t offset)>;
   absl::StatusOr<Position> Append(const std::string& subject, const std::string& id,
                                   const Payload& payload);
+
+  // Appends `entries` in this order, pipelined: every one is sent before the first answer is
+  // awaited, so a batch costs about one round trip to the stream's leader instead of one per
+  // message. Each message expects the one before it in the batch to be the stream's last
+  // (`Nats-Expected-Last-Msg-Id`; the first expects the stream's last sequence), so when one
+  // is refused every later one is too, none lands on a view another writer changed, and the
+  // batch goes again from there. Every entry needs an id (see Append); it is what the next
+  // entry expects. Returns the positions, in order.
+  struct Entry {
+    std::string subject;
+    std::string id;
+    Payload payload;
+  };
+  absl::StatusOr<std::vector<Position>> AppendBatch(const std::vector<Entry>& entries);
 
   // The message at stream sequence `sequence`: its subject's offset and its data.
   struct Message {
@@ -91,6 +109,11 @@ class OffsetLog {
   uint64_t conflicts() const { return conflicts_; }
 
  private:
+  // Sends entries[from..] pipelined, with offsets from what this writer knows; stores the
+  // positions of those stored, in order, and returns how many were (the rest were refused or
+  // not answered: see *why).
+  absl::StatusOr<size_t> SendBatch(const std::vector<Entry>& entries, size_t from,
+                                   std::vector<Position>* positions, absl::Status* why);
   // Reads the stream's last sequence and then `subject`'s newest message.
   absl::Status Reload(const std::string& subject, std::optional<Position>* newest);
   // The first message of `subject` at stream sequence `from` or later, or nullopt.
@@ -103,6 +126,9 @@ class OffsetLog {
   uint64_t last_sequence_ = 0;                         // the stream's, as last seen; 0: unknown
   uint64_t conflicts_ = 0;
   absl::BitGen bitgen_;  // the back-off after a lost race
+  natsSubscription* replies_ = nullptr;  // AppendBatch's answers, on inbox_.*
+  std::string inbox_;
+  uint64_t batches_ = 0;  // tells one batch's answers from a late one of an earlier batch
 };
 
 // A push stream's subject under `prefix`: "<prefix>.s.<system>" for a system's own stream,
