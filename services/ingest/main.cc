@@ -7,6 +7,7 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "bus/connection.h"
 #include "common/flags.h"
 #include "mqtt/flags.h"
 #include "common/log.h"
@@ -58,6 +59,11 @@ ABSL_FLAG(std::string, spool_dir, "devbridge-spool",
 ABSL_FLAG(int, spool_max_mb, 1024, "MiB the spool may hold (a PostgreSQL outage fills it); past it intake pauses");
 ABSL_FLAG(absl::Duration, spool_sync, absl::Milliseconds(2),
           "at most this long between fsyncs of the spool (what a power cut can lose); 0 fsyncs every message");
+ABSL_FLAG(std::string, bus, "",
+          "NATS servers with JetStream, nats://HOST:PORT[,...]: events are also appended to the bus "
+          "(multi-machine mode, in progress; see docs/scaling.md); empty: no bus");
+ABSL_FLAG(int, bus_replicas, 3, "copies of the bus's event stream when ingest creates it (1 for a single server)");
+ABSL_FLAG(absl::Duration, bus_max_age, absl::Hours(24), "how long the bus keeps events (how far back clients recover)");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
 
 int main(int argc, char** argv) {
@@ -143,6 +149,16 @@ int main(int argc, char** argv) {
   o.spool_max_bytes = static_cast<size_t>(spool_mb) << 20;
   o.spool_sync = absl::GetFlag(FLAGS_spool_sync);
   if (o.spool_sync > absl::Seconds(10)) devbridge::common::FlagError("spool_sync", "must be at most 10s");
+
+  if (const std::string bus = absl::GetFlag(FLAGS_bus); !bus.empty()) {
+    auto urls = devbridge::bus::ParseBusFlag(bus);
+    if (!urls.ok()) FlagError("bus", urls.status().message());
+    o.bus.urls = *urls;
+  }
+  o.bus.replicas = absl::GetFlag(FLAGS_bus_replicas);
+  devbridge::common::RequireInRange("bus_replicas", o.bus.replicas, 1, 5);
+  o.bus.max_age = absl::GetFlag(FLAGS_bus_max_age);
+  if (o.bus.max_age < absl::Minutes(1)) devbridge::common::FlagError("bus_max_age", "must be at least 1m");
 
   auto app = devbridge::ingest::App::Create(o);
   if (!app.ok()) {

@@ -68,7 +68,8 @@ struct App::Impl : public CoreOutputs {
     if (store) store->PushMessage(&message_records, seq);
   }
   void Emit(v1::Event event, const std::vector<StreamRef>& streams) override {
-    event_log->Append(std::move(event), streams, absl::Now());
+    const uint64_t seq = event_log->Append(std::move(event), streams, absl::Now());
+    if (bus) bus->Publish(event_log->Get(seq), streams);
   }
 
   void Post(std::function<void()> fn) { asio::post(io, std::move(fn)); }
@@ -361,6 +362,7 @@ struct App::Impl : public CoreOutputs {
   asio::steady_timer sweep_timer{io};
   asio::steady_timer drain_timer{io};
   std::unique_ptr<EventLog> event_log;
+  std::unique_ptr<EventPublisher> bus;  // with --bus
   std::unique_ptr<Spool> spool;
   std::unique_ptr<ingest::Store> store;
   std::unique_ptr<IngestCore> core;
@@ -431,6 +433,13 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   const std::string epoch = common::RandomToken(12);
   s.event_log = std::make_unique<EventLog>(epoch, o.replay_buffer, o.replay_buffer_bytes);
   s.log->info("event stream epoch {} (replay buffer {} events)", epoch, o.replay_buffer);
+  if (!o.bus.urls.empty()) {
+    BusOptions bus = o.bus;
+    bus.node_id = absl::StrCat(o.mqtt_client_id, "/", epoch);
+    absl::StatusOr<std::unique_ptr<EventPublisher>> publisher = EventPublisher::Start(std::move(bus), &s.metrics);
+    if (!publisher.ok()) return common::Annotate(publisher.status(), "--bus");
+    s.bus = *std::move(publisher);
+  }
 
   if (o.pg_dsn == "none") {
     s.log->warn("pg_dsn=none: running WITHOUT persistence; nothing is written to PostgreSQL (and no spool)");
@@ -593,6 +602,11 @@ void App::Shutdown() {
   s.work.reset();
   s.io.stop();
   s.io_thread.join();
+  if (s.bus) {
+    // Events still queued for the bus get what is left of the budget (at least a second).
+    s.bus->drain = std::clamp(deadline - absl::Now(), absl::Seconds(1), absl::Seconds(5));
+    s.bus.reset();
+  }
   s.log->info("stopped");
 }
 

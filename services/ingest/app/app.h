@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "grpcutil/security.h"
 #include "mqtt/client.h"
+#include "services/ingest/bus/event_publisher.h"
 #include "regmap/register_map.h"
 
 namespace devbridge::ingest {
@@ -54,6 +55,8 @@ struct IngestOptions {
   std::string spool_dir = "devbridge-spool";
   size_t spool_max_bytes = size_t{1024} << 20;
   absl::Duration spool_sync = absl::Milliseconds(2);  // 0: fsync after every message
+  // The NATS JetStream bus (`--bus`; no URLs: none): events are appended to it as well.
+  BusOptions bus;
   // Upper bound of Shutdown(): what PostgreSQL has not taken by then stays in the spool.
   absl::Duration shutdown_timeout = absl::Seconds(15);
 };

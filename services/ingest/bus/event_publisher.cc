@@ -1,0 +1,154 @@
+#include "services/ingest/bus/event_publisher.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "bus/offset_log.h"
+#include "devbridge/v1/events.pb.h"
+
+namespace devbridge::ingest {
+
+absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Start(BusOptions options,
+                                                                     common::MetricsRegistry* metrics) {
+  bus::ConnectionOptions connect;
+  connect.urls = options.urls;
+  connect.name = absl::StrCat("devbridge-ingest ", options.node_id);
+  absl::StatusOr<std::unique_ptr<bus::Connection>> connection = bus::Connection::Connect(connect);
+  if (!connection.ok()) return connection.status();
+  bus::StreamSpec spec{options.stream, {options.prefix + ".>"}, options.replicas, options.max_age};
+  if (absl::Status s = bus::EnsureStream(**connection, spec); !s.ok()) return s;
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&info, (*connection)->js(), options.stream.c_str(), nullptr, &code);
+  if (s != NATS_OK) return bus::FromNats(s, absl::StrCat("reading stream ", options.stream), code);
+  std::string epoch = absl::StrCat("bus-", absl::Hex(info->Created));
+  jsStreamInfo_Destroy(info);
+  return std::unique_ptr<EventPublisher>(
+      new EventPublisher(std::move(options), *std::move(connection), std::move(epoch), metrics));
+}
+
+EventPublisher::EventPublisher(BusOptions options, std::unique_ptr<bus::Connection> connection,
+                               std::string epoch, common::MetricsRegistry* metrics)
+    : options_(std::move(options)),
+      connection_(std::move(connection)),
+      epoch_(std::move(epoch)),
+      log_(common::Logger("ingest")),
+      appended_(&metrics->AddCounter("devbridge_ingest_bus_appended_total",
+                                     "Events appended to the bus (one per push stream they are a message of).")),
+      dropped_(&metrics->AddCounter("devbridge_ingest_bus_dropped_total",
+                                    "Events not appended to the bus because its queue was full.")),
+      errors_(&metrics->AddCounter("devbridge_ingest_bus_errors_total",
+                                   "Batches the bus refused or did not answer (tried again).")),
+      queue_bytes_(&metrics->AddGauge("devbridge_ingest_bus_queue_bytes", "Bytes of events waiting for the bus.")),
+      batch_ms_(&metrics->AddHistogram("devbridge_ingest_bus_batch_ms", "Time to append one batch to the bus.",
+                                       common::LatencyBucketsMs())) {
+  log_->info("bus: appending events to stream {} ({} replica(s)) at {}, epoch {}", options_.stream,
+             options_.replicas, absl::StrJoin(options_.urls, ","), epoch_);
+  thread_ = std::thread([this] { Run(); });
+}
+
+EventPublisher::~EventPublisher() {
+  {
+    common::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  cv_.NotifyAll();
+  thread_.join();
+}
+
+void EventPublisher::Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams) {
+  const uint64_t id = ++next_id_;
+  size_t k = 0;
+  bool dropped = false;
+  {
+    common::MutexLock lock(&mu_);
+    for (const StreamRef& stream : streams) {
+      if (bytes_ + encoded->size() > options_.max_queue_bytes) {
+        dropped_->Inc();
+        dropped = true;
+        continue;
+      }
+      bytes_ += encoded->size();
+      queue_.push_back({encoded, stream, absl::StrCat(options_.node_id, ":", id, ":", k++)});
+    }
+    queue_bytes_->Set(static_cast<int64_t>(bytes_));
+  }
+  cv_.NotifyOne();
+  uint64_t skipped = 0;
+  if (dropped && error_log_.Allow(absl::Now(), &skipped)) {
+    log_->warn("bus: queue full ({} MiB): events dropped (devbridge_ingest_bus_dropped_total), {} line(s) skipped",
+               options_.max_queue_bytes >> 20, skipped);
+  }
+}
+
+size_t EventPublisher::queued() const {
+  common::MutexLock lock(&mu_);
+  return queue_.size();
+}
+
+void EventPublisher::Run() {
+  bus::OffsetLog log(connection_.get(), options_.stream);
+  absl::Time stop_by = absl::InfiniteFuture();
+  absl::Duration backoff = absl::Milliseconds(100);
+  for (;;) {
+    std::vector<Item> batch;
+    {
+      common::MutexLock lock(&mu_);
+      cv_.Wait(&mu_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !queue_.empty(); });
+      if (stopping_ && stop_by == absl::InfiniteFuture()) stop_by = absl::Now() + drain;
+      if (queue_.empty() || absl::Now() > stop_by) {
+        if (!queue_.empty()) {
+          log_->warn("bus: stopping with {} event(s) not appended", queue_.size());
+        }
+        return;
+      }
+      // Copies: the queue keeps them until the bus has them.
+      for (size_t i = 0; i < queue_.size() && i < options_.max_batch; ++i) batch.push_back(queue_[i]);
+    }
+    // Each push stream's message: the event with that stream alone, its offset, the bus's epoch.
+    std::vector<bus::OffsetLog::Entry> entries;
+    entries.reserve(batch.size());
+    for (const Item& item : batch) {
+      entries.push_back({bus::StreamSubject(options_.prefix, item.stream.system_id, item.stream.group_name), item.id,
+                         [this, &item](uint64_t offset) {
+                           v1::Event event;
+                           event.ParseFromString(*item.encoded);
+                           event.set_epoch(epoch_);
+                           event.set_seq(0);  // on the bus, a message's place is its stream's offset
+                           event.clear_streams();
+                           v1::StreamOffset* stream = event.add_streams();
+                           stream->set_system_id(item.stream.system_id);
+                           stream->set_group_name(item.stream.group_name);
+                           stream->set_offset(offset);
+                           return event.SerializeAsString();
+                         }});
+    }
+    const absl::Time start = absl::Now();
+    absl::StatusOr<std::vector<bus::Position>> appended = log.AppendBatch(entries);
+    if (!appended.ok()) {
+      errors_->Inc();
+      uint64_t skipped = 0;
+      if (error_log_.Allow(absl::Now(), &skipped)) {
+        log_->warn("bus: {} event(s) not appended yet ({}); trying again in {} ({} line(s) skipped)", batch.size(),
+                   appended.status().message(), absl::FormatDuration(backoff), skipped);
+      }
+      common::MutexLock lock(&mu_);
+      cv_.WaitFor(&mu_, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
+      backoff = std::min(backoff * 2, absl::Seconds(5));
+      continue;
+    }
+    backoff = absl::Milliseconds(100);
+    batch_ms_->Observe(absl::ToDoubleMilliseconds(absl::Now() - start));
+    appended_->Inc(batch.size());
+    common::MutexLock lock(&mu_);
+    for (size_t i = 0; i < batch.size(); ++i) {
+      bytes_ -= queue_.front().encoded->size();
+      queue_.pop_front();
+    }
+    queue_bytes_->Set(static_cast<int64_t>(bytes_));
+  }
+}
+
+}  // namespace devbridge::ingest

@@ -1,0 +1,100 @@
+// Ingest's events on the bus (`--bus`): every event, once for each push stream it is a
+// message of, appended to the JetStream stream `stream` on that push stream's subject
+// (bus::StreamSubject under `prefix`) with that push stream's offset (bus::OffsetLog), so
+// events outlive this process and a restart of ingest resets nobody's streams.
+//
+// The io thread hands events over (Publish: a copy of a pointer, never a wait); a thread of
+// the publisher's own appends what has queued up in pipelined batches, one round trip to the
+// stream's leader per batch. While the bus is away it keeps the queue (up to
+// `max_queue_bytes`, then it drops the newest and counts them) and tries again.
+//
+// This is the first step of the multi-machine mode (see docs/scaling.md): one ingest writes
+// the bus; push replicas do not read it yet.
+#ifndef DEVBRIDGE_SERVICES_INGEST_BUS_EVENT_PUBLISHER_H_
+#define DEVBRIDGE_SERVICES_INGEST_BUS_EVENT_PUBLISHER_H_
+
+#include <cstddef>
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "bus/connection.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/mutex.h"
+#include "services/ingest/core/event_log.h"
+
+namespace devbridge::ingest {
+
+struct BusOptions {
+  std::vector<std::string> urls;  // from bus::ParseBusFlag; empty: no bus
+  std::string node_id;            // names this process's messages (JetStream's duplicate check)
+  std::string stream = "DEVBRIDGE_EVENTS";
+  std::string prefix = "devbridge.ev";
+  int replicas = 3;                        // copies of the stream (1 for a single server)
+  absl::Duration max_age = absl::Hours(24);  // how long the bus keeps events (recover's reach)
+  size_t max_queue_bytes = size_t{64} << 20;
+  size_t max_batch = 256;
+};
+
+class EventPublisher {
+ public:
+  // Connects, creates the stream if it is missing, and starts the publishing thread.
+  static absl::StatusOr<std::unique_ptr<EventPublisher>> Start(BusOptions options,
+                                                              common::MetricsRegistry* metrics);
+  // Appends what is queued (for at most `drain` more), then stops.
+  ~EventPublisher();
+  EventPublisher(const EventPublisher&) = delete;
+  EventPublisher& operator=(const EventPublisher&) = delete;
+
+  // Io thread: queues `encoded` (an Event as EventLog keeps it) for each of `streams`.
+  void Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+  // The epoch every push stream has on this bus: the JetStream stream's creation time, so it
+  // changes only when the stream (and so the history) is created anew.
+  const std::string& epoch() const { return epoch_; }
+  // Events appended (one per push stream), and waiting to be.
+  uint64_t appended() const { return appended_->Value(); }
+  size_t queued() const ABSL_LOCKS_EXCLUDED(mu_);
+
+  absl::Duration drain = absl::Seconds(5);
+
+ private:
+  struct Item {
+    std::shared_ptr<const std::string> encoded;
+    StreamRef stream;
+    std::string id;  // JetStream message id: the same on every try
+  };
+  EventPublisher(BusOptions options, std::unique_ptr<bus::Connection> connection, std::string epoch,
+                 common::MetricsRegistry* metrics);
+  void Run() ABSL_LOCKS_EXCLUDED(mu_);
+
+  BusOptions options_;
+  std::unique_ptr<bus::Connection> connection_;
+  std::string epoch_;
+  std::shared_ptr<spdlog::logger> log_;
+  common::LogLimiter error_log_{absl::Seconds(10)};
+  common::Counter* appended_;
+  common::Counter* dropped_;
+  common::Counter* errors_;
+  common::Gauge* queue_bytes_;
+  common::Histogram* batch_ms_;
+
+  mutable common::Mutex mu_;
+  common::CondVar cv_;
+  std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
+  size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_id_ = 0;  // io thread
+  std::thread thread_;
+};
+
+}  // namespace devbridge::ingest
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_BUS_EVENT_PUBLISHER_H_

@@ -1,0 +1,134 @@
+// Ingest with --bus against a real 3-server JetStream cluster: every event lands on the bus
+// once per push stream, with that stream's offset, and the offsets go on across a restart of
+// ingest (the history is the bus's, not the process's).
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "bus/connection.h"
+#include "bus/offset_log.h"
+#include "bus/subject_reader.h"
+#include "common/mutex.h"
+#include "devbridge/v1/events.pb.h"
+#include "tests/component/ingest_fixture.h"
+#include "tests/component/nats_cluster.h"
+#include "tests/component/test_env.h"
+
+namespace devbridge::testing {
+namespace {
+
+class IngestBusTest : public IngestFixture {
+ protected:
+  void SetUp() override {
+    IngestFixture::SetUp();
+    ASSERT_TRUE(cluster_.WaitHealthy()) << "see " << cluster_.log(0);
+  }
+  // Ingest on the bus; the first start may wait for the cluster's JetStream leader.
+  void StartOnBus() {
+    auto urls = bus::ParseBusFlag(cluster_.urls());
+    ASSERT_TRUE(urls.ok());
+    StartIngest([&](ingest::IngestOptions& o) { o.bus.urls = *urls; });
+  }
+  std::unique_ptr<bus::Connection> Connect() {
+    bus::ConnectionOptions options;
+    options.urls = *bus::ParseBusFlag(cluster_.urls());
+    auto connection = bus::Connection::Connect(options);
+    EXPECT_TRUE(connection.ok()) << connection.status();
+    return connection.ok() ? *std::move(connection) : nullptr;
+  }
+
+  NatsCluster cluster_{3};
+};
+
+// What a reader of the fleet's subject got.
+struct Fleet {
+  common::Mutex mu;
+  std::vector<v1::Event> events;
+  std::vector<uint64_t> offsets;  // from the header
+  size_t size() {
+    common::MutexLock lock(&mu);
+    return events.size();
+  }
+};
+
+TEST_F(IngestBusTest, EventsLandOncePerStreamAndOffsetsGoOnAcrossARestart) {
+  StartOnBus();
+  std::unique_ptr<bus::Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  Fleet fleet;
+  auto reader = bus::SubjectReader::Start(
+      connection.get(), "DEVBRIDGE_EVENTS", bus::StreamSubject("devbridge.ev", "fleet", ""), 1,
+      [&](bus::Position position, absl::string_view, absl::string_view data) {
+        v1::Event event;
+        ASSERT_TRUE(event.ParseFromArray(data.data(), static_cast<int>(data.size())));
+        common::MutexLock lock(&fleet.mu);
+        fleet.events.push_back(std::move(event));
+        fleet.offsets.push_back(position.offset);
+      });
+  ASSERT_TRUE(reader.ok()) << reader.status();
+
+  auto sim = StartSim([](sim::SimOptions& o) {
+    o.devices = 5;
+    o.data_interval = absl::Milliseconds(20);
+  });
+  ASSERT_TRUE(WaitFor([&] { return fleet.size() >= 100; }, absl::Seconds(30))) << fleet.size();
+  StopIngest();
+  // Everything the first run appended has reached the reader: what follows is the second's.
+  bus::OffsetLog log(connection.get(), "DEVBRIDGE_EVENTS");
+  const std::string fleet_subject = bus::StreamSubject("devbridge.ev", "fleet", "");
+  absl::StatusOr<std::optional<bus::Position>> newest = log.Newest(fleet_subject);
+  ASSERT_TRUE(newest.ok() && newest->has_value()) << newest.status();
+  ASSERT_TRUE(WaitFor([&] {
+    common::MutexLock lock(&fleet.mu);
+    return !fleet.offsets.empty() && fleet.offsets.back() == (*newest)->offset;
+  }));
+  const size_t before_restart = fleet.size();
+  StartOnBus();
+  ASSERT_TRUE(WaitFor([&] { return fleet.size() >= before_restart + 100; }, absl::Seconds(30))) << fleet.size();
+  sim.reset();
+  const std::string metrics = HttpGet("/metrics");
+  EXPECT_GT(MetricValue(metrics, "devbridge_ingest_bus_appended_total"), 0) << metrics;
+  EXPECT_EQ(MetricValue(metrics, "devbridge_ingest_bus_dropped_total"), 0);
+  StopIngest();  // what ingest had queued for the bus is appended before it stops
+  reader->reset();
+
+  common::MutexLock lock(&fleet.mu);
+  const std::string epoch = fleet.events.front().epoch();
+  EXPECT_EQ(epoch.rfind("bus-", 0), 0u) << epoch;
+  for (size_t i = 0; i < fleet.events.size(); ++i) {
+    const v1::Event& event = fleet.events[i];
+    EXPECT_EQ(event.epoch(), epoch) << i << ": the restart changed the epoch";
+    ASSERT_EQ(event.streams_size(), 1) << i;
+    EXPECT_EQ(event.streams(0).system_id(), "fleet");
+    EXPECT_EQ(event.streams(0).offset(), fleet.offsets[i]) << i;
+    if (i > 0) {
+      EXPECT_EQ(fleet.offsets[i], fleet.offsets[i - 1] + 1) << i << ": a gap or a reset";
+    }
+  }
+
+  // Every device's own stream holds that device's events, contiguously, and the fleet's data
+  // events are each in exactly one device stream too.
+  std::map<std::string, std::vector<uint64_t>> per_subject;
+  size_t device_data = 0;
+  const uint64_t last = *bus::LastSequence(*connection, "DEVBRIDGE_EVENTS");
+  for (uint64_t seq = 1; seq <= last; ++seq) {
+    absl::StatusOr<bus::OffsetLog::Message> message = log.Read(seq);
+    ASSERT_TRUE(message.ok()) << message.status();
+    per_subject[message->subject].push_back(message->position.offset);
+    v1::Event event;
+    ASSERT_TRUE(event.ParseFromString(message->data));
+    ASSERT_EQ(event.streams_size(), 1) << seq;
+    if (event.streams(0).system_id() != "fleet" && event.has_data()) ++device_data;
+  }
+  size_t fleet_data = 0;
+  for (const v1::Event& event : fleet.events) fleet_data += event.has_data() ? 1 : 0;
+  EXPECT_EQ(device_data, fleet_data);
+  EXPECT_EQ(per_subject.size(), 6u);  // the fleet and 5 devices
+  for (const auto& [subject, offsets] : per_subject) {
+    for (size_t i = 1; i < offsets.size(); ++i) EXPECT_EQ(offsets[i], offsets[i - 1] + 1) << subject << " " << i;
+  }
+}
+
+}  // namespace
+}  // namespace devbridge::testing
