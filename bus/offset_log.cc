@@ -83,8 +83,12 @@ absl::StatusOr<std::vector<Position>> OffsetLog::AppendBatch(const std::vector<E
   size_t done = 0;
   for (int attempt = 0; done < entries.size(); ++attempt) {
     absl::Status why;
-    ASSIGN_OR_RETURN(const size_t stored, SendBatch(entries, done, &positions, &why));
-    done += stored;
+    absl::StatusOr<size_t> stored = SendBatch(entries, done, &positions, &why);
+    if (!stored.ok()) {
+      last_sequence_ = 0;
+      return stored.status();
+    }
+    done += *stored;
     if (done == entries.size()) break;
     last_sequence_ = 0;  // refused or unanswered: read the stream again before going on
     if (!why.ok() && why.code() != absl::StatusCode::kFailedPrecondition) return why;
@@ -101,25 +105,43 @@ absl::StatusOr<std::vector<Position>> OffsetLog::AppendBatch(const std::vector<E
 
 absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, size_t from,
                                             std::vector<Position>* positions, absl::Status* why) {
+  // A batch sent before and not all answered is sent again exactly as planned then, for as
+  // many of its entries as come again: some of it may be stored already, or be stored late
+  // (a new stream leader applies what the old one accepted), and what is the same twice is a
+  // duplicate JetStream drops by its id, where a new plan could give an offset twice.
+  size_t reuse = 0;
+  while (reuse < unsettled_.ids.size() && from + reuse < entries.size() &&
+         entries[from + reuse].id == unsettled_.ids[reuse]) {
+    ++reuse;
+  }
+  if (reuse == 0) unsettled_ = {};
   std::optional<Position> previous;
-  if (last_sequence_ == 0) RETURN_IF_ERROR(Reload(entries[from].subject, &previous));
+  if (reuse == 0 && last_sequence_ == 0) RETURN_IF_ERROR(Reload(entries[from].subject, &previous));
+  const uint64_t after = reuse > 0 ? unsettled_.after : last_sequence_;
   // Offsets as if every message of the batch is stored: each one's subject goes on from what
   // this writer knows, then from the batch's own earlier messages.
   absl::flat_hash_map<std::string, Position> newest;  // the batch's view of each subject
   std::vector<Position> planned;
-  uint64_t sequence = last_sequence_;
+  uint64_t sequence = after;
   const std::string tag = absl::StrCat(inbox_, ".", ++batches_, ".");
   for (size_t i = from; i < entries.size(); ++i) {
     const Entry& entry = entries[i];
-    std::optional<Position> before;
-    if (auto it = newest.find(entry.subject); it != newest.end()) {
-      before = it->second;
-    } else if (auto known = newest_.find(entry.subject); known != newest_.end()) {
-      before = known->second;
+    Position position;
+    if (i - from < reuse) {
+      position = unsettled_.positions[i - from];
+      sequence = position.sequence;
     } else {
-      ASSIGN_OR_RETURN(before, Newest(entry.subject));
+      std::optional<Position> before;
+      if (auto it = newest.find(entry.subject); it != newest.end()) {
+        before = it->second;
+      } else if (auto known = newest_.find(entry.subject); known != newest_.end()) {
+        before = known->second;
+      } else {
+        ASSIGN_OR_RETURN(before, Newest(entry.subject));
+      }
+      ++sequence;
+      position = Position{sequence, before ? before->offset + 1 : sequence};
     }
-    const Position position{++sequence, before ? before->offset + 1 : sequence};
     newest[entry.subject] = position;
     planned.push_back(position);
     const std::string body = entry.payload(position.offset);
@@ -130,7 +152,7 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
     if (s == NATS_OK) s = natsMsgHeader_Set(msg, kOffsetHeader, absl::StrCat(position.offset).c_str());
     if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", entry.id.c_str());
     if (s == NATS_OK) {
-      s = i == from ? natsMsgHeader_Set(msg, "Nats-Expected-Last-Sequence", absl::StrCat(last_sequence_).c_str())
+      s = i == from ? natsMsgHeader_Set(msg, "Nats-Expected-Last-Sequence", absl::StrCat(after).c_str())
                     : natsMsgHeader_Set(msg, "Nats-Expected-Last-Msg-Id", entries[i - 1].id.c_str());
     }
     if (s == NATS_OK) s = natsConnection_PublishMsg(connection_->nc(), msg);
@@ -141,12 +163,18 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
   const size_t n = entries.size() - from;
   std::vector<std::optional<nlohmann::json>> answers(n);
   size_t answered = 0;
-  const absl::Time deadline = absl::Now() + connection_->timeout();
+  absl::Time deadline = absl::Now() + connection_->timeout();
   while (answered < n) {
     const int64_t left = absl::ToInt64Milliseconds(deadline - absl::Now());
     natsMsg* msg = nullptr;
     natsStatus s = left > 0 ? natsSubscription_NextMsg(&msg, replies_, left) : NATS_TIMEOUT;
     if (s == NATS_TIMEOUT) break;
+    if (s == NATS_NO_RESPONDERS) {
+      // The stream has no leader now: a message that got this was not stored, but the client
+      // does not say which. Wait a moment for the others and leave the rest unanswered.
+      deadline = std::min(deadline, absl::Now() + absl::Milliseconds(200));
+      continue;
+    }
     if (s != NATS_OK) return FromNats(s, "reading the append answers");
     absl::string_view subject = natsMsg_GetSubject(msg);
     size_t index = 0;
@@ -163,9 +191,14 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
     const std::optional<nlohmann::json>& answer = answers[stored];
     const Entry& entry = entries[from + stored];
     if (!answer) {
+      // Stored or not, nobody knows yet: the next try sends the rest again as planned.
+      unsettled_.ids.clear();
+      for (size_t i = from + stored; i < entries.size(); ++i) unsettled_.ids.push_back(entries[i].id);
+      unsettled_.positions.assign(planned.begin() + static_cast<std::ptrdiff_t>(stored), planned.end());
+      unsettled_.after = stored > 0 ? planned[stored - 1].sequence : after;
       *why = absl::DeadlineExceededError(absl::StrCat("appending to ", entry.subject, ": no answer within ",
                                                       absl::FormatDuration(connection_->timeout())));
-      break;
+      return stored;
     }
     if (!answer->is_object() || answer->contains("error")) {
       const nlohmann::json error = answer->is_object() ? answer->value("error", nlohmann::json::object())
@@ -183,10 +216,15 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
     }
     Position position = planned[stored];
     if (answer->value("duplicate", false)) {
-      // Stored by an earlier try, with the offset it had then; what follows was planned on a
-      // view that did not count it: the rest of the batch goes again.
+      // Stored by an earlier try. As planned now (a batch sent again as it was): go on.
+      // Otherwise what follows was planned on a view that did not count it: plan it again.
       ASSIGN_OR_RETURN(Message first, Read(answer->value("seq", uint64_t{0})));
       positions->push_back(first.position);
+      if (first.position.sequence == position.sequence && first.position.offset == position.offset) {
+        newest_[entry.subject] = position;
+        last_sequence_ = position.sequence;
+        continue;
+      }
       ++stored;
       *why = absl::FailedPreconditionError("a message of the batch was already stored");
       break;
@@ -199,6 +237,7 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
     newest_[entry.subject] = position;
     last_sequence_ = position.sequence;
   }
+  unsettled_ = {};  // every answer came: settled, one way or the other
   return stored;
 }
 

@@ -82,6 +82,12 @@ class OffsetLog {
   // is refused every later one is too, none lands on a view another writer changed, and the
   // batch goes again from there. Every entry needs an id (see Append); it is what the next
   // entry expects. Returns the positions, in order.
+  //
+  // When answers do not come (DeadlineExceeded), call it again with the same entries first:
+  // they are sent again exactly as planned, so that a copy stored late (a new leader applying
+  // what the old one had accepted, which nats-server 2.9 does without checking expectations
+  // again) and the new one are the same message to JetStream's duplicate check, instead of
+  // two with different offsets.
   struct Entry {
     std::string subject;
     std::string id;
@@ -126,6 +132,15 @@ class OffsetLog {
   uint64_t last_sequence_ = 0;                         // the stream's, as last seen; 0: unknown
   uint64_t conflicts_ = 0;
   absl::BitGen bitgen_;  // the back-off after a lost race
+  // The rest of a batch sent and not answered (a server lost, a leader changing): its ids,
+  // the positions planned for them, and the stream's last sequence before the first. The
+  // next AppendBatch that starts with these ids sends them again as planned.
+  struct Unsettled {
+    std::vector<std::string> ids;
+    std::vector<Position> positions;
+    uint64_t after = 0;
+  };
+  Unsettled unsettled_;
   natsSubscription* replies_ = nullptr;  // AppendBatch's answers, on inbox_.*
   std::string inbox_;
   uint64_t batches_ = 0;  // tells one batch's answers from a late one of an earlier batch

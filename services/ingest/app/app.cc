@@ -68,8 +68,7 @@ struct App::Impl : public CoreOutputs {
     if (store) store->PushMessage(&message_records, seq);
   }
   void Emit(v1::Event event, const std::vector<StreamRef>& streams) override {
-    const uint64_t seq = event_log->Append(std::move(event), streams, absl::Now());
-    if (bus) bus->Publish(event_log->Get(seq), streams);
+    event_log->Append(std::move(event), streams, absl::Now());
   }
 
   void Post(std::function<void()> fn) { asio::post(io, std::move(fn)); }
@@ -439,6 +438,9 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     absl::StatusOr<std::unique_ptr<EventPublisher>> publisher = EventPublisher::Start(std::move(bus), &s.metrics);
     if (!publisher.ok()) return common::Annotate(publisher.status(), "--bus");
     s.bus = *std::move(publisher);
+    // Everything the log takes goes to the bus too: device events, Push API operations, membership.
+    s.event_log->OnAppend([bus = s.bus.get()](const std::shared_ptr<const std::string>& encoded,
+                                              const std::vector<StreamRef>& streams) { bus->Publish(encoded, streams); });
   }
 
   if (o.pg_dsn == "none") {

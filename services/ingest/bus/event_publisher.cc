@@ -62,9 +62,11 @@ void EventPublisher::Publish(std::shared_ptr<const std::string> encoded, const s
   const uint64_t id = ++next_id_;
   size_t k = 0;
   bool dropped = false;
+  // An event of no push stream (membership, a send to clients) goes to the cluster's subject.
+  static const std::vector<StreamRef> kCluster{StreamRef{}};
   {
     common::MutexLock lock(&mu_);
-    for (const StreamRef& stream : streams) {
+    for (const StreamRef& stream : streams.empty() ? kCluster : streams) {
       if (bytes_ + encoded->size() > options_.max_queue_bytes) {
         dropped_->Inc();
         dropped = true;
@@ -111,13 +113,17 @@ void EventPublisher::Run() {
     std::vector<bus::OffsetLog::Entry> entries;
     entries.reserve(batch.size());
     for (const Item& item : batch) {
-      entries.push_back({bus::StreamSubject(options_.prefix, item.stream.system_id, item.stream.group_name), item.id,
-                         [this, &item](uint64_t offset) {
+      const bool cluster = item.stream.system_id.empty();
+      entries.push_back({cluster ? options_.prefix + ".cluster"
+                                 : bus::StreamSubject(options_.prefix, item.stream.system_id, item.stream.group_name),
+                         item.id,
+                         [this, &item, cluster](uint64_t offset) {
                            v1::Event event;
                            event.ParseFromString(*item.encoded);
                            event.set_epoch(epoch_);
-                           event.set_seq(0);  // on the bus, a message's place is its stream's offset
+                           event.set_seq(0);  // on the bus, a message's place is its JetStream sequence
                            event.clear_streams();
+                           if (cluster) return event.SerializeAsString();
                            v1::StreamOffset* stream = event.add_streams();
                            stream->set_system_id(item.stream.system_id);
                            stream->set_group_name(item.stream.group_name);

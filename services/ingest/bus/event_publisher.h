@@ -1,7 +1,9 @@
-// Ingest's events on the bus (`--bus`): every event, once for each push stream it is a
-// message of, appended to the JetStream stream `stream` on that push stream's subject
-// (bus::StreamSubject under `prefix`) with that push stream's offset (bus::OffsetLog), so
-// events outlive this process and a restart of ingest resets nobody's streams.
+// Ingest's events on the bus (`--bus`): every event the event log takes, once for each push
+// stream it is a message of, appended to the JetStream stream `stream` on that push stream's
+// subject (bus::StreamSubject under `prefix`) with that push stream's offset (bus::OffsetLog),
+// and an event of no push stream (membership, a send to clients) once on `<prefix>.cluster`.
+// So events outlive this process and a restart of ingest resets nobody's streams; the
+// JetStream sequence orders the whole stream, as the event log's seq does.
 //
 // The io thread hands events over (Publish: a copy of a pointer, never a wait); a thread of
 // the publisher's own appends what has queued up in pipelined batches, one round trip to the

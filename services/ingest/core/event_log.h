@@ -57,6 +57,12 @@ class EventLog {
   size_t streams() const { return stream_offsets_.size(); }
   size_t bytes() const { return bytes_; }
 
+  // Calls `sink` with every event appended from now on, encoded, and the streams it is a
+  // message of (the bus's publisher takes them this way).
+  using Sink = std::function<void(const std::shared_ptr<const std::string>& encoded,
+                                  const std::vector<StreamRef>& streams)>;
+  void OnAppend(Sink sink) { on_append_ = std::move(sink); }
+
   // Calls `wake` once, on the next Append.
   void WaitForAppend(std::function<void()> wake) { waiters_.push_back(std::move(wake)); }
 
@@ -83,6 +89,7 @@ class EventLog {
   };
   absl::flat_hash_map<std::string, StreamState> stream_offsets_;
   std::vector<std::function<void()>> waiters_;
+  Sink on_append_;
 };
 
 }  // namespace devbridge::ingest
