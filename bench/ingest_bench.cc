@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_format.h"
 #include "bench/bench_util.h"
 #include "bench/raw_publisher.h"
@@ -155,6 +156,11 @@ Ingest StartIngest(const Config& c, const std::string& dsn, const std::string& p
                                    "--heartbeat_timeout=120s",
                                    "--log_level=warn"};
   argv.insert(argv.end(), extra.begin(), extra.end());
+  // More flags for every ingest this bench starts, e.g. INGEST_BENCH_FLAGS=--bus=nats://… to
+  // measure what the bus costs.
+  if (const char* more = std::getenv("INGEST_BENCH_FLAGS"); more != nullptr) {
+    for (absl::string_view flag : absl::StrSplit(more, ' ', absl::SkipEmpty())) argv.emplace_back(flag);
+  }
   in.child = std::make_unique<Child>(argv, c.log_dir + "/ingest-" + name + ".log");
   if (!WaitHealthy(in.http_port, 30)) {
     std::fprintf(stderr, "ingest did not become healthy; see %s/ingest-%s.log\n", c.log_dir.c_str(), name.c_str());
@@ -332,6 +338,14 @@ IngestFigures RunIngest(const Config& c, Publisher& pub, const std::string& labe
                 dup[0].as<long long>(), MetricValue(after, "devbridge_ingest_mqtt_connects"),
                 MetricValue(after, "devbridge_ingest_mqtt_dup_flagged"),
                 MetricValue(after, "devbridge_ingest_mqtt_duplicates_dropped"));
+    if (MetricValue(after, "devbridge_ingest_bus_appended_total") >= 0) {
+      std::printf("  bus: %.0f appended, %.0f queued bytes, %.0f dropped, %.0f batch errors; one batch p50 %g ms\n",
+                  MetricValue(after, "devbridge_ingest_bus_appended_total"),
+                  MetricValue(after, "devbridge_ingest_bus_queue_bytes"),
+                  MetricValue(after, "devbridge_ingest_bus_dropped_total"),
+                  MetricValue(after, "devbridge_ingest_bus_errors_total"),
+                  WindowQuantile(m0, after, "devbridge_ingest_bus_batch_ms", 0.5));
+    }
   }
   watcher.Stop();
   ingest.child->Stop();

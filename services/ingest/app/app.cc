@@ -175,7 +175,9 @@ struct App::Impl : public CoreOutputs {
   void Drain(bool all) {
     drain_scheduled = false;
     if (!replay_ready) return;  // waiting for the checkpoint; OnReady schedules us
-    if (!all && store && store->Full()) {
+    // The store full, or the bus's queue: the messages wait in memory and the spool (their
+    // on_space schedules us again).
+    if (!all && ((store && store->Full()) || (bus && bus->Full()))) {
       drain_blocked = true;
       return;
     }
@@ -441,6 +443,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     // Everything the log takes goes to the bus too: device events, Push API operations, membership.
     s.event_log->OnAppend([bus = s.bus.get()](const std::shared_ptr<const std::string>& encoded,
                                               const std::vector<StreamRef>& streams) { bus->Publish(encoded, streams); });
+    s.bus->SetOnSpace([&s] { s.ScheduleDrain(); });
   }
 
   if (o.pg_dsn == "none") {

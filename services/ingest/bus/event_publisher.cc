@@ -76,6 +76,7 @@ void EventPublisher::Publish(std::shared_ptr<const std::string> encoded, const s
       queue_.push_back({encoded, stream, absl::StrCat(options_.node_id, ":", id, ":", k++)});
     }
     queue_bytes_->Set(static_cast<int64_t>(bytes_));
+    if (bytes_ >= options_.max_queue_bytes / 2) full_ = true;
   }
   cv_.NotifyOne();
   uint64_t skipped = 0;
@@ -83,6 +84,11 @@ void EventPublisher::Publish(std::shared_ptr<const std::string> encoded, const s
     log_->warn("bus: queue full ({} MiB): events dropped (devbridge_ingest_bus_dropped_total), {} line(s) skipped",
                options_.max_queue_bytes >> 20, skipped);
   }
+}
+
+void EventPublisher::SetOnSpace(std::function<void()> on_space) {
+  common::MutexLock lock(&mu_);
+  on_space_ = std::move(on_space);
 }
 
 size_t EventPublisher::queued() const {
@@ -148,12 +154,20 @@ void EventPublisher::Run() {
     backoff = absl::Milliseconds(100);
     batch_ms_->Observe(absl::ToDoubleMilliseconds(absl::Now() - start));
     appended_->Inc(batch.size());
-    common::MutexLock lock(&mu_);
-    for (size_t i = 0; i < batch.size(); ++i) {
-      bytes_ -= queue_.front().encoded->size();
-      queue_.pop_front();
+    std::function<void()> on_space;
+    {
+      common::MutexLock lock(&mu_);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        bytes_ -= queue_.front().encoded->size();
+        queue_.pop_front();
+      }
+      queue_bytes_->Set(static_cast<int64_t>(bytes_));
+      if (full_ && bytes_ <= options_.max_queue_bytes / 4) {
+        full_ = false;
+        on_space = on_space_;
+      }
     }
-    queue_bytes_->Set(static_cast<int64_t>(bytes_));
+    if (on_space) on_space();
   }
 }
 

@@ -7,8 +7,11 @@
 //
 // The io thread hands events over (Publish: a copy of a pointer, never a wait); a thread of
 // the publisher's own appends what has queued up in pipelined batches, one round trip to the
-// stream's leader per batch. While the bus is away it keeps the queue (up to
-// `max_queue_bytes`, then it drops the newest and counts them) and tries again.
+// stream's leader per batch. While the bus is away or slower than intake, the queue grows;
+// past half of `max_queue_bytes` it is Full() and ingest stops processing messages (they
+// wait in the spool, and past its bounds in the broker, as when PostgreSQL is slow) until the
+// queue is down to a quarter (then on_space runs). Only past `max_queue_bytes` itself, which
+// that leaves room for, would events be dropped (and counted).
 //
 // This is the first step of the multi-machine mode (see docs/scaling.md): one ingest writes
 // the bus; push replicas do not read it yet.
@@ -16,7 +19,9 @@
 #define DEVBRIDGE_SERVICES_INGEST_BUS_EVENT_PUBLISHER_H_
 
 #include <cstddef>
+#include <atomic>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -58,6 +63,11 @@ class EventPublisher {
   void Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams)
       ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Any thread. True while the queue holds half of max_queue_bytes or more: take no more
+  // messages. `on_space` runs (on the publisher's thread) when it is down to a quarter again.
+  bool Full() const { return full_.load(); }
+  void SetOnSpace(std::function<void()> on_space) ABSL_LOCKS_EXCLUDED(mu_);
+
   // The epoch every push stream has on this bus: the JetStream stream's creation time, so it
   // changes only when the stream (and so the history) is created anew.
   const std::string& epoch() const { return epoch_; }
@@ -93,6 +103,8 @@ class EventPublisher {
   std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
   size_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::function<void()> on_space_ ABSL_GUARDED_BY(mu_);
+  std::atomic<bool> full_{false};
   uint64_t next_id_ = 0;  // io thread
   std::thread thread_;
 };
