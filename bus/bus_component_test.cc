@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <set>
 #include <thread>
@@ -74,6 +75,26 @@ class BusTest : public ::testing::Test {
     return all;
   }
 
+  // Runs `write` as writer "a" on `a` and as writer "b" on `b`, at once.
+  static void Together(const std::function<void(Connection*, const std::string&)>& write, Connection* a,
+                       Connection* b) {
+    std::thread ta(write, a, "a");
+    std::thread tb(write, b, "b");
+    ta.join();
+    tb.join();
+  }
+
+  // Messages written as "<name>@<offset>": each must have been built for the offset it was
+  // stored with, and no name may come twice (`seen` collects them). Returns how many there were.
+  static size_t ExpectEachBuiltForItsOffset(const std::map<uint64_t, std::string>& messages,
+                                            std::set<std::string>* seen) {
+    for (const auto& [offset, data] : messages) {
+      EXPECT_EQ(data.substr(data.find('@') + 1), absl::StrCat(offset));
+      EXPECT_TRUE(seen->insert(data.substr(0, data.find('@'))).second) << data << " twice";
+    }
+    return messages.size();
+  }
+
   // True when the offsets of `messages` are start, start + 1, … with none missing.
   static bool Contiguous(const std::map<uint64_t, std::string>& messages) {
     if (messages.empty()) return true;
@@ -108,10 +129,7 @@ TEST_F(BusTest, TwoWritersOnOneSubjectGiveContiguousOffsets) {
     }
     conflicts += log.conflicts();
   };
-  std::thread ta(write, a.get(), "a");
-  std::thread tb(write, b.get(), "b");
-  ta.join();
-  tb.join();
+  Together(write, a.get(), b.get());
 
   OffsetLog reader(a.get(), stream);
   auto all = ReadAll(reader, *a, stream);
@@ -119,11 +137,7 @@ TEST_F(BusTest, TwoWritersOnOneSubjectGiveContiguousOffsets) {
   ASSERT_EQ(messages.size(), 2u * kEach);
   EXPECT_TRUE(Contiguous(messages));
   std::set<std::string> seen;
-  for (const auto& [offset, data] : messages) {
-    // Each message names the offset it was built for: the one it was stored with.
-    EXPECT_EQ(data.substr(data.find('@') + 1), absl::StrCat(offset));
-    EXPECT_TRUE(seen.insert(data.substr(0, data.find('@'))).second) << data << " twice";
-  }
+  ExpectEachBuiltForItsOffset(messages, &seen);
   std::cout << "conflicts retried: " << conflicts << "\n";
   EXPECT_GT(conflicts.load(), 0u) << "the writers never raced: the test proves nothing";
 }
@@ -276,10 +290,7 @@ TEST_F(BusTest, BatchesArePipelinedAndStayContiguousWithTwoWriters) {
     }
     conflicts += log.conflicts();
   };
-  std::thread ta(write, a.get(), "a");
-  std::thread tb(write, b.get(), "b");
-  ta.join();
-  tb.join();
+  Together(write, a.get(), b.get());
 
   OffsetLog reader(a.get(), stream);
   auto all = ReadAll(reader, *a, stream);
@@ -287,11 +298,7 @@ TEST_F(BusTest, BatchesArePipelinedAndStayContiguousWithTwoWriters) {
   size_t total = 0;
   for (const auto& [subject, messages] : all) {
     EXPECT_TRUE(Contiguous(messages)) << subject;
-    for (const auto& [offset, data] : messages) {
-      EXPECT_EQ(data.substr(data.find('@') + 1), absl::StrCat(offset));
-      EXPECT_TRUE(seen.insert(data.substr(0, data.find('@'))).second) << data << " twice";
-      ++total;
-    }
+    total += ExpectEachBuiltForItsOffset(messages, &seen);
   }
   EXPECT_EQ(total, 2u * kBatches * kBatch);
   std::cout << "batch conflicts retried: " << conflicts << "\n";
