@@ -62,7 +62,8 @@ OffsetLog::~OffsetLog() {
   }
 }
 
-absl::StatusOr<std::vector<Position>> OffsetLog::AppendBatch(const std::vector<Entry>& entries) {
+absl::Status OffsetLog::AppendBatch(const std::vector<Entry>& entries, std::vector<Position>* positions) {
+  positions->clear();
   for (const Entry& entry : entries) {
     if (entry.id.empty()) return absl::InvalidArgumentError("AppendBatch: every entry needs an id");
   }
@@ -77,13 +78,12 @@ absl::StatusOr<std::vector<Position>> OffsetLog::AppendBatch(const std::vector<E
     if (s == NATS_OK) s = natsSubscription_SetPendingLimits(replies_, -1, -1);
     if (s != NATS_OK) return FromNats(s, "subscribing to the append answers");
   }
-  std::vector<Position> positions;
-  positions.reserve(entries.size());
+  positions->reserve(entries.size());
   const absl::Time give_up = absl::Now() + connection_->timeout();
   size_t done = 0;
   for (int attempt = 0; done < entries.size(); ++attempt) {
     absl::Status why;
-    absl::StatusOr<size_t> stored = SendBatch(entries, done, &positions, &why);
+    absl::StatusOr<size_t> stored = SendBatch(entries, done, positions, &why);
     if (!stored.ok()) {
       last_sequence_ = 0;
       return stored.status();
@@ -100,7 +100,7 @@ absl::StatusOr<std::vector<Position>> OffsetLog::AppendBatch(const std::vector<E
     }
     absl::SleepFor(absl::Microseconds(absl::Uniform(bitgen_, 0, 200 * std::min(attempt + 1, 10))));
   }
-  return positions;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, size_t from,

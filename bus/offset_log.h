@@ -81,9 +81,9 @@ class OffsetLog {
   // (`Nats-Expected-Last-Msg-Id`; the first expects the stream's last sequence), so when one
   // is refused every later one is too, none lands on a view another writer changed, and the
   // batch goes again from there. Every entry needs an id (see Append); it is what the next
-  // entry expects. Returns the positions, in order.
+  // entry expects.
   //
-  // When answers do not come (DeadlineExceeded), call it again with the same entries first:
+  // When answers do not come (DeadlineExceeded), call it again with the entries not stored:
   // they are sent again exactly as planned, so that a copy stored late (a new leader applying
   // what the old one had accepted, which nats-server 2.9 does without checking expectations
   // again) and the new one are the same message to JetStream's duplicate check, instead of
@@ -93,7 +93,9 @@ class OffsetLog {
     std::string id;
     Payload payload;
   };
-  absl::StatusOr<std::vector<Position>> AppendBatch(const std::vector<Entry>& entries);
+  // `positions` gets the positions of the entries stored, in order: all of them on OK, the
+  // first ones on an error (drop those and call again with the rest).
+  absl::Status AppendBatch(const std::vector<Entry>& entries, std::vector<Position>* positions);
 
   // The message at stream sequence `sequence`: its subject's offset and its data.
   struct Message {

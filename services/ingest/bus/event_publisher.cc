@@ -138,26 +138,29 @@ void EventPublisher::Run() {
                          }});
     }
     const absl::Time start = absl::Now();
-    absl::StatusOr<std::vector<bus::Position>> appended = log.AppendBatch(entries);
-    if (!appended.ok()) {
+    std::vector<bus::Position> appended;
+    const absl::Status status = log.AppendBatch(entries, &appended);
+    if (status.ok()) {
+      backoff = absl::Milliseconds(100);
+      batch_ms_->Observe(absl::ToDoubleMilliseconds(absl::Now() - start));
+    } else {
+      // The first `appended` are on the bus; the rest go again, first in the next batch.
       errors_->Inc();
       uint64_t skipped = 0;
       if (error_log_.Allow(absl::Now(), &skipped)) {
-        log_->warn("bus: {} event(s) not appended yet ({}); trying again in {} ({} line(s) skipped)", batch.size(),
-                   appended.status().message(), absl::FormatDuration(backoff), skipped);
+        log_->warn("bus: {} event(s) not appended yet ({}); trying again in {} ({} line(s) skipped)",
+                   batch.size() - appended.size(), status.message(), absl::FormatDuration(backoff), skipped);
       }
-      common::MutexLock lock(&mu_);
-      cv_.WaitFor(&mu_, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
-      backoff = std::min(backoff * 2, absl::Seconds(5));
-      continue;
     }
-    backoff = absl::Milliseconds(100);
-    batch_ms_->Observe(absl::ToDoubleMilliseconds(absl::Now() - start));
-    appended_->Inc(batch.size());
+    appended_->Inc(appended.size());
     std::function<void()> on_space;
     {
       common::MutexLock lock(&mu_);
-      for (size_t i = 0; i < batch.size(); ++i) {
+      if (!status.ok()) {
+        cv_.WaitFor(&mu_, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
+        backoff = std::min(backoff * 2, absl::Seconds(5));
+      }
+      for (size_t i = 0; i < appended.size(); ++i) {
         bytes_ -= queue_.front().encoded->size();
         queue_.pop_front();
       }
