@@ -135,4 +135,14 @@ absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::s
   return last;
 }
 
+absl::StatusOr<std::string> StreamEpoch(const Connection& connection, const std::string& name) {
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&info, connection.js(), name.c_str(), nullptr, &code);
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading stream ", name), code);
+  std::string epoch = absl::StrCat("bus-", absl::Hex(info->Created));
+  jsStreamInfo_Destroy(info);
+  return epoch;
+}
+
 }  // namespace devbridge::bus

@@ -75,6 +75,11 @@ absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec);
 // The newest sequence number of stream `name` (0 when it is empty).
 absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::string& name);
 
+// The epoch of the push streams kept in stream `name`: "bus-" and the stream's creation time
+// in hex, so it changes only when the stream (and its history) is created anew, and every
+// writer and reader of the stream agrees on it. NotFound while there is no such stream.
+absl::StatusOr<std::string> StreamEpoch(const Connection& connection, const std::string& name);
+
 }  // namespace devbridge::bus
 
 #endif  // DEVBRIDGE_BUS_CONNECTION_H_

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "bus/connection.h"
 #include "bus/offset_log.h"
 
@@ -30,6 +31,12 @@ class SubjectReader {
                                                              const std::string& stream,
                                                              const std::string& subject, uint64_t from,
                                                              OnMessage on_message);
+  // The same from the first message stored at `since` or later (what a replica reads back at
+  // start to fill its recovery histories).
+  static absl::StatusOr<std::unique_ptr<SubjectReader>> StartSince(const Connection* connection,
+                                                                  const std::string& stream,
+                                                                  const std::string& subject, absl::Time since,
+                                                                  OnMessage on_message);
   // Stops reading; `on_message` is not running and will not run once this returns.
   ~SubjectReader();
   SubjectReader(const SubjectReader&) = delete;
@@ -37,6 +44,10 @@ class SubjectReader {
 
  private:
   explicit SubjectReader(OnMessage on_message) : on_message_(std::move(on_message)) {}
+  static absl::StatusOr<std::unique_ptr<SubjectReader>> Subscribe(const Connection* connection,
+                                                                 const std::string& stream,
+                                                                 const std::string& subject,
+                                                                 jsSubOptions* options, OnMessage on_message);
   static void Deliver(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   static void Completed(void* closure);
 

@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/time.h"
+#include "bus/connection.h"
 #include "common/flags.h"
 #include "common/log.h"
 #include "common/shutdown.h"
@@ -15,6 +16,10 @@
 #include "services/push/app/app.h"
 
 ABSL_FLAG(std::string, ingest_addr, "127.0.0.1:7070", "ingest's gRPC address (event stream, commands)");
+ABSL_FLAG(std::string, bus, "",
+          "NATS servers with JetStream, nats://HOST:PORT[,...] (the same as ingest's --bus): events come from "
+          "the bus and API operations go to it, so this replica does not depend on one ingest; ingest_addr "
+          "then serves commands and the device list only (multi-machine mode, see docs/scaling.md); empty: no bus");
 ABSL_FLAG(std::string, listen, "0.0.0.0:8080", "HTTP and WebSocket (GET /ws) listen address");
 ABSL_FLAG(std::string, grpc_listen, "0.0.0.0:7071", "gRPC listen address (service devbridge.v1.Push)");
 ABSL_FLAG(std::string, node_id, "", "this replica's name in the cluster (default HOSTNAME:PORT)");
@@ -54,6 +59,11 @@ int main(int argc, char** argv) {
   devbridge::push::PushOptions o;
   o.ingest_addr = absl::GetFlag(FLAGS_ingest_addr);
   devbridge::common::RequireNonEmpty("ingest_addr", o.ingest_addr);
+  if (const std::string bus = absl::GetFlag(FLAGS_bus); !bus.empty()) {
+    auto urls = devbridge::bus::ParseBusFlag(bus);
+    if (!urls.ok()) devbridge::common::FlagError("bus", urls.status().message());
+    o.bus_urls = *urls;
+  }
   o.listen = absl::GetFlag(FLAGS_listen);
   auto hp = devbridge::httpd::SplitHostPort(o.listen);
   if (!hp.ok()) FlagError("listen", hp.status().message());

@@ -13,11 +13,13 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "bus/connection.h"
 #include "devbridge/v1/push.grpc.pb.h"
 #include "grpcutil/security.h"
 #include "services/push/app/app.h"
 #include "services/push/core/jwt.h"
 #include "tests/component/ingest_fixture.h"
+#include "tests/component/nats_cluster.h"
 #include "tests/component/test_env.h"
 #include "tests/component/ws_client.h"
 
@@ -93,6 +95,7 @@ class PushTest : public IngestFixture {
     o.grpc_listen = "127.0.0.1:0";
     o.node_id = node;
     o.ping_interval = absl::Seconds(5);
+    if (bus_) o.bus_urls = *bus::ParseBusFlag(bus_->urls());
     if (adjust) adjust(o);
     auto app = push::App::Create(o);
     EXPECT_TRUE(app.ok()) << app.status();
@@ -106,7 +109,7 @@ class PushTest : public IngestFixture {
     return *std::move(app);
   }
   void StartCluster(const std::function<void(push::PushOptions&)>& adjust = nullptr) {
-    StartIngest();
+    StartIngestOnBusIfAny();
     a_ = StartPush("node-a", adjust);
     b_ = StartPush("node-b", adjust);
   }
@@ -122,8 +125,43 @@ class PushTest : public IngestFixture {
     return WaitFor([&] { return Api(app, "get_online_list", Json::object(), system)["data"]["count"] == n; });
   }
 
+  // Ingest, on the bus when the test has one.
+  void StartIngestOnBusIfAny(const std::function<void(ingest::IngestOptions&)>& adjust = nullptr) {
+    StartIngest([&](ingest::IngestOptions& o) {
+      if (bus_) {
+        o.bus.urls = *bus::ParseBusFlag(bus_->urls());
+        o.bus.replicas = bus_->size();
+      }
+      if (adjust) adjust(o);
+    });
+  }
+
+  std::unique_ptr<NatsCluster> bus_;  // set: ingest and the replicas run with --bus on it
   std::unique_ptr<push::App> a_, b_;
 };
+
+// The same tests with the events on a NATS JetStream bus (--bus, docs/scaling.md): one
+// server is enough for what the replicas see; bus_component_test and ingest_bus_test kill
+// servers of a three-server cluster.
+class PushModeTest : public PushTest, public ::testing::WithParamInterface<bool> {
+ protected:
+  void SetUp() override {
+    PushTest::SetUp();
+    if (GetParam()) {
+      bus_ = std::make_unique<NatsCluster>(1);
+      ASSERT_TRUE(bus_->WaitHealthy()) << "see " << bus_->log(0);
+    }
+  }
+  void TearDown() override {
+    PushTest::TearDown();
+    bus_.reset();
+  }
+};
+std::string ModeName(const ::testing::TestParamInfo<bool>& info) { return info.param ? "Bus" : "Ingest"; }
+INSTANTIATE_TEST_SUITE_P(Upstream, PushModeTest, ::testing::Bool(), ModeName);
+// What only the bus gives.
+class PushOnBusTest : public PushModeTest {};
+INSTANTIATE_TEST_SUITE_P(Upstream, PushOnBusTest, ::testing::Values(true), ModeName);
 
 // For every connection to `port` this process accepted (the server's end), whether it has
 // TCP_NODELAY set.
@@ -156,7 +194,7 @@ TEST_F(PushTest, WebSocketConnectionsWriteWithoutNagleDelay) {
   for (bool on : nodelay) EXPECT_TRUE(on);
 }
 
-TEST_F(PushTest, EveryApiOperationWorksAcrossReplicas) {
+TEST_P(PushModeTest, EveryApiOperationWorksAcrossReplicas) {
   StartCluster();
   auto on_a = WsClient::Connect(a_->port(), "systemId=fleet&clientId=alice&groups=ops");
   auto on_b = WsClient::Connect(b_->port(), "systemId=fleet&clientId=bob");
@@ -277,7 +315,7 @@ TEST_F(PushTest, IngestAndReplicasTalkOverMutualTls) {
   EXPECT_EQ(stub->ListDevices(&ctx, v1::ListDevicesRequest(), &response).error_code(), grpc::StatusCode::UNAVAILABLE);
 }
 
-TEST_F(PushTest, DeviceEventsFanOutAndCommandsRoundTrip) {
+TEST_P(PushModeTest, DeviceEventsFanOutAndCommandsRoundTrip) {
   StartCluster();
   auto fleet = WsClient::Connect(a_->port(), "systemId=fleet&clientId=console");
   ASSERT_TRUE(fleet->open());
@@ -376,7 +414,7 @@ TEST_F(PushTest, DashboardReadsDevicesAndReadingsThroughEitherReplica) {
   EXPECT_EQ(status, 405);
 }
 
-TEST_F(PushTest, RecoveryAfterReconnectOnAnotherReplica) {
+TEST_P(PushModeTest, RecoveryAfterReconnectOnAnotherReplica) {
   StartCluster();
   auto first = WsClient::Connect(a_->port(), "systemId=fleet&clientId=r1&groups=ops");
   ASSERT_TRUE(first->open());
@@ -640,6 +678,51 @@ TEST_F(PushTest, IngestRestartKeepsClientsAndCommandsGet503Meanwhile) {
   EXPECT_FALSE(client->WaitFor([](const Json& f) { return f["type"] == "device.online"; }).is_null());
   EXPECT_TRUE(WaitFor([&] { return client->Frames("device.online").size() >= 2; })) << "events flow again";
   EXPECT_TRUE(client->open());
+}
+
+// On the bus the replicas do not hang on ingest: while it restarts, clients stay connected,
+// the API works, and the fleet's stream goes on with the same epoch and no offset missing
+// (no 410, no reset); only commands, which ingest carries out, get 503 meanwhile.
+TEST_P(PushOnBusTest, IngestRestartResetsNoStreamAndTheApiGoesOn) {
+  StartCluster();
+  auto client = WsClient::Connect(a_->port(), "systemId=fleet&clientId=keeper");
+  ASSERT_TRUE(client->open());
+  auto sim = StartSim([](sim::SimOptions& o) {
+    o.devices = 3;
+    o.data_interval = absl::Milliseconds(50);
+  });
+  ASSERT_TRUE(WaitFor([&] { return client->Frames("device.data").size() >= 20; }, absl::Seconds(20)));
+  StopIngest();
+  int status = 0;
+  HttpRequest(a_->port(), "GET", "/healthz", {}, "", &status);
+  EXPECT_EQ(status, 200) << "the replica's events come from the bus, not from ingest";
+  client->Send(Json({{"action", "command"}, {"requestId", "r"}, {"deviceId", sim->DeviceId(0)}, {"address", 0}, {"count", 1}}).dump());
+  // Accepted (the bus is up), then failed: the replica cannot reach ingest.
+  Json failed = client->WaitFor([](const Json& f) { return f["type"] == "command.result"; });
+  EXPECT_EQ(failed["code"], 503) << failed;
+  Json r = Api(b_.get(), "send_to_system", {{"data", "while ingest is away"}});
+  EXPECT_EQ(r["code"], 0) << r;
+  EXPECT_FALSE(client->WaitFor([](const Json& f) { return f["data"] == "while ingest is away"; }).is_null());
+
+  const size_t before = client->Frames("device.data").size();
+  StartIngestOnBusIfAny();
+  ASSERT_TRUE(WaitFor([&] { return client->Frames("device.data").size() >= before + 20; }, absl::Seconds(30)));
+  EXPECT_TRUE(client->open());
+  EXPECT_TRUE(client->Frames("error").empty()) << client->Frames("error").front();
+  // The fleet's stream: one epoch, every offset once, in order.
+  std::string epoch;
+  int64_t last = 0;
+  size_t seen = 0;
+  for (const Json& f : client->Frames()) {
+    if (!f.contains("offset") || f["systemId"] != "fleet" || f.contains("groupName")) continue;
+    if (epoch.empty()) epoch = f["epoch"];
+    EXPECT_EQ(f["epoch"], epoch) << f;
+    if (last > 0) EXPECT_EQ(f["offset"].get<int64_t>(), last + 1) << f;
+    last = f["offset"].get<int64_t>();
+    ++seen;
+  }
+  EXPECT_GE(seen, 41u);
+  EXPECT_EQ(epoch.rfind("bus-", 0), 0u) << epoch;
 }
 
 }  // namespace

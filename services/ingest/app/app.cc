@@ -441,8 +441,10 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     if (!publisher.ok()) return common::Annotate(publisher.status(), "--bus");
     s.bus = *std::move(publisher);
     // Everything the log takes goes to the bus too: device events, Push API operations, membership.
-    s.event_log->OnAppend([bus = s.bus.get()](const std::shared_ptr<const std::string>& encoded,
-                                              const std::vector<StreamRef>& streams) { bus->Publish(encoded, streams); });
+    s.event_log->OnAppend([bus = s.bus.get()](const v1::Event& event, const std::shared_ptr<const std::string>& encoded,
+                                              const std::vector<StreamRef>& streams) {
+      bus->Publish(encoded, streams, events::AffectsCluster(event));
+    });
     s.bus->SetOnSpace([&s] { s.ScheduleDrain(); });
   }
 

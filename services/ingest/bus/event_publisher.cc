@@ -19,14 +19,10 @@ absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Start(BusOptions
   if (!connection.ok()) return connection.status();
   bus::StreamSpec spec{options.stream, {options.prefix + ".>"}, options.replicas, options.max_age};
   if (absl::Status s = bus::EnsureStream(**connection, spec); !s.ok()) return s;
-  jsStreamInfo* info = nullptr;
-  jsErrCode code = static_cast<jsErrCode>(0);
-  natsStatus s = js_GetStreamInfo(&info, (*connection)->js(), options.stream.c_str(), nullptr, &code);
-  if (s != NATS_OK) return bus::FromNats(s, absl::StrCat("reading stream ", options.stream), code);
-  std::string epoch = absl::StrCat("bus-", absl::Hex(info->Created));
-  jsStreamInfo_Destroy(info);
+  absl::StatusOr<std::string> epoch = bus::StreamEpoch(**connection, options.stream);
+  if (!epoch.ok()) return epoch.status();
   return std::unique_ptr<EventPublisher>(
-      new EventPublisher(std::move(options), *std::move(connection), std::move(epoch), metrics));
+      new EventPublisher(std::move(options), *std::move(connection), *std::move(epoch), metrics));
 }
 
 EventPublisher::EventPublisher(BusOptions options, std::unique_ptr<bus::Connection> connection,
@@ -58,23 +54,24 @@ EventPublisher::~EventPublisher() {
   thread_.join();
 }
 
-void EventPublisher::Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams) {
+void EventPublisher::Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams,
+                             bool affects_cluster) {
   const uint64_t id = ++next_id_;
   size_t k = 0;
   bool dropped = false;
-  // An event of no push stream (membership, a send to clients) goes to the cluster's subject.
-  static const std::vector<StreamRef> kCluster{StreamRef{}};
   {
     common::MutexLock lock(&mu_);
-    for (const StreamRef& stream : streams.empty() ? kCluster : streams) {
+    auto queue = [&](const StreamRef& stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       if (bytes_ + encoded->size() > options_.max_queue_bytes) {
         dropped_->Inc();
         dropped = true;
-        continue;
+        return;
       }
       bytes_ += encoded->size();
       queue_.push_back({encoded, stream, absl::StrCat(options_.node_id, ":", id, ":", k++)});
-    }
+    };
+    for (const StreamRef& stream : streams) queue(stream);
+    if (affects_cluster || streams.empty()) queue(StreamRef{});
     queue_bytes_->Set(static_cast<int64_t>(bytes_));
     if (bytes_ >= options_.max_queue_bytes / 2) full_ = true;
   }
@@ -115,28 +112,7 @@ void EventPublisher::Run() {
       // Copies: the queue keeps them until the bus has them.
       for (size_t i = 0; i < queue_.size() && i < options_.max_batch; ++i) batch.push_back(queue_[i]);
     }
-    // Each push stream's message: the event with that stream alone, its offset, the bus's epoch.
-    std::vector<bus::OffsetLog::Entry> entries;
-    entries.reserve(batch.size());
-    for (const Item& item : batch) {
-      const bool cluster = item.stream.system_id.empty();
-      entries.push_back({cluster ? options_.prefix + ".cluster"
-                                 : bus::StreamSubject(options_.prefix, item.stream.system_id, item.stream.group_name),
-                         item.id,
-                         [this, &item, cluster](uint64_t offset) {
-                           v1::Event event;
-                           event.ParseFromString(*item.encoded);
-                           event.set_epoch(epoch_);
-                           event.set_seq(0);  // on the bus, a message's place is its JetStream sequence
-                           event.clear_streams();
-                           if (cluster) return event.SerializeAsString();
-                           v1::StreamOffset* stream = event.add_streams();
-                           stream->set_system_id(item.stream.system_id);
-                           stream->set_group_name(item.stream.group_name);
-                           stream->set_offset(offset);
-                           return event.SerializeAsString();
-                         }});
-    }
+    const std::vector<bus::OffsetLog::Entry> entries = Entries(batch);
     const absl::Time start = absl::Now();
     std::vector<bus::Position> appended;
     const absl::Status status = log.AppendBatch(entries, &appended);
@@ -172,6 +148,36 @@ void EventPublisher::Run() {
     }
     if (on_space) on_space();
   }
+}
+
+std::vector<bus::OffsetLog::Entry> EventPublisher::Entries(const std::vector<Item>& batch) const {
+  std::vector<bus::OffsetLog::Entry> entries;
+  entries.reserve(batch.size());
+  // An event's parts follow each other in the queue: decode it once for all of them.
+  const std::string* decoded_from = nullptr;
+  v1::Event event;
+  std::shared_ptr<const std::string> fanout;   // what its FANOUT parts share
+  std::shared_ptr<const std::string> effects;  // its EFFECTS part
+  for (const Item& item : batch) {
+    if (decoded_from != item.encoded.get()) {
+      decoded_from = item.encoded.get();
+      event.ParseFromString(*item.encoded);
+      event.set_epoch(epoch_);
+      fanout.reset();
+      effects.reset();
+    }
+    if (item.stream.system_id.empty()) {
+      if (!effects) effects = std::make_shared<const std::string>(events::EncodeEffects(event));
+      entries.push_back({events::ClusterSubject(options_.prefix), item.id, [effects](uint64_t) { return *effects; }});
+      continue;
+    }
+    if (!fanout) fanout = std::make_shared<const std::string>(events::EncodeFanoutBase(event));
+    entries.push_back({bus::StreamSubject(options_.prefix, item.stream.system_id, item.stream.group_name), item.id,
+                       [fanout, stream = item.stream](uint64_t offset) {
+                         return events::EncodeFanout(*fanout, stream, offset);
+                       }});
+  }
+  return entries;
 }
 
 }  // namespace devbridge::ingest

@@ -1,7 +1,8 @@
-// Ingest's events on the bus (`--bus`): every event the event log takes, once for each push
-// stream it is a message of, appended to the JetStream stream `stream` on that push stream's
-// subject (bus::StreamSubject under `prefix`) with that push stream's offset (bus::OffsetLog),
-// and an event of no push stream (membership, a send to clients) once on `<prefix>.cluster`.
+// Ingest's events on the bus (`--bus`): every event the event log takes, laid out as
+// events/bus_layout.h says: a FANOUT part for each push stream it is a message of, appended to
+// the JetStream stream `stream` on that push stream's subject (bus::StreamSubject under
+// `prefix`) with that push stream's offset (bus::OffsetLog), and an EFFECTS part on
+// `<prefix>.cluster` when every replica must act on it or it is of no push stream.
 // So events outlive this process and a restart of ingest resets nobody's streams; the
 // JetStream sequence orders the whole stream, as the event log's seq does.
 //
@@ -13,8 +14,8 @@
 // queue is down to a quarter (then on_space runs). Only past `max_queue_bytes` itself, which
 // that leaves room for, would events be dropped (and counted).
 //
-// This is the first step of the multi-machine mode (see docs/scaling.md): one ingest writes
-// the bus; push replicas do not read it yet.
+// Push replicas started with the same --bus read it (services/push/upstream/bus_link.h) and
+// append their own API operations and membership to it; see docs/scaling.md.
 #ifndef DEVBRIDGE_SERVICES_INGEST_BUS_EVENT_PUBLISHER_H_
 #define DEVBRIDGE_SERVICES_INGEST_BUS_EVENT_PUBLISHER_H_
 
@@ -31,9 +32,11 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "bus/connection.h"
+#include "bus/offset_log.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/mutex.h"
+#include "events/bus_layout.h"
 #include "services/ingest/core/event_log.h"
 
 namespace devbridge::ingest {
@@ -41,8 +44,8 @@ namespace devbridge::ingest {
 struct BusOptions {
   std::vector<std::string> urls;  // from bus::ParseBusFlag; empty: no bus
   std::string node_id;            // names this process's messages (JetStream's duplicate check)
-  std::string stream = "DEVBRIDGE_EVENTS";
-  std::string prefix = "devbridge.ev";
+  std::string stream = events::kBusStream;
+  std::string prefix = events::kBusPrefix;
   int replicas = 3;                        // copies of the stream (1 for a single server)
   absl::Duration max_age = absl::Hours(24);  // how long the bus keeps events (recover's reach)
   size_t max_queue_bytes = size_t{64} << 20;
@@ -59,9 +62,10 @@ class EventPublisher {
   EventPublisher(const EventPublisher&) = delete;
   EventPublisher& operator=(const EventPublisher&) = delete;
 
-  // Io thread: queues `encoded` (an Event as EventLog keeps it) for each of `streams`.
-  void Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // Io thread: queues `encoded` (an Event as EventLog keeps it) for each of `streams`, and for
+  // the cluster subject when `affects_cluster` (events::AffectsCluster) or `streams` is empty.
+  void Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams,
+               bool affects_cluster) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Any thread. True while the queue holds half of max_queue_bytes or more: take no more
   // messages. `on_space` runs (on the publisher's thread) when it is down to a quarter again.
@@ -80,9 +84,11 @@ class EventPublisher {
  private:
   struct Item {
     std::shared_ptr<const std::string> encoded;
-    StreamRef stream;
-    std::string id;  // JetStream message id: the same on every try
+    StreamRef stream;  // empty: the EFFECTS part, on the cluster subject
+    std::string id;    // JetStream message id: the same on every try
   };
+  // The batch's entries for `batch`, each event decoded once however many parts it has.
+  std::vector<bus::OffsetLog::Entry> Entries(const std::vector<Item>& batch) const;
   EventPublisher(BusOptions options, std::unique_ptr<bus::Connection> connection, std::string epoch,
                  common::MetricsRegistry* metrics);
   void Run() ABSL_LOCKS_EXCLUDED(mu_);

@@ -26,7 +26,7 @@ uint64_t EventLog::Append(v1::Event event, const std::vector<StreamRef>& streams
     out->set_offset(++state.offset);
   }
   auto encoded = std::make_shared<const std::string>(event.SerializeAsString());
-  if (on_append_) on_append_(encoded, streams);
+  if (on_append_) on_append_(event, encoded, streams);
   bytes_ += encoded->size();
   events_.push_back({std::move(encoded), now});
   // At least the newest event stays, however large.

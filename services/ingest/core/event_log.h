@@ -20,14 +20,12 @@
 #include "absl/time/time.h"
 #include "devbridge/v1/events.pb.h"
 #include "devbridge/v1/ingest.pb.h"
+#include "events/bus_layout.h"
 
 namespace devbridge::ingest {
 
 // A push stream: a system's own stream (group empty) or one of its groups.
-struct StreamRef {
-  std::string system_id;
-  std::string group_name;
-};
+using StreamRef = events::StreamRef;
 
 // Where a subscriber starts reading: the first sequence number to send, and, when it
 // asked to resume from events no longer held, the reset event to send before them.
@@ -57,9 +55,9 @@ class EventLog {
   size_t streams() const { return stream_offsets_.size(); }
   size_t bytes() const { return bytes_; }
 
-  // Calls `sink` with every event appended from now on, encoded, and the streams it is a
-  // message of (the bus's publisher takes them this way).
-  using Sink = std::function<void(const std::shared_ptr<const std::string>& encoded,
+  // Calls `sink` with every event appended from now on, as stamped and encoded, and the
+  // streams it is a message of (the bus's publisher takes them this way).
+  using Sink = std::function<void(const v1::Event& event, const std::shared_ptr<const std::string>& encoded,
                                   const std::vector<StreamRef>& streams)>;
   void OnAppend(Sink sink) { on_append_ = std::move(sink); }
 

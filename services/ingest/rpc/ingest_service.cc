@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/ids.h"
+#include "events/bus_layout.h"
 #include "events/push_message.h"
 #include "grpcutil/security.h"
 #include "common/log.h"
@@ -180,19 +181,6 @@ void NodeTracker::Left(const std::string& node, EventLog* log) {
   common::Logger("ingest.rpc")->info("push node {} has no stream left: announced NODE_DOWN", node);
 }
 
-std::vector<StreamRef> StreamsOf(const v1::PushMessage& message) {
-  switch (message.kind()) {
-    case v1::PushMessage::SEND_TO_SYSTEM:
-      return {{message.system_id(), ""}};
-    case v1::PushMessage::SEND_TO_GROUP:
-    case v1::PushMessage::BIND_GROUP:
-    case v1::PushMessage::UNBIND_GROUP:
-      return {{message.system_id(), message.group_name()}};
-    default:
-      return {};
-  }
-}
-
 IngestService::IngestService(Poster post, IngestCore* core, EventLog* log, Store* store,
                              common::MetricsRegistry* metrics, std::string internal_token)
     : post_(std::move(post)), core_(core), log_(log), store_(store), token_(std::move(internal_token)) {
@@ -337,7 +325,7 @@ grpc::ServerUnaryReactor* IngestService::Publish(grpc::CallbackServerContext* ct
   }
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   post_([this, message = *request, reactor, response]() mutable {
-    const std::vector<StreamRef> streams = StreamsOf(message);
+    const std::vector<StreamRef> streams = events::PushStreams(message);
     v1::Event event;
     *event.mutable_push() = std::move(message);
     response->set_seq(log_->Append(std::move(event), streams, absl::Now()));

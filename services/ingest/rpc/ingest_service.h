@@ -77,11 +77,6 @@ class IngestService final : public v1::Ingest::CallbackService {
   NodeTracker nodes_;
 };
 
-// The streams a Push API operation is a message of (see docs/design.md): a system's stream
-// for SEND_TO_SYSTEM, a group's for SEND_TO_GROUP, BIND_GROUP and UNBIND_GROUP, none for
-// messages to single clients and for CLOSE_CLIENT.
-std::vector<StreamRef> StreamsOf(const v1::PushMessage& message);
-
 }  // namespace devbridge::ingest
 
 #endif  // DEVBRIDGE_SERVICES_INGEST_RPC_INGEST_SERVICE_H_

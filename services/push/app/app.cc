@@ -14,6 +14,7 @@
 #include "services/push/core/push_node.h"
 #include "services/push/http/http_api.h"
 #include "services/push/rpc/push_service.h"
+#include "services/push/upstream/bus_link.h"
 #include "services/push/upstream/ingest_link.h"
 #include "services/push/ws/ws_server.h"
 
@@ -60,7 +61,8 @@ struct App::Impl : public Transport, public WsHandler {
   common::MetricsRegistry metrics;
   asio::io_context io;
   asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
-  std::unique_ptr<IngestLink> link;
+  std::unique_ptr<IngestLink> link;  // with --bus: commands and the device directory only
+  std::unique_ptr<BusLink> bus;      // with --bus: events, API operations, membership
   std::unique_ptr<PushNode> node;
   std::unique_ptr<HttpApi> api;
   absl::node_hash_map<uint64_t, ConnectRequest> pending;  // handshakes accepted, not yet open
@@ -94,23 +96,41 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
     s.log->warn("internal_token is empty: gRPC callers are NOT authenticated (set it, and grpc_tls_*, on an "
                 "untrusted network)");
   }
+  const bool on_bus = !o.bus_urls.empty();
+  auto on_state = [&s](bool up) {
+    s.log->log(up ? spdlog::level::info : spdlog::level::warn, "upstream {} {}",
+               s.options.bus_urls.empty() ? "ingest" : "bus", up ? "up" : "DOWN");
+    s.node->OnUpstream(up);
+  };
   LinkOptions lo;
   lo.ingest_addr = o.ingest_addr;
   lo.node_id = o.node_id;
   lo.security = o.security;
+  lo.subscribe = !on_bus;
   auto link = IngestLink::Create(
       lo, [&s](std::function<void()> fn) { s.Post(std::move(fn)); },
       [&s](const std::vector<v1::Event>& events) {
         const absl::Time now = absl::Now();
         for (const v1::Event& e : events) s.node->OnEvent(e, now);
       },
-      [&s](bool up) {
-        s.log->log(up ? spdlog::level::info : spdlog::level::warn, "upstream ingest {}", up ? "up" : "DOWN");
-        s.node->OnUpstream(up);
-      },
-      &s.metrics);
+      on_state, &s.metrics);
   if (!link.ok()) return link.status();
   s.link = *std::move(link);
+  Upstream* upstream = s.link.get();
+  if (on_bus) {
+    BusLinkOptions bo;
+    bo.urls = o.bus_urls;
+    bo.node_id = o.node_id;
+    bo.read_back = o.history_ttl;  // what a client may still recover
+    s.bus = std::make_unique<BusLink>(
+        bo, [&s](std::function<void()> fn) { s.Post(std::move(fn)); },
+        [&s](const v1::Event& event, bool past) {
+          if (past) return s.node->OnPastEvent(event);
+          s.node->OnEvent(event, absl::Now());
+        },
+        on_state, s.link.get(), &s.metrics);
+    upstream = s.bus.get();
+  }
   NodeOptions no;
   no.node_id = o.node_id;
   no.fleet_system = o.fleet_system;
@@ -120,7 +140,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   no.history_ttl = o.history_ttl;
   no.send_queue_bytes = o.send_queue_bytes;
   no.max_groups_per_client = o.max_groups_per_client;
-  s.node = std::make_unique<PushNode>(no, &s, s.link.get(), &s.metrics);
+  s.node = std::make_unique<PushNode>(no, &s, upstream, &s.metrics);
   s.api = std::make_unique<HttpApi>(s.node.get(), s.link.get(), o.web_root, &s.metrics);
 
   WsOptions wo;
@@ -151,8 +171,10 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   s.ArmSweepTimer();
   s.io_thread = std::thread([&s] { s.io.run(); });
   s.link->Start();
-  s.log->info("node {}: WebSocket and HTTP on {} (port {}), gRPC on {} (port {}), ingest at {}, web_root {}",
+  if (s.bus) s.bus->Start();
+  s.log->info("node {}: WebSocket and HTTP on {} (port {}), gRPC on {} (port {}), ingest at {}{}, web_root {}",
               o.node_id, o.listen, s.ws->port(), o.grpc_listen, s.grpc_port, o.ingest_addr,
+              on_bus ? absl::StrCat(" (commands), events on the bus ", absl::StrJoin(o.bus_urls, ",")) : "",
               o.web_root.empty() ? "(none)" : o.web_root);
   return std::unique_ptr<App>(new App(std::move(impl)));
 }
@@ -177,6 +199,7 @@ void App::Shutdown() {
     closed.set_value();
   });
   closed.get_future().wait();
+  if (s.bus) s.bus->Stop();
   s.link->Stop();
   // Give close frames a moment to go out, then stop the loop.
   std::this_thread::sleep_for(std::chrono::milliseconds(100));

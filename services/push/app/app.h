@@ -16,6 +16,9 @@ namespace devbridge::push {
 
 struct PushOptions {
   std::string ingest_addr = "127.0.0.1:7070";
+  // --bus: NATS servers (bus::ParseBusFlag). Events come from the bus and this replica's API
+  // operations go to it; ingest_addr then carries commands and the device directory only.
+  std::vector<std::string> bus_urls;
   std::string listen = "0.0.0.0:8080";
   std::string grpc_listen = "0.0.0.0:7071";
   std::string node_id;  // required

@@ -15,6 +15,7 @@
 #include "common/status.h"
 #include "common/url.h"
 #include "common/uuid.h"
+#include "events/bus_layout.h"
 #include "events/push_message.h"
 #include "nlohmann/json.hpp"
 
@@ -510,6 +511,8 @@ void PushNode::HandleCommand(ConnId conn, const CommandFrame& c, absl::Time now)
 }
 
 void PushNode::Fanout(const v1::Event& event, ServerFrame frame, absl::Time now) {
+  // On the bus, the EFFECTS part names the streams its FANOUT parts went to (events/bus_layout.h).
+  if (event.part() == v1::Event::EFFECTS) return;
   for (const v1::StreamOffset& s : event.streams()) {
     frame.system_id = s.system_id();
     frame.group_name = s.group_name();
@@ -517,6 +520,7 @@ void PushNode::Fanout(const v1::Event& event, ServerFrame frame, absl::Time now)
     frame.epoch = event.epoch();
     auto bytes = std::make_shared<const std::string>(frame.ToJson());
     history_.Add(StreamKey(s.system_id(), s.group_name()), s.offset(), bytes, now);
+    if (past_) continue;
     const std::vector<ConnId> conns =
         s.group_name().empty() ? registry_.SystemConns(s.system_id()) : registry_.GroupConns(s.system_id(), s.group_name());
     for (ConnId c : conns) SendTo(c, bytes);
@@ -543,6 +547,14 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
   if (event.epoch() != history_.epoch()) return;
   applied_seq_ = event.seq();
   ReleaseSyncWaiters(applied_seq_);
+}
+
+void PushNode::OnPastEvent(const v1::Event& event) {
+  const absl::Time at = event.at_unix_us() > 0 ? absl::FromUnixMicros(event.at_unix_us())
+                                               : absl::FromUnixMillis(event.at_unix_ms());
+  past_ = true;
+  OnEvent(event, at);
+  past_ = false;
 }
 
 void PushNode::ReleaseSyncWaiters(uint64_t seq) {
@@ -578,7 +590,9 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
     ReleaseSyncWaiters(UINT64_MAX);  // the seqs they wait for belong to the old epoch
     if (event.has_reset()) return absl::OkStatus();
   }
-  if (event.at_unix_us() > 0 || event.at_unix_ms() > 0) {
+  // The past is kept, not acted on: only a stream's frame goes on (into the history).
+  if (past_ && event.part() != v1::Event::FANOUT) return absl::OkStatus();
+  if (!past_ && (event.at_unix_us() > 0 || event.at_unix_ms() > 0)) {
     const absl::Time at = event.at_unix_us() > 0 ? absl::FromUnixMicros(event.at_unix_us())
                                                   : absl::FromUnixMillis(event.at_unix_ms());
     m_.delivery_ms->Observe(std::max(0.0, absl::ToDoubleMilliseconds(now - at)));
@@ -625,7 +639,8 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
     frame.data_json = CommandResultJson(r);
     Fanout(event, frame, now);
     // The asker gets it once: directly, unless it already got it as a member of a stream.
-    if (r.solicited() && r.origin_node() == options_.node_id && !r.client_id().empty()) {
+    if (r.solicited() && r.origin_node() == options_.node_id && !r.client_id().empty() &&
+        event.part() != v1::Event::FANOUT) {
       Session* asker = registry_.ByClient(r.client_id());
       bool got_it = false;
       for (const auto& s : event.streams()) got_it |= asker != nullptr && s.group_name().empty() && s.system_id() == asker->system_id;
@@ -642,6 +657,9 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
   const v1::PushMessage& m = event.push();
   // Ingest checks what it forwards, but the stream is an input like any other.
   RETURN_IF_ERROR(events::ValidatePushMessage(m));
+  if (event.part() == v1::Event::FANOUT && events::PushStreams(m).empty()) {
+    return absl::InvalidArgumentError("a fan-out part of an operation that is of no stream");
+  }
   const bool is_send = m.kind() == v1::PushMessage::SEND_TO_SYSTEM || m.kind() == v1::PushMessage::SEND_TO_GROUP ||
                        m.kind() == v1::PushMessage::SEND_TO_CLIENTS;
   if (is_send) {
@@ -674,7 +692,7 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
       const std::string& client = m.client_ids_size() > 0 ? m.client_ids(0) : std::string();
       // A client's own join or leave was applied here before it was published; a bind
       // through the API is applied by every replica, the one that took the call too.
-      if (m.origin_node() != options_.node_id || m.via_api()) {
+      if ((m.origin_node() != options_.node_id || m.via_api()) && event.part() != v1::Event::FANOUT) {
         if (bind) {
           registry_.MemberJoin(client, m.group_name());
         } else {

@@ -92,6 +92,10 @@ class PushNode {
   // Events from ingest's stream, in order. An event that cannot be applied is logged,
   // counted (devbridge_push_events_rejected_total) and skipped; nothing escapes.
   void OnEvent(const v1::Event& event, absl::Time now);
+  // An event from before this node started, read back from the bus to fill the recovery
+  // histories: kept there (as of its own time, so it expires on time), sent to nobody and
+  // acted on by nobody (what it changed, membership, is told again: NODE_SNAPSHOT).
+  void OnPastEvent(const v1::Event& event);
   // The event stream came up (true) or went down.
   void OnUpstream(bool up);
   // Periodic upkeep (every second or so): drops histories whose messages all expired.
@@ -159,6 +163,7 @@ class PushNode {
   };
   absl::flat_hash_map<ConnId, Held> unannounced_;
   uint64_t applied_seq_ = 0;  // the last event of history_.epoch() applied
+  bool past_ = false;         // OnPastEvent: record in the history only
   std::multimap<uint64_t, std::function<void()>> sync_waiters_;  // by the seq they wait for
 
   struct Metrics {

@@ -35,8 +35,10 @@ IngestLink::IngestLink(LinkOptions options, Poster post,
       &metrics->AddCounter("devbridge_push_upstream_reconnects_total", "Event stream reconnects.");
   resets_ = &metrics->AddCounter("devbridge_push_upstream_resets_total",
                                  "Event stream resumes that lost events.");
-  metrics->AddGaugeFn("devbridge_push_upstream_up", "1 while the event stream from ingest is up.",
-                      {}, [this] { return up_.load() ? 1.0 : 0.0; });
+  if (options_.subscribe) {
+    metrics->AddGaugeFn("devbridge_push_upstream_up", "1 while the event stream from ingest is up.",
+                        {}, [this] { return up_.load() ? 1.0 : 0.0; });
+  }
 }
 
 absl::StatusOr<std::unique_ptr<IngestLink>> IngestLink::Create(LinkOptions options, Poster post,
@@ -52,7 +54,7 @@ absl::StatusOr<std::unique_ptr<IngestLink>> IngestLink::Create(LinkOptions optio
 IngestLink::~IngestLink() { Stop(); }
 
 void IngestLink::Start() {
-  thread_ = std::thread([this] { SubscribeLoop(); });
+  if (options_.subscribe) thread_ = std::thread([this] { SubscribeLoop(); });
 }
 
 void IngestLink::Stop() {

@@ -35,6 +35,8 @@ struct LinkOptions {
   absl::Duration max_backoff = absl::Seconds(5);
   absl::Duration publish_deadline = absl::Seconds(5);
   grpcutil::Security security;  // internal_token sent on every call; grpc_tls_* for the channel
+  // False with --bus: the events come from the bus, and this link only carries calls.
+  bool subscribe = true;
 };
 
 class IngestLink : public Upstream, public DeviceDirectory {

@@ -1,0 +1,245 @@
+#include "services/push/upstream/bus_link.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/uuid.h"
+
+namespace devbridge::push {
+
+BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Event, bool)> on_event,
+                 std::function<void(bool)> on_state, Upstream* commands, common::MetricsRegistry* metrics)
+    : options_(std::move(options)),
+      post_(std::move(post)),
+      on_event_(std::move(on_event)),
+      on_state_(std::move(on_state)),
+      commands_(commands),
+      log_(common::Logger("push.bus")),
+      read_(&metrics->AddCounter("devbridge_push_bus_read_total", "Messages read from the bus.")),
+      undecodable_(&metrics->AddCounter("devbridge_push_bus_undecodable_total",
+                                        "Messages on the bus that are not an event (skipped).")),
+      appended_(&metrics->AddCounter("devbridge_push_bus_appended_total",
+                                     "Push API operations and membership updates appended to the bus.")),
+      append_errors_(&metrics->AddCounter("devbridge_push_bus_append_errors_total",
+                                          "Appends to the bus that failed within publish_deadline (the caller got 503).")) {
+  metrics->AddGaugeFn("devbridge_push_bus_up", "1 while the bus is connected and read.", {},
+                      [this] { return up() ? 1.0 : 0.0; });
+}
+
+BusLink::~BusLink() { Stop(); }
+
+void BusLink::Start() {
+  thread_ = std::thread([this] { Run(); });
+}
+
+bool BusLink::up() const { return up_.load() && connection_->connected(); }
+
+void BusLink::Stop() {
+  if (!thread_.joinable()) return;
+  if (up_.load()) {
+    // Other replicas forget this node's clients now rather than keep them as online.
+    v1::PushMessage down;
+    down.set_kind(v1::PushMessage::NODE_DOWN);
+    down.set_origin_node(options_.node_id);
+    down.set_message_id(common::NewUuid());
+    Publish(std::move(down), [](const absl::Status&) {});
+  }
+  {
+    common::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  cv_.NotifyAll();
+  thread_.join();
+  up_ = false;
+  reader_.reset();  // no OnMessage runs once this returns
+}
+
+void BusLink::Enqueue(Job job) {
+  {
+    common::MutexLock lock(&mu_);
+    if (!stopping_) {
+      jobs_.push_back(std::move(job));
+      cv_.NotifyAll();
+      return;
+    }
+  }
+  job(nullptr);
+}
+
+void BusLink::Publish(v1::PushMessage message, std::function<void(absl::Status)> done) {
+  // While the bus is away, fail at once rather than queue behind appends that wait for it
+  // (a replica announces its clients again when the bus is back: NODE_SNAPSHOT).
+  if (!up()) {
+    post_([done = std::move(done)] { done(absl::UnavailableError("the bus is unavailable")); });
+    return;
+  }
+  const absl::Time give_up = absl::Now() + options_.publish_deadline;
+  Enqueue([this, message = std::move(message), done = std::move(done), give_up](bus::OffsetLog* log) mutable {
+    absl::Status status = log == nullptr           ? absl::UnavailableError("push is shutting down")
+                          : absl::Now() > give_up ? absl::DeadlineExceededError("waited too long behind other appends")
+                                                   : Append(message, give_up, log);
+    post_([done = std::move(done), status = std::move(status)] { done(status); });
+  });
+}
+
+void BusLink::Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) {
+  Enqueue([this, done = std::move(done)](bus::OffsetLog* log) mutable {
+    absl::StatusOr<v1::HeadResponse> head = absl::UnavailableError("push is shutting down");
+    if (log != nullptr) {
+      absl::StatusOr<std::optional<bus::Position>> newest = log->Newest(events::ClusterSubject(options_.prefix));
+      if (newest.ok()) {
+        head = v1::HeadResponse();
+        head->set_epoch(epoch_);
+        head->set_seq(*newest && (*newest)->sequence > started_after_ ? (*newest)->sequence : 0);
+      } else {
+        head = newest.status();
+      }
+    }
+    post_([done = std::move(done), head = std::move(head)]() mutable { done(std::move(head)); });
+  });
+}
+
+absl::Status BusLink::Append(const v1::PushMessage& message, absl::Time give_up, bus::OffsetLog* log) {
+  v1::Event event;
+  *event.mutable_push() = message;
+  event.set_epoch(epoch_);
+  const absl::Time now = absl::Now();
+  event.set_at_unix_ms(absl::ToUnixMillis(now));
+  event.set_at_unix_us(absl::ToUnixMicros(now));
+  const std::vector<events::StreamRef> streams = events::PushStreams(message);
+  for (const events::StreamRef& stream : streams) {
+    v1::StreamOffset* s = event.add_streams();
+    s->set_system_id(stream.system_id);
+    s->set_group_name(stream.group_name);
+  }
+  // The same parts as ingest's publisher writes (events/bus_layout.h), named for JetStream's
+  // duplicate check so that a try repeated after a lost answer is stored once.
+  const std::string id = common::NewUuid();
+  std::vector<bus::OffsetLog::Entry> entries;
+  auto fanout = std::make_shared<const std::string>(events::EncodeFanoutBase(event));
+  for (size_t k = 0; k < streams.size(); ++k) {
+    entries.push_back({bus::StreamSubject(options_.prefix, streams[k].system_id, streams[k].group_name),
+                       absl::StrCat(id, ":", k),
+                       [fanout, stream = streams[k]](uint64_t offset) { return events::EncodeFanout(*fanout, stream, offset); }});
+  }
+  if (streams.empty() || events::AffectsCluster(event)) {
+    auto effects = std::make_shared<const std::string>(events::EncodeEffects(event));
+    entries.push_back({events::ClusterSubject(options_.prefix), absl::StrCat(id, ":c"),
+                       [effects](uint64_t) { return *effects; }});
+  }
+  absl::Status status;
+  while (!entries.empty()) {
+    std::vector<bus::Position> stored;
+    status = log->AppendBatch(entries, &stored);
+    entries.erase(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(stored.size()));
+    appended_->Inc(stored.size());
+    if (status.ok() || absl::Now() > give_up) break;
+  }
+  if (!status.ok()) {
+    append_errors_->Inc();
+    uint64_t skipped = 0;
+    if (error_log_.Allow(absl::Now(), &skipped)) {
+      log_->warn("bus: {} not appended: {} ({} line(s) skipped)", v1::PushMessage::Kind_Name(message.kind()),
+                 status.message(), skipped);
+    }
+  }
+  return status;
+}
+
+void BusLink::OnMessage(bus::Position position, absl::string_view data) {
+  read_->Inc();
+  v1::Event event;
+  if (!event.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
+    undecodable_->Inc();
+    uint64_t skipped = 0;
+    if (error_log_.Allow(absl::Now(), &skipped)) {
+      log_->warn("bus: message {} is not an event; skipped ({} line(s) skipped)", position.sequence, skipped);
+    }
+    return;
+  }
+  event.set_seq(position.sequence);
+  const bool past = position.sequence <= started_after_;
+  post_([this, event = std::move(event), past]() mutable { on_event_(std::move(event), past); });
+}
+
+void BusLink::WaitToRetry() {
+  common::MutexLock lock(&mu_);
+  cv_.WaitFor(&mu_, options_.retry, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
+}
+
+bool BusLink::Open() {
+  const std::string where = absl::StrJoin(options_.urls, ",");
+  for (;;) {
+    {
+      common::MutexLock lock(&mu_);
+      if (stopping_) return false;
+    }
+    uint64_t skipped = 0;
+    if (!connection_) {
+      bus::ConnectionOptions connect;
+      connect.urls = options_.urls;
+      connect.name = absl::StrCat("devbridge-push ", options_.node_id);
+      absl::StatusOr<std::unique_ptr<bus::Connection>> connection = bus::Connection::Connect(connect);
+      if (!connection.ok()) {
+        if (error_log_.Allow(absl::Now(), &skipped)) {
+          log_->warn("bus: cannot reach {}: {}; trying again", where, connection.status().message());
+        }
+        WaitToRetry();
+        continue;
+      }
+      connection_ = *std::move(connection);
+    }
+    // Ingest creates the stream (it knows how many copies to keep).
+    absl::StatusOr<std::string> epoch = bus::StreamEpoch(*connection_, options_.stream);
+    absl::StatusOr<uint64_t> last = epoch.ok() ? bus::LastSequence(*connection_, options_.stream) : epoch.status();
+    if (!last.ok()) {
+      if (error_log_.Allow(absl::Now(), &skipped)) {
+        log_->warn("bus: stream {} not readable yet ({}); ingest creates it; trying again", options_.stream,
+                   last.status().message());
+      }
+      WaitToRetry();
+      continue;
+    }
+    epoch_ = *epoch;
+    started_after_ = *last;
+    absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::StartSince(
+        connection_.get(), options_.stream, options_.prefix + ".>", absl::Now() - options_.read_back,
+        [this](bus::Position position, absl::string_view, absl::string_view data) { OnMessage(position, data); });
+    if (!reader.ok()) {
+      if (error_log_.Allow(absl::Now(), &skipped)) log_->warn("bus: {}; trying again", reader.status().message());
+      WaitToRetry();
+      continue;
+    }
+    reader_ = *std::move(reader);
+    log_->info("bus: reading stream {} at {} (epoch {}), the last {} of it first, up to sequence {}", options_.stream,
+               where, epoch_, absl::FormatDuration(options_.read_back), started_after_);
+    return true;
+  }
+}
+
+void BusLink::Run() {
+  if (!Open()) {
+    common::MutexLock lock(&mu_);
+    for (Job& job : jobs_) job(nullptr);
+    jobs_.clear();
+    return;
+  }
+  up_ = true;
+  post_([this] { on_state_(true); });
+  bus::OffsetLog log(connection_.get(), options_.stream);
+  for (;;) {
+    Job job;
+    {
+      common::MutexLock lock(&mu_);
+      cv_.Wait(&mu_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !jobs_.empty(); });
+      // What was asked before the stop still runs (the NODE_DOWN of Stop among it).
+      if (jobs_.empty()) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    job(&log);
+  }
+}
+
+}  // namespace devbridge::push

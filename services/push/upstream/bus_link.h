@@ -1,0 +1,114 @@
+// Push's link to the bus (`--bus`, docs/scaling.md): the events come from the replicated
+// JetStream stream ingest appends to, not from one ingest's memory, so a replica goes on
+// while ingest restarts or moves, and every replica sees each push stream with the same epoch
+// and offsets. This replica's own Push API operations and membership go to the bus directly
+// (events/bus_layout.h says how an event is laid out there); commands still go to ingest,
+// which owns the devices (`commands`, ingest's gRPC link without its event stream).
+//
+// A thread of the link's own connects (trying again until the bus and its stream are there:
+// ingest creates the stream), reads back the last `read_back` of the stream (those events
+// fill the recovery histories and are sent to nobody: `on_event(event, past=true)`), and
+// then reads on as events are appended. Publish and Head run on that thread in the order they
+// were called. Everything handed back runs on the io thread through `post`.
+#ifndef DEVBRIDGE_SERVICES_PUSH_UPSTREAM_BUS_LINK_H_
+#define DEVBRIDGE_SERVICES_PUSH_UPSTREAM_BUS_LINK_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/time/time.h"
+#include "bus/connection.h"
+#include "bus/offset_log.h"
+#include "bus/subject_reader.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/mutex.h"
+#include "events/bus_layout.h"
+#include "services/push/core/push_node.h"
+
+namespace devbridge::push {
+
+struct BusLinkOptions {
+  std::vector<std::string> urls;  // from bus::ParseBusFlag
+  std::string node_id;
+  std::string stream = events::kBusStream;
+  std::string prefix = events::kBusPrefix;
+  absl::Duration read_back = absl::Minutes(5);  // at start: how far back to fill the histories
+  absl::Duration publish_deadline = absl::Seconds(5);
+  absl::Duration retry = absl::Seconds(1);  // between tries to reach the bus and find the stream
+};
+
+class BusLink : public Upstream {
+ public:
+  using Poster = std::function<void(std::function<void()>)>;
+  // `on_event(event, past)` gets every event in the stream's order, with `seq` set to its
+  // JetStream sequence; `past` for those stored before this link started. `on_state` hears
+  // when the link is up (connected and reading).
+  BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Event, bool past)> on_event,
+          std::function<void(bool)> on_state, Upstream* commands, common::MetricsRegistry* metrics);
+  ~BusLink() override;
+  BusLink(const BusLink&) = delete;
+  BusLink& operator=(const BusLink&) = delete;
+
+  void Start();
+  // Announces this node's end (NODE_DOWN, so other replicas forget its clients now), then
+  // stops reading and writing. Publish and Head calls not run yet fail with Unavailable.
+  void Stop() ABSL_LOCKS_EXCLUDED(mu_);
+
+  bool up() const override;
+  void Publish(v1::PushMessage message, std::function<void(absl::Status)> done) override ABSL_LOCKS_EXCLUDED(mu_);
+  // The newest message every replica acts on (the cluster subject's), as the sequence to
+  // have applied; 0 when that message is from before this link started (nothing to wait for).
+  void Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) override ABSL_LOCKS_EXCLUDED(mu_);
+  void Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) override {
+    commands_->Dispatch(std::move(command), std::move(done));
+  }
+
+ private:
+  using Job = std::function<void(bus::OffsetLog* log)>;  // log is null when the link stops
+  void Run() ABSL_LOCKS_EXCLUDED(mu_);
+  // Connects, finds the stream and starts reading; false when stopping first.
+  bool Open() ABSL_LOCKS_EXCLUDED(mu_);
+  void OnMessage(bus::Position position, absl::string_view data);
+  void Enqueue(Job job) ABSL_LOCKS_EXCLUDED(mu_);
+  // Appends `message`'s parts, trying again until `give_up`.
+  absl::Status Append(const v1::PushMessage& message, absl::Time give_up, bus::OffsetLog* log);
+  void WaitToRetry() ABSL_LOCKS_EXCLUDED(mu_);
+
+  BusLinkOptions options_;
+  Poster post_;
+  std::function<void(v1::Event, bool)> on_event_;
+  std::function<void(bool)> on_state_;
+  Upstream* commands_;
+  std::shared_ptr<spdlog::logger> log_;
+  common::LogLimiter error_log_{absl::Seconds(10)};
+
+  // Set by the link's thread before up_ turns true, and kept until Stop.
+  std::unique_ptr<bus::Connection> connection_;
+  std::string epoch_;
+  uint64_t started_after_ = 0;  // the stream's last sequence when reading started
+  std::unique_ptr<bus::SubjectReader> reader_;
+  std::atomic<bool> up_{false};
+
+  common::Mutex mu_;
+  common::CondVar cv_;
+  std::deque<Job> jobs_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread thread_;
+
+  common::Counter* read_;
+  common::Counter* undecodable_;
+  common::Counter* appended_;
+  common::Counter* append_errors_;
+};
+
+}  // namespace devbridge::push
+
+#endif  // DEVBRIDGE_SERVICES_PUSH_UPSTREAM_BUS_LINK_H_
