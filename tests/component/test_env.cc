@@ -37,12 +37,17 @@ std::string Required(const char* name) {
   return value;
 }
 
-// "Suite.Name/0" → "suite_name_0", usable in identifiers.
+// "Suite.Name/0" → "suite_name_0", usable in identifiers, at most 40 characters: a longer
+// one keeps its start and ends in a hash of the whole, so that two tests whose names differ
+// only at the end (a parameter's name) never share a database, topics or a spool.
 std::string TestSlug() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string slug = info ? absl::StrCat(info->test_suite_name(), "_", info->name()) : "none";
   for (char& c : slug) c = absl::ascii_isalnum(c) ? absl::ascii_tolower(c) : '_';
-  return slug.substr(0, 40);
+  if (slug.size() <= 40) return slug;
+  uint32_t hash = 2166136261u;  // FNV-1a
+  for (char c : slug) hash = (hash ^ static_cast<uint8_t>(c)) * 16777619u;
+  return absl::StrCat(slug.substr(0, 31), "_", absl::Hex(hash, absl::kZeroPad8));
 }
 
 }  // namespace

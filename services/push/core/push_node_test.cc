@@ -8,6 +8,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
+#include "events/bus_layout.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 
@@ -63,7 +64,6 @@ class Bus {
   void Attach(PushNode* node) { nodes_.push_back(node); }
   void Emit(v1::Event e, const std::vector<std::pair<std::string, std::string>>& streams) {
     e.set_epoch(epoch);
-    e.set_seq(++seq_);
     e.set_at_unix_ms(absl::ToUnixMillis(t0));
     for (const auto& [system, group] : streams) {
       auto* s = e.add_streams();
@@ -71,7 +71,27 @@ class Bus {
       s->set_group_name(group);
       s->set_offset(++offsets_[absl::StrCat(system, "/", group)]);
     }
-    queue_.push_back(std::move(e));
+    if (!in_parts) {
+      e.set_seq(++seq_);
+      queue_.push_back(std::move(e));
+    } else {
+      // As on the NATS bus (events/bus_layout.h): a FANOUT part per stream, then the EFFECTS
+      // part when every replica must act on it; each part has a sequence of its own.
+      for (const v1::StreamOffset& stream : e.streams()) {
+        v1::Event part = e;
+        part.set_part(v1::Event::FANOUT);
+        part.clear_streams();
+        *part.add_streams() = stream;
+        part.set_seq(++seq_);
+        queue_.push_back(std::move(part));
+      }
+      if (e.streams().empty() || events::AffectsCluster(e)) {
+        v1::Event part = e;
+        part.set_part(v1::Event::EFFECTS);
+        part.set_seq(++seq_);
+        queue_.push_back(std::move(part));
+      }
+    }
     if (!deferred) Deliver();
   }
   void Deliver() {
@@ -83,6 +103,7 @@ class Bus {
   }
   uint64_t seq() const { return seq_; }
   bool deferred = false;
+  bool in_parts = false;  // deliver each event as its bus parts
   void Publish(const v1::PushMessage& m) {
     v1::Event e;
     *e.mutable_push() = m;
@@ -116,9 +137,12 @@ void FakeUpstream::Publish(v1::PushMessage message, std::function<void(absl::Sta
   done(absl::OkStatus());
 }
 
-class PushNodeTest : public ::testing::Test {
+// Every test runs twice: with events whole, as ingest's gRPC stream sends them, and in the
+// parts a replica reads from the NATS bus (--bus).
+class PushNodeTest : public ::testing::TestWithParam<bool> {
  protected:
   PushNodeTest() : up_a_(&bus_), up_b_(&bus_) {
+    bus_.in_parts = GetParam();
     a_ = Make("node-a", &ta_, &up_a_, &ma_);
     b_ = Make("node-b", &tb_, &up_b_, &mb_);
     bus_.Attach(a_.get());
@@ -163,7 +187,10 @@ class PushNodeTest : public ::testing::Test {
   std::unique_ptr<PushNode> a_, b_;
 };
 
-TEST_F(PushNodeTest, HandshakeValidation) {
+INSTANTIATE_TEST_SUITE_P(Events, PushNodeTest, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "InBusParts" : "Whole"; });
+
+TEST_P(PushNodeTest, HandshakeValidation) {
   auto refusal = [&](const std::string& q) {
     auto v = a_->Validate(q, "", t0);
     return std::holds_alternative<Refusal>(v) ? std::get<Refusal>(v) : Refusal{0, ""};
@@ -183,7 +210,7 @@ TEST_F(PushNodeTest, HandshakeValidation) {
   EXPECT_EQ(req.client_id.size(), 36u) << "a UUID when no clientId is given";
 }
 
-TEST_F(PushNodeTest, AuthAndOrigin) {
+TEST_P(PushNodeTest, AuthAndOrigin) {
   FakeTransport t;
   common::MetricsRegistry m;
   auto secure = Make("s", &t, &up_a_, &m, "k");
@@ -207,7 +234,7 @@ TEST_F(PushNodeTest, AuthAndOrigin) {
   EXPECT_EQ(std::get<Refusal>(no_origin).status, 403);
 }
 
-TEST_F(PushNodeTest, AnApiCallOnAnyNodeSeesClientsThatGotConnectedAndBindsThatReturned) {
+TEST_P(PushNodeTest, AnApiCallOnAnyNodeSeesClientsThatGotConnectedAndBindsThatReturned) {
   bus_.deferred = true;  // the stream lags behind the API
   Open(a_.get(), 1, "systemId=fleet&clientId=c1");
   ASSERT_EQ(ta_.Of(1, "connected").size(), 1u) << "connected once ingest took the CLIENT_UP";
@@ -252,7 +279,7 @@ TEST_F(PushNodeTest, AnApiCallOnAnyNodeSeesClientsThatGotConnectedAndBindsThatRe
   EXPECT_EQ(common::ResultCodeOf(missing->status()), 404);
 }
 
-TEST_F(PushNodeTest, FramesForAClientWaitForItsConnectedFrame) {
+TEST_P(PushNodeTest, FramesForAClientWaitForItsConnectedFrame) {
   // An upstream that answers the CLIENT_UP publish only later.
   class SlowUpstream : public FakeUpstream {
    public:
@@ -279,7 +306,7 @@ TEST_F(PushNodeTest, FramesForAClientWaitForItsConnectedFrame) {
   EXPECT_EQ(t.frames[7][1]["type"], "device.online");
 }
 
-TEST_F(PushNodeTest, MembershipUpdatesIngestRefusesAreCountedAndClientsStillGetConnected) {
+TEST_P(PushNodeTest, MembershipUpdatesIngestRefusesAreCountedAndClientsStillGetConnected) {
   // An upstream whose stream is up but whose publishes fail (ingest overloaded or restarting).
   class RefusingUpstream : public FakeUpstream {
    public:
@@ -301,7 +328,7 @@ TEST_F(PushNodeTest, MembershipUpdatesIngestRefusesAreCountedAndClientsStillGetC
   EXPECT_NE(m.Render().find("devbridge_push_membership_unpublished_total 50\n"), std::string::npos) << m.Render();
 }
 
-TEST_F(PushNodeTest, GroupsPerClientAreBoundedForJoinsAndBinds) {
+TEST_P(PushNodeTest, GroupsPerClientAreBoundedForJoinsAndBinds) {
   FakeTransport t;
   common::MetricsRegistry m;
   NodeOptions o;
@@ -330,7 +357,7 @@ TEST_F(PushNodeTest, GroupsPerClientAreBoundedForJoinsAndBinds) {
   EXPECT_EQ(common::ResultCodeOf(result->status()), 429);
 }
 
-TEST_F(PushNodeTest, TokensWithWrongJsonTypesAre401NotACrash) {
+TEST_P(PushNodeTest, TokensWithWrongJsonTypesAre401NotACrash) {
   FakeTransport t;
   common::MetricsRegistry m;
   auto secure = Make("s", &t, &up_a_, &m, "k");
@@ -344,7 +371,7 @@ TEST_F(PushNodeTest, TokensWithWrongJsonTypesAre401NotACrash) {
   }
 }
 
-TEST_F(PushNodeTest, APoisonEventIsCountedAndSkippedAndTheNextOneApplies) {
+TEST_P(PushNodeTest, APoisonEventIsCountedAndSkippedAndTheNextOneApplies) {
   Open(a_.get(), 1, "systemId=fleet&clientId=c1");
   const std::vector<std::pair<v1::PushMessage::Kind, std::string>> poison = {
       {v1::PushMessage::NODE_SNAPSHOT, "[1]"},                        // members that are not objects
@@ -378,7 +405,7 @@ TEST_F(PushNodeTest, APoisonEventIsCountedAndSkippedAndTheNextOneApplies) {
   EXPECT_EQ(ta_.Of(1, "message")[0]["data"]["ok"], true);
 }
 
-TEST_F(PushNodeTest, ConnectedFramePingAndErrors) {
+TEST_P(PushNodeTest, ConnectedFramePingAndErrors) {
   Open(a_.get(), 1, "systemId=fleet&clientId=c1");
   auto connected = ta_.Of(1, "connected");
   ASSERT_EQ(connected.size(), 1u);
@@ -398,13 +425,13 @@ TEST_F(PushNodeTest, ConnectedFramePingAndErrors) {
   EXPECT_EQ(ta_.closed[1].first, 1008);
 }
 
-TEST_F(PushNodeTest, ErrorsOutsideTheWindowAreForgiven) {
+TEST_P(PushNodeTest, ErrorsOutsideTheWindowAreForgiven) {
   Open(a_.get(), 1, "systemId=fleet");
   for (int i = 0; i < 40; ++i) a_->OnMessage(1, "{}", t0 + absl::Seconds(i));
   EXPECT_TRUE(ta_.closed.empty());
 }
 
-TEST_F(PushNodeTest, DeviceEventsReachTheDeviceSystemAndTheFleetWithOffsets) {
+TEST_P(PushNodeTest, DeviceEventsReachTheDeviceSystemAndTheFleetWithOffsets) {
   Open(a_.get(), 1, "systemId=fleet");
   Open(b_.get(), 2, "systemId=sim-0001");
   Open(b_.get(), 3, "systemId=sim-0002");
@@ -421,7 +448,7 @@ TEST_F(PushNodeTest, DeviceEventsReachTheDeviceSystemAndTheFleetWithOffsets) {
   EXPECT_EQ(own[0]["systemId"], "sim-0001");
 }
 
-TEST_F(PushNodeTest, PollResultsAreDeviceDataAndResponsivenessHasItsOwnTypes) {
+TEST_P(PushNodeTest, PollResultsAreDeviceDataAndResponsivenessHasItsOwnTypes) {
   Open(a_.get(), 1, "systemId=fleet");
   v1::Event poll;
   v1::CommandResult* r = poll.mutable_data();
@@ -463,7 +490,7 @@ TEST_F(PushNodeTest, PollResultsAreDeviceDataAndResponsivenessHasItsOwnTypes) {
   EXPECT_EQ(responsive[0]["data"]["responsive"], true);
 }
 
-TEST_F(PushNodeTest, ApiReachesClientsOnEveryNodeAndListOnlineCountsThem) {
+TEST_P(PushNodeTest, ApiReachesClientsOnEveryNodeAndListOnlineCountsThem) {
   Open(a_.get(), 1, "systemId=fleet&clientId=on-a");
   Open(b_.get(), 2, "systemId=fleet&clientId=on-b");
   EXPECT_EQ(OnlineNow(a_.get(), "fleet", ""), (std::vector<std::string>{"on-a", "on-b"}));
@@ -511,7 +538,7 @@ TEST_F(PushNodeTest, ApiReachesClientsOnEveryNodeAndListOnlineCountsThem) {
   EXPECT_EQ(ta_.closed.count(1), 1u) << "closed wherever it is";
 }
 
-TEST_F(PushNodeTest, JoinSendsPresenceToGroupMembersOnEveryNode) {
+TEST_P(PushNodeTest, JoinSendsPresenceToGroupMembersOnEveryNode) {
   Open(a_.get(), 1, "systemId=fleet&clientId=x&groups=ops");
   Open(b_.get(), 2, "systemId=fleet&clientId=y");
   b_->OnMessage(2, R"({"action":"join","group":"ops"})", t0);
@@ -534,7 +561,7 @@ TEST_F(PushNodeTest, JoinSendsPresenceToGroupMembersOnEveryNode) {
   EXPECT_EQ(OnlineNow(a_.get(), "fleet", "ops"), std::vector<std::string>{"x"});
 }
 
-TEST_F(PushNodeTest, RecoverReplaysMissedMessagesOnAnotherNodeOr410) {
+TEST_P(PushNodeTest, RecoverReplaysMissedMessagesOnAnotherNodeOr410) {
   Open(a_.get(), 1, "systemId=fleet&clientId=c");
   for (int i = 0; i < 3; ++i) bus_.Emit(DeviceOnline("d" + std::to_string(i)), {{"fleet", ""}});
   const auto seen = ta_.Of(1, "device.online");
@@ -557,7 +584,7 @@ TEST_F(PushNodeTest, RecoverReplaysMissedMessagesOnAnotherNodeOr410) {
   EXPECT_EQ(gone[0]["data"]["stream"], "system");
 }
 
-TEST_F(PushNodeTest, ConnectedClientsGetA410PerStreamWhenIngestRestarts) {
+TEST_P(PushNodeTest, ConnectedClientsGetA410PerStreamWhenIngestRestarts) {
   Open(a_.get(), 1, "systemId=fleet&groups=g1");
   Open(b_.get(), 2, "systemId=sim-0001");
   bus_.Emit(DeviceOnline("sim-0001"), {{"sim-0001", ""}, {"fleet", ""}});
@@ -579,7 +606,7 @@ TEST_F(PushNodeTest, ConnectedClientsGetA410PerStreamWhenIngestRestarts) {
   EXPECT_EQ(tb_.Of(2, "error").size(), 1u) << "once per restart";
 }
 
-TEST_F(PushNodeTest, SlowConsumerIsClosedWith4008) {
+TEST_P(PushNodeTest, SlowConsumerIsClosedWith4008) {
   Open(a_.get(), 1, "systemId=fleet");
   Open(a_.get(), 2, "systemId=fleet");
   ta_.buffered = 5000;  // more than send_queue_bytes
@@ -588,7 +615,7 @@ TEST_F(PushNodeTest, SlowConsumerIsClosedWith4008) {
   EXPECT_EQ(ta_.closed[1].second, "slow consumer");
 }
 
-TEST_F(PushNodeTest, ReusedClientIdReplacesTheOldSessionAcrossNodes) {
+TEST_P(PushNodeTest, ReusedClientIdReplacesTheOldSessionAcrossNodes) {
   Open(a_.get(), 1, "systemId=fleet&clientId=same");
   Open(a_.get(), 2, "systemId=fleet&clientId=same");
   EXPECT_EQ(ta_.closed[1].first, 4009);
@@ -597,7 +624,7 @@ TEST_F(PushNodeTest, ReusedClientIdReplacesTheOldSessionAcrossNodes) {
   EXPECT_EQ(OnlineNow(a_.get(), "fleet", ""), std::vector<std::string>{"same"});
 }
 
-TEST_F(PushNodeTest, CommandIsAcceptedAtOnceAndItsResultReachesTheAskerOnce) {
+TEST_P(PushNodeTest, CommandIsAcceptedAtOnceAndItsResultReachesTheAskerOnce) {
   Open(a_.get(), 1, "systemId=fleet&clientId=asker");
   a_->OnMessage(1, R"({"action":"command","requestId":"r1","deviceId":"sim-0001","address":0,"count":2})", t0);
   auto accepted = ta_.Of(1, "command.accepted");
@@ -635,7 +662,7 @@ TEST_F(PushNodeTest, CommandIsAcceptedAtOnceAndItsResultReachesTheAskerOnce) {
   EXPECT_TRUE(results[0]["data"]["exception"].is_null());
 }
 
-TEST_F(PushNodeTest, CommandResultReachesAnAskerOutsideTheStreamsDirectly) {
+TEST_P(PushNodeTest, CommandResultReachesAnAskerOutsideTheStreamsDirectly) {
   Open(a_.get(), 1, "systemId=console&clientId=asker");
   a_->OnMessage(1, R"({"action":"command","requestId":"r1","deviceId":"sim-0001","address":0,"count":1})", t0);
   v1::Event result;
@@ -650,7 +677,7 @@ TEST_F(PushNodeTest, CommandResultReachesAnAskerOutsideTheStreamsDirectly) {
   EXPECT_FALSE(results[0].contains("offset")) << "direct copies are not stream messages";
 }
 
-TEST_F(PushNodeTest, CommandRefusals) {
+TEST_P(PushNodeTest, CommandRefusals) {
   FakeTransport t;
   common::MetricsRegistry m;
   auto secure = Make("s", &t, &up_a_, &m, "k");
@@ -679,7 +706,7 @@ TEST_F(PushNodeTest, CommandRefusals) {
   EXPECT_EQ(common::ResultCodeOf(id.status()), common::kCodeUnavailable);
 }
 
-TEST_F(PushNodeTest, ApiTokens) {
+TEST_P(PushNodeTest, ApiTokens) {
   FakeTransport t;
   common::MetricsRegistry m;
   auto secure = Make("s", &t, &up_a_, &m, "k");
@@ -688,6 +715,64 @@ TEST_F(PushNodeTest, ApiTokens) {
   EXPECT_TRUE(secure->CheckApiToken("Bearer " + SignJwt(R"({"sub":"fleet","api":true,"exp":1900000000})", "k"), "fleet", t0).ok());
   EXPECT_FALSE(secure->CheckApiToken("Bearer " + SignJwt(R"({"sub":"x","api":true,"exp":1900000000})", "k"), "fleet", t0).ok());
   EXPECT_TRUE(a_->CheckApiToken("", "fleet", t0).ok()) << "no auth configured";
+}
+
+// On the bus a bind is a FANOUT part (the presence frame) and an EFFECTS part (the
+// membership): each does its share once. What a replica reads back at start (past events)
+// fills the recovery history and reaches nobody: no frame, no membership, no send.
+TEST_P(PushNodeTest, OnTheBusEachPartDoesItsShareOnceAndPastEventsOnlyFillTheHistory) {
+  if (!GetParam()) GTEST_SKIP() << "parts and past events exist on the bus only";
+  Open(a_.get(), 1, "systemId=fleet&clientId=x&groups=night");
+  Open(b_.get(), 2, "systemId=fleet&clientId=y");
+  v1::PushMessage bind;
+  bind.set_kind(v1::PushMessage::BIND_GROUP);
+  bind.set_system_id("fleet");
+  bind.set_group_name("night");
+  bind.add_client_ids("y");
+  const size_t before = ta_.Of(1, "presence").size();  // x's own join
+  b_->Submit(bind, [](const absl::StatusOr<std::string>&) {});
+  EXPECT_EQ(ta_.Of(1, "presence").size(), before + 1) << "from the FANOUT part, and none from the EFFECTS part";
+  EXPECT_EQ(OnlineNow(a_.get(), "fleet", "night"), (std::vector<std::string>{"x", "y"}));
+
+  FakeTransport tc;
+  FakeUpstream down(&bus_);
+  down.is_up = false;
+  common::MetricsRegistry mc;
+  std::unique_ptr<PushNode> c = Make("node-c", &tc, &down, &mc);
+  Open(c.get(), 5, "systemId=fleet&clientId=z");
+  for (uint64_t offset = 1; offset <= 3; ++offset) {
+    v1::Event e = DeviceOnline(absl::StrCat("d", offset));
+    e.set_epoch("ep1");
+    e.set_seq(offset);
+    e.set_at_unix_ms(absl::ToUnixMillis(t0));
+    e.set_part(v1::Event::FANOUT);
+    auto* s = e.add_streams();
+    s->set_system_id("fleet");
+    s->set_offset(offset);
+    c->OnPastEvent(e);
+  }
+  v1::Event ghost;
+  ghost.set_epoch("ep1");
+  ghost.set_seq(4);
+  ghost.set_part(v1::Event::EFFECTS);
+  ghost.mutable_push()->set_kind(v1::PushMessage::CLIENT_UP);
+  ghost.mutable_push()->set_system_id("fleet");
+  ghost.mutable_push()->add_client_ids("ghost");
+  ghost.mutable_push()->set_origin_node("node-x");
+  c->OnPastEvent(ghost);
+  v1::Event send = ghost;
+  send.set_seq(5);
+  send.mutable_push()->set_kind(v1::PushMessage::SEND_TO_CLIENTS);
+  send.mutable_push()->set_client_ids(0, "z");
+  c->OnPastEvent(send);
+  EXPECT_TRUE(tc.Of(5, "device.online").empty());
+  EXPECT_TRUE(tc.Of(5, "message").empty());
+  EXPECT_EQ(OnlineNow(c.get(), "fleet", ""), std::vector<std::string>{"z"});
+  Open(c.get(), 6, "systemId=fleet&clientId=w&recover=%7B%22system%22%3A%5B%22ep1%22%2C1%5D%7D");
+  auto recovered = tc.Of(6, "device.online");
+  ASSERT_EQ(recovered.size(), 2u);
+  EXPECT_EQ(recovered[0]["offset"], 2);
+  EXPECT_EQ(recovered[1]["offset"], 3);
 }
 
 }  // namespace
