@@ -72,6 +72,7 @@ absl::Status ValidatePushMessage(const v1::PushMessage& m) {
       return CheckOrigin(m);
     case Kind::NODE_HELLO:
     case Kind::NODE_DOWN:
+    case Kind::NODE_ALIVE:
       return CheckOrigin(m);
     case Kind::NODE_SNAPSHOT: {
       if (absl::Status s = CheckOrigin(m); !s.ok()) return s;

@@ -20,6 +20,9 @@ ABSL_FLAG(std::string, bus, "",
           "NATS servers with JetStream, nats://HOST:PORT[,...] (the same as ingest's --bus): events come from "
           "the bus and API operations go to it, so this replica does not depend on one ingest; ingest_addr "
           "then serves commands and the device list only (multi-machine mode, see docs/scaling.md); empty: no bus");
+ABSL_FLAG(absl::Duration, node_timeout, absl::Seconds(15),
+          "with --bus: a replica not heard from for this long is gone and its clients are forgotten (each says it "
+          "is alive every third of it)");
 ABSL_FLAG(std::string, listen, "0.0.0.0:8080", "HTTP and WebSocket (GET /ws) listen address");
 ABSL_FLAG(std::string, grpc_listen, "0.0.0.0:7071", "gRPC listen address (service devbridge.v1.Push)");
 ABSL_FLAG(std::string, node_id, "", "this replica's name in the cluster (default HOSTNAME:PORT)");
@@ -61,9 +64,11 @@ int main(int argc, char** argv) {
   devbridge::common::RequireNonEmpty("ingest_addr", o.ingest_addr);
   if (const std::string bus = absl::GetFlag(FLAGS_bus); !bus.empty()) {
     auto urls = devbridge::bus::ParseBusFlag(bus);
-    if (!urls.ok()) devbridge::common::FlagError("bus", urls.status().message());
+    if (!urls.ok()) FlagError("bus", urls.status().message());
     o.bus_urls = *urls;
   }
+  o.node_timeout = absl::GetFlag(FLAGS_node_timeout);
+  if (o.node_timeout < absl::Seconds(1)) FlagError("node_timeout", "must be at least 1s");
   o.listen = absl::GetFlag(FLAGS_listen);
   auto hp = devbridge::httpd::SplitHostPort(o.listen);
   if (!hp.ok()) FlagError("listen", hp.status().message());

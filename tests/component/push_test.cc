@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -723,6 +724,52 @@ TEST_P(PushOnBusTest, IngestRestartResetsNoStreamAndTheApiGoesOn) {
   }
   EXPECT_GE(seen, 41u);
   EXPECT_EQ(epoch.rfind("bus-", 0), 0u) << epoch;
+}
+
+// A replica killed with SIGKILL says nothing: on the bus the others stop hearing its
+// NODE_ALIVE and forget its clients after node_timeout, and its clients, reconnecting to
+// another replica with `recover`, get what they missed meanwhile without a gap.
+TEST_P(PushOnBusTest, AKilledReplicasClientsAreForgottenAndRecoverOnAnother) {
+  StartCluster([](push::PushOptions& o) { o.node_timeout = absl::Seconds(3); });
+  const std::string log = absl::StrCat(std::getenv("DEVBRIDGE_TEST_DIR"), "/push-c-", getpid(), ".log");
+  const int pid = Spawn({DEVBRIDGE_PUSH_BIN, "--bus=" + bus_->urls(), "--node_timeout=3s", "--node_id=node-c",
+                         absl::StrCat("--ingest_addr=127.0.0.1:", app_->grpc_port()), "--listen=127.0.0.1:0",
+                         "--grpc_listen=127.0.0.1:0"},
+                        log);
+  ASSERT_GT(pid, 0);
+  int port = 0;
+  ASSERT_TRUE(WaitFor([&] {
+    const std::string out = ReadFile(log);
+    const size_t at = out.find("WebSocket and HTTP on 127.0.0.1:0 (port ");
+    if (at == std::string::npos || out.find("upstream bus up") == std::string::npos) return false;
+    port = std::atoi(out.c_str() + at + 40);
+    return true;
+  })) << ReadFile(log);
+  auto doomed = WsClient::Connect(port, "systemId=fleet&clientId=doomed");
+  ASSERT_TRUE(doomed->open());
+  ASSERT_TRUE(WaitOnline(a_.get(), 1));
+  ASSERT_EQ(Api(a_.get(), "send_to_system", {{"data", 0}})["code"], 0);
+  const Json last = doomed->WaitFor([](const Json& f) { return f["type"] == "message"; });
+  ASSERT_FALSE(last.is_null());
+
+  kill(pid, SIGKILL);
+  WaitExit(pid, absl::Seconds(10));
+  for (int i = 1; i <= 3; ++i) ASSERT_EQ(Api(b_.get(), "send_to_system", {{"data", i}})["code"], 0);
+  EXPECT_TRUE(WaitOnline(a_.get(), 0)) << "the killed replica's client is forgotten after node_timeout";
+  EXPECT_TRUE(WaitOnline(b_.get(), 0));
+  EXPECT_GE(MetricValue(HttpRequest(a_->port(), "GET", "/metrics", {}, ""), "devbridge_push_nodes_lost_total"), 1);
+
+  const std::string recover = absl::StrCat("%7B%22system%22%3A%5B%22", last["epoch"].get<std::string>(), "%22%2C",
+                                           last["offset"].get<int>(), "%5D%7D");
+  auto again = WsClient::Connect(b_->port(), "systemId=fleet&clientId=doomed&recover=" + recover);
+  ASSERT_TRUE(again->open());
+  ASSERT_TRUE(WaitFor([&] { return again->Frames("message").size() == 3; })) << again->Frames().size();
+  auto replayed = again->Frames("message");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(replayed[i]["data"], i + 1);
+    EXPECT_EQ(replayed[i]["offset"], last["offset"].get<int>() + 1 + i);
+  }
+  EXPECT_TRUE(WaitOnline(a_.get(), 1)) << "and counted again where it is now";
 }
 
 }  // namespace

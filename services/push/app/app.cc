@@ -140,6 +140,10 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
   no.history_ttl = o.history_ttl;
   no.send_queue_bytes = o.send_queue_bytes;
   no.max_groups_per_client = o.max_groups_per_client;
+  if (on_bus) {  // ingest no longer sees the replicas: they watch each other
+    no.node_timeout = o.node_timeout;
+    no.alive_interval = o.node_timeout / 3;
+  }
   s.node = std::make_unique<PushNode>(no, &s, upstream, &s.metrics);
   s.api = std::make_unique<HttpApi>(s.node.get(), s.link.get(), o.web_root, &s.metrics);
 

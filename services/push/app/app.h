@@ -19,6 +19,9 @@ struct PushOptions {
   // --bus: NATS servers (bus::ParseBusFlag). Events come from the bus and this replica's API
   // operations go to it; ingest_addr then carries commands and the device directory only.
   std::vector<std::string> bus_urls;
+  // With the bus: a replica not heard from for this long is gone (its clients are forgotten);
+  // each says it is alive every third of it.
+  absl::Duration node_timeout = absl::Seconds(15);
   std::string listen = "0.0.0.0:8080";
   std::string grpc_listen = "0.0.0.0:7071";
   std::string node_id;  // required

@@ -118,6 +118,8 @@ PushNode::PushNode(NodeOptions options, Transport* transport, Upstream* upstream
   m_.membership_unpublished = &r.AddCounter(
       "devbridge_push_membership_unpublished_total",
       "Membership updates (client up or down, group join or leave) ingest did not take; the next snapshot repairs them.");
+  m_.nodes_lost = &r.AddCounter("devbridge_push_nodes_lost_total",
+                                "Replicas not heard from for node_timeout (bus mode) whose clients were forgotten.");
   m_.delivery_ms = &r.AddHistogram("devbridge_push_delivery_latency_ms", "Event emitted by ingest to frame queued, ms.",
                                    common::LatencyBucketsMs());
 }
@@ -449,12 +451,47 @@ void PushNode::OnUpstream(bool up) {
     ReleaseSyncWaiters(UINT64_MAX);
     return;
   }
-  v1::PushMessage hello;
-  hello.set_kind(v1::PushMessage::NODE_HELLO);
-  hello.set_origin_node(options_.node_id);
-  hello.set_message_id(common::NewUuid());
-  upstream_->Publish(std::move(hello), [](const absl::Status&) {});
+  PublishNodeMessage(v1::PushMessage::NODE_HELLO);
   PublishSnapshot();
+}
+
+void PushNode::PublishNodeMessage(v1::PushMessage::Kind kind) {
+  v1::PushMessage m;
+  m.set_kind(kind);
+  m.set_origin_node(options_.node_id);
+  m.set_message_id(common::NewUuid());
+  upstream_->Publish(std::move(m), [](const absl::Status&) {});
+}
+
+void PushNode::Sweep(absl::Time now) {
+  history_.Expire(now);
+  if (options_.node_timeout <= absl::ZeroDuration()) return;
+  if (upstream_->up() && now >= next_alive_) {
+    PublishNodeMessage(v1::PushMessage::NODE_ALIVE);
+    next_alive_ = now + options_.alive_interval;
+  }
+  for (auto it = heard_.begin(); it != heard_.end();) {
+    auto next = std::next(it);
+    if (now - it->second > options_.node_timeout) {
+      common::Logger("push.node")
+          ->warn("replica {} not heard from for {}: forgetting its clients", it->first,
+                 absl::FormatDuration(absl::Trunc(now - it->second, absl::Milliseconds(1))));
+      registry_.NodeGone(it->first);
+      lost_.insert(it->first);
+      m_.nodes_lost->Inc();
+      heard_.erase(it);
+    }
+    it = next;
+  }
+}
+
+void PushNode::Heard(const std::string& node, absl::Time now) {
+  if (node.empty() || node == options_.node_id) return;
+  heard_[node] = now;
+  if (lost_.erase(node) > 0) {
+    common::Logger("push.node")->info("replica {} is back: asking every replica for its clients", node);
+    PublishNodeMessage(v1::PushMessage::NODE_HELLO);
+  }
 }
 
 void PushNode::HandleCommand(ConnId conn, const CommandFrame& c, absl::Time now) {
@@ -544,9 +581,17 @@ void PushNode::OnEvent(const v1::Event& event, absl::Time now) {
         ->warn("event {} of epoch {} skipped: {} ({})", event.seq(), event.epoch(), applied.message(),
                event.has_push() ? v1::PushMessage::Kind_Name(event.push().kind()) : "not a push message");
   }
-  if (event.epoch() != history_.epoch()) return;
-  applied_seq_ = event.seq();
-  ReleaseSyncWaiters(applied_seq_);
+  if (event.epoch() == history_.epoch()) {
+    applied_seq_ = std::max(applied_seq_, event.seq());
+    ReleaseSyncWaiters(applied_seq_);
+  }
+  if (options_.node_timeout > absl::ZeroDuration() && !past_ && event.has_push()) {
+    if (event.push().kind() == v1::PushMessage::NODE_DOWN) {
+      heard_.erase(event.push().origin_node());
+    } else {
+      Heard(event.push().origin_node(), now);
+    }
+  }
 }
 
 void PushNode::OnPastEvent(const v1::Event& event) {
@@ -754,6 +799,8 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
     case v1::PushMessage::NODE_DOWN:
       if (m.origin_node() != options_.node_id) registry_.NodeGone(m.origin_node());
       return absl::OkStatus();
+    case v1::PushMessage::NODE_ALIVE:
+      return absl::OkStatus();  // what it says, OnEvent notes
     default:
       return absl::InvalidArgumentError("unknown push message kind");
   }

@@ -61,6 +61,11 @@ struct NodeOptions {
   size_t send_queue_bytes = 1 << 20;
   size_t max_groups_per_client = 128;        // a join or bind past it: 429
   int error_budget = 20;                     // errors allowed per window before 1008
+  // On the bus nobody announces a replica that crashed, so each one says NODE_ALIVE every
+  // `alive_interval`, and the others forget the clients of one not heard from for
+  // `node_timeout`. Zero: off (ingest's gRPC stream sends NODE_DOWN when a replica's ends).
+  absl::Duration node_timeout = absl::ZeroDuration();
+  absl::Duration alive_interval = absl::Seconds(5);
   absl::Duration error_window = absl::Seconds(10);
 };
 
@@ -98,8 +103,9 @@ class PushNode {
   void OnPastEvent(const v1::Event& event);
   // The event stream came up (true) or went down.
   void OnUpstream(bool up);
-  // Periodic upkeep (every second or so): drops histories whose messages all expired.
-  void Sweep(absl::Time now) { history_.Expire(now); }
+  // Periodic upkeep (every second or so): drops histories whose messages all expired; with
+  // node_timeout, says NODE_ALIVE and forgets the clients of replicas gone silent.
+  void Sweep(absl::Time now);
 
   // The Push API (HTTP and gRPC). `message` carries the operation; a message id is chosen
   // here. `done` gets the message id or an error with a result code (400, 404, 503).
@@ -147,6 +153,10 @@ class PushNode {
   bool Knows(const v1::PushMessage& m) const;
   // Sends `connected` and then what was held for `conn` while its CLIENT_UP was on its way.
   void Announce(ConnId conn, const std::string& hello);
+  // Another replica spoke (node_timeout on): it is alive. One forgotten as gone is asked,
+  // with every other, for its clients again (NODE_HELLO).
+  void Heard(const std::string& node, absl::Time now);
+  void PublishNodeMessage(v1::PushMessage::Kind kind);
 
   NodeOptions options_;
   Transport* transport_;
@@ -165,6 +175,9 @@ class PushNode {
   uint64_t applied_seq_ = 0;  // the last event of history_.epoch() applied
   bool past_ = false;         // OnPastEvent: record in the history only
   std::multimap<uint64_t, std::function<void()>> sync_waiters_;  // by the seq they wait for
+  absl::flat_hash_map<std::string, absl::Time> heard_;  // other replicas, last heard from (node_timeout)
+  absl::flat_hash_set<std::string> lost_;               // replicas forgotten as gone
+  absl::Time next_alive_ = absl::InfinitePast();
 
   struct Metrics {
     common::Gauge* connections;
@@ -184,6 +197,7 @@ class PushNode {
     common::Counter* events;
     common::Counter* events_rejected;
     common::Counter* membership_unpublished;
+    common::Counter* nodes_lost;
     common::Histogram* delivery_ms;
   } m_;
   // A burst of connects while ingest is down fails one membership update per connection.

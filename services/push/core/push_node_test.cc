@@ -3,6 +3,7 @@
 // delivers them to every node, so cluster behaviour is tested with two nodes in-process.
 #include "services/push/core/push_node.h"
 
+#include <algorithm>
 #include <deque>
 
 #include "absl/strings/escaping.h"
@@ -50,6 +51,7 @@ class FakeUpstream : public Upstream {
   }
   void Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) override;
   bool is_up = true;
+  std::vector<v1::PushMessage::Kind> published;
   absl::Status dispatch_error;
   std::vector<v1::Command> dispatched;
 
@@ -98,12 +100,13 @@ class Bus {
     while (!queue_.empty()) {
       v1::Event e = std::move(queue_.front());
       queue_.pop_front();
-      for (PushNode* n : nodes_) n->OnEvent(e, t0);
+      for (PushNode* n : nodes_) n->OnEvent(e, now);
     }
   }
   uint64_t seq() const { return seq_; }
   bool deferred = false;
   bool in_parts = false;  // deliver each event as its bus parts
+  absl::Time now = t0;    // when the nodes get what is delivered
   void Publish(const v1::PushMessage& m) {
     v1::Event e;
     *e.mutable_push() = m;
@@ -133,6 +136,7 @@ void FakeUpstream::Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> do
 
 void FakeUpstream::Publish(v1::PushMessage message, std::function<void(absl::Status)> done) {
   if (!is_up) return done(absl::UnavailableError("down"));
+  published.push_back(message.kind());
   bus_->Publish(message);
   done(absl::OkStatus());
 }
@@ -773,6 +777,35 @@ TEST_P(PushNodeTest, OnTheBusEachPartDoesItsShareOnceAndPastEventsOnlyFillTheHis
   ASSERT_EQ(recovered.size(), 2u);
   EXPECT_EQ(recovered[0]["offset"], 2);
   EXPECT_EQ(recovered[1]["offset"], 3);
+}
+
+// On the bus nobody announces a replica that crashed: each says NODE_ALIVE, and one not heard
+// from for node_timeout has its clients forgotten; when it speaks again, every replica is
+// asked for its clients (NODE_HELLO) and it answers with a snapshot.
+TEST_P(PushNodeTest, AReplicaNotHeardFromIsForgottenAndAskedForItsClientsWhenItSpeaksAgain) {
+  FakeTransport tc;
+  FakeUpstream up_c(&bus_);
+  common::MetricsRegistry mc;
+  NodeOptions o;
+  o.node_id = "node-c";
+  o.node_timeout = absl::Seconds(15);
+  o.alive_interval = absl::Seconds(5);
+  PushNode c(o, &tc, &up_c, &mc);
+  bus_.Attach(&c);
+  Open(b_.get(), 2, "systemId=fleet&clientId=y");
+  EXPECT_EQ(OnlineNow(&c, "fleet", ""), std::vector<std::string>{"y"});
+  c.Sweep(t0 + absl::Seconds(10));
+  EXPECT_EQ(OnlineNow(&c, "fleet", ""), std::vector<std::string>{"y"}) << "10 s of silence is not 15";
+  c.Sweep(t0 + absl::Seconds(16));
+  EXPECT_TRUE(OnlineNow(&c, "fleet", "").empty()) << "node-b was silent for 16 s";
+  EXPECT_EQ(OnlineNow(a_.get(), "fleet", ""), std::vector<std::string>{"y"}) << "a node without node_timeout keeps it";
+  bus_.now = t0 + absl::Seconds(17);
+  Open(b_.get(), 3, "systemId=fleet&clientId=z");
+  EXPECT_EQ(OnlineNow(&c, "fleet", ""), (std::vector<std::string>{"y", "z"})) << "b's snapshot after c's hello";
+  // c itself says it is alive once per alive_interval (last at 16 s: then at 21 and 26).
+  up_c.published.clear();
+  for (int s = 20; s < 30; ++s) c.Sweep(t0 + absl::Seconds(s));
+  EXPECT_EQ(std::count(up_c.published.begin(), up_c.published.end(), v1::PushMessage::NODE_ALIVE), 2);
 }
 
 }  // namespace
