@@ -39,12 +39,12 @@ export async function waitFor(what, condition, ms = 30000, every = 100) {
 }
 
 // Runs scripts/demo; resolves once it prints the dashboard URL.
-export async function startDemo({ devices = 20, slaves = 0, replicas = 2, env = {} } = {}) {
+export async function startDemo({ devices = 20, slaves = 0, replicas = 2, cluster = false, env = {} } = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), 'devbridge-demo-'));
   const port = await freePort();
   const mqttPort = await freePort();
   const args = ['--no-install', '--no-build', '--devices', String(devices), '--slaves', String(slaves), '--replicas', String(replicas),
-    '--port', String(port), '--mqtt-port', String(mqttPort), '--data-dir', dataDir];
+    '--port', String(port), '--mqtt-port', String(mqttPort), '--data-dir', dataDir, ...(cluster ? ['--cluster'] : [])];
   const proc = spawn(join(ROOT, 'scripts/demo'), args, {
     env: { ...process.env, DEVBRIDGE_BUILD_DIR: BUILD, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -37,3 +37,34 @@ test('scripts/demo starts the topology, serves the dashboard and stops cleanly o
     demo.cleanup();
   }
 });
+
+test('scripts/demo --cluster joins ingest and three replicas by a 3-server NATS JetStream bus', async () => {
+  const demo = await startDemo({ devices: 3, replicas: 3, cluster: true });
+  try {
+    const health = await fetch(new URL('/healthz', demo.url));
+    assert.equal(health.status, 200, 'push behind nginx reads the bus');
+    await waitFor('3 simulated devices online', async () => {
+      const body = await (await fetch(new URL('/api/devices', demo.url))).json();
+      return body.data.devices.filter((d) => d.online).length === 3;
+    });
+    const sent = await (await fetch(new URL('/api/send_to_system', demo.url), {
+      method: 'POST', headers: { SystemId: 'fleet', 'Content-Type': 'application/json' }, body: '{"data":"hello"}',
+    })).json();
+    assert.equal(sent.code, 0, JSON.stringify(sent));
+    for (const port of demo.env.DEMO_PUSH_PORTS.split(' ')) {
+      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      assert.match(metrics, /^devbridge_push_bus_up 1$/m, `replica on ${port} is on the bus`);
+      const read = Number(metrics.match(/^devbridge_push_bus_read_total (\d+)$/m)?.[1]);
+      assert.ok(read > 0, `replica on ${port} read events from the bus`);
+    }
+    assert.equal(demo.env.DEMO_NATS_PORTS.split(' ').length, 3);
+    const pids = demo.env.DEMO_PIDS.split(' ').map(Number);
+    assert.equal(pids.length, 9, '3 nats-server, ingest, 3 push replicas, nginx, simulator');
+    const result = await demo.stop();
+    assert.equal(result?.code, 130, `exit status after SIGINT\n${demo.output()}`);
+    for (const pid of pids) assert.ok(!processAlive(pid), `process ${pid} was stopped`);
+  } finally {
+    await demo.stop();
+    demo.cleanup();
+  }
+});

@@ -37,8 +37,8 @@ bool BusLink::up() const { return up_.load() && connection_->connected(); }
 
 void BusLink::Stop() {
   if (!thread_.joinable()) return;
-  if (up_.load()) {
-    // Other replicas forget this node's clients now rather than keep them as online.
+  if (up()) {
+    // Other replicas forget this node's clients now rather than after node_timeout.
     v1::PushMessage down;
     down.set_kind(v1::PushMessage::NODE_DOWN);
     down.set_origin_node(options_.node_id);
