@@ -22,17 +22,6 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connec
   return Subscribe(connection, stream, subject, &options, std::move(on_message));
 }
 
-absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::StartSince(const Connection* connection,
-                                                                         const std::string& stream,
-                                                                         const std::string& subject, absl::Time since,
-                                                                         OnMessage on_message) {
-  jsSubOptions options;
-  jsSubOptions_Init(&options);
-  options.Config.DeliverPolicy = js_DeliverByStartTime;
-  options.Config.OptStartTime = absl::ToUnixNanos(since);
-  return Subscribe(connection, stream, subject, &options, std::move(on_message));
-}
-
 absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Subscribe(const Connection* connection,
                                                                         const std::string& stream,
                                                                         const std::string& subject,

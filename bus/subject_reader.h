@@ -2,7 +2,8 @@
 // from a given position on, as they are appended: an *ordered* consumer, which the NATS
 // client recreates by itself from the last message it delivered when it sees a gap or loses
 // its server, so a reader sees every message once, in order, across a server's kill -9.
-// This is how a push replica will take the streams its clients hold (interest routing).
+// This is how a push replica takes the cluster subject and the streams its clients hold
+// (interest routing, services/push/upstream/bus_link.h).
 #ifndef DEVBRIDGE_BUS_SUBJECT_READER_H_
 #define DEVBRIDGE_BUS_SUBJECT_READER_H_
 
@@ -13,7 +14,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
-#include "absl/time/time.h"
 #include "bus/connection.h"
 #include "bus/offset_log.h"
 
@@ -31,12 +31,6 @@ class SubjectReader {
                                                              const std::string& stream,
                                                              const std::string& subject, uint64_t from,
                                                              OnMessage on_message);
-  // The same from the first message stored at `since` or later (what a replica reads back at
-  // start to fill its recovery histories).
-  static absl::StatusOr<std::unique_ptr<SubjectReader>> StartSince(const Connection* connection,
-                                                                  const std::string& stream,
-                                                                  const std::string& subject, absl::Time since,
-                                                                  OnMessage on_message);
   // Stops reading; `on_message` is not running and will not run once this returns.
   ~SubjectReader();
   SubjectReader(const SubjectReader&) = delete;

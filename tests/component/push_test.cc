@@ -772,5 +772,35 @@ TEST_P(PushOnBusTest, AKilledReplicasClientsAreForgottenAndRecoverOnAnother) {
   EXPECT_TRUE(WaitOnline(a_.get(), 1)) << "and counted again where it is now";
 }
 
+// Interest routing: a replica reads the cluster subject and the streams its clients hold,
+// not every event on the bus, and stops reading a stream when its last client leaves.
+TEST_P(PushOnBusTest, AReplicaReadsOnlyTheStreamsItsClientsHold) {
+  StartCluster();
+  auto fleet = WsClient::Connect(a_->port(), "systemId=fleet&clientId=console");
+  ASSERT_TRUE(fleet->open());
+  auto sim = StartSim([](sim::SimOptions& o) {
+    o.devices = 4;
+    o.data_interval = absl::Milliseconds(50);
+  });
+  const std::string id = sim->DeviceId(0);
+  auto own = WsClient::Connect(b_->port(), "systemId=" + id + "&clientId=own");
+  ASSERT_TRUE(own->open());
+  ASSERT_TRUE(WaitFor([&] { return own->Frames("device.data").size() >= 20; }, absl::Seconds(20)));
+  ASSERT_TRUE(WaitFor([&] { return fleet->Frames("device.data").size() >= 80; }, absl::Seconds(20)));
+  auto metric = [](push::App* app, const std::string& name) {
+    return MetricValue(HttpRequest(app->port(), "GET", "/metrics", {}, ""), name);
+  };
+  EXPECT_EQ(metric(a_.get(), "devbridge_push_bus_streams"), 1) << "the fleet's";
+  EXPECT_EQ(metric(b_.get(), "devbridge_push_bus_streams"), 1) << "one device's";
+  const double read_a = metric(a_.get(), "devbridge_push_bus_read_total");
+  const double read_b = metric(b_.get(), "devbridge_push_bus_read_total");
+  EXPECT_LT(read_b, read_a * 0.6) << "b reads one device of four, a the fleet (all four)";
+  for (const Json& f : own->Frames("device.data")) EXPECT_EQ(f["data"]["deviceId"], id) << f;
+
+  own->Close();
+  EXPECT_TRUE(WaitFor([&] { return metric(b_.get(), "devbridge_push_bus_streams") == 0; }))
+      << "the device's stream is not read once its last client left";
+}
+
 }  // namespace
 }  // namespace devbridge::testing

@@ -121,14 +121,18 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(PushOptions options) {
     BusLinkOptions bo;
     bo.urls = o.bus_urls;
     bo.node_id = o.node_id;
-    bo.read_back = o.history_ttl;  // what a client may still recover
+    bo.read_back = o.history_size;  // what a client may still recover
     s.bus = std::make_unique<BusLink>(
         bo, [&s](std::function<void()> fn) { s.Post(std::move(fn)); },
         [&s](const v1::Event& event, bool past) {
           if (past) return s.node->OnPastEvent(event);
           s.node->OnEvent(event, absl::Now());
         },
-        on_state, s.link.get(), &s.metrics);
+        on_state,
+        [&s](const std::string& system_id, const std::string& group_name) {
+          s.node->OnStreamReady(system_id, group_name);
+        },
+        s.link.get(), &s.metrics);
     upstream = s.bus.get();
   }
   NodeOptions no;

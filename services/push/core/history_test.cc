@@ -82,5 +82,19 @@ TEST(History, JoinedLateHoldsOnlyWhatItSaw) {
   EXPECT_EQ(h.streams(), 0u);
 }
 
+TEST(History, AMessageSeenAgainIsIgnoredAndKeepsWhatIsHeld) {
+  History h(10, absl::Minutes(5));
+  h.Reset("e");
+  const absl::Time now = absl::FromUnixSeconds(1000);
+  for (uint64_t o = 1; o <= 4; ++o) h.Add("s", o, std::make_shared<const std::string>(std::to_string(o)), now);
+  // A stream read back again (interest routing) starts with messages held already.
+  for (uint64_t o = 2; o <= 5; ++o) h.Add("s", o, std::make_shared<const std::string>(std::to_string(o)), now);
+  std::vector<std::shared_ptr<const std::string>> out;
+  ASSERT_TRUE(h.Since("s", "e", 1, now, &out));
+  ASSERT_EQ(out.size(), 4u);
+  EXPECT_EQ(*out[0], "2");
+  EXPECT_EQ(*out[3], "5");
+}
+
 }  // namespace
 }  // namespace devbridge::push

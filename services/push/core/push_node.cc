@@ -256,6 +256,7 @@ void PushNode::OnOpen(ConnId conn, ConnectRequest request, absl::Time now) {
     Announce(conn, hello.ToJson());
   }
   for (const auto& g : request.groups) Join(conn, g, /*reply=*/false);
+  UpdateInterest(request.system_id, "");
   Recover(conn, request, now);
 }
 
@@ -269,7 +270,6 @@ void PushNode::Announce(ConnId conn, const std::string& hello) {
 }
 
 void PushNode::Recover(ConnId conn, const ConnectRequest& request, absl::Time now) {
-  std::vector<std::shared_ptr<const std::string>> missed;
   for (const auto& [stream, pos] : request.recover) {
     std::string key;
     if (stream == "system") {
@@ -284,16 +284,56 @@ void PushNode::Recover(ConnId conn, const ConnectRequest& request, absl::Time no
       }
       key = StreamKey(request.system_id, group);
     }
-    if (!history_.Since(key, pos.first, pos.second, now, &missed)) {
-      m_.gone->Inc();
-      SendText(conn, ErrorFrame(common::kCodeGone,
-                                absl::StrCat("messages after offset ", pos.second, " of epoch ", pos.first,
-                                             " are gone; continuing live"),
-                                "", stream));
+    // The upstream is still reading this stream back: recover once it has (OnStreamReady).
+    if (catching_up_.contains(key)) {
+      pending_recovers_[key].push_back({conn, stream, pos});
       continue;
     }
-    m_.recovered->Inc(missed.size());
-    for (const auto& frame : missed) SendTo(conn, frame);
+    RecoverStream(conn, stream, key, pos, now);
+  }
+}
+
+void PushNode::RecoverStream(ConnId conn, const std::string& label, const std::string& key,
+                             const std::pair<std::string, uint64_t>& pos, absl::Time now) {
+  std::vector<std::shared_ptr<const std::string>> missed;
+  if (!history_.Since(key, pos.first, pos.second, now, &missed)) {
+    m_.gone->Inc();
+    SendText(conn, ErrorFrame(common::kCodeGone,
+                              absl::StrCat("messages after offset ", pos.second, " of epoch ", pos.first,
+                                           " are gone; continuing live"),
+                              "", label));
+    return;
+  }
+  m_.recovered->Inc(missed.size());
+  for (const auto& frame : missed) SendTo(conn, frame);
+}
+
+void PushNode::UpdateInterest(const std::string& system_id, const std::string& group_name) {
+  const std::string key = StreamKey(system_id, group_name);
+  const bool local = group_name.empty() ? !registry_.SystemConns(system_id).empty()
+                                        : !registry_.GroupConns(system_id, group_name).empty();
+  if (local == wanted_.contains(key)) return;
+  if (local) {
+    wanted_.insert(key);
+    if (!upstream_->Want(system_id, group_name)) catching_up_.insert(key);
+  } else {
+    wanted_.erase(key);
+    catching_up_.erase(key);
+    pending_recovers_.erase(key);
+    upstream_->Unwant(system_id, group_name);
+  }
+}
+
+void PushNode::OnStreamReady(const std::string& system_id, const std::string& group_name) {
+  const std::string key = StreamKey(system_id, group_name);
+  catching_up_.erase(key);
+  auto it = pending_recovers_.find(key);
+  if (it == pending_recovers_.end()) return;
+  std::vector<PendingRecover> pending = std::move(it->second);
+  pending_recovers_.erase(it);
+  const absl::Time now = absl::Now();
+  for (const PendingRecover& p : pending) {
+    if (registry_.ByConn(p.conn) != nullptr) RecoverStream(p.conn, p.label, key, p.pos, now);
   }
 }
 
@@ -322,7 +362,11 @@ void PushNode::OnClose(ConnId conn) {
   std::optional<Session> s = registry_.Remove(conn);
   m_.connections->Set(static_cast<int64_t>(registry_.local_sessions()));
   if (!s) return;
-  for (const auto& g : s->groups) PublishMembership(v1::PushMessage::UNBIND_GROUP, *s, g);
+  UpdateInterest(s->system_id, "");
+  for (const auto& g : s->groups) {
+    UpdateInterest(s->system_id, g);
+    PublishMembership(v1::PushMessage::UNBIND_GROUP, *s, g);
+  }
   // If the same clientId has already reconnected here, it is not gone.
   if (registry_.ByClient(s->client_id) == nullptr) PublishMembership(v1::PushMessage::CLIENT_DOWN, *s);
 }
@@ -381,6 +425,7 @@ void PushNode::Join(ConnId conn, const std::string& group, bool reply) {
   const bool changed = registry_.Join(conn, group);
   if (changed) {
     m_.joins->Inc();
+    UpdateInterest(s->system_id, group);
     PublishMembership(v1::PushMessage::BIND_GROUP, *s, group);
   }
   if (reply) {
@@ -394,7 +439,10 @@ void PushNode::Join(ConnId conn, const std::string& group, bool reply) {
 
 void PushNode::Leave(ConnId conn, const std::string& group, bool reply) {
   Session* s = registry_.ByConn(conn);
-  if (registry_.Leave(conn, group)) PublishMembership(v1::PushMessage::UNBIND_GROUP, *s, group);
+  if (registry_.Leave(conn, group)) {
+    UpdateInterest(s->system_id, group);
+    PublishMembership(v1::PushMessage::UNBIND_GROUP, *s, group);
+  }
   if (reply) {
     ServerFrame left;
     left.type = "left";
@@ -752,6 +800,7 @@ absl::Status PushNode::ApplyEvent(const v1::Event& event, absl::Time now) {
           } else {
             registry_.Leave(s->conn, m.group_name());
           }
+          UpdateInterest(m.system_id(), m.group_name());
         }
       }
       frame.type = "presence";

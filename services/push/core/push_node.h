@@ -49,6 +49,13 @@ class Upstream {
   virtual void Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) {
     done(absl::UnimplementedError("no stream head"));
   }
+  // Interest routing: this node has connections to push stream (system, group) now (Want),
+  // or none any more (Unwant). Want is true when every message of the stream already reaches
+  // the node (the default: ingest's gRPC stream carries them all); false when the upstream
+  // starts reading it and, having read back what a recover may ask for, calls
+  // PushNode::OnStreamReady. Io thread.
+  virtual bool Want(const std::string& /*system_id*/, const std::string& /*group_name*/) { return true; }
+  virtual void Unwant(const std::string& /*system_id*/, const std::string& /*group_name*/) {}
 };
 
 struct NodeOptions {
@@ -103,6 +110,9 @@ class PushNode {
   void OnPastEvent(const v1::Event& event);
   // The event stream came up (true) or went down.
   void OnUpstream(bool up);
+  // A stream this node asked the upstream for (Upstream::Want) has been read back: the
+  // recovers that waited for it run now, before its live messages.
+  void OnStreamReady(const std::string& system_id, const std::string& group_name);
   // Periodic upkeep (every second or so): drops histories whose messages all expired; with
   // node_timeout, says NODE_ALIVE and forgets the clients of replicas gone silent.
   void Sweep(absl::Time now);
@@ -142,6 +152,13 @@ class PushNode {
   // Ingest's epoch changed under connected clients: a 410 for each stream each one holds.
   void TellStreamsReset();
   void Recover(ConnId conn, const ConnectRequest& request, absl::Time now);
+  // One stream of a recover: what `conn` missed after `pos` of stream `key` ("system" or
+  // "group:NAME" in `label`), or a 410 when that is gone.
+  void RecoverStream(ConnId conn, const std::string& label, const std::string& key,
+                     const std::pair<std::string, uint64_t>& pos, absl::Time now);
+  // Tells the upstream when stream (system, group) gains its first local connection or
+  // loses its last (interest routing).
+  void UpdateInterest(const std::string& system_id, const std::string& group_name);
   // Runs `then` once this node has applied every event ingest's stream held when Sync was
   // called (at once when that is already so, or when the stream cannot say).
   void Sync(std::function<void()> then);
@@ -175,6 +192,14 @@ class PushNode {
   uint64_t applied_seq_ = 0;  // the last event of history_.epoch() applied
   bool past_ = false;         // OnPastEvent: record in the history only
   std::multimap<uint64_t, std::function<void()>> sync_waiters_;  // by the seq they wait for
+  absl::flat_hash_set<std::string> wanted_;       // streams with local connections (StreamKey)
+  absl::flat_hash_set<std::string> catching_up_;  // of those, the ones the upstream still reads back
+  struct PendingRecover {
+    ConnId conn;
+    std::string label;
+    std::pair<std::string, uint64_t> pos;
+  };
+  absl::flat_hash_map<std::string, std::vector<PendingRecover>> pending_recovers_;  // by StreamKey
   absl::flat_hash_map<std::string, absl::Time> heard_;  // other replicas, last heard from (node_timeout)
   absl::flat_hash_set<std::string> lost_;               // replicas forgotten as gone
   absl::Time next_alive_ = absl::InfinitePast();

@@ -50,6 +50,15 @@ class FakeUpstream : public Upstream {
     done(dispatch_error.ok() ? absl::StatusOr<v1::CommandResult>(v1::CommandResult()) : dispatch_error);
   }
   void Head(std::function<void(absl::StatusOr<v1::HeadResponse>)> done) override;
+  bool Want(const std::string& system_id, const std::string& group_name) override {
+    wanted.push_back(StreamKey(system_id, group_name));
+    return ready_at_once;
+  }
+  void Unwant(const std::string& system_id, const std::string& group_name) override {
+    unwanted.push_back(StreamKey(system_id, group_name));
+  }
+  std::vector<std::string> wanted, unwanted;
+  bool ready_at_once = true;
   bool is_up = true;
   std::vector<v1::PushMessage::Kind> published;
   absl::Status dispatch_error;
@@ -806,6 +815,28 @@ TEST_P(PushNodeTest, AReplicaNotHeardFromIsForgottenAndAskedForItsClientsWhenItS
   up_c.published.clear();
   for (int s = 20; s < 30; ++s) c.Sweep(t0 + absl::Seconds(s));
   EXPECT_EQ(std::count(up_c.published.begin(), up_c.published.end(), v1::PushMessage::NODE_ALIVE), 2);
+}
+
+// Interest routing: the node tells its upstream which streams it has connections to, and a
+// recover into a stream the upstream is still reading back waits until it has.
+TEST_P(PushNodeTest, StreamsAreWantedWhileConnectionsHoldThemAndRecoverWaitsForTheReadBack) {
+  up_a_.ready_at_once = false;
+  Open(a_.get(), 1, "systemId=s1&clientId=x&groups=g1");
+  EXPECT_EQ(up_a_.wanted, (std::vector<std::string>{StreamKey("s1", "g1"), StreamKey("s1", "")}));
+  for (int i = 0; i < 3; ++i) bus_.Emit(DeviceOnline(absl::StrCat("d", i)), {{"s1", ""}});
+  EXPECT_EQ(ta_.Of(1, "device.online").size(), 3u) << "live messages go out while the stream is read back";
+  Open(a_.get(), 2, "systemId=s1&clientId=y&recover=%7B%22system%22%3A%5B%22ep1%22%2C1%5D%7D");
+  EXPECT_EQ(up_a_.wanted.size(), 2u) << "s1 was wanted already";
+  EXPECT_TRUE(ta_.Of(2, "device.online").empty()) << "the recover waits for the read-back";
+  a_->OnStreamReady("s1", "");
+  auto recovered = ta_.Of(2, "device.online");
+  ASSERT_EQ(recovered.size(), 2u);
+  EXPECT_EQ(recovered[0]["offset"], 2);
+  EXPECT_EQ(recovered[1]["offset"], 3);
+  a_->OnClose(1);
+  EXPECT_EQ(up_a_.unwanted, std::vector<std::string>{StreamKey("s1", "g1")}) << "y still holds s1";
+  a_->OnClose(2);
+  EXPECT_EQ(up_a_.unwanted.back(), StreamKey("s1", ""));
 }
 
 }  // namespace

@@ -9,7 +9,8 @@
 namespace devbridge::push {
 
 BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Event, bool)> on_event,
-                 std::function<void(bool)> on_state, Upstream* commands, common::MetricsRegistry* metrics)
+                 std::function<void(bool)> on_state, OnStreamReady on_stream_ready, Upstream* commands,
+                 common::MetricsRegistry* metrics)
     : options_(std::move(options)),
       post_(std::move(post)),
       on_event_(std::move(on_event)),
@@ -22,7 +23,10 @@ BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Eve
       appended_(&metrics->AddCounter("devbridge_push_bus_appended_total",
                                      "Push API operations and membership updates appended to the bus.")),
       append_errors_(&metrics->AddCounter("devbridge_push_bus_append_errors_total",
-                                          "Appends to the bus that failed within publish_deadline (the caller got 503).")) {
+                                          "Appends to the bus that failed within publish_deadline (the caller got 503).")),
+      on_stream_ready_(std::move(on_stream_ready)),
+      streams_(&metrics->AddGauge("devbridge_push_bus_streams",
+                                  "Push streams this replica reads from the bus (those its clients hold).")) {
   metrics->AddGaugeFn("devbridge_push_bus_up", "1 while the bus is connected and read.", {},
                       [this] { return up() ? 1.0 : 0.0; });
 }
@@ -147,8 +151,11 @@ absl::Status BusLink::Append(const v1::PushMessage& message, absl::Time give_up,
   return status;
 }
 
-void BusLink::OnMessage(bus::Position position, absl::string_view data) {
+void BusLink::OnMessage(bus::Position position, absl::string_view data, StreamRead* stream) {
   read_->Inc();
+  // A stream's reader is ready once past its boundary: before a live message, or right after
+  // the boundary's own (the recovers waiting for it then run before anything live).
+  if (stream != nullptr && !stream->ready_sent && position.sequence > stream->boundary) PostReady(stream);
   v1::Event event;
   if (!event.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
     undecodable_->Inc();
@@ -156,11 +163,95 @@ void BusLink::OnMessage(bus::Position position, absl::string_view data) {
     if (error_log_.Allow(absl::Now(), &skipped)) {
       log_->warn("bus: message {} is not an event; skipped ({} line(s) skipped)", position.sequence, skipped);
     }
+  } else {
+    // The cluster subject's order is what Sync waits on; a stream's messages are not in it.
+    event.set_seq(stream == nullptr ? position.sequence : 0);
+    const bool past = stream != nullptr && position.sequence <= stream->boundary;
+    post_([this, event = std::move(event), past]() mutable { on_event_(std::move(event), past); });
+  }
+  if (stream != nullptr && !stream->ready_sent && position.sequence == stream->boundary) PostReady(stream);
+}
+
+void BusLink::PostReady(StreamRead* stream) {
+  stream->ready_sent = true;
+  post_([this, system = stream->system_id, group = stream->group_name, generation = stream->generation] {
+    StreamReady(system, group, generation);
+  });
+}
+
+bool BusLink::Want(const std::string& system_id, const std::string& group_name) {
+  const uint64_t generation = ++generations_;
+  wanted_[StreamKey(system_id, group_name)] = Wanted{generation, false};
+  Enqueue([this, stream = StreamRead{system_id, group_name, 0, generation, false}](bus::OffsetLog* log) mutable {
+    if (log != nullptr) StartReading(std::move(stream), log);
+  });
+  return false;
+}
+
+void BusLink::Unwant(const std::string& system_id, const std::string& group_name) {
+  const std::string key = StreamKey(system_id, group_name);
+  wanted_.erase(key);
+  Enqueue([this, key](bus::OffsetLog* log) {
+    if (log == nullptr) return;
+    readers_.erase(key);
+    streams_->Set(static_cast<int64_t>(readers_.size()));
+  });
+}
+
+void BusLink::StreamReady(const std::string& system_id, const std::string& group_name, uint64_t generation) {
+  auto it = wanted_.find(StreamKey(system_id, group_name));
+  // Unwanted since, or wanted again by a newer reader that will say so itself.
+  if (it == wanted_.end() || it->second.generation != generation || it->second.ready) return;
+  it->second.ready = true;
+  on_stream_ready_(system_id, group_name);
+}
+
+void BusLink::StartReading(StreamRead stream, bus::OffsetLog* log) {
+  const std::string key = StreamKey(stream.system_id, stream.group_name);
+  readers_.erase(key);
+  const std::string subject = bus::StreamSubject(options_.prefix, stream.system_id, stream.group_name);
+  // The stream's end first, then the subject's newest: a message appended in between is
+  // the newest (and read back) or comes after it (and is live); none is missed.
+  uint64_t from = 0;
+  absl::Status status;
+  absl::StatusOr<uint64_t> last = bus::LastSequence(*connection_, options_.stream);
+  absl::StatusOr<std::optional<bus::Position>> newest = last.ok() ? log->Newest(subject) : last.status();
+  if (newest.ok() && !*newest) {
+    from = *last + 1;
+  } else if (newest.ok()) {
+    stream.boundary = (*newest)->sequence;
+    const uint64_t back = (*newest)->offset > options_.read_back ? (*newest)->offset - options_.read_back : 0;
+    absl::StatusOr<bus::Resume> resume = log->Locate(subject, back);
+    if (resume.ok()) {
+      // Gone: the subject's oldest message still kept is after `back`: from its first.
+      from = resume->kind == bus::Resume::kNext       ? resume->sequence
+             : resume->kind == bus::Resume::kUpToDate ? (*newest)->sequence + 1
+                                                      : 1;
+    } else {
+      status = resume.status();
+    }
+  } else {
+    status = newest.status();
+  }
+  if (!status.ok()) {
+    // Live from now, without the read-back: a recover here may get 410.
+    log_->warn("bus: cannot read back {}: {}; reading it live only", subject, status.message());
+    stream.boundary = 0;
+    from = 0;
+  }
+  auto read = std::make_unique<StreamRead>(std::move(stream));
+  StreamRead* raw = read.get();
+  if (raw->boundary == 0) PostReady(raw);  // nothing to read back: ready before anything live
+  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::Start(
+      connection_.get(), options_.stream, subject, from,
+      [this, raw](bus::Position position, absl::string_view, absl::string_view data) { OnMessage(position, data, raw); });
+  if (!reader.ok()) {
+    log_->warn("bus: cannot read {}: {}", subject, reader.status().message());
+    if (!raw->ready_sent) PostReady(raw);  // the recovers waiting for it get their answer (410)
     return;
   }
-  event.set_seq(position.sequence);
-  const bool past = position.sequence <= started_after_;
-  post_([this, event = std::move(event), past]() mutable { on_event_(std::move(event), past); });
+  readers_[key] = Reader{std::move(read), *std::move(reader)};
+  streams_->Set(static_cast<int64_t>(readers_.size()));
 }
 
 void BusLink::WaitToRetry() {
@@ -203,17 +294,20 @@ bool BusLink::Open() {
     }
     epoch_ = *epoch;
     started_after_ = *last;
-    absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::StartSince(
-        connection_.get(), options_.stream, options_.prefix + ".>", absl::Now() - options_.read_back,
-        [this](bus::Position position, absl::string_view, absl::string_view data) { OnMessage(position, data); });
+    // What every replica acts on, from now on; the streams come as they are wanted.
+    absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::Start(
+        connection_.get(), options_.stream, events::ClusterSubject(options_.prefix), started_after_ + 1,
+        [this](bus::Position position, absl::string_view, absl::string_view data) {
+          OnMessage(position, data, nullptr);
+        });
     if (!reader.ok()) {
       if (error_log_.Allow(absl::Now(), &skipped)) log_->warn("bus: {}; trying again", reader.status().message());
       WaitToRetry();
       continue;
     }
     reader_ = *std::move(reader);
-    log_->info("bus: reading stream {} at {} (epoch {}), the last {} of it first, up to sequence {}", options_.stream,
-               where, epoch_, absl::FormatDuration(options_.read_back), started_after_);
+    log_->info("bus: reading stream {} at {} (epoch {}) from sequence {}: the cluster subject, and the push "
+               "streams this replica's clients hold", options_.stream, where, epoch_, started_after_ + 1);
     return true;
   }
 }
@@ -234,12 +328,13 @@ void BusLink::Run() {
       common::MutexLock lock(&mu_);
       cv_.Wait(&mu_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !jobs_.empty(); });
       // What was asked before the stop still runs (the NODE_DOWN of Stop among it).
-      if (jobs_.empty()) return;
+      if (jobs_.empty()) break;
       job = std::move(jobs_.front());
       jobs_.pop_front();
     }
     job(&log);
   }
+  readers_.clear();  // no OnMessage of theirs runs once this returns
 }
 
 }  // namespace devbridge::push

@@ -5,11 +5,16 @@
 // (events/bus_layout.h says how an event is laid out there); commands still go to ingest,
 // which owns the devices (`commands`, ingest's gRPC link without its event stream).
 //
+// Interest routing: a replica reads the cluster subject (what every replica acts on) and,
+// for each push stream it has connections to (Want), that stream's subject alone, not the
+// whole stream of events. A stream's reader starts `history_size` messages back: those fill
+// the recovery history and are sent to nobody (`on_event(event, past=true)`); then
+// `on_stream_ready` runs (the recovers waiting for it go) and live messages follow. When the
+// last connection to a stream leaves (Unwant), its reader stops.
+//
 // A thread of the link's own connects (trying again until the bus and its stream are there:
-// ingest creates the stream), reads back the last `read_back` of the stream (those events
-// fill the recovery histories and are sent to nobody: `on_event(event, past=true)`), and
-// then reads on as events are appended. Publish and Head run on that thread in the order they
-// were called. Everything handed back runs on the io thread through `post`.
+// ingest creates the stream), starts and stops the readers, and runs Publish and Head, all in
+// the order they were asked for. Everything handed back runs on the io thread through `post`.
 #ifndef DEVBRIDGE_SERVICES_PUSH_UPSTREAM_BUS_LINK_H_
 #define DEVBRIDGE_SERVICES_PUSH_UPSTREAM_BUS_LINK_H_
 
@@ -23,6 +28,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "bus/connection.h"
 #include "bus/offset_log.h"
@@ -40,7 +46,7 @@ struct BusLinkOptions {
   std::string node_id;
   std::string stream = events::kBusStream;
   std::string prefix = events::kBusPrefix;
-  absl::Duration read_back = absl::Minutes(5);  // at start: how far back to fill the histories
+  size_t read_back = 1000;  // messages of a stream read back when a replica starts reading it (history_size)
   absl::Duration publish_deadline = absl::Seconds(5);
   absl::Duration retry = absl::Seconds(1);  // between tries to reach the bus and find the stream
 };
@@ -48,11 +54,14 @@ struct BusLinkOptions {
 class BusLink : public Upstream {
  public:
   using Poster = std::function<void(std::function<void()>)>;
-  // `on_event(event, past)` gets every event in the stream's order, with `seq` set to its
-  // JetStream sequence; `past` for those stored before this link started. `on_state` hears
-  // when the link is up (connected and reading).
+  // `on_event(event, past)` gets the events of the cluster subject in order, with `seq` set to
+  // their JetStream sequence, and those of each wanted stream in its order (seq 0: they are
+  // not in the cluster subject's order); `past` for those read back. `on_state` hears when the
+  // link is up (connected and reading).
+  using OnStreamReady = std::function<void(const std::string& system_id, const std::string& group_name)>;
   BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Event, bool past)> on_event,
-          std::function<void(bool)> on_state, Upstream* commands, common::MetricsRegistry* metrics);
+          std::function<void(bool)> on_state, OnStreamReady on_stream_ready, Upstream* commands,
+          common::MetricsRegistry* metrics);
   ~BusLink() override;
   BusLink(const BusLink&) = delete;
   BusLink& operator=(const BusLink&) = delete;
@@ -70,13 +79,33 @@ class BusLink : public Upstream {
   void Dispatch(v1::Command command, std::function<void(absl::StatusOr<v1::CommandResult>)> done) override {
     commands_->Dispatch(std::move(command), std::move(done));
   }
+  // Io thread. Starts reading the stream's subject (false: OnStreamReady follows), or stops.
+  bool Want(const std::string& system_id, const std::string& group_name) override ABSL_LOCKS_EXCLUDED(mu_);
+  void Unwant(const std::string& system_id, const std::string& group_name) override ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   using Job = std::function<void(bus::OffsetLog* log)>;  // log is null when the link stops
   void Run() ABSL_LOCKS_EXCLUDED(mu_);
   // Connects, finds the stream and starts reading; false when stopping first.
   bool Open() ABSL_LOCKS_EXCLUDED(mu_);
-  void OnMessage(bus::Position position, absl::string_view data);
+  // A stream's reader, on the NATS client's thread: `boundary` is the stream's newest message
+  // when reading started (0: none), `generation` tells this reader from a later one.
+  struct StreamRead {
+    std::string system_id;
+    std::string group_name;
+    uint64_t boundary = 0;
+    uint64_t generation = 0;
+    bool ready_sent = false;
+  };
+  // A message of the cluster subject (`stream` null) or of a wanted stream.
+  void OnMessage(bus::Position position, absl::string_view data, StreamRead* stream);
+  // The link's thread: reads `stream` from `read_back` messages back.
+  void StartReading(StreamRead stream, bus::OffsetLog* log);
+  // Posts StreamReady for `stream` (once).
+  void PostReady(StreamRead* stream);
+  // Io thread: `generation`'s reader of the stream has read back; tell the node, unless the
+  // stream was unwanted or wanted again since.
+  void StreamReady(const std::string& system_id, const std::string& group_name, uint64_t generation);
   void Enqueue(Job job) ABSL_LOCKS_EXCLUDED(mu_);
   // Appends `message`'s parts, trying again until `give_up`.
   absl::Status Append(const v1::PushMessage& message, absl::Time give_up, bus::OffsetLog* log);
@@ -94,8 +123,23 @@ class BusLink : public Upstream {
   std::unique_ptr<bus::Connection> connection_;
   std::string epoch_;
   uint64_t started_after_ = 0;  // the stream's last sequence when reading started
-  std::unique_ptr<bus::SubjectReader> reader_;
+  std::unique_ptr<bus::SubjectReader> reader_;  // the cluster subject's
   std::atomic<bool> up_{false};
+  // The link's thread: each wanted stream's reader, and what it reads for.
+  struct Reader {
+    std::unique_ptr<StreamRead> stream;
+    std::unique_ptr<bus::SubjectReader> reader;
+  };
+  absl::flat_hash_map<std::string, Reader> readers_;
+  // The io thread: each wanted stream's reader generation, and whether it is ready.
+  struct Wanted {
+    uint64_t generation = 0;
+    bool ready = false;
+  };
+  absl::flat_hash_map<std::string, Wanted> wanted_;
+  uint64_t generations_ = 0;
+  OnStreamReady on_stream_ready_;
+  common::Gauge* streams_;
 
   common::Mutex mu_;
   common::CondVar cv_;
