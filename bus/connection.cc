@@ -70,6 +70,9 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Connect(const Connection
   // Once connected, keep trying for ever: a bus server restarting is not the end of us.
   if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
   if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+  // Readers share the library's delivery threads instead of one thread per subscription (a
+  // push replica reads one subject per stream its clients hold: hundreds).
+  if (s == NATS_OK) s = natsOptions_UseGlobalMessageDelivery(opts, true);
   natsConnection* nc = nullptr;
   if (s == NATS_OK) s = natsConnection_Connect(&nc, opts);
   natsOptions_Destroy(opts);
@@ -93,6 +96,8 @@ Connection::~Connection() {
   natsConnection_Close(nc_);
   natsConnection_Destroy(nc_);
 }
+
+void Connection::Close() { natsConnection_Close(nc_); }
 
 bool Connection::connected() const {
   return natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED;

@@ -48,6 +48,11 @@ class Connection {
   absl::Duration timeout() const { return timeout_; }
   // True while connected (false while the client reconnects).
   bool connected() const;
+  // Closes the connection (and so every subscription on it) without waiting for the servers:
+  // a reader stopped afterwards does not ask the bus to delete its consumer (which, while
+  // the bus is away, waits the timeout for every reader). The servers drop such consumers
+  // on their own. Destroying the Connection closes it too.
+  void Close();
 
  private:
   Connection(natsConnection* nc, jsCtx* js, absl::Duration timeout)

@@ -46,10 +46,10 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Subscribe(const Co
 
 SubjectReader::~SubjectReader() {
   if (sub_ == nullptr) return;
-  // The client calls Completed after the last Deliver has returned.
-  if (natsSubscription_Unsubscribe(sub_) == NATS_OK) {
-    completed_.WaitForNotificationWithTimeout(absl::Seconds(10));
-  }
+  // The client calls Completed after the last Deliver has returned: once unsubscribed, or
+  // once the connection was closed (Connection::Close, then Unsubscribe fails at once).
+  const bool unsubscribed = natsSubscription_Unsubscribe(sub_) == NATS_OK;
+  completed_.WaitForNotificationWithTimeout(unsubscribed ? absl::Seconds(10) : absl::Seconds(2));
   natsSubscription_Destroy(sub_);
 }
 

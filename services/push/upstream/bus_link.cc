@@ -334,6 +334,9 @@ void BusLink::Run() {
     }
     job(&log);
   }
+  // Closed first, the connection stops every reader at once, even with the bus away (each
+  // would otherwise ask it to delete its consumer and wait the timeout).
+  connection_->Close();
   readers_.clear();  // no OnMessage of theirs runs once this returns
 }
 
