@@ -310,8 +310,7 @@ void PushNode::RecoverStream(ConnId conn, const std::string& label, const std::s
 
 void PushNode::UpdateInterest(const std::string& system_id, const std::string& group_name) {
   const std::string key = StreamKey(system_id, group_name);
-  const bool local = group_name.empty() ? !registry_.SystemConns(system_id).empty()
-                                        : !registry_.GroupConns(system_id, group_name).empty();
+  const bool local = registry_.HasLocal(system_id, group_name);
   if (local == wanted_.contains(key)) return;
   if (local) {
     wanted_.insert(key);

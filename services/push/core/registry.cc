@@ -84,6 +84,12 @@ std::vector<ConnId> Registry::SystemConns(const std::string& system_id) const {
   return {it->second.begin(), it->second.end()};
 }
 
+bool Registry::HasLocal(const std::string& system_id, const std::string& group) const {
+  const auto& conns = group.empty() ? system_conns_ : group_conns_;
+  auto it = conns.find(group.empty() ? system_id : GroupKey(system_id, group));
+  return it != conns.end() && !it->second.empty();
+}
+
 std::vector<ConnId> Registry::GroupConns(const std::string& system_id, const std::string& group) const {
   auto it = group_conns_.find(GroupKey(system_id, group));
   if (it == group_conns_.end()) return {};

@@ -54,6 +54,8 @@ class Registry {
   // Local connections of a system, or of one of its groups.
   std::vector<ConnId> SystemConns(const std::string& system_id) const;
   std::vector<ConnId> GroupConns(const std::string& system_id, const std::string& group) const;
+  // Whether a system (group empty) or one of its groups has a local connection.
+  bool HasLocal(const std::string& system_id, const std::string& group) const;
   size_t local_sessions() const { return by_conn_.size(); }
   std::vector<const Session*> LocalSessions() const;
 
