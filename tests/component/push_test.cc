@@ -718,7 +718,9 @@ TEST_P(PushOnBusTest, IngestRestartResetsNoStreamAndTheApiGoesOn) {
     if (!f.contains("offset") || f["systemId"] != "fleet" || f.contains("groupName")) continue;
     if (epoch.empty()) epoch = f["epoch"];
     EXPECT_EQ(f["epoch"], epoch) << f;
-    if (last > 0) EXPECT_EQ(f["offset"].get<int64_t>(), last + 1) << f;
+    if (last > 0) {
+      EXPECT_EQ(f["offset"].get<int64_t>(), last + 1) << f;
+    }
     last = f["offset"].get<int64_t>();
     ++seen;
   }
@@ -800,6 +802,20 @@ TEST_P(PushOnBusTest, AReplicaReadsOnlyTheStreamsItsClientsHold) {
   own->Close();
   EXPECT_TRUE(WaitFor([&] { return metric(b_.get(), "devbridge_push_bus_streams") == 0; }))
       << "the device's stream is not read once its last client left";
+}
+
+// While the bus is away, membership updates fail (counted); when the client library has
+// reconnected, the replica announces itself again and its clients are known everywhere.
+TEST_P(PushOnBusTest, ClientsThatConnectedWhileTheBusWasAwayAreKnownOnceItIsBack) {
+  StartCluster();
+  bus_->Kill(0);
+  auto client = WsClient::Connect(a_->port(), "systemId=fleet&clientId=during");
+  ASSERT_TRUE(client->open()) << "clients connect while the bus is away";
+  bus_->Start(0);
+  ASSERT_TRUE(bus_->WaitHealthy());
+  EXPECT_TRUE(WaitOnline(b_.get(), 1, "fleet")) << "b learns of the client from a's snapshot";
+  EXPECT_GE(MetricValue(HttpRequest(a_->port(), "GET", "/metrics", {}, ""), "devbridge_push_membership_unpublished_total"),
+            1);
 }
 
 }  // namespace

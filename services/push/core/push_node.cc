@@ -489,7 +489,9 @@ void PushNode::PublishSnapshot() {
   m.set_origin_node(options_.node_id);
   m.set_message_id(common::NewUuid());
   m.set_data(events::EncodeSnapshot(members));
-  upstream_->Publish(std::move(m), [](const absl::Status&) {});
+  upstream_->Publish(std::move(m), [this](const absl::Status& s) {
+    if (!s.ok()) announce_again_ = true;  // Sweep tries again
+  });
 }
 
 void PushNode::OnUpstream(bool up) {
@@ -507,11 +509,18 @@ void PushNode::PublishNodeMessage(v1::PushMessage::Kind kind) {
   m.set_kind(kind);
   m.set_origin_node(options_.node_id);
   m.set_message_id(common::NewUuid());
-  upstream_->Publish(std::move(m), [](const absl::Status&) {});
+  upstream_->Publish(std::move(m), [this, kind](const absl::Status& s) {
+    if (!s.ok() && kind == v1::PushMessage::NODE_HELLO) announce_again_ = true;
+  });
 }
 
 void PushNode::Sweep(absl::Time now) {
   history_.Expire(now);
+  // A hello or snapshot the upstream did not take (it was coming back): once more.
+  if (announce_again_ && upstream_->up()) {
+    announce_again_ = false;
+    OnUpstream(true);
+  }
   if (options_.node_timeout <= absl::ZeroDuration()) return;
   if (upstream_->up() && now >= next_alive_) {
     PublishNodeMessage(v1::PushMessage::NODE_ALIVE);

@@ -203,6 +203,7 @@ class PushNode {
   absl::flat_hash_map<std::string, absl::Time> heard_;  // other replicas, last heard from (node_timeout)
   absl::flat_hash_set<std::string> lost_;               // replicas forgotten as gone
   absl::Time next_alive_ = absl::InfinitePast();
+  bool announce_again_ = false;  // a NODE_HELLO or NODE_SNAPSHOT failed: Sweep repeats them
 
   struct Metrics {
     common::Gauge* connections;

@@ -200,8 +200,8 @@ class PushNodeTest : public ::testing::TestWithParam<bool> {
   std::unique_ptr<PushNode> a_, b_;
 };
 
-INSTANTIATE_TEST_SUITE_P(Events, PushNodeTest, ::testing::Bool(),
-                         [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "InBusParts" : "Whole"; });
+std::string EventsName(const ::testing::TestParamInfo<bool>& param) { return param.param ? "InBusParts" : "Whole"; }
+INSTANTIATE_TEST_SUITE_P(Events, PushNodeTest, ::testing::Bool(), EventsName);
 
 TEST_P(PushNodeTest, HandshakeValidation) {
   auto refusal = [&](const std::string& q) {
@@ -837,6 +837,23 @@ TEST_P(PushNodeTest, StreamsAreWantedWhileConnectionsHoldThemAndRecoverWaitsForT
   EXPECT_EQ(up_a_.unwanted, std::vector<std::string>{StreamKey("s1", "g1")}) << "y still holds s1";
   a_->OnClose(2);
   EXPECT_EQ(up_a_.unwanted.back(), StreamKey("s1", ""));
+}
+
+// A hello or snapshot the upstream did not take (it was just coming back) is sent again at
+// the next sweep, so the other replicas learn of this one's clients.
+TEST_P(PushNodeTest, AHelloTheUpstreamDidNotTakeIsSentAgain) {
+  up_a_.published.clear();  // the snapshot that answered the fixture's first hello
+  up_a_.is_up = false;
+  a_->OnUpstream(true);
+  EXPECT_TRUE(up_a_.published.empty());
+  a_->Sweep(t0);
+  EXPECT_TRUE(up_a_.published.empty()) << "not while the upstream is down";
+  up_a_.is_up = true;
+  a_->Sweep(t0);
+  EXPECT_EQ(up_a_.published,
+            (std::vector<v1::PushMessage::Kind>{v1::PushMessage::NODE_HELLO, v1::PushMessage::NODE_SNAPSHOT}));
+  a_->Sweep(t0);
+  EXPECT_EQ(up_a_.published.size(), 2u) << "once";
 }
 
 }  // namespace

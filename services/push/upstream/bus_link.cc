@@ -15,6 +15,7 @@ BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Eve
       post_(std::move(post)),
       on_event_(std::move(on_event)),
       on_state_(std::move(on_state)),
+      on_stream_ready_(std::move(on_stream_ready)),
       commands_(commands),
       log_(common::Logger("push.bus")),
       read_(&metrics->AddCounter("devbridge_push_bus_read_total", "Messages read from the bus.")),
@@ -24,7 +25,6 @@ BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Eve
                                      "Push API operations and membership updates appended to the bus.")),
       append_errors_(&metrics->AddCounter("devbridge_push_bus_append_errors_total",
                                           "Appends to the bus that failed within publish_deadline (the caller got 503).")),
-      on_stream_ready_(std::move(on_stream_ready)),
       streams_(&metrics->AddGauge("devbridge_push_bus_streams",
                                   "Push streams this replica reads from the bus (those its clients hold).")) {
   metrics->AddGaugeFn("devbridge_push_bus_up", "1 while the bus is connected and read.", {},
@@ -320,19 +320,31 @@ void BusLink::Run() {
     return;
   }
   up_ = true;
+  bool connected = true;
   post_([this] { on_state_(true); });
   bus::OffsetLog log(connection_.get(), options_.stream);
   for (;;) {
     Job job;
     {
       common::MutexLock lock(&mu_);
-      cv_.Wait(&mu_, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !jobs_.empty(); });
+      cv_.WaitFor(&mu_, absl::Seconds(1),
+                  [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_ || !jobs_.empty(); });
       // What was asked before the stop still runs (the NODE_DOWN of Stop among it).
-      if (jobs_.empty()) break;
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      if (stopping_ && jobs_.empty()) break;
+      if (!jobs_.empty()) {
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
     }
-    job(&log);
+    // The client reconnects by itself; the node hears of it, so that membership updates that
+    // failed meanwhile are told again (a snapshot) once the bus is back.
+    if (connection_->connected() != connected) {
+      connected = !connected;
+      log_->log(connected ? spdlog::level::info : spdlog::level::warn, "bus: {}",
+                connected ? "connected again" : "connection lost; reconnecting");
+      post_([this, connected] { on_state_(connected); });
+    }
+    if (job) job(&log);
   }
   // Closed first, the connection stops every reader at once, even with the bus away (each
   // would otherwise ask it to delete its consumer and wait the timeout).

@@ -115,6 +115,7 @@ class BusLink : public Upstream {
   Poster post_;
   std::function<void(v1::Event, bool)> on_event_;
   std::function<void(bool)> on_state_;
+  OnStreamReady on_stream_ready_;
   Upstream* commands_;
   std::shared_ptr<spdlog::logger> log_;
   common::LogLimiter error_log_{absl::Seconds(10)};
@@ -138,8 +139,6 @@ class BusLink : public Upstream {
   };
   absl::flat_hash_map<std::string, Wanted> wanted_;
   uint64_t generations_ = 0;
-  OnStreamReady on_stream_ready_;
-  common::Gauge* streams_;
 
   common::Mutex mu_;
   common::CondVar cv_;
@@ -151,6 +150,7 @@ class BusLink : public Upstream {
   common::Counter* undecodable_;
   common::Counter* appended_;
   common::Counter* append_errors_;
+  common::Gauge* streams_;
 };
 
 }  // namespace devbridge::push
