@@ -11,27 +11,20 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connec
                                                                     const std::string& stream,
                                                                     const std::string& subject, uint64_t from,
                                                                     OnMessage on_message) {
+  std::unique_ptr<SubjectReader> reader(new SubjectReader(std::move(on_message)));
   jsSubOptions options;
   jsSubOptions_Init(&options);
+  options.Stream = stream.c_str();
+  options.Ordered = true;
   if (from > 0) {
     options.Config.DeliverPolicy = js_DeliverByStartSequence;
     options.Config.OptStartSeq = from;
   } else {
     options.Config.DeliverPolicy = js_DeliverNew;
   }
-  return Subscribe(connection, stream, subject, &options, std::move(on_message));
-}
-
-absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Subscribe(const Connection* connection,
-                                                                        const std::string& stream,
-                                                                        const std::string& subject,
-                                                                        jsSubOptions* options, OnMessage on_message) {
-  std::unique_ptr<SubjectReader> reader(new SubjectReader(std::move(on_message)));
-  options->Stream = stream.c_str();
-  options->Ordered = true;
   jsErrCode code = static_cast<jsErrCode>(0);
   natsStatus s = js_Subscribe(&reader->sub_, connection->js(), subject.c_str(), &SubjectReader::Deliver,
-                              reader.get(), nullptr, options, &code);
+                              reader.get(), nullptr, &options, &code);
   if (s == NATS_OK) s = natsSubscription_SetOnCompleteCB(reader->sub_, &SubjectReader::Completed, reader.get());
   if (s != NATS_OK) {
     if (reader->sub_ != nullptr) {

@@ -38,10 +38,6 @@ class SubjectReader {
 
  private:
   explicit SubjectReader(OnMessage on_message) : on_message_(std::move(on_message)) {}
-  static absl::StatusOr<std::unique_ptr<SubjectReader>> Subscribe(const Connection* connection,
-                                                                 const std::string& stream,
-                                                                 const std::string& subject,
-                                                                 jsSubOptions* options, OnMessage on_message);
   static void Deliver(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   static void Completed(void* closure);
 

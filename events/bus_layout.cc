@@ -31,6 +31,8 @@ bool AffectsCluster(const v1::Event& event) {
   }
 }
 
+bool HasEffectsPart(const v1::Event& event) { return event.streams().empty() || AffectsCluster(event); }
+
 std::string EncodeEffects(v1::Event event) {
   event.set_seq(0);
   event.set_part(v1::Event::EFFECTS);

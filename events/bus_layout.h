@@ -40,6 +40,9 @@ std::vector<StreamRef> PushStreams(const v1::PushMessage& message);
 
 // Whether every replica must act on `event` (its EFFECTS part), beyond fanning it out.
 bool AffectsCluster(const v1::Event& event);
+// Whether `event` (with its streams) is written with an EFFECTS part: it affects the cluster,
+// or it is of no stream at all.
+bool HasEffectsPart(const v1::Event& event);
 
 // Encoding the parts of `event` (stamped with the bus's epoch; its seq is left 0, as a bus
 // message's place is its JetStream sequence):

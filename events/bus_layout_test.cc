@@ -43,6 +43,10 @@ TEST(BusLayout, SendsToStreamsAreFanOutOnlyAndEverythingElseReachesEveryReplica)
   v1::Event state;
   state.mutable_device_state()->set_online(true);
   EXPECT_FALSE(AffectsCluster(state));
+  // An event of no stream has an EFFECTS part all the same.
+  EXPECT_TRUE(HasEffectsPart(state));
+  state.add_streams()->set_system_id("fleet");
+  EXPECT_FALSE(HasEffectsPart(state));
 }
 
 TEST(BusLayout, APartDecodesAsTheEventWithItsOneStreamOrItsStreamNames) {

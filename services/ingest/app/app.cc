@@ -443,7 +443,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     // Everything the log takes goes to the bus too: device events, Push API operations, membership.
     s.event_log->OnAppend([bus = s.bus.get()](const v1::Event& event, const std::shared_ptr<const std::string>& encoded,
                                               const std::vector<StreamRef>& streams) {
-      bus->Publish(encoded, streams, events::AffectsCluster(event));
+      bus->Publish(encoded, streams, events::HasEffectsPart(event));
     });
     s.bus->SetOnSpace([&s] { s.ScheduleDrain(); });
   }

@@ -55,7 +55,7 @@ EventPublisher::~EventPublisher() {
 }
 
 void EventPublisher::Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams,
-                             bool affects_cluster) {
+                             bool effects_part) {
   const uint64_t id = ++next_id_;
   size_t k = 0;
   bool dropped = false;
@@ -71,7 +71,7 @@ void EventPublisher::Publish(std::shared_ptr<const std::string> encoded, const s
       queue_.push_back({encoded, stream, absl::StrCat(options_.node_id, ":", id, ":", k++)});
     };
     for (const StreamRef& stream : streams) queue(stream);
-    if (affects_cluster || streams.empty()) queue(StreamRef{});
+    if (effects_part) queue(StreamRef{});
     queue_bytes_->Set(static_cast<int64_t>(bytes_));
     if (bytes_ >= options_.max_queue_bytes / 2) full_ = true;
   }

@@ -63,9 +63,9 @@ class EventPublisher {
   EventPublisher& operator=(const EventPublisher&) = delete;
 
   // Io thread: queues `encoded` (an Event as EventLog keeps it) for each of `streams`, and for
-  // the cluster subject when `affects_cluster` (events::AffectsCluster) or `streams` is empty.
+  // the cluster subject when `effects_part` (events::HasEffectsPart).
   void Publish(std::shared_ptr<const std::string> encoded, const std::vector<StreamRef>& streams,
-               bool affects_cluster) ABSL_LOCKS_EXCLUDED(mu_);
+               bool effects_part) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Any thread. True while the queue holds half of max_queue_bytes or more: take no more
   // messages. `on_space` runs (on the publisher's thread) when it is down to a quarter again.

@@ -96,7 +96,7 @@ class Bus {
         part.set_seq(++seq_);
         queue_.push_back(std::move(part));
       }
-      if (e.streams().empty() || events::AffectsCluster(e)) {
+      if (events::HasEffectsPart(e)) {
         v1::Event part = e;
         part.set_part(v1::Event::EFFECTS);
         part.set_seq(++seq_);

@@ -127,7 +127,7 @@ absl::Status BusLink::Append(const v1::PushMessage& message, absl::Time give_up,
                        absl::StrCat(id, ":", k),
                        [fanout, stream = streams[k]](uint64_t offset) { return events::EncodeFanout(*fanout, stream, offset); }});
   }
-  if (streams.empty() || events::AffectsCluster(event)) {
+  if (events::HasEffectsPart(event)) {
     auto effects = std::make_shared<const std::string>(events::EncodeEffects(event));
     entries.push_back({events::ClusterSubject(options_.prefix), absl::StrCat(id, ":c"),
                        [effects](uint64_t) { return *effects; }});
@@ -181,7 +181,7 @@ void BusLink::PostReady(StreamRead* stream) {
 
 bool BusLink::Want(const std::string& system_id, const std::string& group_name) {
   const uint64_t generation = ++generations_;
-  wanted_[StreamKey(system_id, group_name)] = Wanted{generation, false};
+  wanted_[StreamKey(system_id, group_name)] = generation;
   Enqueue([this, stream = StreamRead{system_id, group_name, 0, generation, false}](bus::OffsetLog* log) mutable {
     if (log != nullptr) StartReading(std::move(stream), log);
   });
@@ -201,8 +201,7 @@ void BusLink::Unwant(const std::string& system_id, const std::string& group_name
 void BusLink::StreamReady(const std::string& system_id, const std::string& group_name, uint64_t generation) {
   auto it = wanted_.find(StreamKey(system_id, group_name));
   // Unwanted since, or wanted again by a newer reader that will say so itself.
-  if (it == wanted_.end() || it->second.generation != generation || it->second.ready) return;
-  it->second.ready = true;
+  if (it == wanted_.end() || it->second != generation) return;
   on_stream_ready_(system_id, group_name);
 }
 

@@ -132,12 +132,8 @@ class BusLink : public Upstream {
     std::unique_ptr<bus::SubjectReader> reader;
   };
   absl::flat_hash_map<std::string, Reader> readers_;
-  // The io thread: each wanted stream's reader generation, and whether it is ready.
-  struct Wanted {
-    uint64_t generation = 0;
-    bool ready = false;
-  };
-  absl::flat_hash_map<std::string, Wanted> wanted_;
+  // The io thread: each wanted stream's reader generation (a reader tells it is ready once).
+  absl::flat_hash_map<std::string, uint64_t> wanted_;
   uint64_t generations_ = 0;
 
   common::Mutex mu_;
