@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -99,6 +100,20 @@ absl::Status Leases::Release(const std::string& name, const std::string& holder)
 absl::StatusOr<std::string> Leases::Holder(const std::string& name) {
   ASSIGN_OR_RETURN(const Entry current, Read(name));
   return current.holder;
+}
+
+absl::StatusOr<std::vector<std::string>> Leases::Names(const std::string& prefix) {
+  kvKeysList keys;
+  // kvStore_Keys leaves out deleted entries; the bucket drops run-out ones by their age.
+  natsStatus s = kvStore_Keys(&keys, kv_, nullptr);
+  if (s == NATS_NOT_FOUND) return std::vector<std::string>{};
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("listing leases of ", bucket_));
+  std::vector<std::string> names;
+  for (int i = 0; i < keys.Count; ++i) {
+    if (absl::StartsWith(keys.Keys[i], prefix)) names.emplace_back(keys.Keys[i]);
+  }
+  kvKeysList_Destroy(&keys);
+  return names;
 }
 
 }  // namespace devbridge::bus

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -47,6 +48,9 @@ class Leases {
 
   // Who holds `name` now ("" when nobody).
   absl::StatusOr<std::string> Holder(const std::string& name);
+
+  // The names held now that start with `prefix` (a lease freed or run out is not listed).
+  absl::StatusOr<std::vector<std::string>> Names(const std::string& prefix);
 
   absl::Duration ttl() const { return ttl_; }
 

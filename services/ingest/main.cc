@@ -64,6 +64,14 @@ ABSL_FLAG(std::string, bus, "",
           "(multi-machine mode, in progress; see docs/scaling.md); empty: no bus");
 ABSL_FLAG(int, bus_replicas, 3, "copies of the bus's event stream when ingest creates it (1 for a single server)");
 ABSL_FLAG(absl::Duration, bus_max_age, absl::Hours(24), "how long the bus keeps events (how far back clients recover)");
+ABSL_FLAG(int, partitions, 0,
+          "share the fleet with other ingest replicas (needs --bus, PostgreSQL and the spool): devices are "
+          "hashed to this many partitions, each owned by one live replica through a lease on the bus; every "
+          "replica forwards what the broker hands it to the owner. Every replica must use the same number. "
+          "0: this ingest owns every device");
+ABSL_FLAG(absl::Duration, lease_ttl, absl::Seconds(6),
+          "with --partitions: a dead replica's partitions are taken over this long after its last renewal "
+          "(renewed every third of it)");
 ABSL_FLAG(std::string, log_level, "info", "trace, debug, info, warn, error or off");
 
 int main(int argc, char** argv) {
@@ -159,6 +167,11 @@ int main(int argc, char** argv) {
   devbridge::common::RequireInRange("bus_replicas", o.bus.replicas, 1, 5);
   o.bus.max_age = absl::GetFlag(FLAGS_bus_max_age);
   if (o.bus.max_age < absl::Minutes(1)) devbridge::common::FlagError("bus_max_age", "must be at least 1m");
+
+  o.partitions = absl::GetFlag(FLAGS_partitions);
+  devbridge::common::RequireInRange("partitions", o.partitions, 0, 4096);
+  o.lease_ttl = absl::GetFlag(FLAGS_lease_ttl);
+  if (o.lease_ttl < absl::Seconds(1)) devbridge::common::FlagError("lease_ttl", "must be at least 1s");
 
   auto app = devbridge::ingest::App::Create(o);
   if (!app.ok()) {

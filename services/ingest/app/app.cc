@@ -18,6 +18,10 @@
 #include "httpd/http_server.h"
 #include "mqtt/client.h"
 #include "regmap/register_map.h"
+#include "bus/subject_reader.h"
+#include "services/ingest/cluster/intake_forwarder.h"
+#include "services/ingest/cluster/partition_owner.h"
+#include "services/ingest/cluster/partitions.h"
 #include "services/ingest/core/event_log.h"
 #include "services/ingest/core/ingest_core.h"
 #include "services/ingest/rpc/ingest_service.h"
@@ -36,6 +40,26 @@ struct Message {
   absl::Time taken_at;
   uint64_t seq = 0;  // position in the spool; 0: not spooled
 };
+
+// A partition this replica owns (--partitions): its messages come from the intake stream,
+// and its records go to a writer of its own, whose checkpoint (table spool_checkpoints, key
+// "partition-<N>") is the intake stream position PostgreSQL has: the next owner starts
+// reading after it, so a message is stored once whoever processes it.
+struct Partition {
+  int id = 0;
+  common::MetricsRegistry metrics;  // the writer's own (a registry takes each name once)
+  std::unique_ptr<Store> store;  // set before `ready`
+  common::Mutex mu;
+  common::CondVar cv;  // ready, lost, or room for more
+  bool ready ABSL_GUARDED_BY(mu) = false;
+  bool lost ABSL_GUARDED_BY(mu) = false;
+  size_t in_flight ABSL_GUARDED_BY(mu) = 0;  // read, not yet processed by the io thread
+  std::unique_ptr<bus::SubjectReader> reader ABSL_GUARDED_BY(mu);
+};
+
+// Messages of one partition read but not yet processed, at most: the reader waits (and the
+// bus's flow control holds the rest) while the io thread or PostgreSQL is behind.
+constexpr size_t kPartitionWindow = 2048;
 
 }  // namespace
 
@@ -60,12 +84,143 @@ struct App::Impl : public CoreOutputs {
 
   // Io thread: one message through the core; what it stores goes to the writer as one unit
   // with the message's spool position (0: not spooled).
-  void Process(const std::string& topic, const std::string& payload, absl::Time taken_at, uint64_t seq) {
+  void Process(absl::string_view topic, absl::string_view payload, absl::Time taken_at, uint64_t seq,
+               ingest::Store* target) {
     intake_ms->Observe(absl::ToDoubleMilliseconds(absl::Now() - taken_at));
     in_message = true;
     core->OnMessage(topic, payload, taken_at);
     in_message = false;
-    if (store) store->PushMessage(&message_records, seq);
+    if (target) target->PushMessage(&message_records, seq);
+  }
+  // Io thread: a message taken from the broker. Alone, this replica processes it; in a
+  // cluster, it goes to the intake stream, for its partition's owner.
+  void Take(Message& m) {
+    if (options.partitions > 0) {
+      // Once the forwarder is gone (stopping), the spool keeps the message for the next start.
+      if (forwarder) forwarder->Forward(m.seq, std::move(m.topic), std::move(m.payload), m.taken_at);
+    } else {
+      Process(m.topic, m.payload, m.taken_at, m.seq, store.get());
+    }
+  }
+
+  // Owner's thread: partition `id` is ours. Its writer reads the checkpoint; then its reader
+  // starts after it.
+  void GainPartition(int id) {
+    auto part = std::make_shared<Partition>();
+    part->id = id;
+    StoreOptions so;
+    so.dsn = options.pg_dsn;
+    so.max_queue_bytes = options.db_queue_bytes;
+    so.spool_id = absl::StrCat("partition-", id);
+    std::weak_ptr<Partition> weak = part;
+    part->store = Store::Start(so, &part->metrics, [this, weak](uint64_t checkpoint) {
+      if (std::shared_ptr<Partition> p = weak.lock()) StartReading(p, checkpoint);
+    });
+    {
+      common::MutexLock lock(&part->mu);
+      part->ready = true;
+    }
+    part->cv.NotifyAll();
+    common::MutexLock lock(&partitions_mu);
+    partitions[id] = std::move(part);
+  }
+
+  // The partition's writer thread, once PostgreSQL said where it is: read from just after.
+  void StartReading(const std::shared_ptr<Partition>& part, uint64_t checkpoint) {
+    const std::string subject = cluster::IntakeSubject(part->id);
+    std::weak_ptr<Partition> weak = part;
+    for (int attempt = 0;; ++attempt) {
+      common::MutexLock lock(&part->mu);
+      part->cv.Wait(&part->mu, [&part] {
+        part->mu.AssertHeld();
+        return part->ready || part->lost;
+      });
+      if (part->lost) return;
+      absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::Start(
+          cluster_bus.get(), cluster::kIntakeStream, subject, checkpoint + 1,
+          [this, weak](bus::Position position, absl::string_view, absl::string_view data) {
+            if (std::shared_ptr<Partition> p = weak.lock()) Deliver(p, position.sequence, data);
+          });
+      if (reader.ok()) {
+        part->reader = *std::move(reader);
+        log->info("partition {}: reading {} from {} (PostgreSQL has it up to there)", part->id, subject,
+                  checkpoint + 1);
+        return;
+      }
+      if (attempt % 10 == 0) {
+        log->warn("partition {}: cannot read {} yet: {}; retrying", part->id, subject, reader.status().message());
+      }
+      part->cv.WaitFor(&part->mu, absl::Seconds(1), [&part] {
+        part->mu.AssertHeld();
+        return part->lost;
+      });
+    }
+  }
+
+  // The bus's delivery thread: one message of an owned partition, for the io thread.
+  void Deliver(const std::shared_ptr<Partition>& part, uint64_t sequence, absl::string_view data) {
+    absl::string_view topic, payload;
+    absl::Time taken_at;
+    if (!cluster::DecodeIntake(data, &topic, &payload, &taken_at)) {
+      undecodable_intake->Inc();
+      return;  // the next message's checkpoint covers it
+    }
+    {
+      common::MutexLock lock(&part->mu);
+      part->cv.Wait(&part->mu, [&part] {
+        part->mu.AssertHeld();
+        return part->lost || (part->in_flight < kPartitionWindow && !part->store->Full());
+      });
+      if (part->lost) return;
+      ++part->in_flight;
+    }
+    Post([this, part, topic = std::string(topic), payload = std::string(payload), taken_at, sequence] {
+      bool lost = false;
+      {
+        common::MutexLock lock(&part->mu);
+        lost = part->lost;
+      }
+      // A partition let go: its new owner reads this message again from the checkpoint.
+      if (!lost) Process(topic, payload, taken_at, sequence, part->store.get());
+      common::MutexLock lock(&part->mu);
+      --part->in_flight;
+      part->cv.NotifyAll();
+    });
+  }
+
+  // Owner's thread: partition `id` is no longer ours. Stop reading, let the io thread finish
+  // what it has, drop its devices, and commit what was processed, before the lease goes.
+  void LosePartition(int id) {
+    std::shared_ptr<Partition> part;
+    {
+      common::MutexLock lock(&partitions_mu);
+      part = std::move(partitions[id]);
+    }
+    if (!part) return;
+    std::unique_ptr<bus::SubjectReader> reader;
+    {
+      common::MutexLock lock(&part->mu);
+      part->lost = true;
+      reader = std::move(part->reader);
+    }
+    part->cv.NotifyAll();
+    reader.reset();  // no delivery runs once this returns
+    std::promise<void> released;
+    Post([this, id, &released] {
+      core->Release([this, id](absl::string_view device) {
+        return cluster::PartitionOf(device, options.partitions) == id;
+      }, absl::Now(), "the device's partition moved to another ingest replica");
+      released.set_value();
+    });
+    released.get_future().wait();
+    {
+      common::MutexLock lock(&part->mu);
+      part->cv.Wait(&part->mu, [&part] {
+        part->mu.AssertHeld();
+        return part->in_flight == 0;
+      });
+    }
+    part->store->Stop(absl::Seconds(5));
   }
   void Emit(v1::Event event, const std::vector<StreamRef>& streams) override {
     event_log->Append(std::move(event), streams, absl::Now());
@@ -177,7 +332,7 @@ struct App::Impl : public CoreOutputs {
     if (!replay_ready) return;  // waiting for the checkpoint; OnReady schedules us
     // The store full, or the bus's queue: the messages wait in memory and the spool (their
     // on_space schedules us again).
-    if (!all && ((store && store->Full()) || (bus && bus->Full()))) {
+    if (!all && ((store && store->Full()) || (bus && bus->Full()) || (forwarder && forwarder->Full()))) {
       drain_blocked = true;
       return;
     }
@@ -202,7 +357,7 @@ struct App::Impl : public CoreOutputs {
         from = disk_next;
       }
     }
-    for (const Message& m : batch) Process(m.topic, m.payload, m.taken_at, m.seq);
+    for (Message& m : batch) Take(m);
     if (from_disk) {
       std::vector<SpooledMessage> read;
       absl::StatusOr<uint64_t> next = spool->Read(from, kDrainBatch, &read);
@@ -211,7 +366,10 @@ struct App::Impl : public CoreOutputs {
         RetryDrainLater(absl::Seconds(1));
         return;
       }
-      for (const SpooledMessage& m : read) Process(m.topic, m.payload, m.taken_at, m.seq);
+      for (SpooledMessage& m : read) {
+        Message taken{std::move(m.topic), std::move(m.payload), m.taken_at, m.seq};
+        Take(taken);
+      }
       replayed->Inc(read.size());
       common::MutexLock lock(&intake_mu);
       disk_next = *next;
@@ -367,6 +525,14 @@ struct App::Impl : public CoreOutputs {
   std::unique_ptr<Spool> spool;
   std::unique_ptr<ingest::Store> store;
   std::unique_ptr<IngestCore> core;
+  // With --partitions: the bus connection of the intake and the leases, the forwarder, the
+  // partitions this replica owns (by id; null when not), and who decides which.
+  std::unique_ptr<bus::Connection> cluster_bus;
+  std::unique_ptr<cluster::IntakeForwarder> forwarder;
+  common::Mutex partitions_mu;
+  std::vector<std::shared_ptr<Partition>> partitions ABSL_GUARDED_BY(partitions_mu);
+  std::unique_ptr<cluster::PartitionOwner> owner;
+  common::Counter* undecodable_intake = nullptr;
 
   common::Mutex intake_mu;
   std::deque<Message> intake ABSL_GUARDED_BY(intake_mu);  // taken on Paho's thread, drained on the io thread
@@ -448,6 +614,22 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     s.bus->SetOnSpace([&s] { s.ScheduleDrain(); });
   }
 
+  const bool cluster = o.partitions > 0;
+  if (cluster) {
+    if (o.bus.urls.empty() || o.pg_dsn == "none" || o.spool_dir == "none") {
+      return absl::InvalidArgumentError(
+          "--partitions needs --bus, PostgreSQL (pg_dsn) and the spool (spool_dir): the partitions' owners keep "
+          "their places in PostgreSQL and each replica forwards from its spool");
+    }
+    if (s.options.shared_group.empty()) s.options.shared_group = "devbridge-ingest";
+    bus::ConnectionOptions connect;
+    connect.urls = o.bus.urls;
+    connect.name = absl::StrCat("devbridge-ingest ", o.mqtt_client_id, " intake");
+    ASSIGN_OR_RETURN(s.cluster_bus, bus::Connection::Connect(connect));
+    s.undecodable_intake = &s.metrics.AddCounter("devbridge_ingest_intake_undecodable_total",
+                                                 "Messages on the intake stream that were not ingest's (skipped).");
+  }
+
   if (o.pg_dsn == "none") {
     s.log->warn("pg_dsn=none: running WITHOUT persistence; nothing is written to PostgreSQL (and no spool)");
   } else {
@@ -467,10 +649,15 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     StoreOptions so;
     so.dsn = o.pg_dsn;
     so.max_queue_bytes = o.db_queue_bytes;
-    so.spool_id = s.spool ? s.spool->id() : "";
-    so.started = absl::Now();
+    // In a cluster the spool's messages are done once forwarded (the forwarder keeps that
+    // place), and commands left open belong to whichever replica owned their device.
+    so.spool_id = s.spool && !cluster ? s.spool->id() : "";
+    so.started = cluster ? absl::InfinitePast() : absl::Now();
     s.store = Store::Start(
-        so, &s.metrics, [&s](uint64_t checkpoint) { s.OnStoreReady(checkpoint); },
+        so, &s.metrics,
+        [&s, cluster](uint64_t checkpoint) {
+          if (!cluster) s.OnStoreReady(checkpoint);
+        },
         [&s](uint64_t checkpoint) {
           if (!s.spool) return;
           s.spool->Committed(checkpoint);
@@ -478,6 +665,29 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
           if (s.pause_requested.load() && s.spool->bytes() <= s.options.spool_max_bytes / 2) s.ScheduleDrain();
         });
     s.store->SetOnSpace([&s] { s.ScheduleDrain(); });
+  }
+  if (cluster) {
+    cluster::ForwarderOptions fo;
+    fo.partitions = o.partitions;
+    fo.spool_id = s.spool->id();
+    fo.mark_path = o.spool_dir + "/forwarded";
+    fo.replicas = o.bus.replicas;
+    fo.max_age = o.bus.max_age;
+    ASSIGN_OR_RETURN(s.forwarder,
+                     cluster::IntakeForwarder::Start(
+                         s.cluster_bus.get(), fo,
+                         [&s](uint64_t seq) {
+                           s.spool->Committed(seq);
+                           if (s.pause_requested.load() && s.spool->bytes() <= s.options.spool_max_bytes / 2) {
+                             s.ScheduleDrain();
+                           }
+                         },
+                         &s.metrics));
+    s.forwarder->SetOnSpace([&s] { s.ScheduleDrain(); });
+    // The spool replays from where the forwarder got to.
+    s.OnStoreReady(cluster::IntakeForwarder::ReadMark(fo.mark_path));
+    common::MutexLock lock(&s.partitions_mu);
+    s.partitions.resize(o.partitions);
   }
 
   CoreOptions co;
@@ -541,6 +751,18 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   s.ArmCommandTimer();
   s.ArmSweepTimer();
   s.io_thread = std::thread([&s] { s.io.run(); });
+  if (cluster) {
+    cluster::OwnerOptions oo;
+    oo.partitions = o.partitions;
+    oo.node_id = o.mqtt_client_id;
+    oo.ttl = o.lease_ttl;
+    oo.replicas = o.bus.replicas;
+    s.owner = cluster::PartitionOwner::Start(
+        s.cluster_bus.get(), oo, [&s](int p) { s.GainPartition(p); }, [&s](int p) { s.LosePartition(p); },
+        &s.metrics);
+    s.log->info("cluster: {} partitions, leases of {}; MQTT shared as {}; forwarding to {}", o.partitions,
+                absl::FormatDuration(o.lease_ttl), s.options.shared_group, cluster::kIntakeStream);
+  }
   s.mqtt->Start();
   s.log->info("listening: gRPC {} (port {}), HTTP {} (port {}); MQTT {} as {}", o.grpc_listen, s.grpc_port,
               o.http_listen, s.http->port(), o.mqtt_url, o.mqtt_client_id);
@@ -586,6 +808,12 @@ void App::Shutdown() {
     settled.set_value();
   });
   settled.get_future().wait();
+  // In a cluster: what was taken goes to the bus (for at most 5 s), then every partition is
+  // let go (its writer flushed) and its lease released, so the others take over at once.
+  std::promise<std::unique_ptr<cluster::IntakeForwarder>> forwarder;
+  s.Post([&s, &forwarder] { forwarder.set_value(std::move(s.forwarder)); });
+  forwarder.get_future().get().reset();
+  s.owner.reset();
   if (s.store) {
     // Leave 3 s of the budget for the servers; whatever PostgreSQL has not taken by then is
     // still in the spool (with one) and is written at the next start.
@@ -609,6 +837,7 @@ void App::Shutdown() {
   s.work.reset();
   s.io.stop();
   s.io_thread.join();
+  s.cluster_bus.reset();
   if (s.bus) {
     // Events still queued for the bus get what is left of the budget (at least a second).
     s.bus->drain = std::clamp(deadline - absl::Now(), absl::Seconds(1), absl::Seconds(5));

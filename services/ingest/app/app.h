@@ -57,6 +57,11 @@ struct IngestOptions {
   absl::Duration spool_sync = absl::Milliseconds(2);  // 0: fsync after every message
   // The NATS JetStream bus (`--bus`; no URLs: none): events are appended to it as well.
   BusOptions bus;
+  // Several replicas sharing the fleet (`--partitions`; 0: this one owns every device). Needs
+  // the bus, PostgreSQL and the spool; the MQTT subscription is then shared (shared_group,
+  // "devbridge-ingest" when empty). See services/ingest/cluster/.
+  int partitions = 0;
+  absl::Duration lease_ttl = absl::Seconds(6);  // a dead replica's partitions move after this
   // Upper bound of Shutdown(): what PostgreSQL has not taken by then stays in the spool.
   absl::Duration shutdown_timeout = absl::Seconds(15);
 };

@@ -55,6 +55,14 @@ bool DeviceTable::MarkOffline(absl::string_view id) {
   return true;
 }
 
+bool DeviceTable::Erase(absl::string_view id) {
+  auto it = devices_.find(id);
+  if (it == devices_.end()) return false;
+  if (it->second.online) --online_;
+  devices_.erase(it);
+  return true;
+}
+
 const DeviceInfo* DeviceTable::Find(absl::string_view id) const {
   auto it = devices_.find(id);
   return it == devices_.end() ? nullptr : &it->second;

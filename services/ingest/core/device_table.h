@@ -34,6 +34,8 @@ class DeviceTable {
   std::vector<std::string> Forget(absl::Time now, absl::Duration after);
   // Marks one device offline (e.g. at shutdown); false if it was not online.
   bool MarkOffline(absl::string_view id);
+  // Drops the device from memory, online or not (its rows stay); false if unknown.
+  bool Erase(absl::string_view id);
 
   const DeviceInfo* Find(absl::string_view id) const;
   DeviceInfo* FindMutable(absl::string_view id);

@@ -604,6 +604,27 @@ void IngestCore::FailAll(absl::Time now, const std::string& reason) {
   }
 }
 
+void IngestCore::Release(const std::function<bool(absl::string_view)>& moved, absl::Time now,
+                         const std::string& reason) {
+  for (const std::string& id : commands_.Devices()) {
+    if (!moved(id)) continue;
+    for (PendingCommand& cmd : commands_.TakeAll(id)) {
+      v1::CommandResult result;
+      result.set_code(common::kCodeUnavailable);
+      result.set_msg(reason);
+      Finish(std::move(cmd), std::move(result), now);
+    }
+  }
+  std::vector<std::string> gone;
+  for (const DeviceInfo& d : devices_.Snapshot()) {
+    if (moved(d.id)) gone.push_back(d.id);
+  }
+  for (const std::string& id : gone) {
+    polls_.Stop(id);
+    devices_.Erase(id);
+  }
+}
+
 void IngestCore::Unsolicited(const std::string& device_id, absl::string_view payload, absl::Time now) {
   absl::StatusOr<modbus::FrameBytes> frame = modbus::ReadPayload(payload);
   if (!frame.ok()) {

@@ -6,6 +6,7 @@
 #define DEVBRIDGE_SERVICES_INGEST_CORE_INGEST_CORE_H_
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -82,6 +83,12 @@ class IngestCore {
 
   // Fails every command with code 503 and `reason`, for shutdown.
   void FailAll(absl::Time now, const std::string& reason);
+
+  // Lets go of the devices `moved` selects (their partition went to another replica, see
+  // services/ingest/cluster/): their commands fail with 503 and `reason`, their polling
+  // stops, and they are dropped from memory without an event (the new owner carries on).
+  void Release(const std::function<bool(absl::string_view device_id)>& moved, absl::Time now,
+               const std::string& reason);
 
   // True when `command_id` named a command submitted here before (the most recent
   // kRememberedCommandIds of them are remembered).

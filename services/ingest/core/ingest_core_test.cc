@@ -245,6 +245,29 @@ TEST_F(IngestCoreTest, OfflineFailsQueuedCommands) {
   EXPECT_EQ((*pending)->code(), 2004);
 }
 
+TEST_F(IngestCoreTest, ReleasedDevicesAreDroppedSilentlyAndTheirCommandsFail) {
+  core_->OnMessage("devices/moved/heartbeat", "{}", t0);
+  core_->OnMessage("devices/kept/heartbeat", "{}", t0);
+  auto pending = Submit(Read("moved", 0, 1));
+  const size_t events = out_.events.size();
+  core_->Release([](absl::string_view id) { return id == "moved"; }, t0 + absl::Seconds(1), "partition moved");
+  ASSERT_TRUE(pending->has_value());
+  EXPECT_EQ((*pending)->code(), 503);
+  EXPECT_EQ((*pending)->msg(), "partition moved");
+  EXPECT_EQ(core_->devices().Find("moved"), nullptr);
+  EXPECT_NE(core_->devices().Find("kept"), nullptr);
+  EXPECT_EQ(core_->devices().online_count(), 1u);
+  // No device.offline for the moved one: its new owner carries on (only the command's result).
+  for (size_t i = events; i < out_.events.size(); ++i) EXPECT_FALSE(out_.events[i].has_device_state()) << i;
+  // Its silence is no longer ours to judge.
+  core_->Tick(t0 + absl::Seconds(200));
+  for (size_t i = events; i < out_.events.size(); ++i) {
+    if (out_.events[i].has_device_state()) {
+      EXPECT_EQ(out_.events[i].device_state().device_id(), "kept");
+    }
+  }
+}
+
 TEST_F(IngestCoreTest, UnsolicitedDataIsStoredAndEmitted) {
   core_->OnMessage("devices/d/data", Reply({235, 455}), t0);
   ASSERT_EQ(out_.events.size(), 2u);  // online, then data

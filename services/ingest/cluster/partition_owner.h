@@ -1,0 +1,81 @@
+// A replica's share of the partitions (`--partitions`), held as leases in the bus's
+// key-value bucket (bus::Leases): every ttl / 3 a thread of its own renews this replica's
+// node lease and its partitions' leases, counts the live replicas, and takes or gives back
+// partitions so each holds ceil(partitions / replicas) (PlanLeases). A partition whose holder
+// died is free `ttl` after the holder's last renewal, and taken at the next round.
+//
+// It calls on_gained(p) when this replica may start acting for partition p, and on_lost(p)
+// when it must stop: a partition given back is released only after on_lost(p) returned (so
+// the next holder starts where this one stopped), and one whose renewal failed is reported
+// lost before its lease can run out (Leases::HeldUntil). Both run on the owner's thread.
+#ifndef DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_
+#define DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/time/time.h"
+#include "bus/connection.h"
+#include "bus/leases.h"
+#include "common/metrics.h"
+#include "common/mutex.h"
+
+namespace devbridge::ingest::cluster {
+
+struct OwnerOptions {
+  int partitions = 16;
+  std::string node_id;  // this replica, unique in the cluster
+  absl::Duration ttl = absl::Seconds(6);
+  int replicas = 3;  // copies of the lease bucket
+};
+
+class PartitionOwner {
+ public:
+  using OnChange = std::function<void(int partition)>;
+  // Starts the thread; the first round runs at once. `connection` outlives the owner.
+  static std::unique_ptr<PartitionOwner> Start(const bus::Connection* connection, OwnerOptions options,
+                                               OnChange on_gained, OnChange on_lost,
+                                               common::MetricsRegistry* metrics);
+  // Gives every partition back (on_lost, then the release), then stops.
+  ~PartitionOwner();
+  PartitionOwner(const PartitionOwner&) = delete;
+  PartitionOwner& operator=(const PartitionOwner&) = delete;
+
+  // Thread-safe: whether this replica acts for `partition` now.
+  bool Owns(int partition) const ABSL_LOCKS_EXCLUDED(mu_);
+  int held() const ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  PartitionOwner(const bus::Connection* connection, OwnerOptions options, OnChange on_gained, OnChange on_lost)
+      : connection_(connection), options_(std::move(options)), on_gained_(std::move(on_gained)),
+        on_lost_(std::move(on_lost)), held_until_(options_.partitions, absl::InfinitePast()) {}
+  void Run() ABSL_LOCKS_EXCLUDED(mu_);
+  // One round; false if the bus did not answer (the next round tries again).
+  bool Round(bus::Leases* leases);
+  void Gain(int partition, absl::Time until) ABSL_LOCKS_EXCLUDED(mu_);
+  void Lose(int partition, const char* why) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const bus::Connection* connection_;
+  const OwnerOptions options_;
+  OnChange on_gained_;
+  OnChange on_lost_;
+  std::vector<absl::Time> held_until_;  // owner's thread; InfinitePast(): not held
+
+  mutable common::Mutex mu_;
+  common::CondVar cv_;
+  std::vector<bool> owns_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  common::Counter* gained_ = nullptr;
+  common::Counter* lost_ = nullptr;
+  common::Gauge* held_gauge_ = nullptr;
+  std::thread thread_;
+};
+
+}  // namespace devbridge::ingest::cluster
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_

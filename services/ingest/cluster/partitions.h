@@ -1,0 +1,52 @@
+// How several ingest replicas share the fleet (`--partitions`): devices hashed to
+// partitions, what travels on the intake stream, and which partitions a replica should hold.
+// Pure functions, testable without a bus; partition_owner.h and intake_forwarder.h use them.
+#ifndef DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITIONS_H_
+#define DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITIONS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+
+namespace devbridge::ingest::cluster {
+
+// The JetStream stream every replica forwards the MQTT messages it takes to, one subject per
+// partition; the partition's owner reads its subject.
+inline constexpr char kIntakeStream[] = "DEVBRIDGE_IN";
+inline constexpr char kIntakePrefix[] = "devbridge.in";
+// The key-value bucket of the leases: "p<N>" per partition, "node-<id>" per live replica.
+inline constexpr char kLeaseBucket[] = "devbridge_ingest";
+
+// The partition of a device: FNV-1a of its id, modulo `partitions` (> 0). Every replica
+// computes the same one.
+int PartitionOf(absl::string_view device_id, int partitions);
+// The partition of an MQTT topic `<prefix>/<device id>/<kind>`; -1 when it has no device id.
+int PartitionOfTopic(absl::string_view topic, int partitions);
+std::string IntakeSubject(int partition);
+std::string PartitionLease(int partition);  // "p<N>"
+// A lease name for a replica: its id with every character a key may not hold replaced.
+std::string NodeLease(absl::string_view node_id);
+inline constexpr char kNodeLeasePrefix[] = "node-";
+
+// One MQTT message on the intake stream: u16 topic length | topic | i64 taken at (µs since the
+// epoch) | payload (integers little-endian).
+std::string EncodeIntake(absl::string_view topic, absl::string_view payload, absl::Time taken_at);
+// False (and nothing set) for data too short for its own lengths.
+bool DecodeIntake(absl::string_view data, absl::string_view* topic, absl::string_view* payload,
+                  absl::Time* taken_at);
+
+// What a replica does with the leases this round: take free partitions while it holds fewer
+// than its share, ceil(partitions / members), and give back what it holds beyond it (a
+// replica that joins gets its share that way). `holders[p]` is partition p's holder ("": free).
+struct LeasePlan {
+  std::vector<int> take;
+  std::vector<int> release;
+};
+LeasePlan PlanLeases(const std::vector<std::string>& holders, const std::string& self, int members);
+
+}  // namespace devbridge::ingest::cluster
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITIONS_H_

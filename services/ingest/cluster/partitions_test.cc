@@ -1,0 +1,96 @@
+#include "services/ingest/cluster/partitions.h"
+
+#include <gtest/gtest.h>
+
+#include <set>
+
+namespace devbridge::ingest::cluster {
+namespace {
+
+TEST(PartitionOf, IsStableInRangeAndSpreadsDevices) {
+  EXPECT_EQ(PartitionOf("meter-1", 16), PartitionOf("meter-1", 16));
+  std::vector<int> counts(16);
+  for (int i = 0; i < 1600; ++i) {
+    const int p = PartitionOf("dev-" + std::to_string(i), 16);
+    ASSERT_GE(p, 0);
+    ASSERT_LT(p, 16);
+    ++counts[p];
+  }
+  for (int c : counts) EXPECT_GT(c, 50) << "a partition got few devices: the hash does not spread";
+}
+
+TEST(PartitionOf, TopicUsesTheDeviceId) {
+  EXPECT_EQ(PartitionOfTopic("devices/meter-1/data", 8), PartitionOf("meter-1", 8));
+  EXPECT_EQ(PartitionOfTopic("devices/meter-1/heartbeat", 8), PartitionOf("meter-1", 8));
+  EXPECT_EQ(PartitionOfTopic("devices", 8), -1);
+  EXPECT_EQ(PartitionOfTopic("devices/meter-1", 8), -1);
+  EXPECT_EQ(PartitionOfTopic("devices//data", 8), -1);
+}
+
+TEST(NodeLease, KeepsOnlyCharactersAKeyMayHold) {
+  EXPECT_EQ(NodeLease("ingest-1/ab.c d"), "node-ingest-1_ab_c_d");
+}
+
+TEST(Intake, RoundTripsTopicPayloadAndTime) {
+  const absl::Time at = absl::FromUnixMicros(1764000000123456);
+  const std::string payload("\x01\x03\x00\xff", 4);
+  const std::string data = EncodeIntake("devices/m/data", payload, at);
+  absl::string_view topic, got;
+  absl::Time taken;
+  ASSERT_TRUE(DecodeIntake(data, &topic, &got, &taken));
+  EXPECT_EQ(topic, "devices/m/data");
+  EXPECT_EQ(got, payload);
+  EXPECT_EQ(taken, at);
+}
+
+TEST(Intake, RefusesDataShorterThanItsLengths) {
+  const std::string data = EncodeIntake("devices/m/data", "x", absl::UnixEpoch());
+  absl::string_view topic, payload;
+  absl::Time taken;
+  for (size_t n = 0; n < data.size() - 1; ++n) {
+    EXPECT_FALSE(DecodeIntake(absl::string_view(data).substr(0, n), &topic, &payload, &taken)) << n;
+  }
+  EXPECT_TRUE(DecodeIntake(absl::string_view(data).substr(0, data.size() - 1), &topic, &payload, &taken));
+  EXPECT_EQ(payload, "");
+}
+
+TEST(PlanLeases, ALoneReplicaTakesEverythingFree) {
+  const LeasePlan plan = PlanLeases({"", "", "b", ""}, "a", 1);
+  EXPECT_EQ(plan.take, (std::vector<int>{0, 1, 3}));
+  EXPECT_TRUE(plan.release.empty());
+}
+
+TEST(PlanLeases, TakesOnlyItsShare) {
+  const LeasePlan plan = PlanLeases({"", "", "", "", "", ""}, "a", 2);
+  EXPECT_EQ(plan.take, (std::vector<int>{0, 1, 2}));
+}
+
+TEST(PlanLeases, GivesBackTheHighestBeyondItsShareWhenAReplicaJoins) {
+  const LeasePlan plan = PlanLeases({"a", "a", "a", "a", "a"}, "a", 2);
+  EXPECT_EQ(plan.release, (std::vector<int>{4, 3}));
+  EXPECT_TRUE(plan.take.empty());
+}
+
+TEST(PlanLeases, LeavesPartitionsOfUnknownHolderAlone) {
+  const LeasePlan plan = PlanLeases({"?", "b", ""}, "a", 1);
+  EXPECT_EQ(plan.take, (std::vector<int>{2}));
+}
+
+TEST(PlanLeases, SharesAddUpToEveryPartition) {
+  // Two replicas taking in turns from a free table end with every partition held once.
+  std::vector<std::string> holders(16);
+  for (int round = 0; round < 3; ++round) {
+    for (const std::string self : {"a", "b"}) {
+      const LeasePlan plan = PlanLeases(holders, self, 2);
+      for (int p : plan.release) holders[p] = "";
+      for (int p : plan.take) holders[p] = self;
+    }
+  }
+  int a = 0, b = 0;
+  for (const std::string& h : holders) (h == "a" ? a : b) += 1;
+  EXPECT_EQ(a, 8);
+  EXPECT_EQ(b, 8);
+}
+
+}  // namespace
+}  // namespace devbridge::ingest::cluster
