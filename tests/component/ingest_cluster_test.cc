@@ -16,6 +16,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "bus/connection.h"
+#include "bus/leases.h"
+#include "services/ingest/cluster/partitions.h"
 #include "tests/component/ingest_fixture.h"
 #include "tests/component/nats_cluster.h"
 #include "tests/component/test_env.h"
@@ -30,6 +33,7 @@ class IngestClusterTest : public IngestFixture {
   struct Replica {
     std::string name;
     int http_port = 0;
+    int grpc_port = 0;
     int pid = -1;
   };
 
@@ -53,8 +57,9 @@ class IngestClusterTest : public IngestFixture {
     Replica r;
     r.name = name;
     r.http_port = FreePort();
+    r.grpc_port = FreePort();
     r.pid = Spawn({DEVBRIDGE_INGEST_BIN, "--mqtt_url=" + MqttUrl(), "--mqtt_client_id=" + prefix_ + "-" + name,
-                   "--topic_prefix=" + prefix_, "--pg_dsn=" + dsn_, "--grpc_listen=127.0.0.1:0",
+                   "--topic_prefix=" + prefix_, "--pg_dsn=" + dsn_, absl::StrCat("--grpc_listen=127.0.0.1:", r.grpc_port),
                    absl::StrCat("--http_listen=127.0.0.1:", r.http_port),
                    "--register_map=" DEVBRIDGE_SOURCE_DIR "/config/registers.json",
                    "--spool_dir=" + dir_ + "/spool-" + name, "--bus=" + bus_.urls(), "--bus_replicas=1",
@@ -63,10 +68,25 @@ class IngestClusterTest : public IngestFixture {
     replicas_.push_back(r);
     return r;
   }
-  double Held(const Replica& r) {
+  double Metric(const Replica& r, const std::string& series) {
     int status = 0;
     const std::string metrics = HttpRequest(r.http_port, "GET", "/metrics", {}, "", &status);
-    return status == 200 ? MetricValue(metrics, "devbridge_ingest_partitions_held") : -1;
+    return status == 200 ? MetricValue(metrics, series) : -1;
+  }
+  double Held(const Replica& r) { return Metric(r, "devbridge_ingest_partitions_held"); }
+  void WaitShared(const Replica& a, const Replica& b) {
+    ASSERT_TRUE(WaitFor([&] { return Held(a) == kPartitions / 2 && Held(b) == kPartitions / 2; }, absl::Seconds(60)))
+        << "partitions not shared: " << a.name << " holds " << Held(a) << ", " << b.name << " holds " << Held(b)
+        << "; see " << dir_ << "-" << a.name << ".log";
+  }
+  static std::unique_ptr<v1::Ingest::Stub> Stub(const Replica& r) {
+    return v1::Ingest::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", r.grpc_port), grpc::InsecureChannelCredentials()));
+  }
+  static grpc::Status Run(v1::Ingest::Stub* stub, const v1::Command& command, v1::CommandResult* result) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    return stub->Dispatch(&ctx, command, result);
   }
   int64_t Readings() { return Count("SELECT count(*) FROM readings WHERE command_id IS NULL"); }
 
@@ -98,9 +118,7 @@ std::map<std::string, std::set<uint64_t>> ReadAckLog(const std::string& path) {
 TEST_F(IngestClusterTest, AKilledReplicasPartitionsMoveAndNothingIsLostOrStoredTwice) {
   const Replica ra = StartReplica("a");
   const Replica rb = StartReplica("b");
-  ASSERT_TRUE(WaitFor([&] { return Held(ra) == kPartitions / 2 && Held(rb) == kPartitions / 2; },
-                      absl::Seconds(60)))
-      << "partitions not shared: a holds " << Held(ra) << ", b holds " << Held(rb) << "; see " << dir_ << "-a.log";
+  WaitShared(ra, rb);
 
   const std::string ack_log = dir_ + "-acks.txt";
   auto sim = StartSim([&](sim::SimOptions& o) {
@@ -170,6 +188,82 @@ TEST_F(IngestClusterTest, AKilledReplicasPartitionsMoveAndNothingIsLostOrStoredT
             << ", stored twice " << twice << "\n";
   EXPECT_EQ(lost, 0u) << "see " << dir_ << "-a.log and -b.log";
   EXPECT_EQ(twice, 0u);
+}
+
+// A command reaches its device's owner whichever replica push called; one in flight when the
+// owner is killed fails with 503 once its partition changes hands.
+TEST_F(IngestClusterTest, CommandsReachTheOwnerFromEitherReplicaAndFailWith503WhenItDies) {
+  const Replica ra = StartReplica("a");
+  const Replica rb = StartReplica("b");
+  WaitShared(ra, rb);
+  auto sim = StartSim([](sim::SimOptions& o) {
+    o.devices = 8;
+    o.heartbeat_interval = absl::Milliseconds(500);
+  });
+  auto slow = StartSim([](sim::SimOptions& o) {
+    o.devices = 1;
+    o.id_prefix = "slow-";
+    o.client_id_prefix = "devbridge-sim-slow";
+    o.heartbeat_interval = absl::Milliseconds(500);
+    o.reply_delay = absl::Seconds(5);
+  });
+  ASSERT_TRUE(sim && slow);
+  ASSERT_TRUE(WaitFor([&] {
+    return Metric(ra, "devbridge_ingest_devices_online") + Metric(rb, "devbridge_ingest_devices_online") == 9;
+  }, absl::Seconds(30)));
+
+  auto a = Stub(ra), b = Stub(rb);
+  for (int i = 0; i < 8; ++i) {
+    for (v1::Ingest::Stub* stub : {a.get(), b.get()}) {
+      v1::CommandResult result;
+      const grpc::Status status = Run(stub, Read(sim->DeviceId(i), 0, 2), &result);
+      ASSERT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(result.code(), 200) << sim->DeviceId(i) << ": " << result.msg();
+    }
+  }
+  const double forwarded = Metric(ra, "devbridge_ingest_commands_forwarded_total") +
+                           Metric(rb, "devbridge_ingest_commands_forwarded_total");
+  const double served = Metric(ra, "devbridge_ingest_commands_served_total") +
+                        Metric(rb, "devbridge_ingest_commands_served_total");
+  EXPECT_EQ(forwarded, 8);  // each device is owned by one of the two: the other forwarded its command
+  EXPECT_EQ(served, 8);
+  EXPECT_TRUE(WaitFor([&] { return Count("SELECT count(*) FROM commands WHERE status = 'succeeded'") == 16; }))
+      << Count("SELECT count(*) FROM commands WHERE status = 'succeeded'");
+
+  // The slow device's owner, from its partition's lease; the command goes in by the other.
+  bus::ConnectionOptions connect;
+  connect.urls = *bus::ParseBusFlag(bus_.urls());
+  auto connection = bus::Connection::Connect(connect);
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  auto leases = bus::Leases::Open(connection->get(), ingest::cluster::kLeaseBucket, absl::Seconds(3), 1);
+  ASSERT_TRUE(leases.ok()) << leases.status();
+  const std::string device = slow->DeviceId(0);
+  auto holder = (*leases)->Holder(ingest::cluster::PartitionLease(ingest::cluster::PartitionOf(device, kPartitions)));
+  ASSERT_TRUE(holder.ok()) << holder.status();
+  const bool a_owns = *holder == prefix_ + "-a";
+  ASSERT_TRUE(a_owns || *holder == prefix_ + "-b") << *holder;
+  const Replica& owner = a_owns ? ra : rb;
+  const double served_before = Metric(owner, "devbridge_ingest_commands_served_total");
+  v1::CommandResult result;
+  grpc::Status status;
+  v1::Command command = Read(device, 0, 2);
+  command.set_timeout_ms(30000);
+  std::thread call([&] {
+    status = Run(a_owns ? b.get() : a.get(), command, &result);
+  });
+  EXPECT_TRUE(WaitFor([&] { return Metric(owner, "devbridge_ingest_commands_served_total") > served_before; }));
+  const std::string row = "SELECT count(*) FROM commands WHERE device_id = '" + device + "'";
+  EXPECT_TRUE(WaitFor([&] { return Count(row + " AND status = 'sent'") == 1; }));
+  ::kill(owner.pid, SIGKILL);
+  WaitExit(owner.pid, absl::Seconds(10));
+  replicas_[a_owns ? 0 : 1].pid = -1;
+  call.join();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(result.code(), 503) << result.msg();
+  EXPECT_NE(result.msg().find("partition moved"), std::string::npos) << result.msg();
+  EXPECT_EQ(result.request_id(), command.request_id());
+  // Its row, left 'sent' by the dead owner, is closed by the partition's next owner.
+  EXPECT_TRUE(WaitFor([&] { return Count(row + " AND status = 'failed' AND code = 503") == 1; }));
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "mqtt/client.h"
 #include "regmap/register_map.h"
 #include "bus/subject_reader.h"
+#include "services/ingest/cluster/command_router.h"
 #include "services/ingest/cluster/intake_forwarder.h"
 #include "services/ingest/cluster/partition_owner.h"
 #include "services/ingest/cluster/partitions.h"
@@ -77,9 +78,21 @@ struct App::Impl : public CoreOutputs {
     if (!store) return;
     if (in_message) {
       message_records.push_back(std::move(record));
+    } else if (ingest::Store* partition = PartitionStore(record)) {
+      partition->Push(std::move(record));
     } else {
       store->Push(std::move(record));
     }
+  }
+  // In a cluster, the writer of the record's device's partition when this replica owns it:
+  // a command's row is inserted outside any message and completed by the reply's, and the two
+  // must reach PostgreSQL in that order, through one writer.
+  ingest::Store* PartitionStore(const StoreRecord& record) {
+    if (options.partitions == 0) return nullptr;
+    const std::string& device = std::visit([](const auto& r) -> const std::string& { return r.device_id; }, record);
+    common::MutexLock lock(&partitions_mu);
+    const std::shared_ptr<Partition>& part = partitions[cluster::PartitionOf(device, options.partitions)];
+    return part ? part->store.get() : nullptr;
   }
 
   // Io thread: one message through the core; what it stores goes to the writer as one unit
@@ -112,6 +125,11 @@ struct App::Impl : public CoreOutputs {
     so.dsn = options.pg_dsn;
     so.max_queue_bytes = options.db_queue_bytes;
     so.spool_id = absl::StrCat("partition-", id);
+    // Commands a dead owner left open in the partition fail (503), as a restart does for its own.
+    so.started = absl::Now();
+    so.owns_device = [partitions = options.partitions, id](const std::string& device) {
+      return cluster::PartitionOf(device, partitions) == id;
+    };
     std::weak_ptr<Partition> weak = part;
     part->store = Store::Start(so, &part->metrics, [this, weak](uint64_t checkpoint) {
       if (std::shared_ptr<Partition> p = weak.lock()) StartReading(p, checkpoint);
@@ -121,8 +139,18 @@ struct App::Impl : public CoreOutputs {
       part->ready = true;
     }
     part->cv.NotifyAll();
-    common::MutexLock lock(&partitions_mu);
-    partitions[id] = std::move(part);
+    {
+      common::MutexLock lock(&partitions_mu);
+      partitions[id] = std::move(part);
+    }
+    // Commands for its devices come here now (the reader may still be catching up: the
+    // device answers through the intake, after what was already there).
+    common::MutexLock lock(&router_mu);
+    if (router) {
+      if (absl::Status served = router->Serve(id); !served.ok()) {
+        log->warn("partition {}: its commands cannot reach this replica: {}", id, served.message());
+      }
+    }
   }
 
   // The partition's writer thread, once PostgreSQL said where it is: read from just after.
@@ -194,9 +222,13 @@ struct App::Impl : public CoreOutputs {
     std::shared_ptr<Partition> part;
     {
       common::MutexLock lock(&partitions_mu);
-      part = std::move(partitions[id]);
+      part = partitions[id];
     }
     if (!part) return;
+    {
+      common::MutexLock lock(&router_mu);
+      if (router) router->Unserve(id);
+    }
     std::unique_ptr<bus::SubjectReader> reader;
     {
       common::MutexLock lock(&part->mu);
@@ -219,6 +251,12 @@ struct App::Impl : public CoreOutputs {
         part->mu.AssertHeld();
         return part->in_flight == 0;
       });
+    }
+    // Only now: the records Release() made (failed commands) went to this writer, behind the
+    // rows they complete.
+    {
+      common::MutexLock lock(&partitions_mu);
+      partitions[id].reset();
     }
     part->store->Stop(absl::Seconds(5));
   }
@@ -532,7 +570,30 @@ struct App::Impl : public CoreOutputs {
   common::Mutex partitions_mu;
   std::vector<std::shared_ptr<Partition>> partitions ABSL_GUARDED_BY(partitions_mu);
   std::unique_ptr<cluster::PartitionOwner> owner;
+  common::Mutex router_mu;  // Dispatch's threads, the owner's, and Shutdown
+  std::unique_ptr<cluster::CommandRouter> router ABSL_GUARDED_BY(router_mu);
   common::Counter* undecodable_intake = nullptr;
+
+  // A gRPC thread: in a cluster, a command for a device another replica owns goes there.
+  bool ForwardCommand(const v1::Command& command, const IngestService::CommandDone& done) {
+    if (owner->Owns(cluster::PartitionOf(command.device_id(), options.partitions))) return false;
+    const absl::Duration timeout = command.timeout_ms() > 0
+                                       ? std::min(absl::Milliseconds(command.timeout_ms()), absl::Seconds(60))
+                                       : options.command_timeout;
+    common::MutexLock lock(&router_mu);
+    if (!router) {
+      v1::CommandResult result;
+      result.set_request_id(command.request_id());
+      result.set_device_id(command.device_id());
+      result.set_code(common::kCodeUnavailable);
+      result.set_msg("ingest is shutting down");
+      done(std::move(result));
+      return true;
+    }
+    // The owner answers within the command's timeout; the margin covers the bus's trips.
+    router->Forward(command, timeout + absl::Seconds(5), done);
+    return true;
+  }
 
   common::Mutex intake_mu;
   std::deque<Message> intake ABSL_GUARDED_BY(intake_mu);  // taken on Paho's thread, drained on the io thread
@@ -628,6 +689,13 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     ASSIGN_OR_RETURN(s.cluster_bus, bus::Connection::Connect(connect));
     s.undecodable_intake = &s.metrics.AddCounter("devbridge_ingest_intake_undecodable_total",
                                                  "Messages on the intake stream that were not ingest's (skipped).");
+    absl::StatusOr<std::unique_ptr<cluster::CommandRouter>> router = cluster::CommandRouter::Start(
+        s.cluster_bus.get(), o.partitions, o.lease_ttl, o.bus.replicas,
+        [&s](v1::Command command, cluster::CommandRouter::Done done) { s.service->Run(std::move(command), std::move(done)); },
+        &s.metrics);
+    if (!router.ok()) return router.status();
+    common::MutexLock lock(&s.router_mu);
+    s.router = *std::move(router);
   }
 
   if (o.pg_dsn == "none") {
@@ -709,6 +777,11 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   s.service = std::make_unique<IngestService>([&s](std::function<void()> fn) { s.Post(std::move(fn)); },
                                               s.core.get(), s.event_log.get(), s.store.get(), &s.metrics,
                                               o.security.internal_token);
+  if (cluster) {
+    s.service->SetForward([&s](const v1::Command& command, const IngestService::CommandDone& done) {
+      return s.ForwardCommand(command, done);
+    });
+  }
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, grpcutil::ServerCredentials(o.security));
   if (o.security.internal_token.empty()) {
     s.log->warn("internal_token is empty: gRPC callers are NOT authenticated (set it, and grpc_tls_*, on an "
@@ -814,6 +887,14 @@ void App::Shutdown() {
   s.Post([&s, &forwarder] { forwarder.set_value(std::move(s.forwarder)); });
   forwarder.get_future().get().reset();
   s.owner.reset();
+  {
+    // Forwarded commands still waiting for an answer fail with 503.
+    std::unique_ptr<cluster::CommandRouter> router;
+    {
+      common::MutexLock lock(&s.router_mu);
+      router = std::move(s.router);
+    }
+  }
   if (s.store) {
     // Leave 3 s of the budget for the servers; whatever PostgreSQL has not taken by then is
     // still in the spool (with one) and is written at the next start.

@@ -17,11 +17,12 @@ int PartitionOf(absl::string_view device_id, int partitions) {
 }
 
 int PartitionOfTopic(absl::string_view topic, int partitions) {
-  const size_t first = topic.find('/');
-  if (first == absl::string_view::npos) return -1;
-  const size_t second = topic.find('/', first + 1);
-  if (second == absl::string_view::npos || second == first + 1) return -1;
-  return PartitionOf(topic.substr(first + 1, second - first - 1), partitions);
+  // `<prefix>/<id>/<kind>`: the prefix may hold slashes, the id (one level of `+`) cannot.
+  const size_t last = topic.rfind('/');
+  if (last == absl::string_view::npos || last == 0) return -1;
+  const size_t before = topic.rfind('/', last - 1);
+  if (before == absl::string_view::npos || before + 1 == last) return -1;
+  return PartitionOf(topic.substr(before + 1, last - before - 1), partitions);
 }
 
 std::string IntakeSubject(int partition) { return absl::StrCat(kIntakePrefix, ".", partition); }

@@ -23,7 +23,8 @@ inline constexpr char kLeaseBucket[] = "devbridge_ingest";
 // The partition of a device: FNV-1a of its id, modulo `partitions` (> 0). Every replica
 // computes the same one.
 int PartitionOf(absl::string_view device_id, int partitions);
-// The partition of an MQTT topic `<prefix>/<device id>/<kind>`; -1 when it has no device id.
+// The partition of an MQTT topic `<prefix>/<device id>/<kind>` (the prefix may have several
+// levels); -1 when it has no device id.
 int PartitionOfTopic(absl::string_view topic, int partitions);
 std::string IntakeSubject(int partition);
 std::string PartitionLease(int partition);  // "p<N>"

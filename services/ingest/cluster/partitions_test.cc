@@ -25,6 +25,8 @@ TEST(PartitionOf, TopicUsesTheDeviceId) {
   EXPECT_EQ(PartitionOfTopic("devices", 8), -1);
   EXPECT_EQ(PartitionOfTopic("devices/meter-1", 8), -1);
   EXPECT_EQ(PartitionOfTopic("devices//data", 8), -1);
+  EXPECT_EQ(PartitionOfTopic("site/3/devices/meter-1/data", 8), PartitionOf("meter-1", 8));
+  EXPECT_EQ(PartitionOfTopic("/data", 8), -1);
 }
 
 TEST(NodeLease, KeepsOnlyCharactersAKeyMayHold) {

@@ -206,21 +206,30 @@ grpc::ServerUnaryReactor* IngestService::Dispatch(grpc::CallbackServerContext* c
                                                   v1::CommandResult* response) {
   if (grpc::Status auth = grpcutil::CheckToken(*ctx, token_); !auth.ok()) return Refuse(ctx, auth, unauthenticated_);
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  post_([this, command = *request, reactor, response]() mutable {
+  CommandDone done = [this, reactor, response](absl::StatusOr<v1::CommandResult> result) {
+    if (!result.ok()) {
+      refused_->Inc();
+      reactor->Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS, std::string(result.status().message())));
+      return;
+    }
+    *response = *std::move(result);
+    reactor->Finish(grpc::Status::OK);
+  };
+  if (forward_ && forward_(*request, done)) return reactor;
+  Run(*request, std::move(done));
+  return reactor;
+}
+
+void IngestService::Run(v1::Command command, CommandDone done) {
+  post_([this, command = std::move(command), done = std::move(done)]() mutable {
     // A caller's command id names one command only: a second use would write another
     // device's request and response into the first one's row (CONTRACT §10.2).
     if (!command.command_id().empty() && core_->CommandIdUsed(command.command_id())) {
-      refused_->Inc();
-      reactor->Finish(grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
-                                   absl::StrCat("command_id ", command.command_id(), " was used before")));
+      done(absl::AlreadyExistsError(absl::StrCat("command_id ", command.command_id(), " was used before")));
       return;
     }
-    core_->Submit(std::move(command), absl::Now(), [reactor, response](const v1::CommandResult& r) {
-      *response = r;
-      reactor->Finish(grpc::Status::OK);
-    });
+    core_->Submit(std::move(command), absl::Now(), [done](const v1::CommandResult& r) { done(r); });
   });
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext* ctx,

@@ -64,12 +64,22 @@ class IngestService final : public v1::Ingest::CallbackService {
 
   int subscribers() const { return subscribers_.load(); }
 
+  // A command's outcome: its result, or AlreadyExists when its command_id was used before.
+  using CommandDone = std::function<void(absl::StatusOr<v1::CommandResult>)>;
+  // Runs `command` on this replica's core (posted to the io thread); `done` runs there.
+  void Run(v1::Command command, CommandDone done);
+  // In a cluster (--partitions): Dispatch offers each command here first; true when it took
+  // the command (another replica owns the device) and will call `done`. Set before serving.
+  using Forward = std::function<bool(const v1::Command& command, const CommandDone& done)>;
+  void SetForward(Forward forward) { forward_ = std::move(forward); }
+
  private:
   Poster post_;
   IngestCore* core_;
   EventLog* log_;
   Store* store_;
   std::string token_;
+  Forward forward_;
   std::atomic<int> subscribers_{0};
   StreamMetrics stream_metrics_;
   common::Counter* refused_;

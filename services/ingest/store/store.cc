@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "common/log.h"
 #include "modbus/payload.h"
@@ -595,11 +596,18 @@ uint64_t Store::StartUp(void* c) {
   auto log = common::Logger("ingest.store");
   pqxx::work tx(conn);
   if (options_.started != absl::InfinitePast()) {
+    std::string which = absl::StrCat("status IN ('queued', 'sent') AND requested_at < ", TimeLiteral(options_.started));
+    if (options_.owns_device) {
+      // The devices are picked here, not in SQL: the partition is a hash of the id.
+      std::vector<std::string> ids;
+      for (const auto& row : tx.exec("SELECT command_id, device_id FROM commands WHERE " + which)) {
+        if (options_.owns_device(row[1].as<std::string>())) ids.push_back(tx.quote(row[0].as<std::string>()));
+      }
+      which = ids.empty() ? "false" : absl::StrCat(which, " AND command_id IN (", absl::StrJoin(ids, ","), ")");
+    }
     pqxx::result failed = tx.exec(absl::StrCat(
         "UPDATE commands SET status = 'failed', code = 503, completed_at = now(),"
-        " error = 'ingest stopped before the command completed' WHERE status IN ('queued', 'sent')"
-        " AND requested_at < ",
-        TimeLiteral(options_.started)));
+        " error = 'ingest stopped before the command completed' WHERE ", which));
     if (failed.affected_rows() > 0) {
       log->warn("{} command(s) left queued or sent by an earlier run marked failed (503)", failed.affected_rows());
     }

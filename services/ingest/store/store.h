@@ -49,6 +49,9 @@ struct StoreOptions {
   // At the first connection, commands requested before this time and left `queued` or `sent`
   // (a crash) are marked failed with 503 (CONTRACT §10.3). InfinitePast(): skip.
   absl::Time started = absl::InfinitePast();
+  // With `started`: only the commands of the devices this selects (a partition's, in a
+  // cluster); null: every device's.
+  std::function<bool(const std::string& device_id)> owns_device;
   // A statement or a connection attempt running longer than this is abandoned.
   absl::Duration statement_timeout = absl::Seconds(10);
 };
