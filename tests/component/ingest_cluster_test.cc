@@ -5,6 +5,7 @@
 // kept) and got its share again, nothing is lost or stored twice.
 #include <signal.h>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <set>
@@ -213,6 +214,21 @@ TEST_F(IngestClusterTest, CommandsReachTheOwnerFromEitherReplicaAndFailWith503Wh
   }, absl::Seconds(30)));
 
   auto a = Stub(ra), b = Stub(rb);
+  // Either replica lists every device, in pages, though each knows only its own.
+  for (v1::Ingest::Stub* stub : {a.get(), b.get()}) {
+    std::vector<std::string> listed;
+    v1::ListDevicesRequest request;
+    request.set_limit(4);
+    do {
+      grpc::ClientContext ctx;
+      v1::ListDevicesResponse page;
+      ASSERT_TRUE(stub->ListDevices(&ctx, request, &page).ok());
+      for (const v1::Device& d : page.devices()) listed.push_back(d.device_id());
+      request.set_after(page.next());
+    } while (!request.after().empty());
+    ASSERT_EQ(listed.size(), 9u);
+    EXPECT_TRUE(std::is_sorted(listed.begin(), listed.end()));
+  }
   for (int i = 0; i < 8; ++i) {
     for (v1::Ingest::Stub* stub : {a.get(), b.get()}) {
       v1::CommandResult result;

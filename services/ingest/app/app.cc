@@ -20,6 +20,7 @@
 #include "regmap/register_map.h"
 #include "bus/subject_reader.h"
 #include "services/ingest/cluster/command_router.h"
+#include "services/ingest/cluster/device_directory.h"
 #include "services/ingest/cluster/intake_forwarder.h"
 #include "services/ingest/cluster/partition_owner.h"
 #include "services/ingest/cluster/partitions.h"
@@ -570,13 +571,16 @@ struct App::Impl : public CoreOutputs {
   common::Mutex partitions_mu;
   std::vector<std::shared_ptr<Partition>> partitions ABSL_GUARDED_BY(partitions_mu);
   std::unique_ptr<cluster::PartitionOwner> owner;
+  std::atomic<cluster::PartitionOwner*> owner_now{nullptr};  // for gRPC threads: null before start and at stop
   common::Mutex router_mu;  // Dispatch's threads, the owner's, and Shutdown
   std::unique_ptr<cluster::CommandRouter> router ABSL_GUARDED_BY(router_mu);
+  std::unique_ptr<cluster::DeviceDirectory> directory;
   common::Counter* undecodable_intake = nullptr;
 
   // A gRPC thread: in a cluster, a command for a device another replica owns goes there.
   bool ForwardCommand(const v1::Command& command, const IngestService::CommandDone& done) {
-    if (owner->Owns(cluster::PartitionOf(command.device_id(), options.partitions))) return false;
+    cluster::PartitionOwner* owns = owner_now.load();
+    if (owns != nullptr && owns->Owns(cluster::PartitionOf(command.device_id(), options.partitions))) return false;
     const absl::Duration timeout = command.timeout_ms() > 0
                                        ? std::min(absl::Milliseconds(command.timeout_ms()), absl::Seconds(60))
                                        : options.command_timeout;
@@ -781,6 +785,15 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     s.service->SetForward([&s](const v1::Command& command, const IngestService::CommandDone& done) {
       return s.ForwardCommand(command, done);
     });
+    ASSIGN_OR_RETURN(s.directory, cluster::DeviceDirectory::Start(s.cluster_bus.get(),
+                                                                  [&s](const v1::ListDevicesRequest& request,
+                                                                       cluster::DeviceDirectory::Page done) {
+                                                                    s.service->LocalDevices(request, std::move(done));
+                                                                  }));
+    s.service->SetListDevices([&s](const std::string& after, uint32_t limit, IngestService::DevicesDone done) {
+      cluster::PartitionOwner* owner = s.owner_now.load();
+      s.directory->List(after, limit, owner != nullptr ? owner->members() : 1, absl::Seconds(2), std::move(done));
+    });
   }
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, grpcutil::ServerCredentials(o.security));
   if (o.security.internal_token.empty()) {
@@ -833,6 +846,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     s.owner = cluster::PartitionOwner::Start(
         s.cluster_bus.get(), oo, [&s](int p) { s.GainPartition(p); }, [&s](int p) { s.LosePartition(p); },
         &s.metrics);
+    s.owner_now = s.owner.get();
     s.log->info("cluster: {} partitions, leases of {}; MQTT shared as {}; forwarding to {}", o.partitions,
                 absl::FormatDuration(o.lease_ttl), s.options.shared_group, cluster::kIntakeStream);
   }
@@ -881,20 +895,11 @@ void App::Shutdown() {
     settled.set_value();
   });
   settled.get_future().wait();
-  // In a cluster: what was taken goes to the bus (for at most 5 s), then every partition is
-  // let go (its writer flushed) and its lease released, so the others take over at once.
+  // In a cluster, what was taken goes to the bus (for at most 5 s).
   std::promise<std::unique_ptr<cluster::IntakeForwarder>> forwarder;
   s.Post([&s, &forwarder] { forwarder.set_value(std::move(s.forwarder)); });
   forwarder.get_future().get().reset();
-  s.owner.reset();
-  {
-    // Forwarded commands still waiting for an answer fail with 503.
-    std::unique_ptr<cluster::CommandRouter> router;
-    {
-      common::MutexLock lock(&s.router_mu);
-      router = std::move(s.router);
-    }
-  }
+
   if (s.store) {
     // Leave 3 s of the budget for the servers; whatever PostgreSQL has not taken by then is
     // still in the spool (with one) and is written at the next start.
@@ -905,7 +910,21 @@ void App::Shutdown() {
     s.store->Stop(flush);
   }
   if (s.spool) s.spool->Close();
+  {
+    // Forwarded commands still waiting for an answer fail with 503 (their calls must finish
+    // for the server to stop), and later ones at once.
+    std::unique_ptr<cluster::CommandRouter> router;
+    {
+      common::MutexLock lock(&s.router_mu);
+      router = std::move(s.router);
+    }
+  }
   s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // After the server (no call may still use them): every partition is let go, its writer
+  // flushed and its lease released, so the others take over at once.
+  s.owner_now = nullptr;
+  s.owner.reset();
+  s.directory.reset();
   std::promise<void> stopped;
   s.Post([&s, &stopped] {
     s.command_timer.cancel();

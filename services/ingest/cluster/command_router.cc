@@ -41,9 +41,8 @@ absl::StatusOr<std::unique_ptr<CommandRouter>> CommandRouter::Start(const bus::C
   if (s != NATS_OK) return bus::FromNats(s, "making an inbox for command answers");
   router->inbox_ = inbox;
   natsInbox_Destroy(inbox);
-  s = natsConnection_Subscribe(&router->replies_, connection->nc(), (router->inbox_ + ".*").c_str(),
-                               &CommandRouter::OnReply, router.get());
-  if (s != NATS_OK) return bus::FromNats(s, "subscribing to command answers");
+  ASSIGN_OR_RETURN(router->replies_,
+                   bus::Subscription::Start(connection, router->inbox_ + ".*", &CommandRouter::OnReply, router.get()));
   CommandRouter* self = router.get();
   router->expirer_ = std::thread([self] { self->Expire(); });
   return router;
@@ -62,21 +61,16 @@ CommandRouter::CommandRouter(const bus::Connection* connection, int partitions, 
                                        "Forwarded commands failed with 503: no owner, or no answer in time.")) {}
 
 CommandRouter::~CommandRouter() {
+  std::map<int, std::unique_ptr<bus::Subscription>> served;
   {
     common::MutexLock lock(&mu_);
     stopping_ = true;
-    for (auto& [partition, sub] : served_) {
-      natsSubscription_Unsubscribe(sub);
-      natsSubscription_Destroy(sub);
-    }
-    served_.clear();
+    served.swap(served_);
   }
+  served.clear();  // outside the lock: a handler still running may need it
   cv_.NotifyAll();
   if (expirer_.joinable()) expirer_.join();
-  if (replies_ != nullptr) {
-    natsSubscription_Unsubscribe(replies_);
-    natsSubscription_Destroy(replies_);
-  }
+  replies_.reset();
   std::map<uint64_t, Waiting> left;
   {
     common::MutexLock lock(&mu_);
@@ -174,23 +168,26 @@ void CommandRouter::OnCommand(natsConnection* nc, natsSubscription*, natsMsg* ms
 }
 
 absl::Status CommandRouter::Serve(int partition) {
+  {
+    common::MutexLock lock(&mu_);
+    if (served_.count(partition) > 0) return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<bus::Subscription> sub,
+                   bus::Subscription::Start(connection_, CommandSubject(partition), &CommandRouter::OnCommand, this));
   common::MutexLock lock(&mu_);
-  if (served_.count(partition) > 0) return absl::OkStatus();
-  natsSubscription* sub = nullptr;
-  const natsStatus s = natsConnection_Subscribe(&sub, connection_->nc(), CommandSubject(partition).c_str(),
-                                                &CommandRouter::OnCommand, this);
-  if (s != NATS_OK) return bus::FromNats(s, absl::StrCat("answering the commands of partition ", partition));
-  served_[partition] = sub;
+  served_[partition] = std::move(sub);
   return absl::OkStatus();
 }
 
 void CommandRouter::Unserve(int partition) {
-  common::MutexLock lock(&mu_);
-  auto it = served_.find(partition);
-  if (it == served_.end()) return;
-  natsSubscription_Unsubscribe(it->second);
-  natsSubscription_Destroy(it->second);
-  served_.erase(it);
+  std::unique_ptr<bus::Subscription> sub;
+  {
+    common::MutexLock lock(&mu_);
+    auto it = served_.find(partition);
+    if (it == served_.end()) return;
+    sub = std::move(it->second);
+    served_.erase(it);
+  }
 }
 
 void CommandRouter::LookAtHolders() {

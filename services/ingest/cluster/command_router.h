@@ -24,6 +24,7 @@
 #include "absl/time/time.h"
 #include "bus/connection.h"
 #include "bus/leases.h"
+#include "bus/subscription.h"
 #include "common/metrics.h"
 #include "common/mutex.h"
 #include "devbridge/v1/events.pb.h"
@@ -79,13 +80,13 @@ class CommandRouter {
   Run run_;
   std::unique_ptr<bus::Leases> leases_;  // the expirer's
   std::string inbox_;  // replies come to inbox_.<id>
-  natsSubscription* replies_ = nullptr;
+  std::unique_ptr<bus::Subscription> replies_;
 
   common::Mutex mu_;
   common::CondVar cv_;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<uint64_t, Waiting> waiting_ ABSL_GUARDED_BY(mu_);
-  std::map<int, natsSubscription*> served_ ABSL_GUARDED_BY(mu_);
+  std::map<int, std::unique_ptr<bus::Subscription>> served_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 
   common::Counter* forwarded_;

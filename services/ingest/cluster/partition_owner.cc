@@ -77,6 +77,7 @@ bool PartitionOwner::Round(bus::Leases* leases) {
   if (!leases->Hold(NodeLease(self), self).ok()) return false;
   absl::StatusOr<std::vector<std::string>> members = leases->Names(kNodeLeasePrefix);
   if (!members.ok()) return false;
+  members_ = std::max<int>(1, static_cast<int>(members->size()));
 
   std::vector<std::string> holders(options_.partitions);
   for (int p = 0; p < options_.partitions; ++p) {

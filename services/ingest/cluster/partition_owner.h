@@ -11,6 +11,7 @@
 #ifndef DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_
 #define DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -48,6 +49,8 @@ class PartitionOwner {
   // Thread-safe: whether this replica acts for `partition` now.
   bool Owns(int partition) const ABSL_LOCKS_EXCLUDED(mu_);
   int held() const ABSL_LOCKS_EXCLUDED(mu_);
+  // Live replicas at the last round (1 before the first).
+  int members() const { return members_.load(); }
 
  private:
   PartitionOwner(const bus::Connection* connection, OwnerOptions options, OnChange on_gained, OnChange on_lost)
@@ -64,6 +67,7 @@ class PartitionOwner {
   OnChange on_gained_;
   OnChange on_lost_;
   std::vector<absl::Time> held_until_;  // owner's thread; InfinitePast(): not held
+  std::atomic<int> members_{1};
 
   mutable common::Mutex mu_;
   common::CondVar cv_;

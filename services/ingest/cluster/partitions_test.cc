@@ -1,5 +1,7 @@
 #include "services/ingest/cluster/partitions.h"
 
+#include "services/ingest/cluster/device_directory.h"
+
 #include <gtest/gtest.h>
 
 #include <set>
@@ -92,6 +94,32 @@ TEST(PlanLeases, SharesAddUpToEveryPartition) {
   for (const std::string& h : holders) (h == "a" ? a : b) += 1;
   EXPECT_EQ(a, 8);
   EXPECT_EQ(b, 8);
+}
+
+v1::ListDevicesResponse Page(std::vector<std::pair<std::string, int64_t>> devices) {
+  v1::ListDevicesResponse page;
+  for (const auto& [id, seen] : devices) {
+    v1::Device* d = page.add_devices();
+    d->set_device_id(id);
+    d->set_last_seen_unix_ms(seen);
+  }
+  return page;
+}
+
+TEST(MergeDevicePages, OrdersByIdAndSaysWhereToGoOn) {
+  const v1::ListDevicesResponse merged = MergeDevicePages({Page({{"a", 1}, {"d", 1}, {"e", 1}}), Page({{"b", 1}, {"c", 1}})}, 3);
+  ASSERT_EQ(merged.devices_size(), 3);
+  EXPECT_EQ(merged.devices(0).device_id(), "a");
+  EXPECT_EQ(merged.devices(1).device_id(), "b");
+  EXPECT_EQ(merged.devices(2).device_id(), "c");
+  EXPECT_EQ(merged.next(), "c");
+}
+
+TEST(MergeDevicePages, ALastPageHasNoNextAndADeviceListedTwiceIsTheNewest) {
+  const v1::ListDevicesResponse merged = MergeDevicePages({Page({{"a", 5}}), Page({{"a", 9}, {"b", 1}})}, 3);
+  ASSERT_EQ(merged.devices_size(), 2);
+  EXPECT_EQ(merged.devices(0).last_seen_unix_ms(), 9);
+  EXPECT_EQ(merged.next(), "");
 }
 
 }  // namespace

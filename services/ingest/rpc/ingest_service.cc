@@ -242,11 +242,34 @@ grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext
   }
   const uint32_t limit = request->limit() == 0 ? kDefaultDevicesPage : request->limit();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  post_([this, reactor, response, limit, after = request->after()] {
-    const std::vector<const DeviceInfo*> page = core_->devices().Page(after, limit + 1);
-    for (size_t i = 0; i < page.size() && i < limit; ++i) {
-      const DeviceInfo& d = *page[i];
-      v1::Device* out = response->add_devices();
+  DevicesDone done = [reactor, response](v1::ListDevicesResponse page) {
+    *response = std::move(page);
+    reactor->Finish(grpc::Status::OK);
+  };
+  if (list_devices_) {
+    list_devices_(request->after(), limit, std::move(done));
+    return reactor;
+  }
+  v1::ListDevicesRequest ask;
+  ask.set_after(request->after());
+  ask.set_limit(limit + 1);  // one more than asked for tells whether another page follows
+  LocalDevices(ask, [limit, done = std::move(done)](v1::ListDevicesResponse page) {
+    const int n = static_cast<int>(limit);
+    if (page.devices_size() > n) {
+      page.mutable_devices()->DeleteSubrange(n, page.devices_size() - n);
+      page.set_next(page.devices(n - 1).device_id());
+    }
+    done(std::move(page));
+  });
+  return reactor;
+}
+
+void IngestService::LocalDevices(const v1::ListDevicesRequest& request, DevicesDone done) {
+  post_([this, limit = request.limit(), after = request.after(), done = std::move(done)] {
+    v1::ListDevicesResponse response;
+    for (const DeviceInfo* device : core_->devices().Page(after, limit)) {
+      const DeviceInfo& d = *device;
+      v1::Device* out = response.add_devices();
       out->set_device_id(d.id);
       out->set_online(d.online);
       out->set_first_seen_unix_ms(absl::ToUnixMillis(d.first_seen));
@@ -268,11 +291,8 @@ grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext
         p->set_backoff_ms(absl::ToInt64Milliseconds(poll->backoff));
       }
     }
-    // One more than asked for tells whether another page follows.
-    if (page.size() > limit) response->set_next(page[limit - 1]->id);
-    reactor->Finish(grpc::Status::OK);
+    done(std::move(response));
   });
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* IngestService::GetReadings(grpc::CallbackServerContext* ctx,

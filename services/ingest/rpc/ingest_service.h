@@ -73,6 +73,14 @@ class IngestService final : public v1::Ingest::CallbackService {
   using Forward = std::function<bool(const v1::Command& command, const CommandDone& done)>;
   void SetForward(Forward forward) { forward_ = std::move(forward); }
 
+  using DevicesDone = std::function<void(v1::ListDevicesResponse)>;
+  // This replica's devices: up to request.limit() after request.after(), in id order (no
+  // `next`); `done` runs on the io thread.
+  void LocalDevices(const v1::ListDevicesRequest& request, DevicesDone done);
+  // In a cluster: ListDevices asks this for a page (after, limit) of every replica's devices.
+  using ListAll = std::function<void(const std::string& after, uint32_t limit, DevicesDone done)>;
+  void SetListDevices(ListAll list) { list_devices_ = std::move(list); }
+
  private:
   Poster post_;
   IngestCore* core_;
@@ -80,6 +88,7 @@ class IngestService final : public v1::Ingest::CallbackService {
   Store* store_;
   std::string token_;
   Forward forward_;
+  ListAll list_devices_;
   std::atomic<int> subscribers_{0};
   StreamMetrics stream_metrics_;
   common::Counter* refused_;

@@ -1,0 +1,78 @@
+// The device list in a cluster (`--partitions`): each replica knows the devices it owns, so
+// ListDevices asks every replica for its page (a NATS request on `devbridge.devices`, which
+// every replica answers) and merges them in device id order. It waits for as many answers as
+// replicas are live (PartitionOwner::members), or `wait`, whichever comes first: a replica
+// that does not answer in time leaves its devices out of that page.
+#ifndef DEVBRIDGE_SERVICES_INGEST_CLUSTER_DEVICE_DIRECTORY_H_
+#define DEVBRIDGE_SERVICES_INGEST_CLUSTER_DEVICE_DIRECTORY_H_
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "bus/connection.h"
+#include "bus/subscription.h"
+#include "common/mutex.h"
+#include "devbridge/v1/ingest.pb.h"
+
+namespace devbridge::ingest::cluster {
+
+// One page of `limit` devices from pages that each hold up to limit + 1 devices after the
+// same `after`, in id order: a device listed twice (its partition just moved) is taken from
+// the page that saw it last. `next` is set when more follow.
+v1::ListDevicesResponse MergeDevicePages(const std::vector<v1::ListDevicesResponse>& pages, uint32_t limit);
+
+class DeviceDirectory {
+ public:
+  using Page = std::function<void(v1::ListDevicesResponse)>;
+  // This replica's own devices: up to request.limit() of them after request.after(), in id
+  // order; `done` once, from any thread.
+  using Local = std::function<void(const v1::ListDevicesRequest& request, Page done)>;
+
+  static absl::StatusOr<std::unique_ptr<DeviceDirectory>> Start(const bus::Connection* connection, Local local);
+  ~DeviceDirectory();
+  DeviceDirectory(const DeviceDirectory&) = delete;
+  DeviceDirectory& operator=(const DeviceDirectory&) = delete;
+
+  // Every replica's page of `limit` devices after `after`, merged; `replicas`: answers to wait
+  // for. `done` once, from any thread.
+  void List(const std::string& after, uint32_t limit, int replicas, absl::Duration wait, Page done)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
+ private:
+  struct Gathering {
+    Page done;
+    uint32_t limit = 0;
+    int expected = 0;
+    absl::Time deadline;
+    std::vector<v1::ListDevicesResponse> pages;
+  };
+  DeviceDirectory(const bus::Connection* connection, Local local) : connection_(connection), local_(std::move(local)) {}
+  static void OnAsk(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
+  static void OnPage(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
+  void Expire() ABSL_LOCKS_EXCLUDED(mu_);
+
+  const bus::Connection* connection_;
+  Local local_;
+  std::string inbox_;
+  std::unique_ptr<bus::Subscription> pages_;
+  std::unique_ptr<bus::Subscription> asks_;
+
+  common::Mutex mu_;
+  common::CondVar cv_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<uint64_t, Gathering> gathering_ ABSL_GUARDED_BY(mu_);
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread expirer_;
+};
+
+}  // namespace devbridge::ingest::cluster
+
+#endif  // DEVBRIDGE_SERVICES_INGEST_CLUSTER_DEVICE_DIRECTORY_H_
