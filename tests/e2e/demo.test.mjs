@@ -38,7 +38,7 @@ test('scripts/demo starts the topology, serves the dashboard and stops cleanly o
   }
 });
 
-test('scripts/demo --cluster joins ingest and three replicas by a 3-server NATS JetStream bus', async () => {
+test('scripts/demo --cluster: two ingest replicas share the fleet, three push replicas, a 3-server NATS JetStream bus', async () => {
   const demo = await startDemo({ devices: 3, replicas: 3, cluster: true });
   try {
     const health = await fetch(new URL('/healthz', demo.url));
@@ -57,9 +57,20 @@ test('scripts/demo --cluster joins ingest and three replicas by a 3-server NATS 
       const read = Number(metrics.match(/^devbridge_push_bus_read_total (\d+)$/m)?.[1]);
       assert.ok(read > 0, `replica on ${port} read events from the bus`);
     }
+    // Each ingest replica holds its half of the partitions, and the device list has both halves.
+    const ingests = demo.env.DEMO_INGEST_HTTPS.split(' ');
+    assert.equal(ingests.length, 2);
+    for (const port of ingests) {
+      await waitFor(`ingest on ${port} holds 8 of 16 partitions`, async () => {
+        const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+        return /^devbridge_ingest_partitions_held 8$/m.test(metrics);
+      });
+    }
+    const list = await (await fetch(new URL('/api/devices', demo.url))).json();
+    assert.equal(list.data.devices.length, 3, `every replica's devices are listed: ${JSON.stringify(list)}`);
     assert.equal(demo.env.DEMO_NATS_PORTS.split(' ').length, 3);
     const pids = demo.env.DEMO_PIDS.split(' ').map(Number);
-    assert.equal(pids.length, 9, '3 nats-server, ingest, 3 push replicas, nginx, simulator');
+    assert.equal(pids.length, 10, '3 nats-server, 2 ingest, 3 push replicas, nginx, simulator');
     const result = await demo.stop();
     assert.equal(result?.code, 130, `exit status after SIGINT\n${demo.output()}`);
     for (const pid of pids) assert.ok(!processAlive(pid), `process ${pid} was stopped`);

@@ -28,7 +28,15 @@ IngestLink::IngestLink(LinkOptions options, Poster post,
   args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
       grpcutil::ChannelCredentials(options_.security);
-  channel_ = grpc::CreateCustomChannel(options_.ingest_addr,
+  // Several ingest replicas (`a:7070,b:7070`, ingest --partitions): one channel over all of
+  // them, kept on one until it fails (gRPC's pick_first); any replica takes any command.
+  std::string target = options_.ingest_addr;
+  if (target.find(',') != std::string::npos && target.find("://") == std::string::npos &&
+      target.rfind("ipv4:", 0) != 0) {
+    args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, target.substr(0, target.find(',')));  // what TLS checks
+    target = "ipv4:" + target;
+  }
+  channel_ = grpc::CreateCustomChannel(target,
                                        credentials.ok() ? *credentials : grpc::InsecureChannelCredentials(), args);
   stub_ = v1::Ingest::NewStub(channel_);
   reconnects_ =
