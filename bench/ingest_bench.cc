@@ -9,6 +9,7 @@
 //   stream      events/s from the event stream to one subscriber.
 //
 // Run through scripts/bench, which starts the broker and the database. Prints figures only.
+#include <csignal>
 #include <MQTTAsync.h>
 #include <sys/resource.h>
 #include <grpcpp/grpcpp.h>
@@ -518,6 +519,8 @@ void StreamBench(const Config& c, int events) {
 
 int main(int argc, char** argv) {
   using namespace devbridge::bench;
+  // A write to a connection an ingest closed must fail, not kill the bench and orphan its children.
+  std::signal(SIGPIPE, SIG_IGN);
   const std::string mode = argc > 1 ? argv[1] : "all";
   if (mode == "bare-subscriber" && argc == 5) {
     return BareSubscriber(argv[2], argv[3], std::strtoull(argv[4], nullptr, 10));

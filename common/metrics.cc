@@ -78,6 +78,10 @@ MetricsRegistry::Series& MetricsRegistry::Add(const std::string& name, const std
   Family& family = families_[name];
   family.help = help;
   family.type = type;
+  // Asked again for the same series (several writers counting into one family): the same one.
+  for (const std::unique_ptr<Series>& series : family.series) {
+    if (series->labels == labels) return *series;
+  }
   family.series.push_back(std::make_unique<Series>());
   family.series.back()->labels = std::move(labels);
   return *family.series.back();
@@ -86,13 +90,13 @@ MetricsRegistry::Series& MetricsRegistry::Add(const std::string& name, const std
 Counter& MetricsRegistry::AddCounter(const std::string& name, const std::string& help,
                                      Labels labels) {
   Series& s = Add(name, help, "counter", std::move(labels));
-  s.counter = std::make_unique<Counter>();
+  if (!s.counter) s.counter = std::make_unique<Counter>();
   return *s.counter;
 }
 
 Gauge& MetricsRegistry::AddGauge(const std::string& name, const std::string& help, Labels labels) {
   Series& s = Add(name, help, "gauge", std::move(labels));
-  s.gauge = std::make_unique<Gauge>();
+  if (!s.gauge) s.gauge = std::make_unique<Gauge>();
   return *s.gauge;
 }
 
@@ -105,7 +109,7 @@ void MetricsRegistry::AddGaugeFn(const std::string& name, const std::string& hel
 Histogram& MetricsRegistry::AddHistogram(const std::string& name, const std::string& help,
                                          std::vector<double> bounds, Labels labels) {
   Series& s = Add(name, help, "histogram", std::move(labels));
-  s.histogram = std::make_unique<Histogram>(std::move(bounds));
+  if (!s.histogram) s.histogram = std::make_unique<Histogram>(std::move(bounds));
   return *s.histogram;
 }
 

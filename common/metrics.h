@@ -64,7 +64,9 @@ std::vector<double> SizeBuckets();
 
 class MetricsRegistry {
  public:
-  // Each call registers one series; the returned reference lives as long as the registry.
+  // Each call registers one series (a name and labels asked for again give the series
+  // registered first, so several objects may count into one); the returned reference lives as
+  // long as the registry.
   Counter& AddCounter(const std::string& name, const std::string& help, Labels labels = {});
   Gauge& AddGauge(const std::string& name, const std::string& help, Labels labels = {});
   // A gauge read at render time; `read` must be safe to call from any thread.

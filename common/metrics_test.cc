@@ -32,6 +32,20 @@ TEST(Metrics, RendersCountersGaugesAndHistogramsInPrometheusFormat) {
   EXPECT_NE(text.find("latency_ms_sum 55.5\n"), std::string::npos) << text;
 }
 
+TEST(Metrics, TheSameSeriesAskedForAgainIsTheSameObject) {
+  MetricsRegistry r;
+  Counter& a = r.AddCounter("writes_total", "Writes.");
+  Counter& b = r.AddCounter("writes_total", "Writes.");
+  Counter& other = r.AddCounter("writes_total", "Writes.", {{"kind", "x"}});
+  EXPECT_EQ(&a, &b);
+  EXPECT_NE(&a, &other);
+  a.Inc(2);
+  b.Inc(3);
+  const std::string text = r.Render();
+  EXPECT_NE(text.find("writes_total 5\n"), std::string::npos) << text;
+  EXPECT_EQ(text.find("writes_total 2\n"), std::string::npos) << "listed twice:\n" << text;
+}
+
 TEST(Histogram, QuantileInterpolatesInsideBuckets) {
   Histogram h({10, 20, 30});
   for (int i = 0; i < 100; ++i) h.Observe(i < 50 ? 5 : 15);

@@ -49,7 +49,6 @@ struct Message {
 // reading after it, so a message is stored once whoever processes it.
 struct Partition {
   int id = 0;
-  common::MetricsRegistry metrics;  // the writer's own (a registry takes each name once)
   std::unique_ptr<Store> store;  // set before `ready`
   common::Mutex mu;
   common::CondVar cv;  // ready, lost, or room for more
@@ -132,7 +131,8 @@ struct App::Impl : public CoreOutputs {
       return cluster::PartitionOf(device, partitions) == id;
     };
     std::weak_ptr<Partition> weak = part;
-    part->store = Store::Start(so, &part->metrics, [this, weak](uint64_t checkpoint) {
+    so.register_gauges = false;  // its counters add up with the other writers'
+    part->store = Store::Start(so, &metrics, [this, weak](uint64_t checkpoint) {
       if (std::shared_ptr<Partition> p = weak.lock()) StartReading(p, checkpoint);
     });
     {

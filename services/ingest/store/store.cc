@@ -453,6 +453,7 @@ Store::Store(StoreOptions options, common::MetricsRegistry* metrics) : options_(
   m_.abandoned = &r.AddCounter("devbridge_ingest_db_abandoned_total",
                                "Statements abandoned after statement_timeout (PostgreSQL unreachable?).");
   last_progress_ms_ = absl::ToUnixMillis(absl::Now());
+  if (!options_.register_gauges) return;
   r.AddGaugeFn("devbridge_ingest_db_queue_bytes", "Bytes waiting for the writer.", {},
                [this] { return static_cast<double>(queued_bytes_.load()); });
   r.AddGaugeFn("devbridge_ingest_db_up", "1 when the database answers.", {},

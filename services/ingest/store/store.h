@@ -52,6 +52,10 @@ struct StoreOptions {
   // With `started`: only the commands of the devices this selects (a partition's, in a
   // cluster); null: every device's.
   std::function<bool(const std::string& device_id)> owns_device;
+  // Whether this writer registers the gauges of its own queue and health; the counters and
+  // histograms it shares with every writer of the registry. (A partition's writer, which
+  // comes and goes with its lease, does not.)
+  bool register_gauges = true;
   // A statement or a connection attempt running longer than this is abandoned.
   absl::Duration statement_timeout = absl::Seconds(10);
 };
