@@ -52,6 +52,8 @@ struct Partition {
   std::unique_ptr<Store> store;  // set before `ready`
   common::Mutex mu;
   common::CondVar cv;  // ready, lost, or room for more
+  uint64_t checkpoint = 0;       // set before the reader starts
+  cluster::IntakeWindow window;  // the reader's delivery thread
   bool ready ABSL_GUARDED_BY(mu) = false;
   bool lost ABSL_GUARDED_BY(mu) = false;
   size_t in_flight ABSL_GUARDED_BY(mu) = 0;  // read, not yet processed by the io thread
@@ -61,6 +63,8 @@ struct Partition {
 // Messages of one partition read but not yet processed, at most: the reader waits (and the
 // bus's flow control holds the rest) while the io thread or PostgreSQL is behind.
 constexpr size_t kPartitionWindow = 2048;
+// Intake stream positions read back before a partition's checkpoint to fill its window.
+constexpr uint64_t kReadBack = 20000;
 
 }  // namespace
 
@@ -165,8 +169,12 @@ struct App::Impl : public CoreOutputs {
         return part->ready || part->lost;
       });
       if (part->lost) return;
+      // From a little before the checkpoint: those messages only fill the window that drops
+      // a copy stored again on both sides of it.
+      part->checkpoint = checkpoint;
+      const uint64_t from = checkpoint > kReadBack ? checkpoint + 1 - kReadBack : 1;
       absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::Start(
-          cluster_bus.get(), cluster::kIntakeStream, subject, checkpoint + 1,
+          cluster_bus.get(), cluster::kIntakeStream, subject, from,
           [this, weak](bus::Position position, absl::string_view, absl::string_view data) {
             if (std::shared_ptr<Partition> p = weak.lock()) Deliver(p, position.sequence, data);
           });
@@ -188,12 +196,18 @@ struct App::Impl : public CoreOutputs {
 
   // The bus's delivery thread: one message of an owned partition, for the io thread.
   void Deliver(const std::shared_ptr<Partition>& part, uint64_t sequence, absl::string_view data) {
-    absl::string_view topic, payload;
-    absl::Time taken_at;
-    if (!cluster::DecodeIntake(data, &topic, &payload, &taken_at)) {
+    cluster::IntakeMessage m;
+    if (!cluster::DecodeIntake(data, &m)) {
       undecodable_intake->Inc();
       return;  // the next message's checkpoint covers it
     }
+    // The delivery thread owns the window. Messages up to the checkpoint (read back to fill
+    // it) are PostgreSQL's already.
+    if (!part->window.Offer(m.source, m.seq)) {
+      if (sequence > part->checkpoint) duplicate_intake->Inc();
+      return;
+    }
+    if (sequence <= part->checkpoint) return;
     {
       common::MutexLock lock(&part->mu);
       part->cv.Wait(&part->mu, [&part] {
@@ -203,7 +217,8 @@ struct App::Impl : public CoreOutputs {
       if (part->lost) return;
       ++part->in_flight;
     }
-    Post([this, part, topic = std::string(topic), payload = std::string(payload), taken_at, sequence] {
+    Post([this, part, topic = std::string(m.topic), payload = std::string(m.payload), taken_at = m.taken_at,
+          sequence] {
       bool lost = false;
       {
         common::MutexLock lock(&part->mu);
@@ -576,6 +591,7 @@ struct App::Impl : public CoreOutputs {
   std::unique_ptr<cluster::CommandRouter> router ABSL_GUARDED_BY(router_mu);
   std::unique_ptr<cluster::DeviceDirectory> directory;
   common::Counter* undecodable_intake = nullptr;
+  common::Counter* duplicate_intake = nullptr;
 
   // A gRPC thread: in a cluster, a command for a device another replica owns goes there.
   bool ForwardCommand(const v1::Command& command, const IngestService::CommandDone& done) {
@@ -693,6 +709,9 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     ASSIGN_OR_RETURN(s.cluster_bus, bus::Connection::Connect(connect));
     s.undecodable_intake = &s.metrics.AddCounter("devbridge_ingest_intake_undecodable_total",
                                                  "Messages on the intake stream that were not ingest's (skipped).");
+    s.duplicate_intake = &s.metrics.AddCounter(
+        "devbridge_ingest_intake_duplicates_total",
+        "Copies of a forwarded message found on the intake stream and dropped (the bus stored it twice).");
     absl::StatusOr<std::unique_ptr<cluster::CommandRouter>> router = cluster::CommandRouter::Start(
         s.cluster_bus.get(), o.partitions, o.lease_ttl, o.bus.replicas,
         [&s](v1::Command command, cluster::CommandRouter::Done done) { s.service->Run(std::move(command), std::move(done)); },

@@ -106,7 +106,8 @@ void IntakeForwarder::WriteMark(uint64_t seq) {
 
 void IntakeForwarder::Forward(uint64_t seq, std::string topic, std::string payload, absl::Time taken_at) {
   const int partition = std::max(0, PartitionOfTopic(topic, options_.partitions));
-  Pending pending{++next_key_, seq, IntakeSubject(partition), EncodeIntake(topic, payload, taken_at)};
+  Pending pending{++next_key_, seq, IntakeSubject(partition),
+                  EncodeIntake({topic, payload, taken_at, IntakeSource(options_.spool_id), seq})};
   const size_t bytes = pending.data.size() + pending.subject.size();
   bool wake = false;
   {

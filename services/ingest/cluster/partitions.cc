@@ -1,7 +1,6 @@
 #include "services/ingest/cluster/partitions.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "absl/strings/str_cat.h"
 
@@ -39,29 +38,63 @@ std::string NodeLease(absl::string_view node_id) {
   return name;
 }
 
-std::string EncodeIntake(absl::string_view topic, absl::string_view payload, absl::Time taken_at) {
-  const uint16_t topic_length = static_cast<uint16_t>(std::min<size_t>(topic.size(), 0xffff));
-  const int64_t micros = absl::ToUnixMicros(taken_at);
+namespace {
+
+void PutU64(std::string* out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint64_t GetU64(absl::string_view data, size_t at) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<uint8_t>(data[at + i])} << (8 * i);
+  return v;
+}
+
+}  // namespace
+
+std::string EncodeIntake(const IntakeMessage& m) {
+  const size_t topic_length = std::min<size_t>(m.topic.size(), 0xffff);
   std::string out;
-  out.resize(2 + topic_length + 8);
-  out[0] = static_cast<char>(topic_length & 0xff);
-  out[1] = static_cast<char>(topic_length >> 8);
-  std::memcpy(out.data() + 2, topic.data(), topic_length);
-  for (int i = 0; i < 8; ++i) out[2 + topic_length + i] = static_cast<char>((static_cast<uint64_t>(micros) >> (8 * i)) & 0xff);
-  out.append(payload.data(), payload.size());
+  out.reserve(2 + topic_length + 24 + m.payload.size());
+  out.push_back(static_cast<char>(topic_length & 0xff));
+  out.push_back(static_cast<char>(topic_length >> 8));
+  out.append(m.topic.data(), topic_length);
+  PutU64(&out, static_cast<uint64_t>(absl::ToUnixMicros(m.taken_at)));
+  PutU64(&out, m.source);
+  PutU64(&out, m.seq);
+  out.append(m.payload.data(), m.payload.size());
   return out;
 }
 
-bool DecodeIntake(absl::string_view data, absl::string_view* topic, absl::string_view* payload,
-                  absl::Time* taken_at) {
+bool DecodeIntake(absl::string_view data, IntakeMessage* m) {
   if (data.size() < 2) return false;
   const size_t topic_length = static_cast<uint8_t>(data[0]) | (size_t{static_cast<uint8_t>(data[1])} << 8);
-  if (data.size() < 2 + topic_length + 8) return false;
-  uint64_t micros = 0;
-  for (int i = 0; i < 8; ++i) micros |= uint64_t{static_cast<uint8_t>(data[2 + topic_length + i])} << (8 * i);
-  *topic = data.substr(2, topic_length);
-  *payload = data.substr(2 + topic_length + 8);
-  *taken_at = absl::FromUnixMicros(static_cast<int64_t>(micros));
+  const size_t fixed = 2 + topic_length;
+  if (data.size() < fixed + 24) return false;
+  m->topic = data.substr(2, topic_length);
+  m->taken_at = absl::FromUnixMicros(static_cast<int64_t>(GetU64(data, fixed)));
+  m->source = GetU64(data, fixed + 8);
+  m->seq = GetU64(data, fixed + 16);
+  m->payload = data.substr(fixed + 24);
+  return true;
+}
+
+uint64_t IntakeSource(absl::string_view spool_id) {
+  uint64_t hash = 14695981039346656037ull;  // FNV-1a, 64 bits
+  for (unsigned char c : spool_id) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  return hash;
+}
+
+bool IntakeWindow::Offer(uint64_t source, uint64_t seq) {
+  if (seq == 0) return true;
+  if (!seen_.insert({source, seq}).second) return false;
+  order_.emplace_back(source, seq);
+  if (order_.size() > capacity_) {
+    seen_.erase(order_.front());
+    order_.pop_front();
+  }
   return true;
 }
 

@@ -5,9 +5,12 @@
 #define DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITIONS_H_
 
 #include <cstdint>
+#include <deque>
+#include <utility>
 #include <string>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
@@ -32,12 +35,40 @@ std::string PartitionLease(int partition);  // "p<N>"
 std::string NodeLease(absl::string_view node_id);
 inline constexpr char kNodeLeasePrefix[] = "node-";
 
-// One MQTT message on the intake stream: u16 topic length | topic | i64 taken at (µs since the
-// epoch) | payload (integers little-endian).
-std::string EncodeIntake(absl::string_view topic, absl::string_view payload, absl::Time taken_at);
-// False (and nothing set) for data too short for its own lengths.
-bool DecodeIntake(absl::string_view data, absl::string_view* topic, absl::string_view* payload,
-                  absl::Time* taken_at);
+// One MQTT message on the intake stream, and where it came from: the forwarding replica's
+// spool (a 64-bit hash of its id) and its position there (0: not spooled). A message
+// forwarded twice has the same origin both times, so the partition's owner can drop the
+// second copy (IntakeWindow) whatever JetStream's own duplicate check let through.
+struct IntakeMessage {
+  absl::string_view topic;
+  absl::string_view payload;
+  absl::Time taken_at;
+  uint64_t source = 0;
+  uint64_t seq = 0;
+};
+// u16 topic length | topic | i64 taken at (µs since the epoch) | u64 source | u64 seq |
+// payload (integers little-endian).
+std::string EncodeIntake(const IntakeMessage& message);
+// False for data too short for its own lengths. The views point into `data`.
+bool DecodeIntake(absl::string_view data, IntakeMessage* message);
+// The `source` of a spool id.
+uint64_t IntakeSource(absl::string_view spool_id);
+
+// The origins an owner processed last, to drop a message forwarded twice: a copy stored
+// again after a bus server's leader change lands close to the first (within the bus's
+// in-flight window), so a bounded window of the most recent suffices.
+class IntakeWindow {
+ public:
+  explicit IntakeWindow(size_t capacity = 1 << 16) : capacity_(capacity) {}
+  // True the first time (source, seq) is offered within the window; false for a copy. A
+  // message without origin (seq 0) is always new.
+  bool Offer(uint64_t source, uint64_t seq);
+
+ private:
+  size_t capacity_;
+  absl::flat_hash_set<std::pair<uint64_t, uint64_t>> seen_;
+  std::deque<std::pair<uint64_t, uint64_t>> order_;
+};
 
 // What a replica does with the leases this round: take free partitions while it holds fewer
 // than its share, ceil(partitions / members), and give back what it holds beyond it (a

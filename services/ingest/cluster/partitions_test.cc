@@ -35,27 +35,40 @@ TEST(NodeLease, KeepsOnlyCharactersAKeyMayHold) {
   EXPECT_EQ(NodeLease("ingest-1/ab.c d"), "node-ingest-1_ab_c_d");
 }
 
-TEST(Intake, RoundTripsTopicPayloadAndTime) {
+TEST(Intake, RoundTripsTopicPayloadTimeAndOrigin) {
   const absl::Time at = absl::FromUnixMicros(1764000000123456);
   const std::string payload("\x01\x03\x00\xff", 4);
-  const std::string data = EncodeIntake("devices/m/data", payload, at);
-  absl::string_view topic, got;
-  absl::Time taken;
-  ASSERT_TRUE(DecodeIntake(data, &topic, &got, &taken));
-  EXPECT_EQ(topic, "devices/m/data");
-  EXPECT_EQ(got, payload);
-  EXPECT_EQ(taken, at);
+  const std::string data = EncodeIntake({"devices/m/data", payload, at, IntakeSource("ab12"), 77});
+  IntakeMessage got;
+  ASSERT_TRUE(DecodeIntake(data, &got));
+  EXPECT_EQ(got.topic, "devices/m/data");
+  EXPECT_EQ(got.payload, payload);
+  EXPECT_EQ(got.taken_at, at);
+  EXPECT_EQ(got.source, IntakeSource("ab12"));
+  EXPECT_NE(got.source, IntakeSource("ab13"));
+  EXPECT_EQ(got.seq, 77u);
 }
 
 TEST(Intake, RefusesDataShorterThanItsLengths) {
-  const std::string data = EncodeIntake("devices/m/data", "x", absl::UnixEpoch());
-  absl::string_view topic, payload;
-  absl::Time taken;
+  const std::string data = EncodeIntake({"devices/m/data", "x", absl::UnixEpoch(), 1, 2});
+  IntakeMessage got;
   for (size_t n = 0; n < data.size() - 1; ++n) {
-    EXPECT_FALSE(DecodeIntake(absl::string_view(data).substr(0, n), &topic, &payload, &taken)) << n;
+    EXPECT_FALSE(DecodeIntake(absl::string_view(data).substr(0, n), &got)) << n;
   }
-  EXPECT_TRUE(DecodeIntake(absl::string_view(data).substr(0, data.size() - 1), &topic, &payload, &taken));
-  EXPECT_EQ(payload, "");
+  EXPECT_TRUE(DecodeIntake(absl::string_view(data).substr(0, data.size() - 1), &got));
+  EXPECT_EQ(got.payload, "");
+}
+
+TEST(IntakeWindow, DropsACopyWithinTheWindowOnly) {
+  IntakeWindow window(3);
+  EXPECT_TRUE(window.Offer(1, 10));
+  EXPECT_TRUE(window.Offer(2, 10));  // another replica's position 10
+  EXPECT_FALSE(window.Offer(1, 10));
+  EXPECT_TRUE(window.Offer(1, 0));   // no origin: never a copy
+  EXPECT_TRUE(window.Offer(1, 0));
+  EXPECT_TRUE(window.Offer(1, 11));
+  EXPECT_TRUE(window.Offer(1, 12));  // (1, 10) leaves the window
+  EXPECT_TRUE(window.Offer(1, 10));
 }
 
 TEST(PlanLeases, ALoneReplicaTakesEverythingFree) {
