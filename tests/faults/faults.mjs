@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { sleep, until, freePort, get, metric, Proc as FleetProc, Viewer, Load as FleetLoad } from './fleet.mjs';
+import { sleep, until, freePort, get, metric, killAll, Proc as FleetProc, Viewer, Load as FleetLoad } from './fleet.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const build = path.resolve(process.argv[2] || process.env.DEVBRIDGE_BUILD_DIR || path.join(root, 'build'));

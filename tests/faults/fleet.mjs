@@ -51,7 +51,7 @@ export function metric(body, name) {
 
 // Every process the test started, so none outlives it however it ends.
 const started = new Set();
-const killAll = () => {
+export const killAll = () => {
   for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
 };
 process.on('exit', killAll);
