@@ -159,26 +159,39 @@ struct App::Impl : public CoreOutputs {
   }
 
   // The partition's writer thread, once PostgreSQL said where it is: read from just after.
+  // Not under the partition's lock while the reader starts: its first messages may come (and
+  // take that lock) before the bus has answered the start.
   void StartReading(const std::shared_ptr<Partition>& part, uint64_t checkpoint) {
     const std::string subject = cluster::IntakeSubject(part->id);
     std::weak_ptr<Partition> weak = part;
-    for (int attempt = 0;; ++attempt) {
+    {
       common::MutexLock lock(&part->mu);
       part->cv.Wait(&part->mu, [&part] {
         part->mu.AssertHeld();
         return part->ready || part->lost;
       });
       if (part->lost) return;
-      // From a little before the checkpoint: those messages only fill the window that drops
-      // a copy stored again on both sides of it.
-      part->checkpoint = checkpoint;
-      const uint64_t from = checkpoint > kReadBack ? checkpoint + 1 - kReadBack : 1;
+    }
+    // From a little before the checkpoint: those messages only fill the window that drops a
+    // copy stored again on both sides of it.
+    part->checkpoint = checkpoint;
+    const uint64_t from = checkpoint > kReadBack ? checkpoint + 1 - kReadBack : 1;
+    for (int attempt = 0;; ++attempt) {
       absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::Start(
           cluster_bus.get(), cluster::kIntakeStream, subject, from,
           [this, weak](bus::Position position, absl::string_view, absl::string_view data) {
             if (std::shared_ptr<Partition> p = weak.lock()) Deliver(p, position.sequence, data);
           });
+      common::MutexLock lock(&part->mu);
       if (reader.ok()) {
+        if (part->lost) {
+          // Let go meanwhile: stop it outside the lock its deliveries take.
+          std::unique_ptr<bus::SubjectReader> late = *std::move(reader);
+          part->mu.Unlock();
+          late.reset();
+          part->mu.Lock();
+          return;
+        }
         part->reader = *std::move(reader);
         log->info("partition {}: reading {} from {} (PostgreSQL has it up to there)", part->id, subject,
                   checkpoint + 1);
@@ -187,10 +200,12 @@ struct App::Impl : public CoreOutputs {
       if (attempt % 10 == 0) {
         log->warn("partition {}: cannot read {} yet: {}; retrying", part->id, subject, reader.status().message());
       }
-      part->cv.WaitFor(&part->mu, absl::Seconds(1), [&part] {
-        part->mu.AssertHeld();
-        return part->lost;
-      });
+      if (part->cv.WaitFor(&part->mu, absl::Seconds(1), [&part] {
+            part->mu.AssertHeld();
+            return part->lost;
+          })) {
+        return;
+      }
     }
   }
 
