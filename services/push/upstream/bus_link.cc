@@ -245,8 +245,20 @@ void BusLink::StartReading(StreamRead stream, bus::OffsetLog* log) {
       connection_.get(), options_.stream, subject, from,
       [this, raw](bus::Position position, absl::string_view, absl::string_view data) { OnMessage(position, data, raw); });
   if (!reader.ok()) {
-    log_->warn("bus: cannot read {}: {}", subject, reader.status().message());
+    log_->warn("bus: cannot read {}: {}; trying again in {}", subject, reader.status().message(),
+               absl::FormatDuration(options_.retry));
     if (!raw->ready_sent) PostReady(raw);  // the recovers waiting for it get their answer (410)
+    // (After a bus server's loss the bus may refuse new consumers for a while.) Again, while
+    // this generation is still wanted: its clients would otherwise get nothing live.
+    post_([this, again = StreamRead{raw->system_id, raw->group_name, 0, raw->generation, true}]() mutable {
+      auto it = wanted_.find(StreamKey(again.system_id, again.group_name));
+      if (it == wanted_.end() || it->second != again.generation) return;
+      Enqueue([this, again = std::move(again)](bus::OffsetLog* on) mutable {
+        if (on == nullptr) return;
+        WaitToRetry();
+        StartReading(std::move(again), on);
+      });
+    });
     return;
   }
   readers_[key] = Reader{std::move(read), *std::move(reader)};
