@@ -10,6 +10,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/mutex.h"
@@ -18,6 +19,7 @@
 #include "httpd/http_server.h"
 #include "mqtt/client.h"
 #include "regmap/register_map.h"
+#include "bus/offset_log.h"
 #include "bus/subject_reader.h"
 #include "services/ingest/cluster/command_router.h"
 #include "services/ingest/cluster/device_directory.h"
@@ -53,6 +55,8 @@ struct Partition {
   common::Mutex mu;
   common::CondVar cv;  // ready, lost, or room for more
   uint64_t checkpoint = 0;       // set before the reader starts
+  std::atomic<uint64_t> last_seq{0};       // the last intake position delivered
+  std::atomic<int64_t> last_delivery_ms{0};
   cluster::IntakeWindow window;  // the reader's delivery thread
   bool ready ABSL_GUARDED_BY(mu) = false;
   bool lost ABSL_GUARDED_BY(mu) = false;
@@ -211,6 +215,8 @@ struct App::Impl : public CoreOutputs {
 
   // The bus's delivery thread: one message of an owned partition, for the io thread.
   void Deliver(const std::shared_ptr<Partition>& part, uint64_t sequence, absl::string_view data) {
+    part->last_seq = sequence;
+    part->last_delivery_ms = absl::ToUnixMillis(absl::Now());
     cluster::IntakeMessage m;
     if (!cluster::DecodeIntake(data, &m)) {
       undecodable_intake->Inc();
@@ -245,6 +251,43 @@ struct App::Impl : public CoreOutputs {
       --part->in_flight;
       part->cv.NotifyAll();
     });
+  }
+
+  // The intake watchdog's thread, every 2 s: a partition whose subject has messages past the
+  // last one delivered, and nothing delivered for 5 s, has a reader the client did not bring
+  // back after its bus server's loss (an ordered consumer is created again, which the bus may
+  // refuse for a while): it is started again after the last one delivered.
+  void WatchIntake() {
+    std::vector<std::shared_ptr<Partition>> held;
+    {
+      common::MutexLock lock(&partitions_mu);
+      for (const auto& p : partitions) {
+        if (p) held.push_back(p);
+      }
+    }
+    const int64_t now = absl::ToUnixMillis(absl::Now());
+    bus::OffsetLog intake_log(cluster_bus.get(), cluster::kIntakeStream);
+    for (const std::shared_ptr<Partition>& part : held) {
+      {
+        common::MutexLock lock(&part->mu);
+        if (part->lost || !part->reader) continue;  // not started yet: StartReading retries
+      }
+      if (now - part->last_delivery_ms.load() < 5000) continue;
+      absl::StatusOr<std::optional<bus::Position>> newest = intake_log.Newest(cluster::IntakeSubject(part->id));
+      const uint64_t last = std::max(part->last_seq.load(), part->checkpoint);
+      if (!newest.ok() || !newest->has_value() || (*newest)->sequence <= last) continue;
+      log->warn("partition {}: nothing read for {} s though the intake has more; reading again after {}", part->id,
+                (now - part->last_delivery_ms.load()) / 1000, last);
+      reader_restarts->Inc();
+      std::unique_ptr<bus::SubjectReader> old;
+      {
+        common::MutexLock lock(&part->mu);
+        old = std::move(part->reader);
+      }
+      old.reset();
+      part->last_delivery_ms = now;
+      StartReading(part, last);
+    }
   }
 
   // Owner's thread: partition `id` is no longer ours. Stop reading, let the io thread finish
@@ -607,6 +650,9 @@ struct App::Impl : public CoreOutputs {
   std::unique_ptr<cluster::DeviceDirectory> directory;
   common::Counter* undecodable_intake = nullptr;
   common::Counter* duplicate_intake = nullptr;
+  common::Counter* reader_restarts = nullptr;
+  std::thread watchdog;  // with --partitions: WatchIntake every 2 s until `watchdog_stop`
+  absl::Notification watchdog_stop;
 
   // A gRPC thread: in a cluster, a command for a device another replica owns goes there.
   bool ForwardCommand(const v1::Command& command, const IngestService::CommandDone& done) {
@@ -724,6 +770,9 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     ASSIGN_OR_RETURN(s.cluster_bus, bus::Connection::Connect(connect));
     s.undecodable_intake = &s.metrics.AddCounter("devbridge_ingest_intake_undecodable_total",
                                                  "Messages on the intake stream that were not ingest's (skipped).");
+    s.reader_restarts = &s.metrics.AddCounter(
+        "devbridge_ingest_intake_reader_restarts_total",
+        "Partition readers started again after they stopped delivering (a bus server lost).");
     s.duplicate_intake = &s.metrics.AddCounter(
         "devbridge_ingest_intake_duplicates_total",
         "Copies of a forwarded message found on the intake stream and dropped (the bus stored it twice).");
@@ -881,6 +930,9 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
         s.cluster_bus.get(), oo, [&s](int p) { s.GainPartition(p); }, [&s](int p) { s.LosePartition(p); },
         &s.metrics);
     s.owner_now = s.owner.get();
+    s.watchdog = std::thread([&s] {
+      while (!s.watchdog_stop.WaitForNotificationWithTimeout(absl::Seconds(2))) s.WatchIntake();
+    });
     s.log->info("cluster: {} partitions, leases of {}; MQTT shared as {}; forwarding to {}", o.partitions,
                 absl::FormatDuration(o.lease_ttl), s.options.shared_group, cluster::kIntakeStream);
   }
@@ -956,6 +1008,10 @@ void App::Shutdown() {
   s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   // After the server (no call may still use them): every partition is let go, its writer
   // flushed and its lease released, so the others take over at once.
+  if (s.watchdog.joinable()) {
+    s.watchdog_stop.Notify();
+    s.watchdog.join();
+  }
   s.owner_now = nullptr;
   s.owner.reset();
   s.directory.reset();
