@@ -434,7 +434,8 @@ void Client::OnMessageArrived(absl::string_view topic, absl::string_view payload
       return;
     }
   }
-  on_message_(topic, payload, qos > 0 && packet_id > 0 && packet_id <= 65535 ? static_cast<uint16_t>(packet_id) : 0);
+  on_message_(topic, payload, qos > 0 && packet_id > 0 && packet_id <= 65535 ? static_cast<uint16_t>(packet_id) : 0,
+              dup);
 }
 
 void Client::RememberTaken(uint16_t packet_id, absl::string_view topic, absl::string_view payload) {
@@ -445,6 +446,12 @@ void Client::RememberTaken(uint16_t packet_id, absl::string_view topic, absl::st
 void Client::OnConnectionLost(const char* cause) {
   SetConnected(false);
   if (paused_) return;
+  if (!options_.reconnect) {
+    lost_ = true;
+    common::Logger(options_.log_name)
+        ->warn("connection to {} lost{}{}; not connecting again", options_.url, cause ? ": " : "", cause ? cause : "");
+    return;
+  }
   common::Logger(options_.log_name)
       ->warn("connection to {} lost{}{}; reconnecting", options_.url, cause ? ": " : "", cause ? cause : "");
   RequestConnect();

@@ -59,13 +59,18 @@ struct Options {
   // resends what it did not see acknowledged when the connection closed first.
   bool drop_redeliveries = true;
   std::string log_name = "mqtt";    // logger name, e.g. "ingest.mqtt"
+  // Connect again when an established connection is lost. False for a client that must not
+  // fight another for its client id (the broker closes the older of two): once lost, it
+  // stays down, and lost() says so.
+  bool reconnect = true;
 };
 
 // Runs on a Paho thread; must take the message (copy what it needs) and return at once.
 // `packet_id`: the MQTT packet identifier it came with (0 for QoS 0); a caller that keeps
-// messages across restarts keeps it too and hands it back with RememberTaken().
+// messages across restarts keeps it too and hands it back with RememberTaken(). `dup`: it
+// came flagged DUP, a redelivery of a message this session may have taken already.
 using MessageHandler =
-    std::function<void(absl::string_view topic, absl::string_view payload, uint16_t packet_id)>;
+    std::function<void(absl::string_view topic, absl::string_view payload, uint16_t packet_id, bool dup)>;
 // Runs on a Paho thread when the broker acknowledged a publish (true) or Paho gave up on it
 // (false). For QoS 0, true once it was written to the socket.
 using DeliveryHandler = std::function<void(bool delivered)>;
@@ -103,6 +108,8 @@ class Client {
 
   bool connected() const { return connected_.load(); }
   bool paused() const { return paused_.load(); }
+  // With reconnect off: an established connection was lost (the client stays down).
+  bool lost() const { return lost_.load(); }
   uint64_t connects() const { return connects_.load(); }
   uint64_t connect_failures() const { return connect_failures_.load(); }
   uint64_t duplicates_dropped() const { return duplicates_.load(); }
@@ -137,6 +144,7 @@ class Client {
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> connected_{false};
   std::atomic<bool> paused_{false};
+  std::atomic<bool> lost_{false};
   std::atomic<uint64_t> connects_{0};
   std::atomic<uint64_t> connect_failures_{0};
   absl::Duration backoff_ ABSL_GUARDED_BY(mu_);

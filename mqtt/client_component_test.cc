@@ -22,7 +22,7 @@ using testing::WaitFor;
 class Inbox {
  public:
   MessageHandler Handler() {
-    return [this](absl::string_view topic, absl::string_view payload, uint16_t) {
+    return [this](absl::string_view topic, absl::string_view payload, uint16_t, bool) {
       common::MutexLock lock(&mu_);
       last_ = absl::StrCat(topic, " ", payload);
       ++count_;
@@ -72,7 +72,7 @@ void PublishesReceivesPausesAndResumesWithoutLoss(int version) {
   auto sub = Client::Create(std::move(o), inbox.Handler(), [&](bool) { state_changes.fetch_add(1); });
   ASSERT_TRUE(sub.ok()) << sub.status();
   (*sub)->Start();
-  auto pub = MakeClient(prefix + "-pub", {}, [](absl::string_view, absl::string_view, uint16_t) {});
+  auto pub = MakeClient(prefix + "-pub", {}, [](absl::string_view, absl::string_view, uint16_t, bool) {});
   pub->Start();
   ASSERT_TRUE(WaitFor([&] { return (*sub)->connected() && pub->connected(); }));
 
@@ -110,7 +110,7 @@ TEST(MqttClient, StopWhileConnectingLeavesNothingConnected) {
   const std::string prefix = UniqueTopicPrefix();
   for (int i = 0; i < 20; ++i) {
     auto client = MakeClient(absl::StrCat(prefix, "-", i), {{prefix + "/#", 1}},
-                             [](absl::string_view, absl::string_view, uint16_t) {});
+                             [](absl::string_view, absl::string_view, uint16_t, bool) {});
     client->Start();
     client->Stop(absl::Seconds(2));  // often while the connect is still in flight
     EXPECT_FALSE(client->connected());
@@ -122,7 +122,7 @@ TEST(MqttClient, ReconnectsAndSubscribesAgainAfterTheBrokerRestarts) {
   Inbox inbox;
   auto sub = MakeClient(prefix + "-sub", {{prefix + "/#", 1}}, inbox.Handler());
   sub->Start();
-  auto pub = MakeClient(prefix + "-pub", {}, [](absl::string_view, absl::string_view, uint16_t) {});
+  auto pub = MakeClient(prefix + "-pub", {}, [](absl::string_view, absl::string_view, uint16_t, bool) {});
   pub->Start();
   ASSERT_TRUE(WaitFor([&] { return sub->connected() && pub->connected(); }));
   const uint64_t connects = sub->connects();

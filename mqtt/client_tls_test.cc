@@ -67,7 +67,7 @@ class TlsBroker {
 class Inbox {
  public:
   MessageHandler Handler() {
-    return [this](absl::string_view, absl::string_view payload, uint16_t) {
+    return [this](absl::string_view, absl::string_view payload, uint16_t, bool) {
       common::MutexLock lock(&mu_);
       last_ = std::string(payload);
     };
@@ -167,10 +167,10 @@ TEST(MqttTls, TlsFilesWithAPlainUrlAreRefusedAtCreate) {
   o.url = "tcp://127.0.0.1:1883";
   o.client_id = "x";
   o.transport.ca_file = "/etc/hostname";
-  EXPECT_FALSE(Client::Create(o, [](absl::string_view, absl::string_view, uint16_t) {}).ok());
+  EXPECT_FALSE(Client::Create(o, [](absl::string_view, absl::string_view, uint16_t, bool) {}).ok());
   o.url = "ssl://127.0.0.1:1883";
   o.transport.ca_file = "/nonexistent/ca.pem";
-  EXPECT_FALSE(Client::Create(o, [](absl::string_view, absl::string_view, uint16_t) {}).ok());
+  EXPECT_FALSE(Client::Create(o, [](absl::string_view, absl::string_view, uint16_t, bool) {}).ok());
 }
 
 TEST(MqttVersion, EveryVersionTalksToMosquitto) {

@@ -211,7 +211,7 @@ absl::StatusOr<std::unique_ptr<Simulator>> Simulator::Start(SimOptions options) 
     for (int i = first; i < last; ++i) index->emplace(s.devices[i].id, static_cast<size_t>(i));
     const std::string prefix = o.topic_prefix + "/";
     auto client = mqtt::Client::Create(
-        mo, [&s, index, prefix](absl::string_view topic, absl::string_view payload, uint16_t) {
+        mo, [&s, index, prefix](absl::string_view topic, absl::string_view payload, uint16_t, bool) {
           absl::string_view rest = topic.substr(std::min(prefix.size(), topic.size()));
           const size_t slash = rest.find('/');
           auto it = index->find(std::string(rest.substr(0, slash)));

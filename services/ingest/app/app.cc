@@ -26,6 +26,7 @@
 #include "services/ingest/cluster/intake_forwarder.h"
 #include "services/ingest/cluster/partition_owner.h"
 #include "services/ingest/cluster/partitions.h"
+#include "services/ingest/cluster/session_adopter.h"
 #include "services/ingest/core/event_log.h"
 #include "services/ingest/core/ingest_core.h"
 #include "services/ingest/rpc/ingest_service.h"
@@ -43,6 +44,11 @@ struct Message {
   std::string payload;
   absl::Time taken_at;
   uint64_t seq = 0;  // position in the spool; 0: not spooled
+  // How the broker delivered it (for the partitions' owners, cluster::IntakeMessage): the
+  // MQTT session (0: this replica's own), the packet id and the DUP flag.
+  uint64_t session = 0;
+  uint16_t packet_id = 0;
+  bool dup = false;
 };
 
 // A partition this replica owns (--partitions): its messages come from the intake stream,
@@ -118,7 +124,17 @@ struct App::Impl : public CoreOutputs {
   void Take(Message& m) {
     if (options.partitions > 0) {
       // Once the forwarder is gone (stopping), the spool keeps the message for the next start.
-      if (forwarder) forwarder->Forward(m.seq, std::move(m.topic), std::move(m.payload), m.taken_at);
+      if (forwarder) {
+        cluster::IntakeMessage forward;
+        forward.topic = m.topic;
+        forward.payload = m.payload;
+        forward.taken_at = m.taken_at;
+        forward.seq = m.seq;
+        forward.session = m.session != 0 ? m.session : own_session;
+        forward.packet_id = m.packet_id;
+        forward.dup = m.dup;
+        forwarder->Forward(forward);
+      }
     } else {
       Process(m.topic, m.payload, m.taken_at, m.seq, store.get());
     }
@@ -224,7 +240,7 @@ struct App::Impl : public CoreOutputs {
     }
     // The delivery thread owns the window. Messages up to the checkpoint (read back to fill
     // it) are PostgreSQL's already.
-    if (!part->window.Offer(m.source, m.seq)) {
+    if (!part->window.Offer(m)) {
       if (sequence > part->checkpoint) duplicate_intake->Inc();
       return;
     }
@@ -380,7 +396,11 @@ struct App::Impl : public CoreOutputs {
   // thread, or, past max_pending_messages or while older messages wait on disk, on disk only.
   // Intake pauses when the spool is full (or, without a spool, when memory is); the broker
   // holds what follows, and only what was already on its way arrives after that.
-  void OnMessage(absl::string_view topic, absl::string_view payload, uint16_t packet_id) {
+  //
+  // `session`: the MQTT session it came through, when that is a dead replica's this one
+  // adopted (cluster::SessionAdopter); 0 for our own.
+  void OnMessage(absl::string_view topic, absl::string_view payload, uint16_t packet_id, bool dup,
+                 uint64_t session = 0) {
     const absl::Time now = absl::Now();
     bool pause = false;
     bool appended = false;
@@ -389,7 +409,7 @@ struct App::Impl : public CoreOutputs {
       common::MutexLock lock(&intake_mu);
       uint64_t seq = 0;
       if (spool) {
-        absl::StatusOr<uint64_t> r = spool->Append(topic, payload, now, packet_id);
+        absl::StatusOr<uint64_t> r = spool->Append(topic, payload, now, packet_id, dup, session);
         if (r.ok()) {
           seq = *r;
           appended = true;
@@ -403,7 +423,7 @@ struct App::Impl : public CoreOutputs {
           disk_next = seq;
         }
       } else {
-        intake.push_back({std::string(topic), std::string(payload), now, seq});
+        intake.push_back({std::string(topic), std::string(payload), now, seq, session, packet_id, dup});
         intake_depth->Set(static_cast<int64_t>(intake.size()));
       }
       pause = (spool && spool->Full()) || intake.size() > options.max_pending_messages;
@@ -426,6 +446,7 @@ struct App::Impl : public CoreOutputs {
                     options.max_pending_messages);
         }
         mqtt->Pause();
+        if (adopter) adopter->Pause();
       });
     }
     ScheduleDrain();
@@ -479,7 +500,7 @@ struct App::Impl : public CoreOutputs {
         return;
       }
       for (SpooledMessage& m : read) {
-        Message taken{std::move(m.topic), std::move(m.payload), m.taken_at, m.seq};
+        Message taken{std::move(m.topic), std::move(m.payload), m.taken_at, m.seq, m.session, m.packet_id, m.dup};
         Take(taken);
       }
       replayed->Inc(read.size());
@@ -501,6 +522,7 @@ struct App::Impl : public CoreOutputs {
       pause_requested = false;
       log->info("intake resumed");
       mqtt->Resume();
+      if (adopter) adopter->Resume();
     }
   }
 
@@ -644,6 +666,8 @@ struct App::Impl : public CoreOutputs {
   common::Mutex partitions_mu;
   std::vector<std::shared_ptr<Partition>> partitions ABSL_GUARDED_BY(partitions_mu);
   std::unique_ptr<cluster::PartitionOwner> owner;
+  std::unique_ptr<cluster::SessionAdopter> adopter;  // dead replicas' MQTT sessions
+  uint64_t own_session = 0;                          // IntakeSource(our MQTT client id)
   std::atomic<cluster::PartitionOwner*> owner_now{nullptr};  // for gRPC threads: null before start and at stop
   common::Mutex router_mu;  // Dispatch's threads, the owner's, and Shutdown
   std::unique_ptr<cluster::CommandRouter> router ABSL_GUARDED_BY(router_mu);
@@ -764,6 +788,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
           "their places in PostgreSQL and each replica forwards from its spool");
     }
     if (s.options.shared_group.empty()) s.options.shared_group = "devbridge-ingest";
+    s.own_session = cluster::IntakeSource(o.mqtt_client_id);
     bus::ConnectionOptions connect;
     connect.urls = o.bus.urls;
     connect.name = absl::StrCat("devbridge-ingest ", o.mqtt_client_id, " intake");
@@ -775,7 +800,8 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
         "Partition readers started again after they stopped delivering (a bus server lost).");
     s.duplicate_intake = &s.metrics.AddCounter(
         "devbridge_ingest_intake_duplicates_total",
-        "Copies of a forwarded message found on the intake stream and dropped (the bus stored it twice).");
+        "Copies of a message found on the intake stream and dropped (the bus stored it twice, or the broker "
+        "handed it to two replicas: a dead one and the survivor that adopted its session).");
     absl::StatusOr<std::unique_ptr<cluster::CommandRouter>> router = cluster::CommandRouter::Start(
         s.cluster_bus.get(), o.partitions, o.lease_ttl, o.bus.replicas,
         [&s](v1::Command command, cluster::CommandRouter::Done done) { s.service->Run(std::move(command), std::move(done)); },
@@ -910,8 +936,8 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
   mo.subscriptions = {{absl::StrCat(share, o.topic_prefix, "/+/heartbeat"), o.mqtt_qos},
                       {absl::StrCat(share, o.topic_prefix, "/+/data"), o.mqtt_qos}};
   auto client = mqtt::Client::Create(
-      mo, [&s](absl::string_view topic, absl::string_view payload, uint16_t packet_id) {
-        s.OnMessage(topic, payload, packet_id);
+      mo, [&s](absl::string_view topic, absl::string_view payload, uint16_t packet_id, bool dup) {
+        s.OnMessage(topic, payload, packet_id, dup);
       });
   if (!client.ok()) return client.status();
   s.mqtt = *std::move(client);
@@ -930,6 +956,19 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
         s.cluster_bus.get(), oo, [&s](int p) { s.GainPartition(p); }, [&s](int p) { s.LosePartition(p); },
         &s.metrics);
     s.owner_now = s.owner.get();
+    // Before our own client connects: a survivor that adopted our session gives it back when
+    // it sees our node lease (the owner's first round), and the broker closes its connection
+    // when ours comes.
+    cluster::AdopterOptions ao;
+    ao.mqtt = mo;
+    ao.ttl = o.lease_ttl;
+    ao.replicas = o.bus.replicas;
+    s.adopter = cluster::SessionAdopter::Start(
+        s.cluster_bus.get(), std::move(ao),
+        [&s](uint64_t session, absl::string_view topic, absl::string_view payload, uint16_t packet_id, bool dup) {
+          s.OnMessage(topic, payload, packet_id, dup, session);
+        },
+        &s.metrics);
     s.watchdog = std::thread([&s] {
       while (!s.watchdog_stop.WaitForNotificationWithTimeout(absl::Seconds(2))) s.WatchIntake();
     });
@@ -972,6 +1011,7 @@ void App::Shutdown() {
   const absl::Time deadline = absl::Now() + s.options.shutdown_timeout;
   s.log->info("shutting down: stopping intake");
   s.mqtt->Stop();
+  s.adopter.reset();  // adopted sessions go back to the broker (their replicas' leases released)
   // On the io thread: process what was already taken into memory, then settle every command.
   std::promise<void> settled;
   s.Post([&s, &settled] {

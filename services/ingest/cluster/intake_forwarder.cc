@@ -104,10 +104,10 @@ void IntakeForwarder::WriteMark(uint64_t seq) {
   if (ok) std::rename(tmp.c_str(), options_.mark_path.c_str());
 }
 
-void IntakeForwarder::Forward(uint64_t seq, std::string topic, std::string payload, absl::Time taken_at) {
-  const int partition = std::max(0, PartitionOfTopic(topic, options_.partitions));
-  Pending pending{++next_key_, seq, IntakeSubject(partition),
-                  EncodeIntake({topic, payload, taken_at, IntakeSource(options_.spool_id), seq})};
+void IntakeForwarder::Forward(IntakeMessage message) {
+  const int partition = std::max(0, PartitionOfTopic(message.topic, options_.partitions));
+  message.source = source_;
+  Pending pending{++next_key_, message.seq, IntakeSubject(partition), EncodeIntake(message)};
   const size_t bytes = pending.data.size() + pending.subject.size();
   bool wake = false;
   {

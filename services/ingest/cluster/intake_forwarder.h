@@ -28,6 +28,7 @@
 #include "bus/connection.h"
 #include "common/metrics.h"
 #include "common/mutex.h"
+#include "services/ingest/cluster/partitions.h"
 
 namespace devbridge::ingest::cluster {
 
@@ -56,8 +57,9 @@ class IntakeForwarder {
   IntakeForwarder(const IntakeForwarder&) = delete;
   IntakeForwarder& operator=(const IntakeForwarder&) = delete;
 
-  // Queues the message at spool position `seq` (positions must grow). Any thread, one at a time.
-  void Forward(uint64_t seq, std::string topic, std::string payload, absl::Time taken_at) ABSL_LOCKS_EXCLUDED(mu_);
+  // Queues the message at spool position `message.seq` (positions must grow; `source` is
+  // filled in). Any thread, one at a time.
+  void Forward(IntakeMessage message) ABSL_LOCKS_EXCLUDED(mu_);
   // True while the queue holds more than max_queue_bytes: stop handing messages over.
   bool Full() const { return queued_bytes_.load() > options_.max_queue_bytes; }
   // Called on the forwarder's thread when the queue falls under half its bound after Full().
@@ -82,6 +84,7 @@ class IntakeForwarder {
 
   const bus::Connection* connection_;
   const ForwarderOptions options_;
+  const uint64_t source_ = IntakeSource(options_.spool_id);
   jsCtx* js_;  // ours, for the asynchronous publishing handlers
   std::function<void(uint64_t)> on_forwarded_;
 

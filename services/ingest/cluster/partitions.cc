@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 
 namespace devbridge::ingest::cluster {
@@ -40,6 +41,8 @@ std::string NodeLease(absl::string_view node_id) {
 
 namespace {
 
+constexpr size_t kFixed = 8 + 8 + 8 + 8 + 2 + 1;  // after the topic: taken at, source, seq, session, packet id, flags
+
 void PutU64(std::string* out, uint64_t v) {
   for (int i = 0; i < 8; ++i) out->push_back(static_cast<char>((v >> (8 * i)) & 0xff));
 }
@@ -54,13 +57,17 @@ uint64_t GetU64(absl::string_view data, size_t at) {
 std::string EncodeIntake(const IntakeMessage& m) {
   const size_t topic_length = std::min<size_t>(m.topic.size(), 0xffff);
   std::string out;
-  out.reserve(2 + topic_length + 24 + m.payload.size());
+  out.reserve(2 + topic_length + kFixed + m.payload.size());
   out.push_back(static_cast<char>(topic_length & 0xff));
   out.push_back(static_cast<char>(topic_length >> 8));
   out.append(m.topic.data(), topic_length);
   PutU64(&out, static_cast<uint64_t>(absl::ToUnixMicros(m.taken_at)));
   PutU64(&out, m.source);
   PutU64(&out, m.seq);
+  PutU64(&out, m.session);
+  out.push_back(static_cast<char>(m.packet_id & 0xff));
+  out.push_back(static_cast<char>(m.packet_id >> 8));
+  out.push_back(m.dup ? 1 : 0);
   out.append(m.payload.data(), m.payload.size());
   return out;
 }
@@ -69,12 +76,16 @@ bool DecodeIntake(absl::string_view data, IntakeMessage* m) {
   if (data.size() < 2) return false;
   const size_t topic_length = static_cast<uint8_t>(data[0]) | (size_t{static_cast<uint8_t>(data[1])} << 8);
   const size_t fixed = 2 + topic_length;
-  if (data.size() < fixed + 24) return false;
+  if (data.size() < fixed + kFixed) return false;
   m->topic = data.substr(2, topic_length);
   m->taken_at = absl::FromUnixMicros(static_cast<int64_t>(GetU64(data, fixed)));
   m->source = GetU64(data, fixed + 8);
   m->seq = GetU64(data, fixed + 16);
-  m->payload = data.substr(fixed + 24);
+  m->session = GetU64(data, fixed + 24);
+  m->packet_id = static_cast<uint16_t>(static_cast<uint8_t>(data[fixed + 32]) |
+                                       (static_cast<uint8_t>(data[fixed + 33]) << 8));
+  m->dup = (static_cast<uint8_t>(data[fixed + 34]) & 1) != 0;
+  m->payload = data.substr(fixed + kFixed);
   return true;
 }
 
@@ -87,14 +98,34 @@ uint64_t IntakeSource(absl::string_view spool_id) {
   return hash;
 }
 
-bool IntakeWindow::Offer(uint64_t source, uint64_t seq) {
-  if (seq == 0) return true;
-  if (!seen_.insert({source, seq}).second) return false;
-  order_.emplace_back(source, seq);
-  if (order_.size() > capacity_) {
-    seen_.erase(order_.front());
-    order_.pop_front();
+bool IntakeWindow::Offer(const IntakeMessage& m) {
+  if (m.seq != 0) {
+    if (!seen_.insert({m.source, m.seq}).second) return false;
+    order_.emplace_back(m.source, m.seq);
+    if (order_.size() > capacity_) {
+      seen_.erase(order_.front());
+      order_.pop_front();
+    }
   }
+  if (m.session == 0 || m.packet_id == 0) return true;
+  const uint64_t fingerprint = absl::Hash<std::pair<absl::string_view, absl::string_view>>{}({m.topic, m.payload}) | 1;
+  auto [it, inserted] = packets_.try_emplace({m.session, m.packet_id}, Packet{fingerprint, m.dup});
+  if (inserted) {
+    packet_order_.emplace_back(m.session, m.packet_id);
+    if (packet_order_.size() > packets_capacity_) {
+      packets_.erase(packet_order_.front());
+      packet_order_.pop_front();
+    }
+    return true;
+  }
+  Packet& last = it->second;
+  if (last.fingerprint == fingerprint && (m.dup || last.dup)) {
+    // The second copy. A DUP copy seen first waited for its original; that is this one, so
+    // what follows under this packet id is judged afresh.
+    if (!m.dup) last.dup = false;
+    return false;
+  }
+  last = Packet{fingerprint, m.dup};
   return true;
 }
 

@@ -38,7 +38,8 @@ TEST(NodeLease, KeepsOnlyCharactersAKeyMayHold) {
 TEST(Intake, RoundTripsTopicPayloadTimeAndOrigin) {
   const absl::Time at = absl::FromUnixMicros(1764000000123456);
   const std::string payload("\x01\x03\x00\xff", 4);
-  const std::string data = EncodeIntake({"devices/m/data", payload, at, IntakeSource("ab12"), 77});
+  const std::string data =
+      EncodeIntake({"devices/m/data", payload, at, IntakeSource("ab12"), 77, IntakeSource("ingest-2"), 65535, true});
   IntakeMessage got;
   ASSERT_TRUE(DecodeIntake(data, &got));
   EXPECT_EQ(got.topic, "devices/m/data");
@@ -47,6 +48,9 @@ TEST(Intake, RoundTripsTopicPayloadTimeAndOrigin) {
   EXPECT_EQ(got.source, IntakeSource("ab12"));
   EXPECT_NE(got.source, IntakeSource("ab13"));
   EXPECT_EQ(got.seq, 77u);
+  EXPECT_EQ(got.session, IntakeSource("ingest-2"));
+  EXPECT_EQ(got.packet_id, 65535);
+  EXPECT_TRUE(got.dup);
 }
 
 TEST(Intake, RefusesDataShorterThanItsLengths) {
@@ -59,16 +63,65 @@ TEST(Intake, RefusesDataShorterThanItsLengths) {
   EXPECT_EQ(got.payload, "");
 }
 
+IntakeMessage Origin(uint64_t source, uint64_t seq) {
+  IntakeMessage m;
+  m.topic = "devices/m/data";
+  m.source = source;
+  m.seq = seq;
+  return m;
+}
+
+IntakeMessage Delivered(uint64_t source, uint64_t seq, uint16_t packet_id, bool dup, absl::string_view payload,
+                        uint64_t session = 7) {
+  IntakeMessage m = Origin(source, seq);
+  m.payload = payload;
+  m.session = session;
+  m.packet_id = packet_id;
+  m.dup = dup;
+  return m;
+}
+
 TEST(IntakeWindow, DropsACopyWithinTheWindowOnly) {
   IntakeWindow window(3);
-  EXPECT_TRUE(window.Offer(1, 10));
-  EXPECT_TRUE(window.Offer(2, 10));  // another replica's position 10
-  EXPECT_FALSE(window.Offer(1, 10));
-  EXPECT_TRUE(window.Offer(1, 0));   // no origin: never a copy
-  EXPECT_TRUE(window.Offer(1, 0));
-  EXPECT_TRUE(window.Offer(1, 11));
-  EXPECT_TRUE(window.Offer(1, 12));  // (1, 10) leaves the window
-  EXPECT_TRUE(window.Offer(1, 10));
+  EXPECT_TRUE(window.Offer(Origin(1, 10)));
+  EXPECT_TRUE(window.Offer(Origin(2, 10)));  // another replica's position 10
+  EXPECT_FALSE(window.Offer(Origin(1, 10)));
+  EXPECT_TRUE(window.Offer(Origin(1, 0)));   // no origin: never a copy
+  EXPECT_TRUE(window.Offer(Origin(1, 0)));
+  EXPECT_TRUE(window.Offer(Origin(1, 11)));
+  EXPECT_TRUE(window.Offer(Origin(1, 12)));  // (1, 10) leaves the window
+  EXPECT_TRUE(window.Offer(Origin(1, 10)));
+}
+
+TEST(IntakeWindow, DropsABrokerRedeliveryTakenByAnotherReplicaInEitherOrder) {
+  IntakeWindow window;
+  // Replica 1 took packet 5; the broker resent it, DUP, to replica 2, which adopted the session.
+  EXPECT_TRUE(window.Offer(Delivered(1, 100, 5, false, "a")));
+  EXPECT_FALSE(window.Offer(Delivered(2, 40, 5, true, "a")));
+  // The other order: replica 2's DUP copy first, replica 1's original when it comes back.
+  EXPECT_TRUE(window.Offer(Delivered(2, 41, 6, true, "b")));
+  EXPECT_FALSE(window.Offer(Delivered(1, 101, 6, false, "b")));
+  // Then packet id 6 is free again: a new message with the same payload is taken.
+  EXPECT_TRUE(window.Offer(Delivered(1, 102, 6, false, "b")));
+}
+
+TEST(IntakeWindow, KeepsEqualPayloadsThatAreNotRedeliveries) {
+  IntakeWindow window;
+  EXPECT_TRUE(window.Offer(Delivered(1, 1, 9, false, "same")));
+  EXPECT_TRUE(window.Offer(Delivered(1, 2, 9, false, "same"))) << "packet id reused: a new message";
+  EXPECT_TRUE(window.Offer(Delivered(1, 3, 10, true, "other"))) << "DUP, but nothing seen under its packet id";
+  EXPECT_TRUE(window.Offer(Delivered(1, 4, 9, true, "changed"))) << "DUP of another message";
+  EXPECT_TRUE(window.Offer(Delivered(1, 5, 9, true, "same", /*session=*/8))) << "another session's packet 9";
+  EXPECT_TRUE(window.Offer(Delivered(1, 6, 0, true, "same"))) << "QoS 0";
+}
+
+TEST(IntakeWindow, ForgetsTheOldestPacketsPastItsCapacity) {
+  IntakeWindow window(100, /*packets=*/2);
+  EXPECT_TRUE(window.Offer(Delivered(1, 1, 1, false, "a")));
+  EXPECT_TRUE(window.Offer(Delivered(1, 2, 2, false, "a")));
+  EXPECT_TRUE(window.Offer(Delivered(1, 3, 3, false, "a")));  // packet 1 leaves
+  EXPECT_TRUE(window.Offer(Delivered(2, 1, 1, true, "a")));
+  EXPECT_FALSE(window.Offer(Delivered(2, 2, 3, true, "a")));
 }
 
 TEST(PlanLeases, ALoneReplicaTakesEverythingFree) {

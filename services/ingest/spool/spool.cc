@@ -25,8 +25,11 @@ namespace {
 
 constexpr size_t kHeader = 8;                      // body length (and format flag), CRC
 constexpr uint32_t kHasPacketId = 0x80000000u;     // length's top bit: the body carries a packet id
+constexpr uint32_t kHasOrigin = 0x40000000u;       // and the next: then also the DUP flag and the session
+constexpr uint32_t kFlags = kHasPacketId | kHasOrigin;
 constexpr size_t kBodyFixedV1 = 8 + 8 + 2;         // seq, taken at, topic length
-constexpr size_t kBodyFixed = 8 + 8 + 2 + 2;       // seq, taken at, packet id, topic length
+constexpr size_t kBodyFixedV2 = 8 + 8 + 2 + 2;     // seq, taken at, packet id, topic length
+constexpr size_t kBodyFixed = 8 + 8 + 2 + 1 + 8 + 2;  // seq, taken at, packet id, dup, session, topic length
 constexpr size_t kMaxBody = size_t{64} << 20;      // larger is a torn or corrupt length
 constexpr size_t kReadChunk = size_t{256} << 10;
 
@@ -59,8 +62,9 @@ std::optional<size_t> ParseRecord(const char* p, size_t n, SpooledMessage* out) 
   if (n < kHeader) return 0;
   const uint32_t length = static_cast<uint32_t>(GetLE(p, 4));
   const bool has_packet_id = (length & kHasPacketId) != 0;
-  const size_t body = length & ~kHasPacketId;
-  const size_t fixed = has_packet_id ? kBodyFixed : kBodyFixedV1;
+  const bool has_origin = has_packet_id && (length & kHasOrigin) != 0;
+  const size_t body = length & ~kFlags;
+  const size_t fixed = has_origin ? kBodyFixed : has_packet_id ? kBodyFixedV2 : kBodyFixedV1;
   if (body < fixed || body > kMaxBody) return std::nullopt;
   if (n < kHeader + body) return 0;
   const char* b = p + kHeader;
@@ -71,6 +75,8 @@ std::optional<size_t> ParseRecord(const char* p, size_t n, SpooledMessage* out) 
     out->seq = GetLE(b, 8);
     out->taken_at = absl::FromUnixMicros(static_cast<int64_t>(GetLE(b + 8, 8)));
     out->packet_id = has_packet_id ? static_cast<uint16_t>(GetLE(b + 16, 2)) : 0;
+    out->dup = has_origin && b[18] != 0;
+    out->session = has_origin ? GetLE(b + 19, 8) : 0;
     out->topic.assign(b + fixed, topic_len);
     out->payload.assign(b + fixed + topic_len, body - fixed - topic_len);
   }
@@ -260,7 +266,7 @@ absl::Status Spool::Rotate() {
 }
 
 absl::StatusOr<uint64_t> Spool::Append(absl::string_view topic, absl::string_view payload, absl::Time taken_at,
-                                       uint16_t packet_id) {
+                                       uint16_t packet_id, bool dup, uint64_t session) {
   if (kBodyFixed + std::min<size_t>(topic.size(), 0xffff) + payload.size() > kMaxBody) {
     // Larger than a record may be (the reader would take it for a corrupt length). Such a
     // message is refused by the core anyway; it stays in memory only.
@@ -284,12 +290,14 @@ absl::StatusOr<uint64_t> Spool::Append(absl::string_view topic, absl::string_vie
   PutU64(record_, seq);
   PutU64(record_, static_cast<uint64_t>(absl::ToUnixMicros(taken_at)));
   PutU16(record_, packet_id);
+  record_.push_back(dup ? 1 : 0);
+  PutU64(record_, session);
   PutU16(record_, static_cast<uint16_t>(topic_len));
   record_.append(topic.data(), topic_len);
   record_.append(payload.data(), payload.size());
   const size_t body = record_.size() - kHeader;
   std::string head;
-  PutU32(head, static_cast<uint32_t>(body) | kHasPacketId);
+  PutU32(head, static_cast<uint32_t>(body) | kFlags);
   PutU32(head, Crc(record_.data() + kHeader, body));
   record_.replace(0, kHeader, head);
 
@@ -459,7 +467,7 @@ absl::StatusOr<uint64_t> Spool::Read(uint64_t from, size_t max, std::vector<Spoo
     if (n <= 0) return Errno("cannot read", SegmentPath(segment));
     if (static_cast<size_t>(n) >= kHeader) {
       // A record larger than one chunk: read it whole.
-      const size_t need = kHeader + (GetLE(read_buffer_.data(), 4) & ~kHasPacketId);
+      const size_t need = kHeader + (GetLE(read_buffer_.data(), 4) & ~kFlags);
       if (need > static_cast<size_t>(n) && need <= readable - cursor_.offset) {
         read_buffer_.resize(need);
         n = ::pread(cursor_.fd, read_buffer_.data(), need, static_cast<off_t>(cursor_.offset));

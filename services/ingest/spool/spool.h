@@ -11,12 +11,12 @@
 // `DIR/spool.lock` (flock: one ingest per folder) and segment files `DIR/<first seq>.seg`,
 // each a run of records
 //
-//   u32 body length, top bit set | u32 CRC-32 of body | body: u64 seq | i64 taken at (µs
-//   since the epoch) | u16 MQTT packet id | u16 topic length | topic | payload
-//                                                                   (integers little-endian)
+//   u32 body length, top two bits set | u32 CRC-32 of body | body: u64 seq | i64 taken at (µs
+//   since the epoch) | u16 MQTT packet id | u8 DUP flag | u64 session | u16 topic length |
+//   topic | payload                                                 (integers little-endian)
 //
-// (Records written before packet ids were kept have the top bit clear and no packet id; they
-// are read as packet id 0.) Sequence numbers grow by one per message across segments and
+// (Older records have only the top bit set and no DUP flag or session, or neither bit and no
+// packet id either; they read as 0.) Sequence numbers grow by one per message across segments and
 // restarts. The newest two segments are never deleted: the newest's name keeps the numbering
 // going even when it is empty, and together they hold the last messages taken with their
 // packet ids, so that after a restart the broker's redeliveries of messages this spool holds
@@ -56,6 +56,8 @@ struct SpooledMessage {
   uint64_t seq = 0;
   absl::Time taken_at;
   uint16_t packet_id = 0;  // the MQTT packet id it came with; 0: QoS 0, or not recorded
+  bool dup = false;        // it came flagged DUP (the broker sent it again)
+  uint64_t session = 0;    // the MQTT session that took it, as its user names it; 0: not recorded
   std::string topic;
   std::string payload;
 };
@@ -73,7 +75,8 @@ class Spool {
   // (disk full, I/O) leaves the spool as it was. Always appends, even when Full(): the
   // caller pauses intake, but what was already on its way must be kept.
   absl::StatusOr<uint64_t> Append(absl::string_view topic, absl::string_view payload, absl::Time taken_at,
-                                  uint16_t packet_id = 0) ABSL_LOCKS_EXCLUDED(mu_);
+                                  uint16_t packet_id = 0, bool dup = false, uint64_t session = 0)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Call after Append(), outside any lock of the caller's: fsyncs now when sync_interval is
   // zero, else wakes the syncer, which fsyncs within sync_interval.
   void AfterAppend() ABSL_LOCKS_EXCLUDED(mu_, sync_mu_);

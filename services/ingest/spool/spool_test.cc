@@ -174,41 +174,58 @@ TEST_F(SpoolTest, CorruptRecordInAnOlderSegmentIsSkippedAndCounted) {
   EXPECT_THAT(Metrics(), ::testing::HasSubstr("devbridge_ingest_spool_corrupt_total 1"));
 }
 
-TEST_F(SpoolTest, PacketIdsAreKeptAndOldRecordsWithoutThemStillRead) {
-  // A segment as the first spool format wrote it: no packet id, the length's top bit clear.
-  std::string body;
-  auto put = [&body](uint64_t v, int bytes) {
-    for (int i = 0; i < bytes; ++i) body.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+TEST_F(SpoolTest, OriginsAreKeptAndOlderRecordFormatsStillRead) {
+  // Two records as earlier spool formats wrote them: the first had no packet id (the length's
+  // top bit clear), the second a packet id but no DUP flag or session (only the top bit set).
+  std::string segment;
+  auto record = [&segment](uint64_t seq, bool with_packet_id, absl::string_view topic) {
+    std::string body;
+    auto put = [&body](uint64_t v, int bytes) {
+      for (int i = 0; i < bytes; ++i) body.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+    };
+    put(seq, 8);
+    put(1700000000000000, 8);  // taken at, µs
+    if (with_packet_id) put(777, 2);
+    put(topic.size(), 2);
+    body.append(topic.data(), topic.size());
+    body += "payload";
+    const uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(body.data()),
+                                                     static_cast<uInt>(body.size())));
+    const uint64_t length = body.size() | (with_packet_id ? 0x80000000u : 0);
+    for (uint64_t v : {length, static_cast<uint64_t>(crc)}) {
+      for (int i = 0; i < 4; ++i) segment.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+    }
+    segment += body;
   };
-  put(1, 8);                 // seq
-  put(1700000000000000, 8);  // taken at, µs
-  put(5, 2);                 // topic length
-  body += "t/old";
-  body += "payload";
-  std::string record;
-  const uint32_t crc = static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(body.data()),
-                                                   static_cast<uInt>(body.size())));
-  for (uint64_t v : {static_cast<uint64_t>(body.size()), static_cast<uint64_t>(crc)}) {
-    for (int i = 0; i < 4; ++i) record.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
-  }
-  record += body;
-  std::ofstream(absl::StrCat(dir_, "/00000000000000000001.seg"), std::ios::binary) << record;
+  record(1, false, "t/v1");
+  record(2, true, "t/v2");
+  std::ofstream(absl::StrCat(dir_, "/00000000000000000001.seg"), std::ios::binary) << segment;
 
   auto spool = Open();
-  ASSERT_EQ(spool->next_seq(), 2u) << "the old record is whole";
-  ASSERT_TRUE(spool->Append("t/new", "p", absl::Now(), 4242).ok());
+  ASSERT_EQ(spool->next_seq(), 3u) << "the old records are whole";
+  ASSERT_TRUE(spool->Append("t/new", "p", absl::Now(), 4242, /*dup=*/true, /*session=*/0xfeedface12345678).ok());
   ASSERT_TRUE(spool->Append("t/qos0", "p", absl::Now()).ok());
   std::vector<SpooledMessage> all = ReadAll(*spool, 1);
-  ASSERT_THAT(all, SizeIs(3));
-  EXPECT_EQ(all[0].topic, "t/old");
+  ASSERT_THAT(all, SizeIs(4));
+  EXPECT_EQ(all[0].topic, "t/v1");
   EXPECT_EQ(all[0].payload, "payload");
   EXPECT_EQ(all[0].packet_id, 0);
   EXPECT_EQ(all[0].taken_at, absl::FromUnixMicros(1700000000000000));
-  EXPECT_EQ(all[1].topic, "t/new");
-  EXPECT_EQ(all[1].packet_id, 4242);
-  EXPECT_EQ(all[2].packet_id, 0);
+  EXPECT_EQ(all[1].topic, "t/v2");
+  EXPECT_EQ(all[1].payload, "payload");
+  EXPECT_EQ(all[1].packet_id, 777);
+  EXPECT_FALSE(all[1].dup);
+  EXPECT_EQ(all[1].session, 0u);
+  EXPECT_EQ(all[2].topic, "t/new");
+  EXPECT_EQ(all[2].packet_id, 4242);
+  EXPECT_TRUE(all[2].dup);
+  EXPECT_EQ(all[2].session, 0xfeedface12345678u);
+  EXPECT_EQ(all[3].packet_id, 0);
+  EXPECT_FALSE(all[3].dup);
   spool.reset();
-  EXPECT_EQ(ReadAll(*Open(), 2)[0].packet_id, 4242) << "and after a restart";
+  const SpooledMessage again = ReadAll(*Open(), 3)[0];
+  EXPECT_EQ(again.packet_id, 4242) << "and after a restart";
+  EXPECT_EQ(again.session, 0xfeedface12345678u);
 }
 
 TEST_F(SpoolTest, CommittedDeletesWhollyCoveredSegmentsOnly) {
