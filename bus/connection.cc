@@ -7,6 +7,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 
 namespace devbridge::bus {
 
@@ -103,7 +104,7 @@ bool Connection::connected() const {
   return natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED;
 }
 
-absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec) {
+absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec, absl::Duration patience) {
   jsStreamConfig cfg;
   jsStreamConfig_Init(&cfg);
   cfg.Name = spec.name.c_str();
@@ -115,19 +116,25 @@ absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec) 
   cfg.Replicas = spec.replicas;
   cfg.MaxAge = absl::ToInt64Nanoseconds(spec.max_age);
   cfg.MaxBytes = spec.max_bytes;
-  jsErrCode code = static_cast<jsErrCode>(0);
-  jsStreamInfo* info = nullptr;
-  natsStatus s = js_AddStream(&info, connection.js(), &cfg, nullptr, &code);
-  jsStreamInfo_Destroy(info);
-  if (s == NATS_OK || code == JSStreamNameExistErr) return absl::OkStatus();
-  // Another process created it a moment ago, with a different but compatible config.
-  if (code != 0) {
+  const absl::Time deadline = absl::Now() + patience;
+  for (;;) {
+    jsErrCode code = static_cast<jsErrCode>(0);
+    jsStreamInfo* info = nullptr;
+    natsStatus s = js_AddStream(&info, connection.js(), &cfg, nullptr, &code);
+    jsStreamInfo_Destroy(info);
+    if (s == NATS_OK || code == JSStreamNameExistErr) return absl::OkStatus();
+    // Another process created it a moment ago, with a different but compatible config; or our
+    // own creation went on after its answer timed out.
     info = nullptr;
-    natsStatus get = js_GetStreamInfo(&info, connection.js(), spec.name.c_str(), nullptr, nullptr);
+    const natsStatus get = js_GetStreamInfo(&info, connection.js(), spec.name.c_str(), nullptr, nullptr);
     jsStreamInfo_Destroy(info);
     if (get == NATS_OK) return absl::OkStatus();
+    const bool transient = code == 0 && (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS);
+    if (!transient || absl::Now() + absl::Seconds(1) > deadline) {
+      return FromNats(s, absl::StrCat("creating stream ", spec.name), code);
+    }
+    absl::SleepFor(absl::Seconds(1));
   }
-  return FromNats(s, absl::StrCat("creating stream ", spec.name), code);
 }
 
 absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::string& name) {

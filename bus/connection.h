@@ -74,8 +74,11 @@ struct StreamSpec {
 };
 
 // Creates the stream, or leaves it as it is when one of that name exists. Safe when several
-// processes do it at once.
-absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec);
+// processes do it at once. A replicated stream's creation can outlast a request's timeout
+// (its servers elect a leader first, slowly on a busy machine), and JetStream may not answer
+// at all for a moment after a server's start: both are tried again, for up to `patience`.
+absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec,
+                          absl::Duration patience = absl::Seconds(60));
 
 // The newest sequence number of stream `name` (0 when it is empty).
 absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::string& name);

@@ -415,6 +415,30 @@ TEST_F(PushTest, DashboardReadsDevicesAndReadingsThroughEitherReplica) {
   EXPECT_EQ(status, 405);
 }
 
+// `--ingest_addr` lists several ingest replicas by name (docker-compose's `ingest-1:7070,
+// ingest-2:7070`): a replica that does not answer is passed over, whatever its place.
+TEST_F(PushTest, IngestAddressListTakesNamesAndPassesOverADeadReplica) {
+  StartIngest();
+  const std::string dead = absl::StrCat("127.0.0.1:", FreePort());
+  const std::string live = absl::StrCat("localhost:", app_->grpc_port());
+  for (const std::string& list : {dead + "," + live, live + ", " + dead}) {
+    auto push = StartPush("node-list", [&](push::PushOptions& o) { o.ingest_addr = list; });
+    ASSERT_NE(push, nullptr) << list;
+    int status = 0;
+    for (int i = 0; i < 5; ++i) {
+      Json devices;
+      EXPECT_TRUE(WaitFor([&] {
+        devices = Json::parse(HttpRequest(push->port(), "GET", "/api/devices", {}, "", &status), nullptr, false);
+        return status == 200;
+      })) << list << ": " << status << " " << devices;
+    }
+  }
+  push::PushOptions o;
+  o.ingest_addr = " , ";
+  o.node_id = "node-none";
+  EXPECT_FALSE(push::App::Create(o).ok()) << "an --ingest_addr without an address";
+}
+
 TEST_P(PushModeTest, RecoveryAfterReconnectOnAnotherReplica) {
   StartCluster();
   auto first = WsClient::Connect(a_->port(), "systemId=fleet&clientId=r1&groups=ops");

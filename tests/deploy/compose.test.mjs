@@ -12,6 +12,11 @@
 //   6. the TLS overlay (deploy/make-certs): `wss://` through nginx, checked against the web
 //      certificate, with device data that came over `mqtts://` and gRPC over mutual TLS;
 //   7. `down -v`: no container, network or volume of the project is left.
+// Then the profile `cluster` in a project of its own: 3 nats-server, 2 ingest replicas sharing
+// the fleet, 3 push replicas on the bus behind nginx and the simulator: every service healthy,
+// the devices online through nginx with each ingest replica holding 8 of the 16 partitions,
+// data on the fleet stream and a command round trip; a kill -9 of one ingest replica, after
+// which data comes again from every device, without the viewer disconnected; `down -v`.
 // Docker's output goes to a log file (printed at the end on failure); each step prints one line.
 // DEVBRIDGE_DEPLOY_KEEP=1 leaves the project up after a failure, to look at it.
 import assert from 'node:assert/strict';
@@ -55,15 +60,19 @@ const ports = {
   DEVBRIDGE_HTTPS_PORT: await freePort(),
   DEVBRIDGE_MQTT_PORT: await freePort(),
   DEVBRIDGE_MQTTS_PORT: await freePort(),
+  DEVBRIDGE_CLUSTER_HTTP_PORT: await freePort(),
 };
 const env = { ...process.env, ...Object.fromEntries(Object.entries(ports).map(([k, v]) => [k, String(v)])) };
 const base = `http://127.0.0.1:${ports.DEVBRIDGE_HTTP_PORT}`;
+const clusterBase = `http://127.0.0.1:${ports.DEVBRIDGE_CLUSTER_HTTP_PORT}`;
+const CLUSTER_PROJECT = `${PROJECT}-cluster`;
 
-// docker-compose on this project, its output appended to the log; returns how long it took.
-function compose(args, overlay = []) {
+// docker-compose on this project (or `project`, with `profile`), its output appended to the
+// log; returns how long it took.
+function compose(args, overlay = [], { project = PROJECT, profile = 'sim' } = {}) {
   const started = Date.now();
-  const r = spawnSync('docker-compose', ['-p', PROJECT, '-f', join(DEPLOY, 'docker-compose.yml'), ...overlay,
-    '--profile', 'sim', ...args], { env, stdio: ['ignore', logFd, logFd] });
+  const r = spawnSync('docker-compose', ['-p', project, '-f', join(DEPLOY, 'docker-compose.yml'), ...overlay,
+    '--profile', profile, ...args], { env, stdio: ['ignore', logFd, logFd] });
   assert.equal(r.status, 0, `docker-compose ${args.join(' ')} failed (log: ${logFile})`);
   return (Date.now() - started) / 1000;
 }
@@ -82,14 +91,14 @@ function engine(path) {
 }
 
 // The project's containers (running or not), volumes or networks.
-const ofProject = (kind) =>
+const ofProject = (kind, project = PROJECT) =>
   engine(`/${kind === 'containers' ? 'containers/json?all=true&' : `${kind}?`}filters=${encodeURIComponent(
-    JSON.stringify({ label: [`com.docker.compose.project=${PROJECT}`] }))}`);
+    JSON.stringify({ label: [`com.docker.compose.project=${project}`] }))}`);
 
 // service → [state of each container]: its health where it has a check, else running/exited.
-async function states() {
+async function states(project = PROJECT) {
   const out = {};
-  for (const c of await ofProject('containers')) {
+  for (const c of await ofProject('containers', project)) {
     const info = await engine(`/containers/${c.Id}/json`);
     const service = c.Labels['com.docker.compose.service'];
     const state = info.State.Running ? (info.State.Health?.Status || 'running') : info.State.Status;
@@ -120,18 +129,23 @@ async function waitFor(what, fn, ms) {
 
 // Every service up: healthy where it has a health check, `replicas` containers of push.
 function waitHealthy(replicas = 1) {
-  const expected = { mosquitto: 1, postgres: 1, ingest: 1, push: replicas, nginx: 1, sim: 1, 'sim-slaves': 1 };
+  return waitServices({ mosquitto: 1, postgres: 1, ingest: 1, push: replicas, nginx: 1, sim: 1, 'sim-slaves': 1 },
+    `${replicas} push`);
+}
+
+// `expected` (service → containers) up in `project`: healthy, or running for the simulators.
+function waitServices(expected, what, project = PROJECT) {
   const up = (name, state) => state === 'healthy' || (state === 'running' && name.startsWith('sim'));
-  return waitFor(`every service healthy (${replicas} push)`, async () => {
-    const s = await states();
+  return waitFor(`every service healthy (${what})`, async () => {
+    const s = await states(project);
     const ready = Object.entries(expected).every(([name, n]) => (s[name] ?? []).length === n && s[name].every((st) => up(name, st)));
     if (!ready) throw new Error(JSON.stringify(s));  // waitFor reports the last one
     return s;
   }, 240_000);
 }
 
-async function getJson(path) {
-  const res = await fetch(new URL(path, base));
+async function getJson(path, from = base) {
+  const res = await fetch(new URL(path, from));
   assert.equal(res.status, 200, `${path}: HTTP ${res.status}`);
   return (await res.json()).data;
 }
@@ -292,6 +306,79 @@ test('docker-compose: build, run, scale, restart, keep data, TLS, remove', { tim
       spawnSync('docker-compose', ['-p', PROJECT, '-f', join(DEPLOY, 'docker-compose.yml'), '--profile', 'sim',
         'logs', '--no-color', '--tail=30'], { env, stdio: 'inherit' });
       if (process.env.DEVBRIDGE_DEPLOY_KEEP !== '1') compose(['down', '-v'], TLS);
+    }
+  }
+});
+
+test('docker-compose --profile cluster: NATS, 2 ingest, 3 push, a kill -9 of an ingest replica', { timeout: 3_600_000 }, async () => {
+  const opts = { project: CLUSTER_PROJECT, profile: 'cluster' };
+  const cluster = (args) => compose(args, [], opts);
+  const expected = { 'nats-1': 1, 'nats-2': 1, 'nats-3': 1, 'mosquitto-cluster': 1, 'postgres-cluster': 1,
+    'ingest-1': 1, 'ingest-2': 1, 'push-1': 1, 'push-2': 1, 'push-3': 1, 'nginx-cluster': 1, 'sim-cluster': 1 };
+  // A replica's gauge, read inside its container (ingest's HTTP port is not published).
+  const gauge = (service, name) => {
+    const r = spawnSync('docker-compose', ['-p', CLUSTER_PROJECT, '-f', join(DEPLOY, 'docker-compose.yml'),
+      '--profile', 'cluster', 'exec', '-T', service, 'curl', '-fsS', 'http://127.0.0.1:9090/metrics'],
+    { env, encoding: 'utf8' });
+    const m = r.stdout?.match(new RegExp(`^${name} (\\S+)$`, 'm'));
+    return m ? Number(m[1]) : undefined;
+  };
+  let viewer;
+  let ok = false;
+  try {
+    cluster(['down', '-v', '--remove-orphans']);
+    say(`cluster images built in ${cluster(['build']).toFixed(0)} s`);
+    cluster(['up', '-d', 'nginx-cluster', 'sim-cluster']);
+    const s = await waitServices(expected, 'cluster profile', CLUSTER_PROJECT);
+    say(`every service of the cluster profile healthy: ${Object.keys(s).join(', ')}`);
+
+    const devices = await waitFor(`${SIM_DEVICES} devices online through nginx-cluster`, async () => {
+      const online = (await getJson('/api/devices', clusterBase)).devices.filter((d) => d.online);
+      return online.length === SIM_DEVICES && online;
+    }, 90_000);
+    const held = await waitFor('8 of the 16 partitions on each ingest replica', () => {
+      const h = ['ingest-1', 'ingest-2'].map((r) => gauge(r, 'devbridge_ingest_partitions_held'));
+      return h[0] === 8 && h[1] === 8 && h;
+    }, 60_000);
+    say(`${devices.length} devices online; partitions held ${held.join(' + ')}`);
+
+    viewer = await new Client('fleet', 'cluster-viewer', clusterBase.replace(/^http/, 'ws')).connect();
+    await waitFor(`device.data from all ${SIM_DEVICES} devices`, () => dataDevices(viewer).size === SIM_DEVICES, 60_000);
+    viewer.send({ action: 'command', requestId: 'cluster-1', deviceId: 'sim-0001', function: 3, address: 0, count: 2 });
+    const result = await waitFor('command.result for cluster-1', () =>
+      viewer.of('command.result').find((f) => f.data.requestId === 'cluster-1'), 30_000);
+    assert.equal(result.code, 200, JSON.stringify(result));
+    say(`command round trip through the bus: ${result.data.latencyMs} ms`);
+
+    // kill -9 of one ingest replica: the other takes its partitions and its MQTT session.
+    const before = viewer.frames.length;
+    const killedAt = Date.now();
+    cluster(['kill', '-s', 'SIGKILL', 'ingest-1']);
+    await waitFor('ingest-2 holding all 16 partitions', () => gauge('ingest-2', 'devbridge_ingest_partitions_held') === 16,
+      60_000);
+    await waitFor('device.data from every device after the kill', () => dataDevices(viewer, before).size === SIM_DEVICES,
+      90_000);
+    say(`after kill -9 of ingest-1: data from all ${SIM_DEVICES} devices again within ` +
+      `${((Date.now() - killedAt) / 1000).toFixed(1)} s, viewer reconnects ${viewer.closes}`);
+    assert.equal(viewer.closes, 0, 'the viewer stays connected while an ingest replica dies');
+    assert.ok(!viewer.frames.slice(before).some((f) => f.type === 'error' && f.code === 410), 'no 410');
+    cluster(['start', 'ingest-1']);
+    await waitServices(expected, 'ingest-1 back', CLUSTER_PROJECT);
+    viewer.close();
+
+    cluster(['down', '-v']);
+    assert.deepEqual(await ofProject('containers', CLUSTER_PROJECT), []);
+    assert.deepEqual((await ofProject('volumes', CLUSTER_PROJECT)).Volumes ?? [], []);
+    say('cluster profile down -v: nothing left');
+    ok = true;
+  } finally {
+    viewer?.close();
+    if (!ok) {
+      console.log(`--- docker-compose output (${logFile}), last 80 lines:`);
+      console.log(readFileSync(logFile, 'utf8').split('\n').slice(-80).join('\n'));
+      spawnSync('docker-compose', ['-p', CLUSTER_PROJECT, '-f', join(DEPLOY, 'docker-compose.yml'), '--profile',
+        'cluster', 'logs', '--no-color', '--tail=30'], { env, stdio: 'inherit' });
+      if (process.env.DEVBRIDGE_DEPLOY_KEEP !== '1') cluster(['down', '-v']);
     }
   }
 });

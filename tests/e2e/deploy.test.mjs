@@ -21,10 +21,10 @@ function compose(...args) {
   return spawnSync('docker-compose', ['-f', join(DEPLOY, 'docker-compose.yml'), ...args], { encoding: 'utf8' });
 }
 
-// The compose file as docker-compose resolves it (with the `overlay` files after it), every
-// profile included, as JSON.
-function resolvedConfig(overlay = []) {
-  const yaml = compose(...overlay, '--profile', 'sim', 'config');
+// The compose file as docker-compose resolves it (with the `overlay` files after it), with
+// `profiles`, as JSON.
+function resolvedConfig(overlay = [], profiles = ['sim']) {
+  const yaml = compose(...overlay, ...profiles.flatMap((p) => ['--profile', p]), 'config');
   assert.equal(yaml.status, 0, yaml.stderr);
   const json = execFileSync('python3', ['-c', 'import json, sys, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))'],
     { input: yaml.stdout, encoding: 'utf8' });
@@ -57,8 +57,8 @@ function dockerfileStages() {
   return stages;
 }
 
-test('docker-compose accepts the compose file, with and without the sim profile', () => {
-  for (const args of [['config', '-q'], ['--profile', 'sim', 'config', '-q']]) {
+test('docker-compose accepts the compose file, with and without the sim and cluster profiles', () => {
+  for (const args of [['config', '-q'], ['--profile', 'sim', 'config', '-q'], ['--profile', 'cluster', 'config', '-q']]) {
     const r = compose(...args);
     assert.equal(r.status, 0, `docker-compose ${args.join(' ')}: ${r.stderr}`);
   }
@@ -70,10 +70,27 @@ test('docker-compose accepts the compose file, with and without the sim profile'
   assert.ok(!services.push.ports && !services.push.container_name, 'push can be scaled (--scale push=N)');
   assert.ok(services.postgres.volumes.some((v) => String(v).startsWith('pg-data:/var/lib/postgresql/data')), 'PostgreSQL data in a volume');
   assert.ok('pg-data' in volumes);
+
+  // The cluster profile: a second installation on a network of its own.
+  const cluster = resolvedConfig([], ['cluster']).services;
+  const added = Object.keys(cluster).filter((name) => !(name in services)).sort();
+  assert.deepEqual(added, ['ingest-1', 'ingest-2', 'mosquitto-cluster', 'nats-1', 'nats-2', 'nats-3', 'nginx-cluster',
+    'postgres-cluster', 'push-1', 'push-2', 'push-3', 'sim-cluster']);
+  for (const name of added) {
+    assert.deepEqual(cluster[name].profiles, ['cluster'], `${name} is in the cluster profile only`);
+    assert.deepEqual(Object.keys(cluster[name].networks), ['cluster'], `${name} is on the cluster network only`);
+  }
+  const ids = ['ingest-1', 'ingest-2'].map((n) => cluster[n].environment.DEVBRIDGE_MQTT_CLIENT_ID);
+  assert.equal(new Set(ids).size, 2, `each ingest replica has its own MQTT session: ${ids}`);
+  for (const n of ['push-1', 'push-2', 'push-3']) {
+    assert.deepEqual(cluster[n].networks.cluster.aliases, ['push'], `nginx-cluster finds ${n} as push`);
+    assert.match(cluster[n].environment.DEVBRIDGE_BUS, /^nats:\/\/nats-1:4222,/);
+  }
 });
 
 test('every DEVBRIDGE_ variable and flag in compose and the Dockerfile is one the binary accepts', () => {
   for (const overlay of [[], TLS_OVERLAY]) checkNames(resolvedConfig(overlay));
+  checkNames(resolvedConfig([], ['cluster']));
 });
 
 function checkNames(config) {

@@ -79,6 +79,9 @@ class IntakeWindow {
       : capacity_(capacity), packets_capacity_(packets) {}
   // True the first time the message is offered within the window; false for a copy.
   bool Offer(const IntakeMessage& message);
+  // What it remembers: at most `capacity` origins and `packets` packets.
+  size_t origins() const { return seen_.size(); }
+  size_t packets() const { return packets_.size(); }
 
  private:
   struct Packet {

@@ -159,7 +159,14 @@ void SessionAdopter::Run() {
   bool recorded = false;
   std::map<std::string, absl::Time> held_until;  // adopted client id → its lease's end
   int failures = 0;
+  // Since when every request of the rounds was answered. A replica's node lease lapses while
+  // the bus does not answer it, so right after an outage every lease looks dead: a session is
+  // adopted only once the bus has answered for a whole ttl, time enough for a live replica to
+  // renew its lease (else both replicas adopt each other's session and the broker bounces the
+  // client ids between them).
+  absl::Time answered_since = absl::Now();
   auto warn = [&](const absl::Status& status) {
+    answered_since = absl::Now();
     if (failures++ % 10 == 0) log->warn("session adoption: {}; retrying", status.message());
   };
   while (true) {
@@ -210,9 +217,13 @@ void SessionAdopter::Run() {
           (void)leases->Release(adopt, self);
           continue;
         }
+        if (!adopted && absl::Now() - answered_since < options_.ttl) continue;
         const absl::Time sent = absl::Now();
         absl::StatusOr<bool> held = leases->Hold(adopt, self);
-        if (!held.ok()) continue;  // let go below if this goes on past its lease
+        if (!held.ok()) {
+          answered_since = absl::Now();
+          continue;  // let go below if this goes on past its lease
+        }
         if (!*held) {
           if (adopted) {
             Drop(id, "another replica holds its lease");

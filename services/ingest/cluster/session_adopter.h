@@ -11,6 +11,9 @@
 // message with the session's IntakeSource, so the partitions' owners can tell a redelivery
 // the dead replica had spooled (IntakeWindow).
 //
+// A replica's node lease also lapses while the bus does not answer it, so a session is
+// adopted only after the bus has answered this adopter's every request for a whole ttl.
+//
 // When the dead replica's node lease is live again, the adopter disconnects and gives the
 // lease back. The broker closes the older of two connections under one client id, so an
 // adopted session's client never connects again by itself: the replica coming back closes it

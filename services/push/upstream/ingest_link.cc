@@ -3,6 +3,9 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
 #include "common/tsan.h"
@@ -28,17 +31,21 @@ IngestLink::IngestLink(LinkOptions options, Poster post,
   args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, 1000);
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
       grpcutil::ChannelCredentials(options_.security);
-  // Several ingest replicas (`a:7070,b:7070`, ingest --partitions): one channel over all of
-  // them, kept on one until it fails (gRPC's pick_first); any replica takes any command.
-  std::string target = options_.ingest_addr;
-  if (target.find(',') != std::string::npos && target.find("://") == std::string::npos &&
-      target.rfind("ipv4:", 0) != 0) {
-    args.SetString(GRPC_ARG_DEFAULT_AUTHORITY, target.substr(0, target.find(',')));  // what TLS checks
-    target = "ipv4:" + target;
+  // Several ingest replicas (`a:7070,b:7070`, ingest --partitions): a channel for each.
+  for (absl::string_view address : absl::StrSplit(options_.ingest_addr, ',', absl::SkipWhitespace())) {
+    Target target;
+    target.channel = grpc::CreateCustomChannel(std::string(absl::StripAsciiWhitespace(address)),
+                                               credentials.ok() ? *credentials : grpc::InsecureChannelCredentials(),
+                                               args);
+    target.stub = v1::Ingest::NewStub(target.channel);
+    targets_.push_back(std::move(target));
   }
-  channel_ = grpc::CreateCustomChannel(target,
-                                       credentials.ok() ? *credentials : grpc::InsecureChannelCredentials(), args);
-  stub_ = v1::Ingest::NewStub(channel_);
+  if (targets_.empty()) {  // Create() refuses it; a channel that fails every call otherwise
+    Target target;
+    target.channel = grpc::CreateCustomChannel(options_.ingest_addr, grpc::InsecureChannelCredentials(), args);
+    target.stub = v1::Ingest::NewStub(target.channel);
+    targets_.push_back(std::move(target));
+  }
   reconnects_ =
       &metrics->AddCounter("devbridge_push_upstream_reconnects_total", "Event stream reconnects.");
   resets_ = &metrics->AddCounter("devbridge_push_upstream_resets_total",
@@ -55,11 +62,32 @@ absl::StatusOr<std::unique_ptr<IngestLink>> IngestLink::Create(LinkOptions optio
                                                               common::MetricsRegistry* metrics) {
   // Checked here so that a bad file is an error at start, not an insecure channel.
   if (absl::Status valid = grpcutil::Validate(options.security, /*server=*/false); !valid.ok()) return valid;
+  if (absl::StripAsciiWhitespace(absl::StrReplaceAll(options.ingest_addr, {{",", ""}})).empty()) {
+    return absl::InvalidArgumentError("--ingest_addr: no address (HOST:PORT[,HOST:PORT...])");
+  }
   return std::make_unique<IngestLink>(std::move(options), std::move(post), std::move(on_events), std::move(on_state),
                                       metrics);
 }
 
 IngestLink::~IngestLink() { Stop(); }
+
+size_t IngestLink::Pick() {
+  const size_t n = targets_.size();
+  const size_t first = preferred_.load() % n;
+  size_t fallback = n;
+  for (size_t i = 0; i < n; ++i) {
+    const size_t k = (first + i) % n;
+    const grpc_connectivity_state state = targets_[k].channel->GetState(/*try_to_connect=*/true);
+    if (state == GRPC_CHANNEL_READY) return k;
+    if (fallback == n && state != GRPC_CHANNEL_TRANSIENT_FAILURE && state != GRPC_CHANNEL_SHUTDOWN) fallback = k;
+  }
+  return fallback == n ? first : fallback;
+}
+
+void IngestLink::Unreachable(size_t target) {
+  size_t expected = target;
+  preferred_.compare_exchange_strong(expected, (target + 1) % targets_.size());
+}
 
 void IngestLink::Start() {
   if (options_.subscribe) thread_ = std::thread([this] { SubscribeLoop(); });
@@ -115,7 +143,8 @@ void IngestLink::SubscribeLoop() {
       req.set_resume_epoch(epoch_);
       req.set_resume_after_seq(seq_);
     }
-    std::unique_ptr<grpc::ClientReader<v1::EventBatch>> reader = stub_->Subscribe(&ctx, req);
+    const size_t target = Pick();
+    std::unique_ptr<grpc::ClientReader<v1::EventBatch>> reader = targets_[target].stub->Subscribe(&ctx, req);
     reader->WaitForInitialMetadata();
     if (ctx.GetServerInitialMetadata().count("devbridge-epoch") > 0) {
       if (!first) reconnects_->Inc();
@@ -149,6 +178,7 @@ void IngestLink::SubscribeLoop() {
     }
     SetUp(false);
     if (stopping_) break;
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) Unreachable(target);
     log->warn("event stream from {} ended: {}; reconnecting", options_.ingest_addr,
               status.error_message());
     {
@@ -185,9 +215,11 @@ void IngestLink::Call(Method method, Request request, absl::Duration deadline,
   // callback, and after Stop() no result is handed on. gRPC runs the callback on its own
   // thread after the call started; TSan is told so (it cannot see inside gRPC).
   common::TsanRelease(call.get());
-  method(stub_->async(), &call->ctx, &call->request, &call->response,
-         [this, call, done = std::move(done)](const grpc::Status& status) mutable {
+  const size_t target = Pick();
+  method(targets_[target].stub->async(), &call->ctx, &call->request, &call->response,
+         [this, call, target, done = std::move(done)](const grpc::Status& status) mutable {
            common::TsanAcquire(call.get());
+           if (status.error_code() == grpc::StatusCode::UNAVAILABLE) Unreachable(target);
            if (!stopping_) {
              post_([call, status, done = std::move(done)] {
                if (!status.ok()) return done(common::FromGrpcStatus(status));

@@ -77,8 +77,20 @@ class IngestLink : public Upstream, public DeviceDirectory {
   Poster post_;
   std::function<void(std::vector<v1::Event>)> on_events_;
   std::function<void(bool)> on_state_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Ingest::Stub> stub_;
+  // One channel per ingest address (`a:7070,b:7070`: several replicas, any of which takes any
+  // call), each resolving its own name again when it fails (a restarted container's address
+  // changes). Calls stay on one replica until its channel fails, then go to the next.
+  struct Target {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<v1::Ingest::Stub> stub;
+  };
+  std::vector<Target> targets_;
+  std::atomic<size_t> preferred_{0};
+  // The target to call now: the preferred one if it is connected or may be, else the first
+  // that is; every idle channel is asked to connect on the way.
+  size_t Pick();
+  // A call on `target` found its replica unreachable: the next call starts from the next one.
+  void Unreachable(size_t target);
   std::atomic<bool> up_{false};
   std::atomic<bool> stopping_{false};
   common::Mutex mu_;
