@@ -225,6 +225,44 @@ TEST_F(BusTest, LocateFindsWhereAReaderGoesOn) {
   EXPECT_EQ(log.Locate(a, of_a[0].offset)->kind, Resume::kGone);
 }
 
+// Two ingest replicas creating the event stream at once, each with an epoch of its own, and
+// readers answered by whichever server leads the stream: one epoch for all. (nats-server 2.9
+// gives each server's copy its own creation time, which named the epoch before.)
+TEST_F(BusTest, EveryCreatorAndEveryServerAgreeOnTheStreamsEpoch) {
+  std::unique_ptr<Connection> a = Connect(cluster_->url(0));
+  std::unique_ptr<Connection> b = Connect(cluster_->url(2));
+  ASSERT_TRUE(a && b);
+  // Once JetStream has a leader (right after the suite's start, that takes a moment).
+  ASSERT_TRUE(testing::WaitFor([&] { return EnsureStream(*a, {"WARMUP", {"warmup.>"}, 3}).ok(); }, absl::Seconds(30)));
+  const std::string name = "EPOCHS";
+  absl::Status created[2];
+  {
+    std::thread other([&] { created[1] = EnsureStream(*b, {name, {"epochs.>"}, 3, {}, -1, NewEpochDescription()}); });
+    created[0] = EnsureStream(*a, {name, {"epochs.>"}, 3, {}, -1, NewEpochDescription()});
+    other.join();
+  }
+  ASSERT_TRUE(created[0].ok()) << created[0];
+  ASSERT_TRUE(created[1].ok()) << created[1];
+  absl::StatusOr<std::string> epoch = StreamEpoch(*a, name);
+  ASSERT_TRUE(epoch.ok()) << epoch.status();
+  EXPECT_EQ(epoch->size(), 4u + 16u) << *epoch << ": bus- and the creator's id";
+  std::set<std::string> seen;
+  for (int round = 0; round < 3; ++round) {
+    for (Connection* c : {a.get(), b.get()}) {
+      absl::StatusOr<std::string> e = StreamEpoch(*c, name);
+      ASSERT_TRUE(e.ok()) << e.status();
+      seen.insert(*e);
+    }
+    // Another server leads the stream from now on.
+    natsMsg* reply = nullptr;
+    const std::string subject = absl::StrCat("$JS.API.STREAM.LEADER.STEPDOWN.", name);
+    EXPECT_EQ(natsConnection_RequestString(&reply, a->nc(), subject.c_str(), "", 5000), NATS_OK);
+    natsMsg_Destroy(reply);
+    ASSERT_TRUE(testing::WaitFor([&] { return StreamEpoch(*a, name).ok(); }, absl::Seconds(15)));
+  }
+  EXPECT_EQ(seen, std::set<std::string>{*epoch});
+}
+
 TEST_F(BusTest, AppendsGoOnThroughAServersKill9) {
   std::unique_ptr<Connection> connection = Connect();
   ASSERT_TRUE(connection);

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -116,6 +117,7 @@ absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec, 
   cfg.Replicas = spec.replicas;
   cfg.MaxAge = absl::ToInt64Nanoseconds(spec.max_age);
   cfg.MaxBytes = spec.max_bytes;
+  if (!spec.description.empty()) cfg.Description = spec.description.c_str();
   const absl::Time deadline = absl::Now() + patience;
   for (;;) {
     jsErrCode code = static_cast<jsErrCode>(0);
@@ -147,14 +149,27 @@ absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::s
   return last;
 }
 
+namespace {
+constexpr absl::string_view kEpochTag = "devbridge epoch ";
+}  // namespace
+
 absl::StatusOr<std::string> StreamEpoch(const Connection& connection, const std::string& name) {
   jsStreamInfo* info = nullptr;
   jsErrCode code = static_cast<jsErrCode>(0);
   natsStatus s = js_GetStreamInfo(&info, connection.js(), name.c_str(), nullptr, &code);
   if (s != NATS_OK) return FromNats(s, absl::StrCat("reading stream ", name), code);
-  std::string epoch = absl::StrCat("bus-", absl::Hex(info->Created));
+  absl::string_view described =
+      info->Config != nullptr && info->Config->Description != nullptr ? info->Config->Description : "";
+  std::string epoch = absl::ConsumePrefix(&described, kEpochTag) && !described.empty()
+                          ? absl::StrCat("bus-", described)
+                          : absl::StrCat("bus-", absl::Hex(info->Created));
   jsStreamInfo_Destroy(info);
   return epoch;
+}
+
+std::string NewEpochDescription() {
+  absl::BitGen random;
+  return absl::StrCat(kEpochTag, absl::Hex(absl::Uniform<uint64_t>(random), absl::kZeroPad16));
 }
 
 }  // namespace devbridge::bus

@@ -71,6 +71,8 @@ struct StreamSpec {
   int replicas = 1;
   absl::Duration max_age = absl::ZeroDuration();
   int64_t max_bytes = -1;
+  // Kept in the stream's configuration, the same on every server (NewEpochDescription).
+  std::string description = "";
 };
 
 // Creates the stream, or leaves it as it is when one of that name exists. Safe when several
@@ -83,10 +85,18 @@ absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec,
 // The newest sequence number of stream `name` (0 when it is empty).
 absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::string& name);
 
-// The epoch of the push streams kept in stream `name`: "bus-" and the stream's creation time
-// in hex, so it changes only when the stream (and its history) is created anew, and every
-// writer and reader of the stream agrees on it. NotFound while there is no such stream.
+// The epoch of the push streams kept in stream `name`, so that it changes only when the
+// stream (and its history) is created anew and every writer and reader of the stream agrees
+// on it: "bus-" and the id its creator wrote in its description (NewEpochDescription).
+// nats-server 2.9 gives each server's copy of a replicated stream its own creation time, so
+// that time names no epoch: two ingest replicas started together, or a reader answered by
+// another server after a leader change, would see two and tell every client 410. Streams
+// created before the description carried the id keep their epoch of old: "bus-" and the
+// creation time in hex. NotFound while there is no such stream.
 absl::StatusOr<std::string> StreamEpoch(const Connection& connection, const std::string& name);
+// A description for StreamSpec that gives the stream a new epoch: random, so that two
+// processes creating the stream at once propose different ones and both keep the winner's.
+std::string NewEpochDescription();
 
 }  // namespace devbridge::bus
 

@@ -17,7 +17,8 @@
 
 ABSL_FLAG(std::string, ingest_addr, "127.0.0.1:7070",
           "ingest's gRPC address (event stream, commands); several ingest replicas (ingest --partitions) as a "
-          "list of IPv4 HOST:PORT separated by commas, of which the first that answers is used");
+          "list of HOST:PORT (names or addresses) separated by commas: calls stay on one while it answers and go to "
+          "the next when it does not");
 ABSL_FLAG(std::string, bus, "",
           "NATS servers with JetStream, nats://HOST:PORT[,...] (the same as ingest's --bus): events come from "
           "the bus and API operations go to it, so this replica does not depend on one ingest; ingest_addr "

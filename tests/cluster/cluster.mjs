@@ -220,6 +220,12 @@ async function main() {
     figures.push(`acknowledged ${load.ackedCount}, stored ${counts.stored}, lost ${counts.lost}, stored twice ${counts.duplicated}`);
     figures.push(`viewers: ${viewers.reduce((n, v) => n + v.data, 0)} device.data frames, ${viewers.reduce((n, v) => n + v.outOfOrder, 0)} offset gaps, ${viewers.reduce((n, v) => n + v.gone, 0)} 410s`);
     for (const f of figures) log(f);
+    // What each ingest replica counted on the way, to tell a loss or a copy apart.
+    for (let i = 0; i < 2; i++) {
+      const body = (await get(ingestPorts[i].http, '/metrics')).body;
+      const lines = body.split('\n').filter((l) => /^devbridge_ingest_(intake|partitions|sessions|messages_dropped|bus_dropped)\w*(_total)? /.test(l));
+      log(`ingest-${i + 1}: ${lines.join(', ')}`);
+    }
     if (counts.duplicated > 0) {
       // What it takes to find out why: the same taken_at twice is one forwarded message
       // processed twice; two times are two copies from the broker.

@@ -64,6 +64,7 @@ struct Partition {
   std::atomic<uint64_t> last_seq{0};       // the last intake position delivered
   std::atomic<int64_t> last_delivery_ms{0};
   cluster::IntakeWindow window;  // the reader's delivery thread
+  bool past_checkpoint = false;  // the reader's delivery thread: the first message to process came
   bool ready ABSL_GUARDED_BY(mu) = false;
   bool lost ABSL_GUARDED_BY(mu) = false;
   size_t in_flight ABSL_GUARDED_BY(mu) = 0;  // read, not yet processed by the io thread
@@ -245,6 +246,10 @@ struct App::Impl : public CoreOutputs {
       return;
     }
     if (sequence <= part->checkpoint) return;
+    if (!part->past_checkpoint) {
+      part->past_checkpoint = true;
+      log->info("partition {}: processing from {} on", part->id, sequence);
+    }
     {
       common::MutexLock lock(&part->mu);
       part->cv.Wait(&part->mu, [&part] {

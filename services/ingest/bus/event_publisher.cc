@@ -18,6 +18,7 @@ absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Start(BusOptions
   absl::StatusOr<std::unique_ptr<bus::Connection>> connection = bus::Connection::Connect(connect);
   if (!connection.ok()) return connection.status();
   bus::StreamSpec spec{options.stream, {options.prefix + ".>"}, options.replicas, options.max_age};
+  spec.description = bus::NewEpochDescription();
   if (absl::Status s = bus::EnsureStream(**connection, spec); !s.ok()) return s;
   absl::StatusOr<std::string> epoch = bus::StreamEpoch(**connection, options.stream);
   if (!epoch.ok()) return epoch.status();

@@ -1,5 +1,6 @@
 #include "services/ingest/cluster/partition_owner.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "bus/leases.h"
@@ -13,10 +14,6 @@ std::unique_ptr<PartitionOwner> PartitionOwner::Start(const bus::Connection* con
                                                       common::MetricsRegistry* metrics) {
   std::unique_ptr<PartitionOwner> owner(
       new PartitionOwner(connection, std::move(options), std::move(on_gained), std::move(on_lost)));
-  {
-    common::MutexLock lock(&owner->mu_);
-    owner->owns_.assign(owner->options_.partitions, false);
-  }
   PartitionOwner* self = owner.get();
   owner->gained_ = &metrics->AddCounter("devbridge_ingest_partitions_gained_total",
                                         "Partitions this replica took (at start, from a dead replica, to balance).");
@@ -24,6 +21,7 @@ std::unique_ptr<PartitionOwner> PartitionOwner::Start(const bus::Connection* con
                                       "Partitions this replica stopped acting for (given back, or not renewed).");
   owner->held_gauge_ = &metrics->AddGauge("devbridge_ingest_partitions_held", "Partitions this replica acts for now.");
   owner->thread_ = std::thread([self] { self->Run(); });
+  owner->keeper_ = std::thread([self] { self->Keep(); });
   return owner;
 }
 
@@ -33,42 +31,84 @@ PartitionOwner::~PartitionOwner() {
     stopping_ = true;
   }
   cv_.NotifyAll();
+  keeper_.join();  // first: the rounds' thread gives everything back as it ends
   thread_.join();
 }
 
-bool PartitionOwner::Owns(int partition) const {
+bool PartitionOwner::Owns(int partition) const { return Held(partition); }
+
+bool PartitionOwner::Held(int partition) const {
   common::MutexLock lock(&mu_);
-  return partition >= 0 && partition < static_cast<int>(owns_.size()) && owns_[partition];
+  return partition >= 0 && partition < static_cast<int>(held_until_.size()) &&
+         held_until_[partition] != absl::InfinitePast();
 }
 
 int PartitionOwner::held() const {
   common::MutexLock lock(&mu_);
   int n = 0;
-  for (bool b : owns_) n += b ? 1 : 0;
+  for (absl::Time t : held_until_) n += t != absl::InfinitePast() ? 1 : 0;
   return n;
 }
 
 void PartitionOwner::Gain(int partition, absl::Time until) {
-  held_until_[partition] = until;
+  common::MutexLock callbacks(&callbacks_mu_[partition]);
   {
     common::MutexLock lock(&mu_);
-    owns_[partition] = true;
+    held_until_[partition] = until;
   }
+  cv_.NotifyAll();  // the keeper's next deadline may be this one
   gained_->Inc();
   held_gauge_->Set(held());
   on_gained_(partition);
 }
 
-void PartitionOwner::Lose(int partition, const char* why) {
-  held_until_[partition] = absl::InfinitePast();
+bool PartitionOwner::Lose(int partition, const char* why) {
+  common::MutexLock callbacks(&callbacks_mu_[partition]);
   {
     common::MutexLock lock(&mu_);
-    owns_[partition] = false;
+    if (held_until_[partition] == absl::InfinitePast()) return false;
+    held_until_[partition] = absl::InfinitePast();
   }
   lost_->Inc();
   held_gauge_->Set(held());
   common::Logger("ingest.cluster")->info("partition {}: no longer held ({})", partition, why);
   on_lost_(partition);
+  return true;
+}
+
+void PartitionOwner::Keep() {
+  // Often enough to act well within the lease's margin (Leases::HeldUntil keeps ttl / 5).
+  const absl::Duration tick = std::min(absl::Milliseconds(50), options_.ttl / 20);
+  for (;;) {
+    std::vector<int> expired;
+    {
+      common::MutexLock lock(&mu_);
+      if (stopping_) return;
+      const absl::Time now = absl::Now();
+      absl::Time next = absl::InfiniteFuture();
+      for (int p = 0; p < options_.partitions; ++p) {
+        if (held_until_[p] == absl::InfinitePast()) continue;
+        if (held_until_[p] <= now) expired.push_back(p);
+        next = std::min(next, held_until_[p]);
+      }
+      if (expired.empty()) {
+        cv_.WaitFor(&mu_, std::min(tick, std::max(absl::ZeroDuration(), next - now)), [this] {
+          mu_.AssertHeld();
+          return stopping_;
+        });
+        continue;
+      }
+    }
+    // Whatever was not renewed by its deadline is no longer ours, whether the bus answered or
+    // not; all of them at once (a loss waits for its partition's writer to commit).
+    if (expired.size() == 1) {
+      Lose(expired[0], "lease not renewed in time");
+      continue;
+    }
+    std::vector<std::thread> losses;
+    for (int p : expired) losses.emplace_back([this, p] { Lose(p, "lease not renewed in time"); });
+    for (std::thread& t : losses) t.join();
+  }
 }
 
 bool PartitionOwner::Round(bus::Leases* leases) {
@@ -81,15 +121,24 @@ bool PartitionOwner::Round(bus::Leases* leases) {
 
   std::vector<std::string> holders(options_.partitions);
   for (int p = 0; p < options_.partitions; ++p) {
-    if (held_until_[p] != absl::InfinitePast()) {
+    if (Held(p)) {
       sent = absl::Now();
       absl::StatusOr<bool> renewed = leases->Hold(PartitionLease(p), self);
       if (renewed.ok() && *renewed) {
-        held_until_[p] = leases->HeldUntil(sent);
+        bool late = false;
+        {
+          common::MutexLock lock(&mu_);
+          if (held_until_[p] == absl::InfinitePast()) {
+            late = true;  // the keeper let it go while the bus took its time: not ours to use
+          } else {
+            held_until_[p] = leases->HeldUntil(sent);
+          }
+        }
+        if (late) (void)leases->Release(PartitionLease(p), self);
       } else if (renewed.ok()) {
         Lose(p, "another replica holds its lease");
       }
-      holders[p] = held_until_[p] != absl::InfinitePast() ? self : "?";
+      holders[p] = Held(p) ? self : "?";
       continue;
     }
     absl::StatusOr<std::string> holder = leases->Holder(PartitionLease(p));
@@ -97,16 +146,18 @@ bool PartitionOwner::Round(bus::Leases* leases) {
   }
   const LeasePlan plan = PlanLeases(holders, self, static_cast<int>(members->size()));
   for (int p : plan.release) {
-    Lose(p, "given back so that every replica holds its share");
-    (void)leases->Release(PartitionLease(p), self);
+    if (Lose(p, "given back so that every replica holds its share")) (void)leases->Release(PartitionLease(p), self);
   }
   for (int p : plan.take) {
     sent = absl::Now();
     absl::StatusOr<bool> taken = leases->Hold(PartitionLease(p), self);
-    if (taken.ok() && *taken) {
-      common::Logger("ingest.cluster")->info("partition {}: taken ({} replica(s) live)", p, members->size());
-      Gain(p, leases->HeldUntil(sent));
+    if (!taken.ok() || !*taken) continue;
+    if (absl::Now() >= leases->HeldUntil(sent)) {
+      (void)leases->Release(PartitionLease(p), self);  // the answer came too late to act on
+      continue;
     }
+    common::Logger("ingest.cluster")->info("partition {}: taken ({} replica(s) live)", p, members->size());
+    Gain(p, leases->HeldUntil(sent));
   }
   return true;
 }
@@ -128,11 +179,6 @@ void PartitionOwner::Run() {
     if (leases && !Round(leases.get()) && failures++ % 10 == 0) {
       log->warn("the bus did not answer a lease round; partitions not renewed in time are let go");
     }
-    // Whatever was not renewed by its deadline is no longer ours, whether the bus answered or not.
-    const absl::Time now = absl::Now();
-    for (int p = 0; p < options_.partitions; ++p) {
-      if (held_until_[p] != absl::InfinitePast() && held_until_[p] <= now) Lose(p, "lease not renewed in time");
-    }
     bool stop = false;
     {
       common::MutexLock lock(&mu_);
@@ -144,8 +190,7 @@ void PartitionOwner::Run() {
     if (stop) break;
   }
   for (int p = 0; p < options_.partitions; ++p) {
-    if (held_until_[p] == absl::InfinitePast()) continue;
-    Lose(p, "stopping");
+    if (!Lose(p, "stopping")) continue;
     if (leases) (void)leases->Release(PartitionLease(p), options_.node_id);
   }
   if (leases) (void)leases->Release(NodeLease(options_.node_id), options_.node_id);

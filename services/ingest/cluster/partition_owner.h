@@ -7,7 +7,12 @@
 // It calls on_gained(p) when this replica may start acting for partition p, and on_lost(p)
 // when it must stop: a partition given back is released only after on_lost(p) returned (so
 // the next holder starts where this one stopped), and one whose renewal failed is reported
-// lost before its lease can run out (Leases::HeldUntil). Both run on the owner's thread.
+// lost before its lease can run out (Leases::HeldUntil). That deadline is kept by a thread of
+// its own: a round waits for the bus, one request after another, and while the bus does not
+// answer a round can outlast every lease it holds (a server's kill -9: 25 s, during which
+// another replica took the partitions and both stored the same messages). The callbacks run
+// on either thread (the keeper's, or one of its own per partition run out at once), one at a
+// time per partition.
 #ifndef DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_
 #define DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_
 
@@ -55,29 +60,39 @@ class PartitionOwner {
  private:
   PartitionOwner(const bus::Connection* connection, OwnerOptions options, OnChange on_gained, OnChange on_lost)
       : connection_(connection), options_(std::move(options)), on_gained_(std::move(on_gained)),
-        on_lost_(std::move(on_lost)), held_until_(options_.partitions, absl::InfinitePast()) {}
+        on_lost_(std::move(on_lost)),
+        held_until_(options_.partitions, absl::InfinitePast()),
+        callbacks_mu_(new common::Mutex[options_.partitions]) {}
   void Run() ABSL_LOCKS_EXCLUDED(mu_);
+  // Lets go of every partition whose lease runs out, when it does.
+  void Keep() ABSL_LOCKS_EXCLUDED(mu_);
   // One round; false if the bus did not answer (the next round tries again).
   bool Round(bus::Leases* leases);
   void Gain(int partition, absl::Time until) ABSL_LOCKS_EXCLUDED(mu_);
-  void Lose(int partition, const char* why) ABSL_LOCKS_EXCLUDED(mu_);
+  // False if it was not held (the keeper let it go meanwhile).
+  bool Lose(int partition, const char* why) ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether this replica acts for `partition`; its lease's end if so.
+  bool Held(int partition) const ABSL_LOCKS_EXCLUDED(mu_);
 
   const bus::Connection* connection_;
   const OwnerOptions options_;
   OnChange on_gained_;
   OnChange on_lost_;
-  std::vector<absl::Time> held_until_;  // owner's thread; InfinitePast(): not held
   std::atomic<int> members_{1};
 
   mutable common::Mutex mu_;
   common::CondVar cv_;
-  std::vector<bool> owns_ ABSL_GUARDED_BY(mu_);
+  std::vector<absl::Time> held_until_ ABSL_GUARDED_BY(mu_);  // InfinitePast(): not held
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  // Held while on_gained or on_lost of its partition runs: a partition taken again waits
+  // until its loss is done; different partitions do not wait for each other.
+  std::unique_ptr<common::Mutex[]> callbacks_mu_;
 
   common::Counter* gained_ = nullptr;
   common::Counter* lost_ = nullptr;
   common::Gauge* held_gauge_ = nullptr;
   std::thread thread_;
+  std::thread keeper_;
 };
 
 }  // namespace devbridge::ingest::cluster

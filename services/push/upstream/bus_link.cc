@@ -213,8 +213,10 @@ void BusLink::StartReading(StreamRead stream, bus::OffsetLog* log) {
   // the newest (and read back) or comes after it (and is live); none is missed.
   uint64_t from = 0;
   absl::Status status;
+  const absl::Time began = absl::Now();
   absl::StatusOr<uint64_t> last = bus::LastSequence(*connection_, options_.stream);
   absl::StatusOr<std::optional<bus::Position>> newest = last.ok() ? log->Newest(subject) : last.status();
+  const absl::Time looked = absl::Now();
   if (newest.ok() && !*newest) {
     from = *last + 1;
   } else if (newest.ok()) {
@@ -263,6 +265,13 @@ void BusLink::StartReading(StreamRead stream, bus::OffsetLog* log) {
   }
   readers_[key] = Reader{std::move(read), *std::move(reader)};
   streams_->Set(static_cast<int64_t>(readers_.size()));
+  // Streams start one at a time: a slow bus delays every client waiting for one.
+  const absl::Time now = absl::Now();
+  if (now - began > absl::Seconds(1)) {
+    log_->warn("bus: starting to read {} took {} (finding where: {}; the reader: {})", subject,
+               absl::FormatDuration(now - began), absl::FormatDuration(looked - began),
+               absl::FormatDuration(now - looked));
+  }
 }
 
 void BusLink::WaitToRetry() {
