@@ -1,6 +1,12 @@
 // Proves the harness hands tests a real, reachable mosquitto and PostgreSQL, and that it can
-// take each away and bring it back on the same address.
+// take each away and bring it back on the same address; and that a process a test spawns does
+// not outlive the test.
 #include <MQTTClient.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
 
 #include <pqxx/pqxx>
 #include <string>
@@ -33,6 +39,34 @@ class SyncClient {
  private:
   MQTTClient client_ = nullptr;
 };
+
+// Whether `pid` runs (a zombie, dead and not yet reaped by whoever adopted it, does not).
+bool Running(int pid) {
+  std::ifstream stat(absl::StrCat("/proc/", pid, "/stat"));
+  std::string pid_field, comm, state;
+  return stat >> pid_field >> comm >> state && state != "Z" && state != "X";
+}
+
+// A test that crashes, or is killed on a timeout, takes what it spawned with it.
+TEST(Harness, ASpawnedProcessDiesWithItsTest) {
+  int pipe_fds[2];
+  ASSERT_EQ(pipe(pipe_fds), 0);
+  const pid_t test = fork();
+  if (test == 0) {  // the "test": spawns a server, says its pid, and dies without stopping it
+    const int child = Spawn({"/bin/sleep", "300"}, "/dev/null");
+    (void)!write(pipe_fds[1], &child, sizeof child);
+    _exit(0);
+  }
+  close(pipe_fds[1]);
+  int child = -1;
+  ASSERT_EQ(read(pipe_fds[0], &child, sizeof child), static_cast<ssize_t>(sizeof child));
+  close(pipe_fds[0]);
+  waitpid(test, nullptr, 0);
+  ASSERT_GT(child, 0);
+  const bool gone = WaitFor([&] { return !Running(child); }, absl::Seconds(10));
+  if (!gone) kill(child, SIGKILL);
+  EXPECT_TRUE(gone) << "pid " << child << " outlived the process that spawned it";
+}
 
 TEST(Harness, MosquittoRoutesAPublishToASubscriber) {
   SyncClient sub("harness-sub"), pub("harness-pub");

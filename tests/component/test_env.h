@@ -33,6 +33,8 @@ std::string UniqueTopicPrefix();
 bool Harness(const std::string& action);
 
 // Runs `argv` as a child process with stdout and stderr going to `log_path`; returns its pid.
+// The child is killed (SIGKILL) when the thread that spawned it ends: call it from the test's
+// own thread.
 int Spawn(const std::vector<std::string>& argv, const std::string& log_path);
 // Waits up to `timeout` for child `pid` to exit; returns its exit status, or -1 on timeout
 // (the child is then killed).
