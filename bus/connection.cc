@@ -149,6 +149,43 @@ absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::s
   return last;
 }
 
+absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::string& name, absl::Duration ttl,
+                                      int replicas, absl::Duration patience) {
+  kvStore* kv = nullptr;
+  natsStatus s = js_KeyValue(&kv, connection.js(), name.c_str());
+  // JetStream not answering yet (a server just started, a busy machine): for a while.
+  for (const absl::Time deadline = absl::Now() + patience;
+       (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS) && absl::Now() < deadline;) {
+    absl::SleepFor(absl::Seconds(1));
+    s = js_KeyValue(&kv, connection.js(), name.c_str());
+  }
+  if (s == NATS_NOT_FOUND) {
+    kvConfig cfg;
+    kvConfig_Init(&cfg);
+    cfg.Bucket = name.c_str();
+    cfg.History = 1;
+    cfg.TTL = absl::ToInt64Nanoseconds(ttl);  // the C client passes it on as MaxAge, in ns
+    cfg.StorageType = js_FileStorage;
+    cfg.Replicas = replicas;
+    s = js_CreateKeyValue(&kv, connection.js(), &cfg);
+    if (s != NATS_OK) {
+      const std::string why = nats_GetLastError(nullptr);
+      // Another process may have created it first, or ours goes on after its answer timed out
+      // (a replicated bucket's servers elect a leader first).
+      const absl::Time deadline = absl::Now() + (s == NATS_TIMEOUT ? patience : absl::ZeroDuration());
+      natsStatus opened = js_KeyValue(&kv, connection.js(), name.c_str());
+      while (opened != NATS_OK && absl::Now() < deadline) {
+        absl::SleepFor(absl::Seconds(1));
+        opened = js_KeyValue(&kv, connection.js(), name.c_str());
+      }
+      if (opened != NATS_OK) return FromNats(s, absl::StrCat("creating bucket ", name, " (", why, ")"));
+      s = NATS_OK;
+    }
+  }
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("opening bucket ", name));
+  return kv;
+}
+
 namespace {
 constexpr absl::string_view kEpochTag = "devbridge epoch ";
 }  // namespace

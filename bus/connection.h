@@ -85,6 +85,13 @@ absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec,
 // The newest sequence number of stream `name` (0 when it is empty).
 absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::string& name);
 
+// Opens key-value bucket `name`, creating it when there is none (one entry per key; entries
+// forgotten `ttl` after they were written, zero: kept; `replicas` copies). Safe when several
+// processes do it at once; waits, for up to `patience`, while JetStream does not answer yet or
+// a replicated bucket's creation outlasts a request. The caller destroys the store.
+absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::string& name, absl::Duration ttl,
+                                      int replicas, absl::Duration patience = absl::Seconds(30));
+
 // The epoch of the push streams kept in stream `name`, so that it changes only when the
 // stream (and its history) is created anew and every writer and reader of the stream agrees
 // on it: "bus-" and the id its creator wrote in its description (NewEpochDescription).

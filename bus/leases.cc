@@ -4,7 +4,6 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
 #include "common/status.h"
 
 namespace devbridge::bus {
@@ -18,39 +17,9 @@ constexpr int kMaxAttempts = 16;
 
 absl::StatusOr<std::unique_ptr<Leases>> Leases::Open(const Connection* connection, const std::string& bucket,
                                                      absl::Duration ttl, int replicas) {
-  kvStore* kv = nullptr;
-  natsStatus s = js_KeyValue(&kv, connection->js(), bucket.c_str());
-  // JetStream not answering yet (a server just started, a busy machine): for a while.
-  for (const absl::Time deadline = absl::Now() + absl::Seconds(30);
-       (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS) && absl::Now() < deadline;) {
-    absl::SleepFor(absl::Seconds(1));
-    s = js_KeyValue(&kv, connection->js(), bucket.c_str());
-  }
-  if (s == NATS_NOT_FOUND) {
-    kvConfig cfg;
-    kvConfig_Init(&cfg);
-    cfg.Bucket = bucket.c_str();
-    cfg.History = 1;
-    cfg.TTL = absl::ToInt64Nanoseconds(ttl);  // the C client passes it on as MaxAge, in ns
-    cfg.StorageType = js_FileStorage;
-    cfg.Replicas = replicas;
-    s = js_CreateKeyValue(&kv, connection->js(), &cfg);
-    if (s != NATS_OK) {
-      const std::string why = nats_GetLastError(nullptr);
-      // Another process may have created it first, or ours goes on after its answer timed out
-      // (a replicated bucket's servers elect a leader first).
-      const absl::Time deadline = absl::Now() + (s == NATS_TIMEOUT ? absl::Seconds(30) : absl::ZeroDuration());
-      natsStatus opened = js_KeyValue(&kv, connection->js(), bucket.c_str());
-      while (opened != NATS_OK && absl::Now() < deadline) {
-        absl::SleepFor(absl::Seconds(1));
-        opened = js_KeyValue(&kv, connection->js(), bucket.c_str());
-      }
-      if (opened != NATS_OK) return FromNats(s, absl::StrCat("creating lease bucket ", bucket, " (", why, ")"));
-      s = NATS_OK;
-    }
-  }
-  if (s != NATS_OK) return FromNats(s, absl::StrCat("opening lease bucket ", bucket));
-  return std::unique_ptr<Leases>(new Leases(connection, kv, bucket, ttl));
+  absl::StatusOr<kvStore*> kv = EnsureBucket(*connection, bucket, ttl, replicas);
+  if (!kv.ok()) return kv.status();
+  return std::unique_ptr<Leases>(new Leases(connection, *kv, bucket, ttl));
 }
 
 Leases::~Leases() { kvStore_Destroy(kv_); }

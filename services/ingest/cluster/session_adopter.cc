@@ -1,6 +1,6 @@
 #include "services/ingest/cluster/session_adopter.h"
 
-#include <set>
+#include <map>
 #include <utility>
 #include <vector>
 
@@ -18,21 +18,9 @@ namespace {
 class SessionBook {
  public:
   static absl::StatusOr<std::unique_ptr<SessionBook>> Open(const bus::Connection* connection, int replicas) {
-    kvStore* kv = nullptr;
-    natsStatus s = js_KeyValue(&kv, connection->js(), kSessionBucket);
-    if (s == NATS_NOT_FOUND) {
-      kvConfig cfg;
-      kvConfig_Init(&cfg);
-      cfg.Bucket = kSessionBucket;
-      cfg.History = 1;
-      cfg.StorageType = js_FileStorage;
-      cfg.Replicas = replicas;
-      s = js_CreateKeyValue(&kv, connection->js(), &cfg);
-      // Another replica may have created it first.
-      if (s != NATS_OK && js_KeyValue(&kv, connection->js(), kSessionBucket) == NATS_OK) s = NATS_OK;
-    }
-    if (s != NATS_OK) return bus::FromNats(s, absl::StrCat("opening the session bucket ", kSessionBucket));
-    return std::make_unique<SessionBook>(kv);
+    absl::StatusOr<kvStore*> kv = bus::EnsureBucket(*connection, kSessionBucket, absl::ZeroDuration(), replicas);
+    if (!kv.ok()) return kv.status();
+    return std::make_unique<SessionBook>(*kv);
   }
   explicit SessionBook(kvStore* kv) : kv_(kv) {}
   ~SessionBook() { kvStore_Destroy(kv_); }
