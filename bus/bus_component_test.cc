@@ -12,7 +12,9 @@
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
 #include "bus/connection.h"
+#include "bus/durable_reader.h"
 #include "bus/leases.h"
 #include "bus/offset_log.h"
 #include "bus/subject_reader.h"
@@ -541,6 +543,165 @@ TEST_F(BusTest, ALeaseNotRenewedMovesAfterItsTtl) {
   EXPECT_GT(taken, (*a)->HeldUntil(sent)) << "b took the lease while a could still act on it";
   EXPECT_EQ(*(*a)->Hold("p7", "ingest-a"), false);
   EXPECT_EQ(*(*a)->Holder("p7"), "ingest-b");
+}
+
+// What a durable reader handed over: (stream sequence, data) in the order they came.
+struct Handed {
+  common::Mutex mu;
+  std::vector<std::pair<uint64_t, std::string>> messages;
+  size_t size() {
+    common::MutexLock lock(&mu);
+    return messages.size();
+  }
+  DurableReader::OnMessage Sink() {
+    return [this](uint64_t sequence, absl::string_view data) {
+      common::MutexLock lock(&mu);
+      messages.emplace_back(sequence, data);
+    };
+  }
+};
+
+// The consumer's acknowledged floor (stream sequence), 0 when it cannot be read.
+uint64_t AckFloor(const Connection& connection, const std::string& stream, const std::string& consumer) {
+  jsConsumerInfo* info = nullptr;
+  if (js_GetConsumerInfo(&info, connection.js(), stream.c_str(), consumer.c_str(), nullptr, nullptr) != NATS_OK) {
+    return 0;
+  }
+  const uint64_t floor = info->AckFloor.Stream;
+  jsConsumerInfo_Destroy(info);
+  return floor;
+}
+
+TEST_F(BusTest, ADurableReaderHandsOverEachMessageOnceInOrderAndAcknowledgesTheCommit) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  const std::string mine = stream + ".i.0";
+  OffsetLog log(connection.get(), stream);
+  std::vector<uint64_t> sequences;
+  for (int i = 0; i < 50; ++i) {
+    sequences.push_back(log.Append(mine, "", [i](uint64_t) { return absl::StrCat("m", i); })->sequence);
+    ASSERT_TRUE(log.Append(stream + ".i.1", "", [](uint64_t) { return std::string("other"); }).ok());
+  }
+  DurableReaderOptions options{stream, mine, "reader-0", sequences[10]};
+  Handed handed;
+  absl::StatusOr<std::unique_ptr<DurableReader>> reader = DurableReader::Start(connection.get(), options, handed.Sink());
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE(testing::WaitFor([&] { return handed.size() >= 40; }));
+  (*reader)->Commit(sequences[29]);
+  EXPECT_TRUE(testing::WaitFor([&] { return AckFloor(*connection, stream, "reader-0") == sequences[29]; }))
+      << AckFloor(*connection, stream, "reader-0");
+  reader->reset();
+  {
+    common::MutexLock lock(&handed.mu);
+    ASSERT_EQ(handed.messages.size(), 40u);
+    for (int i = 0; i < 40; ++i) {
+      EXPECT_EQ(handed.messages[i], std::make_pair(sequences[10 + i], absl::StrCat("m", 10 + i))) << i;
+    }
+    handed.messages.clear();
+  }
+  // The next reader of the same consumer starts where it is told, whatever the floor was.
+  options.from = sequences[30];
+  reader = DurableReader::Start(connection.get(), options, handed.Sink());
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE(testing::WaitFor([&] { return handed.size() >= 20; }));
+  reader->reset();
+  common::MutexLock lock(&handed.mu);
+  ASSERT_EQ(handed.messages.size(), 20u);
+  EXPECT_EQ(handed.messages.front().first, sequences[30]);
+  EXPECT_EQ(handed.messages.back().first, sequences[49]);
+}
+
+// Deliveries the reader never got (here another client pulls them from its consumer, as a
+// server's death takes them in flight) are read from the stream, in their place.
+TEST_F(BusTest, ADurableReaderFillsAGapInItsDeliveriesFromTheStream) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  const std::string mine = stream + ".i.0";
+  OffsetLog log(connection.get(), stream);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(log.Append(mine, "", [i](uint64_t) { return absl::StrCat("m", i); }).ok());
+  DurableReaderOptions options{stream, mine, "reader-gap", 1};
+  options.batch = 1;
+  absl::Notification first_came;
+  absl::Notification go_on;
+  Handed handed;
+  auto sink = handed.Sink();
+  absl::StatusOr<std::unique_ptr<DurableReader>> reader =
+      DurableReader::Start(connection.get(), options, [&](uint64_t sequence, absl::string_view data) {
+        sink(sequence, data);
+        if (!first_came.HasBeenNotified()) {
+          first_came.Notify();
+          go_on.WaitForNotification();
+        }
+      });
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  first_came.WaitForNotification();
+  // The thief takes deliveries 2 to 4 while the reader is busy with the first.
+  jsSubOptions bind;
+  jsSubOptions_Init(&bind);
+  bind.Stream = stream.c_str();
+  bind.Consumer = "reader-gap";
+  natsSubscription* thief = nullptr;
+  ASSERT_EQ(js_PullSubscribe(&thief, connection->js(), mine.c_str(), "reader-gap", nullptr, &bind, nullptr), NATS_OK);
+  natsMsgList stolen;
+  ASSERT_EQ(natsSubscription_Fetch(&stolen, thief, 3, 5000, nullptr), NATS_OK);
+  EXPECT_EQ(stolen.Count, 3);
+  natsMsgList_Destroy(&stolen);
+  natsSubscription_Unsubscribe(thief);
+  natsSubscription_Destroy(thief);
+  go_on.Notify();
+  ASSERT_TRUE(testing::WaitFor([&] { return handed.size() >= 10; }));
+  const uint64_t filled = (*reader)->filled();
+  reader->reset();
+  common::MutexLock lock(&handed.mu);
+  ASSERT_EQ(handed.messages.size(), 10u);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(handed.messages[i].second, absl::StrCat("m", i)) << i;
+  EXPECT_EQ(filled, 3u);
+}
+
+TEST_F(BusTest, ADurableReaderGoesOnThroughItsServersKill9) {
+  std::unique_ptr<Connection> reading = Connect(cluster_->url(0));
+  std::unique_ptr<Connection> writing = Connect(cluster_->url(1));
+  ASSERT_TRUE(reading && writing);
+  const std::string stream = NewStream(*writing);
+  const std::string mine = stream + ".i.0";
+  OffsetLog log(writing.get(), stream);
+  auto append = [&](int i) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (!log.Append(mine, absl::StrCat("m", i), [i](uint64_t) { return absl::StrCat("m", i); }).ok()) {
+      if (absl::Now() > deadline) return false;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return true;
+  };
+  ASSERT_TRUE(append(0));
+  Handed handed;
+  auto sink = handed.Sink();
+  std::atomic<DurableReader*> committer{nullptr};
+  absl::StatusOr<std::unique_ptr<DurableReader>> reader = DurableReader::Start(
+      reading.get(), {stream, mine, "reader-kill", 1}, [&](uint64_t sequence, absl::string_view data) {
+        sink(sequence, data);
+        if (DurableReader* r = committer.load()) r->Commit(sequence);  // as a writer's commit would
+      });
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  committer = reader->get();
+  for (int i = 1; i < 100; ++i) ASSERT_TRUE(append(i));
+  ASSERT_TRUE(testing::WaitFor([&] { return handed.size() >= 100; }));
+  cluster_->Kill(0);
+  for (int i = 100; i < 200; ++i) ASSERT_TRUE(append(i));
+  cluster_->Start(0);
+  ASSERT_TRUE(cluster_->WaitHealthy());
+  for (int i = 200; i < 300; ++i) ASSERT_TRUE(append(i));
+  EXPECT_TRUE(testing::WaitFor([&] { return handed.size() >= 300; }, absl::Seconds(30)));
+  const uint64_t filled = (*reader)->filled();
+  const uint64_t copies = (*reader)->copies();
+  reader->reset();
+  common::MutexLock lock(&handed.mu);
+  ASSERT_EQ(handed.messages.size(), 300u);
+  for (int i = 0; i < 300; ++i) EXPECT_EQ(handed.messages[i].second, absl::StrCat("m", i)) << i;
+  std::printf("through the kill: %llu read back from the stream, %llu copies dropped\n",
+              static_cast<unsigned long long>(filled), static_cast<unsigned long long>(copies));
 }
 
 // A replica holds a reader per stream its clients hold; stopping them while every server is

@@ -1,8 +1,11 @@
 #include "bus/connection.h"
 
+#include <nlohmann/json.hpp>
+
 #include <utility>
 
 #include "absl/random/random.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -147,6 +150,36 @@ absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::s
   const uint64_t last = info->State.LastSeq;
   jsStreamInfo_Destroy(info);
   return last;
+}
+
+absl::StatusOr<std::optional<StoredMessage>> ReadNext(const Connection& connection, const std::string& stream,
+                                                      const std::string& subject, uint64_t from) {
+  const std::string api = absl::StrCat("$JS.API.STREAM.MSG.GET.", stream);
+  const std::string request = nlohmann::json{{"seq", from}, {"next_by_subj", subject}}.dump();
+  natsMsg* reply = nullptr;
+  natsStatus s = natsConnection_Request(&reply, connection.nc(), api.c_str(), request.data(),
+                                        static_cast<int>(request.size()), absl::ToInt64Milliseconds(connection.timeout()));
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading ", subject, " of ", stream, " from ", from));
+  const nlohmann::json answer = nlohmann::json::parse(
+      absl::string_view(natsMsg_GetData(reply), natsMsg_GetDataLength(reply)), nullptr, false);
+  natsMsg_Destroy(reply);
+  if (answer.is_discarded() || !answer.is_object()) {
+    return absl::InternalError(absl::StrCat("reading ", subject, ": the server's answer is not JSON"));
+  }
+  if (answer.contains("error")) {
+    if (answer["error"].value("err_code", 0) == JSNoMessageFoundErr) return std::nullopt;
+    return absl::InternalError(absl::StrCat("reading ", subject, " of ", stream, " from ", from, ": ",
+                                            answer["error"].value("description", "error")));
+  }
+  const nlohmann::json& message = answer.value("message", nlohmann::json::object());
+  StoredMessage read;
+  read.sequence = message.value("seq", uint64_t{0});
+  read.subject = message.value("subject", "");
+  if (!absl::Base64Unescape(message.value("hdrs", ""), &read.headers) ||
+      !absl::Base64Unescape(message.value("data", ""), &read.data)) {
+    return absl::DataLossError(absl::StrCat("reading ", subject, ": undecodable message ", read.sequence));
+  }
+  return read;
 }
 
 absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::string& name, absl::Duration ttl,

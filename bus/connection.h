@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,18 @@ absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec,
 
 // The newest sequence number of stream `name` (0 when it is empty).
 absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::string& name);
+
+// A message read back from a stream through JetStream's API (answered by the stream's leader).
+struct StoredMessage {
+  uint64_t sequence = 0;
+  std::string subject;
+  std::string headers;  // "NATS/1.0\r\nKey: value\r\n…"; empty for a message without headers
+  std::string data;
+};
+// The first message of `subject` (wildcards allowed) at stream sequence `from` or later, or
+// nullopt when the stream holds none (yet).
+absl::StatusOr<std::optional<StoredMessage>> ReadNext(const Connection& connection, const std::string& stream,
+                                                      const std::string& subject, uint64_t from);
 
 // Opens key-value bucket `name`, creating it when there is none (one entry per key; entries
 // forgotten `ttl` after they were written, zero: kept; `replicas` copies). Safe when several

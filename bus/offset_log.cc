@@ -6,7 +6,6 @@
 #include <utility>
 
 #include "absl/random/distributions.h"
-#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -51,9 +50,7 @@ std::string StreamSubject(absl::string_view prefix, absl::string_view system_id,
 }
 
 OffsetLog::OffsetLog(const Connection* connection, std::string stream)
-    : connection_(connection),
-      stream_(std::move(stream)),
-      get_api_(absl::StrCat("$JS.API.STREAM.MSG.GET.", stream_)) {}
+    : connection_(connection), stream_(std::move(stream)) {}
 
 OffsetLog::~OffsetLog() {
   if (replies_ != nullptr) {
@@ -343,34 +340,13 @@ absl::Status OffsetLog::Reload(const std::string& subject, std::optional<Positio
 
 absl::StatusOr<std::optional<Position>> OffsetLog::NextOnSubject(const std::string& subject,
                                                                  uint64_t from) {
-  const std::string request = nlohmann::json{{"seq", from}, {"next_by_subj", subject}}.dump();
-  natsMsg* reply = nullptr;
-  natsStatus s = natsConnection_Request(&reply, connection_->nc(), get_api_.c_str(), request.data(),
-                                        static_cast<int>(request.size()),
-                                        absl::ToInt64Milliseconds(connection_->timeout()));
-  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading ", subject, " from ", from));
-  const nlohmann::json answer = nlohmann::json::parse(
-      absl::string_view(natsMsg_GetData(reply), natsMsg_GetDataLength(reply)), nullptr, false);
-  natsMsg_Destroy(reply);
-  if (answer.is_discarded() || !answer.is_object()) {
-    return absl::InternalError(absl::StrCat("reading ", subject, ": the server's answer is not JSON"));
-  }
-  if (answer.contains("error")) {
-    if (answer["error"].value("err_code", 0) == JSNoMessageFoundErr) return std::nullopt;
-    return absl::InternalError(absl::StrCat("reading ", subject, " from ", from, ": ",
-                                            answer["error"].value("description", "error")));
-  }
-  const nlohmann::json& message = answer.value("message", nlohmann::json::object());
-  std::string headers;
-  if (!absl::Base64Unescape(message.value("hdrs", ""), &headers)) {
-    return absl::DataLossError(absl::StrCat("reading ", subject, ": undecodable headers"));
-  }
-  const std::optional<uint64_t> offset = OffsetInHeaderBlock(headers);
-  const uint64_t sequence = message.value("seq", uint64_t{0});
+  ASSIGN_OR_RETURN(std::optional<StoredMessage> message, ReadNext(*connection_, stream_, subject, from));
+  if (!message) return std::nullopt;
+  const std::optional<uint64_t> offset = OffsetInHeaderBlock(message->headers);
   if (!offset) {
-    return absl::DataLossError(absl::StrCat("message ", sequence, " on ", subject, " has no ", kOffsetHeader));
+    return absl::DataLossError(absl::StrCat("message ", message->sequence, " on ", subject, " has no ", kOffsetHeader));
   }
-  return Position{sequence, *offset};
+  return Position{message->sequence, *offset};
 }
 
 absl::StatusOr<Resume> OffsetLog::Locate(const std::string& subject, uint64_t offset) {

@@ -129,7 +129,6 @@ class OffsetLog {
 
   const Connection* connection_;
   std::string stream_;
-  std::string get_api_;  // $JS.API.STREAM.MSG.GET.<stream>
   absl::flat_hash_map<std::string, Position> newest_;  // each subject's newest message, as last seen
   uint64_t last_sequence_ = 0;                         // the stream's, as last seen; 0: unknown
   uint64_t conflicts_ = 0;

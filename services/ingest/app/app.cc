@@ -20,7 +20,7 @@
 #include "mqtt/client.h"
 #include "regmap/register_map.h"
 #include "bus/offset_log.h"
-#include "bus/subject_reader.h"
+#include "bus/durable_reader.h"
 #include "services/ingest/cluster/command_router.h"
 #include "services/ingest/cluster/device_directory.h"
 #include "services/ingest/cluster/intake_forwarder.h"
@@ -54,21 +54,21 @@ struct Message {
 // A partition this replica owns (--partitions): its messages come from the intake stream,
 // and its records go to a writer of its own, whose checkpoint (table spool_checkpoints, key
 // "partition-<N>") is the intake stream position PostgreSQL has: the next owner starts
-// reading after it, so a message is stored once whoever processes it.
+// reading after it, so a message is stored once whoever processes it. It reads through a
+// replicated consumer of its own ("intake-<N>", bus::DurableReader), acknowledged up to that
+// checkpoint, which goes on through a bus server's loss.
 struct Partition {
   int id = 0;
   std::unique_ptr<Store> store;  // set before `ready`
   common::Mutex mu;
   common::CondVar cv;  // ready, lost, or room for more
   uint64_t checkpoint = 0;       // set before the reader starts
-  std::atomic<uint64_t> last_seq{0};       // the last intake position delivered
-  std::atomic<int64_t> last_delivery_ms{0};
   cluster::IntakeWindow window;  // the reader's delivery thread
   bool past_checkpoint = false;  // the reader's delivery thread: the first message to process came
   bool ready ABSL_GUARDED_BY(mu) = false;
   bool lost ABSL_GUARDED_BY(mu) = false;
   size_t in_flight ABSL_GUARDED_BY(mu) = 0;  // read, not yet processed by the io thread
-  std::unique_ptr<bus::SubjectReader> reader ABSL_GUARDED_BY(mu);
+  std::unique_ptr<bus::DurableReader> reader ABSL_GUARDED_BY(mu);
 };
 
 // Messages of one partition read but not yet processed, at most: the reader waits (and the
@@ -157,9 +157,18 @@ struct App::Impl : public CoreOutputs {
     };
     std::weak_ptr<Partition> weak = part;
     so.register_gauges = false;  // its counters add up with the other writers'
-    part->store = Store::Start(so, &metrics, [this, weak](uint64_t checkpoint) {
-      if (std::shared_ptr<Partition> p = weak.lock()) StartReading(p, checkpoint);
-    });
+    part->store = Store::Start(
+        so, &metrics,
+        [this, weak](uint64_t checkpoint) {
+          if (std::shared_ptr<Partition> p = weak.lock()) StartReading(p, checkpoint);
+        },
+        [weak](uint64_t checkpoint) {
+          // PostgreSQL has it: the bus may forget it for this partition (the consumer's floor).
+          if (std::shared_ptr<Partition> p = weak.lock()) {
+            common::MutexLock lock(&p->mu);
+            if (p->reader) p->reader->Commit(checkpoint);
+          }
+        });
     {
       common::MutexLock lock(&part->mu);
       part->ready = true;
@@ -197,17 +206,22 @@ struct App::Impl : public CoreOutputs {
     // copy stored again on both sides of it.
     part->checkpoint = checkpoint;
     const uint64_t from = checkpoint > kReadBack ? checkpoint + 1 - kReadBack : 1;
+    bus::DurableReaderOptions reading;
+    reading.stream = cluster::kIntakeStream;
+    reading.subject = subject;
+    reading.consumer = absl::StrCat("intake-", part->id);
+    reading.from = from;
+    reading.read_back = intake_read_back;
     for (int attempt = 0;; ++attempt) {
-      absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::Start(
-          cluster_bus.get(), cluster::kIntakeStream, subject, from,
-          [this, weak](bus::Position position, absl::string_view, absl::string_view data) {
-            if (std::shared_ptr<Partition> p = weak.lock()) Deliver(p, position.sequence, data);
+      absl::StatusOr<std::unique_ptr<bus::DurableReader>> reader = bus::DurableReader::Start(
+          cluster_bus.get(), reading, [this, weak](uint64_t sequence, absl::string_view data) {
+            if (std::shared_ptr<Partition> p = weak.lock()) Deliver(p, sequence, data);
           });
       common::MutexLock lock(&part->mu);
       if (reader.ok()) {
         if (part->lost) {
           // Let go meanwhile: stop it outside the lock its deliveries take.
-          std::unique_ptr<bus::SubjectReader> late = *std::move(reader);
+          std::unique_ptr<bus::DurableReader> late = *std::move(reader);
           part->mu.Unlock();
           late.reset();
           part->mu.Lock();
@@ -230,10 +244,8 @@ struct App::Impl : public CoreOutputs {
     }
   }
 
-  // The bus's delivery thread: one message of an owned partition, for the io thread.
+  // The partition reader's thread: one message of an owned partition, for the io thread.
   void Deliver(const std::shared_ptr<Partition>& part, uint64_t sequence, absl::string_view data) {
-    part->last_seq = sequence;
-    part->last_delivery_ms = absl::ToUnixMillis(absl::Now());
     cluster::IntakeMessage m;
     if (!cluster::DecodeIntake(data, &m)) {
       undecodable_intake->Inc();
@@ -274,43 +286,6 @@ struct App::Impl : public CoreOutputs {
     });
   }
 
-  // The intake watchdog's thread, every 2 s: a partition whose subject has messages past the
-  // last one delivered, and nothing delivered for 5 s, has a reader the client did not bring
-  // back after its bus server's loss (an ordered consumer is created again, which the bus may
-  // refuse for a while): it is started again after the last one delivered.
-  void WatchIntake() {
-    std::vector<std::shared_ptr<Partition>> held;
-    {
-      common::MutexLock lock(&partitions_mu);
-      for (const auto& p : partitions) {
-        if (p) held.push_back(p);
-      }
-    }
-    const int64_t now = absl::ToUnixMillis(absl::Now());
-    bus::OffsetLog intake_log(cluster_bus.get(), cluster::kIntakeStream);
-    for (const std::shared_ptr<Partition>& part : held) {
-      {
-        common::MutexLock lock(&part->mu);
-        if (part->lost || !part->reader) continue;  // not started yet: StartReading retries
-      }
-      if (now - part->last_delivery_ms.load() < 5000) continue;
-      absl::StatusOr<std::optional<bus::Position>> newest = intake_log.Newest(cluster::IntakeSubject(part->id));
-      const uint64_t last = std::max(part->last_seq.load(), part->checkpoint);
-      if (!newest.ok() || !newest->has_value() || (*newest)->sequence <= last) continue;
-      log->warn("partition {}: nothing read for {} s though the intake has more; reading again after {}", part->id,
-                (now - part->last_delivery_ms.load()) / 1000, last);
-      reader_restarts->Inc();
-      std::unique_ptr<bus::SubjectReader> old;
-      {
-        common::MutexLock lock(&part->mu);
-        old = std::move(part->reader);
-      }
-      old.reset();
-      part->last_delivery_ms = now;
-      StartReading(part, last);
-    }
-  }
-
   // Owner's thread: partition `id` is no longer ours. Stop reading, let the io thread finish
   // what it has, drop its devices, and commit what was processed, before the lease goes.
   void LosePartition(int id) {
@@ -324,7 +299,7 @@ struct App::Impl : public CoreOutputs {
       common::MutexLock lock(&router_mu);
       if (router) router->Unserve(id);
     }
-    std::unique_ptr<bus::SubjectReader> reader;
+    std::unique_ptr<bus::DurableReader> reader;
     {
       common::MutexLock lock(&part->mu);
       part->lost = true;
@@ -679,9 +654,7 @@ struct App::Impl : public CoreOutputs {
   std::unique_ptr<cluster::DeviceDirectory> directory;
   common::Counter* undecodable_intake = nullptr;
   common::Counter* duplicate_intake = nullptr;
-  common::Counter* reader_restarts = nullptr;
-  std::thread watchdog;  // with --partitions: WatchIntake every 2 s until `watchdog_stop`
-  absl::Notification watchdog_stop;
+  common::Counter* intake_read_back = nullptr;
 
   // A gRPC thread: in a cluster, a command for a device another replica owns goes there.
   bool ForwardCommand(const v1::Command& command, const IngestService::CommandDone& done) {
@@ -800,9 +773,10 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     ASSIGN_OR_RETURN(s.cluster_bus, bus::Connection::Connect(connect));
     s.undecodable_intake = &s.metrics.AddCounter("devbridge_ingest_intake_undecodable_total",
                                                  "Messages on the intake stream that were not ingest's (skipped).");
-    s.reader_restarts = &s.metrics.AddCounter(
-        "devbridge_ingest_intake_reader_restarts_total",
-        "Partition readers started again after they stopped delivering (a bus server lost).");
+    s.intake_read_back = &s.metrics.AddCounter(
+        "devbridge_ingest_intake_read_back_total",
+        "Intake messages read from the stream itself because their partition's consumer did not deliver them "
+        "(lost in flight with a bus server).");
     s.duplicate_intake = &s.metrics.AddCounter(
         "devbridge_ingest_intake_duplicates_total",
         "Copies of a message found on the intake stream and dropped (the bus stored it twice, or the broker "
@@ -974,9 +948,6 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
           s.OnMessage(topic, payload, packet_id, dup, session);
         },
         &s.metrics);
-    s.watchdog = std::thread([&s] {
-      while (!s.watchdog_stop.WaitForNotificationWithTimeout(absl::Seconds(2))) s.WatchIntake();
-    });
     s.log->info("cluster: {} partitions, leases of {}; MQTT shared as {}; forwarding to {}", o.partitions,
                 absl::FormatDuration(o.lease_ttl), s.options.shared_group, cluster::kIntakeStream);
   }
@@ -1053,10 +1024,6 @@ void App::Shutdown() {
   s.grpc_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   // After the server (no call may still use them): every partition is let go, its writer
   // flushed and its lease released, so the others take over at once.
-  if (s.watchdog.joinable()) {
-    s.watchdog_stop.Notify();
-    s.watchdog.join();
-  }
   s.owner_now = nullptr;
   s.owner.reset();
   s.directory.reset();

@@ -1,0 +1,212 @@
+#include "bus/durable_reader.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
+
+namespace devbridge::bus {
+namespace {
+
+constexpr int64_t kFetchWaitMs = 1000;
+// Fetches in a row that brought nothing before the reader looks at the stream for what the
+// consumer has not delivered (a lost tail: nothing after it shows the gap), and before it
+// checks the consumer is still there (one deleted from outside would leave it waiting).
+constexpr int kQuietFetchesBeforeTail = 5;
+constexpr int kQuietFetchesBeforeCheck = 30;
+
+}  // namespace
+
+DurableReader::DurableReader(const Connection* connection, DurableReaderOptions options, OnMessage on_message)
+    : connection_(connection), options_(std::move(options)), on_message_(std::move(on_message)) {
+  last_ = options_.from > 0 ? options_.from - 1 : 0;
+}
+
+absl::StatusOr<std::unique_ptr<DurableReader>> DurableReader::Start(const Connection* connection,
+                                                                    DurableReaderOptions options,
+                                                                    OnMessage on_message) {
+  std::unique_ptr<DurableReader> reader(new DurableReader(connection, std::move(options), std::move(on_message)));
+  if (absl::Status created = reader->Create(); !created.ok()) return created;
+  if (absl::Status bound = reader->Bind(); !bound.ok()) return bound;
+  reader->thread_ = std::thread([r = reader.get()] { r->Run(); });
+  return reader;
+}
+
+DurableReader::~DurableReader() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+  Acknowledge();
+  Unbind();
+}
+
+void DurableReader::Commit(uint64_t sequence) {
+  uint64_t seen = committed_.load();
+  while (sequence > seen && !committed_.compare_exchange_weak(seen, sequence)) {
+  }
+}
+
+absl::Status DurableReader::Create() {
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_DeleteConsumer(connection_->js(), options_.stream.c_str(), options_.consumer.c_str(), nullptr, &code);
+  if (s != NATS_OK && s != NATS_NOT_FOUND && code != JSConsumerNotFoundErr) {
+    return FromNats(s, absl::StrCat("deleting consumer ", options_.consumer, " of ", options_.stream), code);
+  }
+  jsConsumerConfig cfg;
+  jsConsumerConfig_Init(&cfg);
+  cfg.Durable = options_.consumer.c_str();
+  cfg.FilterSubject = options_.subject.c_str();
+  cfg.DeliverPolicy = js_DeliverByStartSequence;
+  cfg.OptStartSeq = last_ + 1;
+  cfg.AckPolicy = js_AckAll;
+  cfg.AckWait = absl::ToInt64Nanoseconds(options_.ack_wait);
+  cfg.MaxAckPending = options_.max_ack_pending;
+  // Replicas 0: as many as the stream has, so the consumer outlives any one server.
+  jsConsumerInfo* info = nullptr;
+  code = static_cast<jsErrCode>(0);
+  s = js_AddConsumer(&info, connection_->js(), options_.stream.c_str(), &cfg, nullptr, &code);
+  jsConsumerInfo_Destroy(info);
+  if (s != NATS_OK) {
+    return FromNats(s, absl::StrCat("creating consumer ", options_.consumer, " of ", options_.stream), code);
+  }
+  next_delivery_ = 1;
+  return absl::OkStatus();
+}
+
+absl::Status DurableReader::Bind() {
+  jsSubOptions options;
+  jsSubOptions_Init(&options);
+  options.Stream = options_.stream.c_str();
+  options.Consumer = options_.consumer.c_str();  // bound: the client will not delete it on unsubscribing
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_PullSubscribe(&sub_, connection_->js(), options_.subject.c_str(), options_.consumer.c_str(),
+                                  nullptr, &options, &code);
+  if (s != NATS_OK) {
+    sub_ = nullptr;
+    return FromNats(s, absl::StrCat("reading ", options_.subject, " through consumer ", options_.consumer), code);
+  }
+  return absl::OkStatus();
+}
+
+void DurableReader::Unbind() {
+  if (sub_ == nullptr) return;
+  natsSubscription_Unsubscribe(sub_);
+  natsSubscription_Destroy(sub_);
+  sub_ = nullptr;
+}
+
+void DurableReader::Run() {
+  static auto log = common::Logger("bus.reader");
+  int quiet = 0;
+  int failures = 0;
+  while (!stop_) {
+    if (sub_ == nullptr) return;  // stopped while creating the consumer again
+    natsMsgList list;
+    jsErrCode fetch_code = static_cast<jsErrCode>(0);
+    const natsStatus s = natsSubscription_Fetch(&list, sub_, options_.batch, kFetchWaitMs, &fetch_code);
+    if (s == NATS_OK) {
+      quiet = 0;
+      failures = 0;
+      for (int i = 0; i < list.Count && !stop_; ++i) Handle(list.Msgs[i]);
+      natsMsgList_Destroy(&list);
+      Acknowledge();
+      continue;
+    }
+    Acknowledge();
+    if (s != NATS_TIMEOUT && failures++ % 20 == 0) {
+      log->warn("{}: cannot fetch from consumer {}: {}", options_.subject, options_.consumer,
+                FromNats(s, "fetching", fetch_code).message());
+    }
+    if (s != NATS_TIMEOUT) absl::SleepFor(absl::Milliseconds(200));
+    ++quiet;
+    if (quiet % kQuietFetchesBeforeTail == 0) {
+      const uint64_t before = filled_;
+      Fill(UINT64_MAX);
+      if (filled_ > before) {
+        log->warn("{}: {} messages consumer {} did not deliver were read from the stream", options_.subject,
+                  filled_ - before, options_.consumer);
+      }
+    }
+    if (quiet % kQuietFetchesBeforeCheck != 0) continue;
+    jsConsumerInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    const natsStatus got = js_GetConsumerInfo(&info, connection_->js(), options_.stream.c_str(),
+                                              options_.consumer.c_str(), nullptr, &code);
+    jsConsumerInfo_Destroy(info);
+    if (got != NATS_NOT_FOUND && code != JSConsumerNotFoundErr) continue;
+    log->warn("{}: consumer {} is gone; creating it again from {}", options_.subject, options_.consumer, last_ + 1);
+    Recreate();
+  }
+}
+
+void DurableReader::Recreate() {
+  static auto log = common::Logger("bus.reader");
+  Unbind();
+  unacknowledged_.clear();  // their acknowledgements would go to the consumer that is gone
+  for (int attempt = 0; !stop_; ++attempt) {
+    absl::Status again = Create();
+    if (again.ok()) again = Bind();
+    if (again.ok()) return;
+    if (attempt % 10 == 0) log->warn("{}: {}; retrying", options_.subject, again.message());
+    absl::SleepFor(absl::Seconds(1));
+  }
+}
+
+void DurableReader::Handle(natsMsg* msg) {
+  jsMsgMetaData* meta = nullptr;
+  if (natsMsg_GetMetaData(&meta, msg) != NATS_OK) return;  // not a message of the stream
+  const uint64_t sequence = meta->Sequence.Stream;
+  const uint64_t delivery = meta->Sequence.Consumer;
+  jsMsgMetaData_Destroy(meta);
+  // Deliveries skipped: lost on the way. Hand over what the subject had before this one.
+  if (delivery > next_delivery_ && sequence > last_ + 1) Fill(sequence);
+  next_delivery_ = std::max(next_delivery_, delivery + 1);
+  const char* reply = natsMsg_GetReply(msg);
+  if (sequence <= last_) {
+    ++copies_;
+    // A copy of a message read back from the stream (which has nothing to acknowledge with) is
+    // what acknowledges it, once committed.
+    if (reply != nullptr && (unacknowledged_.empty() || sequence > unacknowledged_.back().sequence)) {
+      unacknowledged_.push_back({sequence, reply});
+    }
+    return;
+  }
+  if (stop_) return;
+  on_message_(sequence, absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)));
+  last_ = sequence;
+  if (reply != nullptr) unacknowledged_.push_back({sequence, reply});
+}
+
+void DurableReader::Fill(uint64_t until) {
+  static auto log = common::Logger("bus.reader");
+  int failures = 0;
+  while (!stop_ && last_ + 1 < until) {
+    absl::StatusOr<std::optional<StoredMessage>> next =
+        ReadNext(*connection_, options_.stream, options_.subject, last_ + 1);
+    if (!next.ok()) {
+      if (failures++ % 20 == 0) log->warn("{}: cannot read back a gap: {}; retrying", options_.subject, next.status().message());
+      absl::SleepFor(absl::Milliseconds(200));
+      continue;
+    }
+    if (!next->has_value() || (*next)->sequence >= until) return;
+    on_message_((*next)->sequence, (*next)->data);
+    last_ = (*next)->sequence;
+    ++filled_;
+    if (options_.read_back != nullptr) options_.read_back->Inc();
+  }
+}
+
+void DurableReader::Acknowledge() {
+  const uint64_t committed = committed_.load();
+  std::string reply;
+  while (!unacknowledged_.empty() && unacknowledged_.front().sequence <= committed) {
+    reply = std::move(unacknowledged_.front().reply);
+    unacknowledged_.pop_front();
+  }
+  // Policy "all": this one acknowledges every message before it too.
+  if (!reply.empty()) natsConnection_PublishString(connection_->nc(), reply.c_str(), "+ACK");
+}
+
+}  // namespace devbridge::bus

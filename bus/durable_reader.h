@@ -1,0 +1,107 @@
+// Reads one subject of a JetStream stream in order, from a given position on, through a
+// durable pull consumer that the stream's servers replicate, acknowledging it only as far as
+// the caller says its work is safe (Commit). It is how an ingest replica reads a partition of
+// the intake stream (services/ingest/app): acknowledged after PostgreSQL's commit.
+//
+// Why not an ordered consumer (SubjectReader): that one is a single server's, so the client
+// must create it again when that server dies, and right after a kill -9 the cluster refused
+// such creations for 30 s and more. A replicated consumer goes on with another leader, and
+// nothing has to be created while the bus is in trouble.
+//
+// Order, and nothing skipped: messages go to `on_message` in stream order, each once. A
+// delivery lost on the way (the server the client talked to died with it in flight) shows as
+// a jump in the consumer's delivery sequence; the messages of the subject between the last
+// one handed over and the one that came are then read from the stream itself, before it; and
+// after 5 s with no delivery the reader looks at the stream for a lost tail the same way.
+// Copies (a redelivery of what was handed over but not yet committed) are dropped. The
+// consumer's acknowledgement policy is "all": acknowledging a message covers every one before
+// it, so its acknowledged floor is the caller's commit, and what is left unacknowledged past
+// it is delivered again after `ack_wait` (and dropped as a copy).
+#ifndef DEVBRIDGE_BUS_DURABLE_READER_H_
+#define DEVBRIDGE_BUS_DURABLE_READER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "bus/connection.h"
+#include "common/metrics.h"
+
+namespace devbridge::bus {
+
+struct DurableReaderOptions {
+  std::string stream;
+  std::string subject;
+  std::string consumer;  // the durable consumer's name; created anew by Start
+  uint64_t from = 1;     // the first stream sequence to read (1: from the stream's start)
+  absl::Duration ack_wait = absl::Seconds(30);
+  int max_ack_pending = 8192;  // delivered and not acknowledged, at most, before the bus waits
+  int batch = 256;             // messages asked for at a time
+  common::Counter* read_back = nullptr;  // counts the messages read from the stream (may be null)
+};
+
+class DurableReader {
+ public:
+  // A message: its stream sequence and data. Runs on the reader's thread, one at a time; it
+  // may block (the bus then holds what follows).
+  using OnMessage = std::function<void(uint64_t sequence, absl::string_view data)>;
+
+  // Deletes the consumer named `options.consumer` if there is one (what a previous reader
+  // left, with its floor) and creates it to start at `options.from`, then starts reading.
+  static absl::StatusOr<std::unique_ptr<DurableReader>> Start(const Connection* connection,
+                                                              DurableReaderOptions options, OnMessage on_message);
+  // Stops reading; `on_message` is not running and will not run once this returns. The
+  // consumer stays, acknowledged as far as Commit said.
+  ~DurableReader();
+  DurableReader(const DurableReader&) = delete;
+  DurableReader& operator=(const DurableReader&) = delete;
+
+  // Every message up to stream sequence `sequence` is safe: acknowledge them (soon, from the
+  // reader's thread). Any thread.
+  void Commit(uint64_t sequence);
+
+  // Messages read from the stream to fill a gap in the deliveries, and copies dropped.
+  uint64_t filled() const { return filled_; }
+  uint64_t copies() const { return copies_; }
+
+ private:
+  DurableReader(const Connection* connection, DurableReaderOptions options, OnMessage on_message);
+  absl::Status Create();  // the consumer, anew, from last_ + 1
+  absl::Status Bind();    // sub_ to it
+  void Run();
+  void Recreate();  // after the consumer was deleted from outside: anew, from last_ + 1
+  void Handle(natsMsg* msg);
+  // Hands over the subject's messages after last_ and before stream sequence `until`.
+  void Fill(uint64_t until);
+  void Acknowledge();
+  void Unbind();
+
+  const Connection* connection_;
+  DurableReaderOptions options_;
+  OnMessage on_message_;
+  natsSubscription* sub_ = nullptr;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> committed_{0};
+  std::atomic<uint64_t> filled_{0};
+  std::atomic<uint64_t> copies_{0};
+  // The reader's thread only:
+  uint64_t last_ = 0;            // the stream sequence handed over last
+  uint64_t next_delivery_ = 1;   // the consumer's delivery sequence expected next
+  struct Delivered {
+    uint64_t sequence;
+    std::string reply;  // where its acknowledgement goes
+  };
+  std::deque<Delivered> unacknowledged_;  // handed over, in order
+};
+
+}  // namespace devbridge::bus
+
+#endif  // DEVBRIDGE_BUS_DURABLE_READER_H_
