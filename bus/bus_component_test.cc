@@ -368,6 +368,65 @@ TEST_F(BusTest, BatchesArePipelinedAndStayContiguousWithTwoWriters) {
   std::cout << "batch conflicts retried: " << conflicts << "\n";
 }
 
+// A writer that never stops (a replica with a backlog) and one that comes now and then, both
+// over the same 100 subjects: the second one gets its turns (before the turn requests and the
+// look-ups of a batch's subjects at once, it was refused for as long as the first one wrote).
+TEST_F(BusTest, AWriterRefusedAgainAndAgainGetsItsTurn) {
+  std::unique_ptr<Connection> a = Connect(cluster_->url(0));
+  std::unique_ptr<Connection> b = Connect(cluster_->url(2));
+  ASSERT_TRUE(a && b);
+  const std::string stream = NewStream(*a);
+  auto batch_of = [&](const std::string& who, int batch) {
+    std::vector<OffsetLog::Entry> entries;
+    for (int i = 0; i < 100; ++i) {
+      const std::string id = absl::StrCat(who, "-", batch, "-", i);
+      entries.push_back({absl::StrCat(stream, ".s.", i), id, [id](uint64_t offset) { return absl::StrCat(id, "@", offset); }});
+    }
+    return entries;
+  };
+  std::atomic<bool> late_done{false};
+  std::atomic<int> busy_batches{0};
+  std::thread busy([&] {
+    OffsetLog log(b.get(), stream);
+    for (int batch = 0; !late_done; ++batch) {
+      std::vector<Position> appended;
+      std::vector<OffsetLog::Entry> entries = batch_of("busy", batch);
+      while (!late_done && !log.AppendBatch(entries, &appended).ok()) {
+        entries.erase(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(appended.size()));
+      }
+      ++busy_batches;
+    }
+  });
+  OffsetLog log(a.get(), stream);
+  int refused = 0;
+  const absl::Time deadline = absl::Now() + absl::Seconds(60);
+  constexpr int kLate = 10;
+  int done = 0;
+  for (; done < kLate && absl::Now() < deadline; ++done) {
+    absl::SleepFor(absl::Milliseconds(20));
+    std::vector<OffsetLog::Entry> entries = batch_of("late", done);
+    std::vector<Position> appended;
+    absl::Status status;
+    while (!(status = log.AppendBatch(entries, &appended)).ok() && absl::Now() < deadline) {
+      ASSERT_TRUE(absl::IsAborted(status)) << status;  // refused for 5 s
+      ++refused;
+      entries.erase(entries.begin(), entries.begin() + static_cast<std::ptrdiff_t>(appended.size()));
+    }
+  }
+  late_done = true;
+  busy.join();
+  EXPECT_EQ(done, kLate) << "the late writer did not get its turns in a minute";
+  EXPECT_GT(busy_batches.load(), 0);
+  std::cout << "late writer: " << done << " batches, refused for 5 s " << refused << " time(s), "
+            << log.conflicts() << " conflicts; busy writer: " << busy_batches << " batches\n";
+  OffsetLog reader(a.get(), stream);
+  std::set<std::string> seen;
+  for (const auto& [subject, messages] : ReadAll(reader, *a, stream)) {
+    EXPECT_TRUE(Contiguous(messages)) << subject;
+    ExpectEachBuiltForItsOffset(messages, &seen);
+  }
+}
+
 // Not a pass/fail timing: prints what one writer gets from the cluster both ways.
 TEST_F(BusTest, PrintsAppendRates) {
   std::unique_ptr<Connection> connection = Connect();

@@ -223,10 +223,16 @@ namespace {
 constexpr absl::string_view kEpochTag = "devbridge epoch ";
 }  // namespace
 
-absl::StatusOr<std::string> StreamEpoch(const Connection& connection, const std::string& name) {
+absl::StatusOr<std::string> StreamEpoch(const Connection& connection, const std::string& name,
+                                        absl::Duration patience) {
   jsStreamInfo* info = nullptr;
   jsErrCode code = static_cast<jsErrCode>(0);
   natsStatus s = js_GetStreamInfo(&info, connection.js(), name.c_str(), nullptr, &code);
+  for (const absl::Time deadline = absl::Now() + patience;
+       code == 0 && (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS) && absl::Now() < deadline;) {
+    absl::SleepFor(absl::Seconds(1));
+    s = js_GetStreamInfo(&info, connection.js(), name.c_str(), nullptr, &code);
+  }
   if (s != NATS_OK) return FromNats(s, absl::StrCat("reading stream ", name), code);
   absl::string_view described =
       info->Config != nullptr && info->Config->Description != nullptr ? info->Config->Description : "";

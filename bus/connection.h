@@ -112,8 +112,10 @@ absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::s
 // that time names no epoch: two ingest replicas started together, or a reader answered by
 // another server after a leader change, would see two and tell every client 410. Streams
 // created before the description carried the id keep their epoch of old: "bus-" and the
-// creation time in hex. NotFound while there is no such stream.
-absl::StatusOr<std::string> StreamEpoch(const Connection& connection, const std::string& name);
+// creation time in hex. NotFound while there is no such stream. While JetStream does not
+// answer (a cluster busy electing leaders right after its start), asks again for `patience`.
+absl::StatusOr<std::string> StreamEpoch(const Connection& connection, const std::string& name,
+                                        absl::Duration patience = absl::ZeroDuration());
 // A description for StreamSpec that gives the stream a new epoch: random, so that two
 // processes creating the stream at once propose different ones and both keep the winner's.
 std::string NewEpochDescription();

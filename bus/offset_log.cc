@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/random/distributions.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -53,6 +54,7 @@ OffsetLog::OffsetLog(const Connection* connection, std::string stream)
     : connection_(connection), stream_(std::move(stream)) {}
 
 OffsetLog::~OffsetLog() {
+  turns_.reset();  // OnTurnRequest runs no more
   if (replies_ != nullptr) {
     natsSubscription_Unsubscribe(replies_);
     natsSubscription_Destroy(replies_);
@@ -74,11 +76,21 @@ absl::Status OffsetLog::AppendBatch(const std::vector<Entry>& entries, std::vect
     }
     if (s == NATS_OK) s = natsSubscription_SetPendingLimits(replies_, -1, -1);
     if (s != NATS_OK) return FromNats(s, "subscribing to the append answers");
+    turns_subject_ = absl::StrCat("devbridge.turn.", stream_);
+    absl::StatusOr<std::unique_ptr<Subscription>> turns =
+        Subscription::Start(connection_, turns_subject_, &OffsetLog::OnTurnRequest, this);
+    if (!turns.ok()) return turns.status();
+    turns_ = *std::move(turns);
   }
   positions->reserve(entries.size());
   const absl::Time give_up = absl::Now() + connection_->timeout();
   size_t done = 0;
+  struct Contending {  // for the turn requests of others, while this batch is refused
+    std::atomic<bool>* flag;
+    ~Contending() { *flag = false; }
+  } contending{&contending_};
   for (int attempt = 0; done < entries.size(); ++attempt) {
+    WaitOurTurn();
     absl::Status why;
     absl::StatusOr<size_t> stored = SendBatch(entries, done, positions, &why);
     if (!stored.ok()) {
@@ -90,6 +102,11 @@ absl::Status OffsetLog::AppendBatch(const std::vector<Entry>& entries, std::vect
     last_sequence_ = 0;  // refused or unanswered: read the stream again before going on
     if (!why.ok() && why.code() != absl::StatusCode::kFailedPrecondition) return why;
     ++conflicts_;
+    // Refused twice: another writer keeps the stream. Ask it to wait a moment.
+    if (attempt >= 1) {
+      contending_ = true;
+      AskForTurn();
+    }
     if (absl::Now() > give_up) {
       return absl::AbortedError(absl::StrCat("appending a batch: other writers kept the stream busy for ",
                                              absl::FormatDuration(connection_->timeout()), " (", attempt + 1,
@@ -115,6 +132,11 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
   std::optional<Position> previous;
   if (reuse == 0 && last_sequence_ == 0) RETURN_IF_ERROR(Reload(entries[from].subject, &previous));
   const uint64_t after = reuse > 0 ? unsettled_.after : last_sequence_;
+  // The newest message of every subject of the batch this writer does not know, asked for at
+  // once: one round trip for the batch, not one per subject (a writer that lost a race has
+  // forgotten them all, and must be quick to get its turn).
+  absl::flat_hash_map<std::string, std::optional<Position>> looked_up;
+  RETURN_IF_ERROR(LookUpNewest(entries, from + reuse, &looked_up));
   // Offsets as if every message of the batch is stored: each one's subject goes on from what
   // this writer knows, then from the batch's own earlier messages.
   absl::flat_hash_map<std::string, Position> newest;  // the batch's view of each subject
@@ -134,7 +156,7 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
       } else if (auto known = newest_.find(entry.subject); known != newest_.end()) {
         before = known->second;
       } else {
-        ASSIGN_OR_RETURN(before, Newest(entry.subject));
+        before = looked_up[entry.subject];
       }
       ++sequence;
       position = Position{sequence, before ? before->offset + 1 : sequence};
@@ -238,6 +260,89 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
   return stored;
 }
 
+absl::Status OffsetLog::LookUpNewest(const std::vector<Entry>& entries, size_t from,
+                                     absl::flat_hash_map<std::string, std::optional<Position>>* found) {
+  std::vector<const std::string*> subjects;
+  for (size_t i = from; i < entries.size(); ++i) {
+    const std::string& subject = entries[i].subject;
+    if (newest_.contains(subject) || found->contains(subject)) continue;
+    found->emplace(subject, std::nullopt);
+    subjects.push_back(&subject);
+  }
+  if (subjects.empty()) return absl::OkStatus();
+  const std::string api = absl::StrCat("$JS.API.STREAM.MSG.GET.", stream_);
+  const std::string tag = absl::StrCat(inbox_, ".", ++batches_, ".");
+  for (size_t i = 0; i < subjects.size(); ++i) {
+    const std::string request = nlohmann::json{{"last_by_subj", *subjects[i]}}.dump();
+    const std::string reply = absl::StrCat(tag, i);
+    natsStatus s = natsConnection_PublishRequest(connection_->nc(), api.c_str(), reply.c_str(), request.data(),
+                                                 static_cast<int>(request.size()));
+    if (s != NATS_OK) return FromNats(s, absl::StrCat("reading the newest message of ", *subjects[i]));
+  }
+  std::vector<bool> answered(subjects.size(), false);
+  size_t left = subjects.size();
+  const absl::Time deadline = absl::Now() + connection_->timeout();
+  while (left > 0) {
+    const int64_t wait = absl::ToInt64Milliseconds(deadline - absl::Now());
+    natsMsg* msg = nullptr;
+    natsStatus s = wait > 0 ? natsSubscription_NextMsg(&msg, replies_, wait) : NATS_TIMEOUT;
+    if (s != NATS_OK) return FromNats(s, absl::StrCat("reading the newest message of ", left, " subject(s)"));
+    absl::string_view subject = natsMsg_GetSubject(msg);
+    size_t index = 0;
+    if (!absl::ConsumePrefix(&subject, tag) || !absl::SimpleAtoi(subject, &index) || index >= subjects.size() ||
+        answered[index]) {
+      natsMsg_Destroy(msg);  // a late answer of something asked before
+      continue;
+    }
+    answered[index] = true;
+    --left;
+    const nlohmann::json answer = nlohmann::json::parse(
+        absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)), nullptr, false);
+    natsMsg_Destroy(msg);
+    const std::string& name = *subjects[index];
+    if (!answer.is_object()) return absl::InternalError(absl::StrCat("reading ", name, ": the answer is not JSON"));
+    if (answer.contains("error")) {
+      if (answer["error"].value("err_code", 0) == JSNoMessageFoundErr) continue;  // none: nullopt
+      return absl::InternalError(absl::StrCat("reading the newest message of ", name, ": ",
+                                              answer["error"].value("description", "error")));
+    }
+    const nlohmann::json& message = answer.value("message", nlohmann::json::object());
+    std::string headers;
+    const uint64_t sequence = message.value("seq", uint64_t{0});
+    std::optional<uint64_t> offset;
+    if (absl::Base64Unescape(message.value("hdrs", ""), &headers)) offset = OffsetInHeaderBlock(headers);
+    if (!offset) {
+      return absl::DataLossError(absl::StrCat("message ", sequence, " on ", name, " has no ", kOffsetHeader));
+    }
+    (*found)[name] = Position{sequence, *offset};
+  }
+  return absl::OkStatus();
+}
+
+void OffsetLog::OnTurnRequest(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  auto* log = static_cast<OffsetLog*>(closure);
+  const absl::string_view from(natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
+  // Not our own, and not while we are waiting for a turn ourselves (then whoever gets in first
+  // goes: at least one of us is not the writer that kept the stream).
+  if (from != log->inbox_ && !log->contending_.load()) {
+    log->yield_until_ms_ = absl::ToUnixMillis(absl::Now() + kYield);
+  }
+  natsMsg_Destroy(msg);
+}
+
+void OffsetLog::AskForTurn() {
+  const absl::Time now = absl::Now();
+  if (now - asked_at_ < kYield) return;
+  asked_at_ = now;
+  natsConnection_PublishString(connection_->nc(), turns_subject_.c_str(), inbox_.c_str());
+}
+
+void OffsetLog::WaitOurTurn() {
+  const int64_t until = yield_until_ms_.load();
+  const absl::Duration wait = absl::FromUnixMillis(until) - absl::Now();
+  if (wait > absl::ZeroDuration()) absl::SleepFor(std::min(wait, kYield));
+}
+
 absl::StatusOr<std::optional<Position>> OffsetLog::Newest(const std::string& subject) {
   natsMsg* msg = nullptr;
   jsErrCode code = static_cast<jsErrCode>(0);
@@ -308,6 +413,11 @@ absl::StatusOr<Position> OffsetLog::Append(const std::string& subject, const std
       return FromNats(s, absl::StrCat("appending to ", subject), code);
     }
     ++conflicts_;
+    // Refused twice: another writer keeps the stream. Ask it to wait a moment.
+    if (attempt >= 1) {
+      contending_ = true;
+      AskForTurn();
+    }
     if (absl::Now() > give_up) {
       return absl::AbortedError(absl::StrCat("appending to ", subject, ": other writers kept the stream busy for ",
                                              absl::FormatDuration(connection_->timeout()), " (", attempt + 1,

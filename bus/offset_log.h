@@ -17,8 +17,15 @@
 // accepted, so two writers racing on one subject can both pass it (nats-server#4320, still
 // reworked in 2.11, #6194). Measured on Debian's 2.9.10 with 3 replicas: 2 writers, 400
 // appends, 14 offsets given twice. The stream-wide check counts what the leader accepted and
-// holds. The price: writers of one stream take turns, so devbridge gives each stream one
-// writer at a time (a partition's lease holder), and conflicts are rare.
+// holds. The price: writers of one stream take turns, and conflicts are not rare (every
+// ingest replica writes the fleet's stream, and a stream's writers all race on its end).
+//
+// Taking turns fairly: a writer that lost the race re-reads what it forgot (the newest message
+// of each subject of its batch, asked for at once) and tries again; one refused twice asks the
+// others, on core NATS subject `devbridge.turn.<stream>`, to hold their next batch for 50 ms,
+// and they do unless they are waiting for a turn themselves. Without it, a writer with a
+// backlog (a replica that just took partitions over) kept the stream for 30 s while the other
+// one's batches were refused every time (the cluster suite, 2026-12-03).
 //
 // A subject with no message held (new, or all expired) starts at the stream's last sequence
 // + 1. An offset is never above its message's stream sequence (it starts at most there and
@@ -30,7 +37,9 @@
 #ifndef DEVBRIDGE_BUS_OFFSET_LOG_H_
 #define DEVBRIDGE_BUS_OFFSET_LOG_H_
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <functional>
 #include <optional>
 #include <string>
@@ -40,7 +49,9 @@
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "bus/connection.h"
+#include "bus/subscription.h"
 
 namespace devbridge::bus {
 
@@ -122,6 +133,15 @@ class OffsetLog {
   // not answered: see *why).
   absl::StatusOr<size_t> SendBatch(const std::vector<Entry>& entries, size_t from,
                                    std::vector<Position>* positions, absl::Status* why);
+  // The newest message of each subject of entries[from..] not in newest_ (nullopt: none), all
+  // asked for at once.
+  absl::Status LookUpNewest(const std::vector<Entry>& entries, size_t from,
+                            absl::flat_hash_map<std::string, std::optional<Position>>* found);
+  // Another writer asks for a turn: hold the next batch for kYield (the client's thread).
+  static void OnTurnRequest(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
+  void AskForTurn();   // at most once per kYield
+  void WaitOurTurn();  // while another writer has asked for a turn
+  static constexpr absl::Duration kYield = absl::Milliseconds(50);
   // Reads the stream's last sequence and then `subject`'s newest message.
   absl::Status Reload(const std::string& subject, std::optional<Position>* newest);
   // The first message of `subject` at stream sequence `from` or later, or nullopt.
@@ -145,6 +165,11 @@ class OffsetLog {
   natsSubscription* replies_ = nullptr;  // AppendBatch's answers, on inbox_.*
   std::string inbox_;
   uint64_t batches_ = 0;  // tells one batch's answers from a late one of an earlier batch
+  std::string turns_subject_;
+  std::unique_ptr<Subscription> turns_;  // other writers' turn requests
+  std::atomic<int64_t> yield_until_ms_{0};
+  std::atomic<bool> contending_{false};  // this writer's batch was refused twice and waits
+  absl::Time asked_at_ = absl::InfinitePast();
 };
 
 // A push stream's subject under `prefix`: "<prefix>.s.<system>" for a system's own stream,

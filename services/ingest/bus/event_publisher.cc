@@ -20,7 +20,7 @@ absl::StatusOr<std::unique_ptr<EventPublisher>> EventPublisher::Start(BusOptions
   bus::StreamSpec spec{options.stream, {options.prefix + ".>"}, options.replicas, options.max_age};
   spec.description = bus::NewEpochDescription();
   if (absl::Status s = bus::EnsureStream(**connection, spec); !s.ok()) return s;
-  absl::StatusOr<std::string> epoch = bus::StreamEpoch(**connection, options.stream);
+  absl::StatusOr<std::string> epoch = bus::StreamEpoch(**connection, options.stream, absl::Seconds(60));
   if (!epoch.ok()) return epoch.status();
   return std::unique_ptr<EventPublisher>(
       new EventPublisher(std::move(options), *std::move(connection), *std::move(epoch), metrics));
@@ -126,14 +126,17 @@ void EventPublisher::Run() {
       uint64_t skipped = 0;
       if (error_log_.Allow(absl::Now(), &skipped)) {
         log_->warn("bus: {} event(s) not appended yet ({}); trying again in {} ({} line(s) skipped)",
-                   batch.size() - appended.size(), status.message(), absl::FormatDuration(backoff), skipped);
+                   batch.size() - appended.size(), status.message(),
+                   absl::IsAborted(status) ? "0s" : absl::FormatDuration(backoff), skipped);
       }
     }
     appended_->Inc(appended.size());
     std::function<void()> on_space;
     {
       common::MutexLock lock(&mu_);
-      if (!status.ok()) {
+      if (absl::IsAborted(status)) {
+        // Other writers kept the stream: no outage to wait out, try again at once.
+      } else if (!status.ok()) {
         cv_.WaitFor(&mu_, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
         backoff = std::min(backoff * 2, absl::Seconds(5));
       }
