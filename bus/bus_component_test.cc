@@ -551,9 +551,13 @@ TEST_F(BusTest, OneHolderPerLease) {
   lb = Leases::Open(b.get(), bucket, absl::Seconds(30), 3);
   ASSERT_TRUE(lb.ok()) << lb.status();
 
-  EXPECT_EQ(*(*la)->Hold("p0", "ingest-a"), true);
+  Leases::Held first, renewal, later;
+  EXPECT_EQ(*(*la)->Hold("p0", "ingest-a", &first), true);
+  EXPECT_FALSE(first.renewed);
   EXPECT_EQ(*(*lb)->Hold("p0", "ingest-b"), false);
-  EXPECT_EQ(*(*la)->Hold("p0", "ingest-a"), true);  // a renewal
+  EXPECT_EQ(*(*la)->Hold("p0", "ingest-a", &renewal), true);
+  EXPECT_TRUE(renewal.renewed);
+  EXPECT_GT(renewal.revision, first.revision);
   EXPECT_EQ(*(*lb)->Holder("p0"), "ingest-a");
   EXPECT_EQ(*(*lb)->Hold("p1", "ingest-b"), true);
 
@@ -562,7 +566,10 @@ TEST_F(BusTest, OneHolderPerLease) {
   EXPECT_EQ(*(*la)->Holder("p0"), "ingest-a");
   ASSERT_TRUE((*la)->Release("p0", "ingest-a").ok());
   EXPECT_EQ(*(*la)->Holder("p0"), "");
-  EXPECT_EQ(*(*lb)->Hold("p0", "ingest-b"), true);
+  // The next holder's fencing token is greater than every earlier holder's.
+  EXPECT_EQ(*(*lb)->Hold("p0", "ingest-b", &later), true);
+  EXPECT_FALSE(later.renewed);
+  EXPECT_GT(later.revision, renewal.revision);
   EXPECT_EQ(*(*la)->Hold("p0", "ingest-a"), false);
 
   // Both racing for one free name: exactly one wins.

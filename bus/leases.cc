@@ -42,7 +42,7 @@ absl::StatusOr<Leases::Entry> Leases::Read(const std::string& name) {
   return entry;
 }
 
-absl::StatusOr<bool> Leases::Write(const std::string& name, const std::string& holder, bool hold) {
+absl::StatusOr<bool> Leases::Write(const std::string& name, const std::string& holder, bool hold, Held* held) {
   for (int attempt = 0; attempt < kMaxAttempts; ++attempt) {
     // The bucket's end first, then the entry: an entry newer than that end makes the write
     // below fail and go round again, never pass on an old view.
@@ -60,6 +60,7 @@ absl::StatusOr<bool> Leases::Write(const std::string& name, const std::string& h
     jsErrCode code = static_cast<jsErrCode>(0);
     if (s == NATS_OK) s = js_PublishMsg(&ack, connection_->js(), msg, nullptr, &code);
     natsMsg_Destroy(msg);
+    if (s == NATS_OK && held != nullptr) *held = Held{ack->Sequence, current.holder == holder};
     jsPubAck_Destroy(ack);
     if (s == NATS_OK) return true;
     if (code != JSStreamWrongLastSequenceErr) {
@@ -70,12 +71,12 @@ absl::StatusOr<bool> Leases::Write(const std::string& name, const std::string& h
                                          " times in a row"));
 }
 
-absl::StatusOr<bool> Leases::Hold(const std::string& name, const std::string& holder) {
-  return Write(name, holder, /*hold=*/true);
+absl::StatusOr<bool> Leases::Hold(const std::string& name, const std::string& holder, Held* held) {
+  return Write(name, holder, /*hold=*/true, held);
 }
 
 absl::Status Leases::Release(const std::string& name, const std::string& holder) {
-  return Write(name, holder, /*hold=*/false).status();
+  return Write(name, holder, /*hold=*/false, nullptr).status();
 }
 
 absl::StatusOr<std::string> Leases::Holder(const std::string& name) {

@@ -36,10 +36,19 @@ class Leases {
   Leases(const Leases&) = delete;
   Leases& operator=(const Leases&) = delete;
 
+  // What a successful Hold wrote.
+  struct Held {
+    // The bucket's sequence of the write: it only grows, so a holding that began later has a
+    // greater one. A holder's first write is its fencing token (PostgreSQL refuses writes
+    // under an older one; see ingest's Store).
+    uint64_t revision = 0;
+    bool renewed = false;  // `holder` held it already (false: it was free and is taken now)
+  };
   // Takes `name` for `holder` when nobody holds it, or renews it when `holder` does. True when
-  // `holder` holds it afterwards; false when somebody else does. On true the lease is good
-  // until HeldUntil(the moment the call started, on the holder's clock).
-  absl::StatusOr<bool> Hold(const std::string& name, const std::string& holder);
+  // `holder` holds it afterwards (and `*held`, if given, says how); false when somebody else
+  // does. On true the lease is good until HeldUntil(the moment the call started, on the
+  // holder's clock).
+  absl::StatusOr<bool> Hold(const std::string& name, const std::string& holder, Held* held = nullptr);
   // The last moment a holder whose successful Hold started at `sent` may act on the name.
   absl::Time HeldUntil(absl::Time sent) const { return sent + ttl_ - ttl_ / 5; }
 
@@ -64,7 +73,7 @@ class Leases {
   absl::StatusOr<Entry> Read(const std::string& name);
   // Puts `holder` on `name` (hold) or deletes the entry (release) unless somebody else holds
   // it; false in that case.
-  absl::StatusOr<bool> Write(const std::string& name, const std::string& holder, bool hold);
+  absl::StatusOr<bool> Write(const std::string& name, const std::string& holder, bool hold, Held* held);
   std::string Subject(const std::string& name) const { return "$KV." + bucket_ + "." + name; }
 
   const Connection* connection_;

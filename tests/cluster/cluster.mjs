@@ -223,7 +223,7 @@ async function main() {
     // What each ingest replica counted on the way, to tell a loss or a copy apart.
     for (let i = 0; i < 2; i++) {
       const body = (await get(ingestPorts[i].http, '/metrics')).body;
-      const lines = body.split('\n').filter((l) => /^devbridge_ingest_(intake|partitions|sessions|messages_dropped|bus_dropped)\w*(_total)? /.test(l));
+      const lines = body.split('\n').filter((l) => /^devbridge_ingest_(intake|partitions|sessions|messages_dropped|bus_dropped|db_fenced_records)\w*(_total)? /.test(l));
       log(`ingest-${i + 1}: ${lines.join(', ')}`);
     }
     if (counts.duplicated > 0) {

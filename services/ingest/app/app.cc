@@ -141,15 +141,17 @@ struct App::Impl : public CoreOutputs {
     }
   }
 
-  // Owner's thread: partition `id` is ours. Its writer reads the checkpoint; then its reader
-  // starts after it.
-  void GainPartition(int id) {
+  // Owner's thread: partition `id` is ours, under fencing token `fence`. Its writer reads the
+  // checkpoint (and marks it with the fence, which refuses an earlier owner's writes from then
+  // on); then its reader starts after it.
+  void GainPartition(int id, uint64_t fence) {
     auto part = std::make_shared<Partition>();
     part->id = id;
     StoreOptions so;
     so.dsn = options.pg_dsn;
     so.max_queue_bytes = options.db_queue_bytes;
     so.spool_id = absl::StrCat("partition-", id);
+    so.fence = fence;
     // Commands a dead owner left open in the partition fail (503), as a restart does for its own.
     so.started = absl::Now();
     so.owns_device = [partitions = options.partitions, id](const std::string& device) {
@@ -932,7 +934,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     oo.ttl = o.lease_ttl;
     oo.replicas = o.bus.replicas;
     s.owner = cluster::PartitionOwner::Start(
-        s.cluster_bus.get(), oo, [&s](int p) { s.GainPartition(p); }, [&s](int p) { s.LosePartition(p); },
+        s.cluster_bus.get(), oo, [&s](int p, uint64_t fence) { s.GainPartition(p, fence); }, [&s](int p) { s.LosePartition(p); },
         &s.metrics);
     s.owner_now = s.owner.get();
     // Before our own client connects: a survivor that adopted our session gives it back when

@@ -1,6 +1,7 @@
 #include "services/ingest/cluster/partition_owner.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "bus/leases.h"
@@ -10,7 +11,7 @@
 namespace devbridge::ingest::cluster {
 
 std::unique_ptr<PartitionOwner> PartitionOwner::Start(const bus::Connection* connection, OwnerOptions options,
-                                                      OnChange on_gained, OnChange on_lost,
+                                                      OnGained on_gained, OnLost on_lost,
                                                       common::MetricsRegistry* metrics) {
   std::unique_ptr<PartitionOwner> owner(
       new PartitionOwner(connection, std::move(options), std::move(on_gained), std::move(on_lost)));
@@ -50,7 +51,12 @@ int PartitionOwner::held() const {
   return n;
 }
 
-void PartitionOwner::Gain(int partition, absl::Time until) {
+bool PartitionOwner::Losing(int partition) const {
+  common::MutexLock lock(&mu_);
+  return losing_[partition];
+}
+
+void PartitionOwner::Gain(int partition, absl::Time until, uint64_t fence) {
   common::MutexLock callbacks(&callbacks_mu_[partition]);
   {
     common::MutexLock lock(&mu_);
@@ -59,56 +65,85 @@ void PartitionOwner::Gain(int partition, absl::Time until) {
   cv_.NotifyAll();  // the keeper's next deadline may be this one
   gained_->Inc();
   held_gauge_->Set(held());
-  on_gained_(partition);
+  on_gained_(partition, fence);
 }
 
 bool PartitionOwner::Lose(int partition, const char* why) {
-  common::MutexLock callbacks(&callbacks_mu_[partition]);
   {
     common::MutexLock lock(&mu_);
     if (held_until_[partition] == absl::InfinitePast()) return false;
     held_until_[partition] = absl::InfinitePast();
+    losing_[partition] = true;
   }
-  lost_->Inc();
-  held_gauge_->Set(held());
-  common::Logger("ingest.cluster")->info("partition {}: no longer held ({})", partition, why);
-  on_lost_(partition);
+  Lost(partition, why);
   return true;
+}
+
+void PartitionOwner::Lost(int partition, const char* why) {
+  {
+    common::MutexLock callbacks(&callbacks_mu_[partition]);
+    lost_->Inc();
+    held_gauge_->Set(held());
+    common::Logger("ingest.cluster")->info("partition {}: no longer held ({})", partition, why);
+    on_lost_(partition);
+  }
+  common::MutexLock lock(&mu_);
+  losing_[partition] = false;
 }
 
 void PartitionOwner::Keep() {
   // Often enough to act well within the lease's margin (Leases::HeldUntil keeps ttl / 5).
   const absl::Duration tick = std::min(absl::Milliseconds(50), options_.ttl / 20);
+  struct Loss {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+  std::vector<Loss> losses;
   for (;;) {
     std::vector<int> expired;
     {
       common::MutexLock lock(&mu_);
-      if (stopping_) return;
+      if (stopping_) break;
       const absl::Time now = absl::Now();
       absl::Time next = absl::InfiniteFuture();
       for (int p = 0; p < options_.partitions; ++p) {
         if (held_until_[p] == absl::InfinitePast()) continue;
-        if (held_until_[p] <= now) expired.push_back(p);
-        next = std::min(next, held_until_[p]);
+        if (held_until_[p] <= now) {
+          // No longer ours from this moment, whether the bus answered or not.
+          held_until_[p] = absl::InfinitePast();
+          losing_[p] = true;
+          expired.push_back(p);
+        } else {
+          next = std::min(next, held_until_[p]);
+        }
       }
       if (expired.empty()) {
         cv_.WaitFor(&mu_, std::min(tick, std::max(absl::ZeroDuration(), next - now)), [this] {
           mu_.AssertHeld();
           return stopping_;
         });
-        continue;
       }
     }
-    // Whatever was not renewed by its deadline is no longer ours, whether the bus answered or
-    // not; all of them at once (a loss waits for its partition's writer to commit).
-    if (expired.size() == 1) {
-      Lose(expired[0], "lease not renewed in time");
-      continue;
+    // Each loss on a thread of its own (it waits for the partition's writer): the next
+    // deadline is kept meanwhile.
+    for (int p : expired) {
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      losses.push_back(Loss{std::thread([this, p, done] {
+                              Lost(p, "lease not renewed in time");
+                              *done = true;
+                            }),
+                            done});
     }
-    std::vector<std::thread> losses;
-    for (int p : expired) losses.emplace_back([this, p] { Lose(p, "lease not renewed in time"); });
-    for (std::thread& t : losses) t.join();
+    for (auto it = losses.begin(); it != losses.end();) {
+      if (!*it->done) {
+        ++it;
+        continue;
+      }
+      it->thread.join();
+      it = losses.erase(it);
+    }
   }
+  for (Loss& loss : losses) loss.thread.join();
 }
 
 bool PartitionOwner::Round(bus::Leases* leases) {
@@ -123,22 +158,33 @@ bool PartitionOwner::Round(bus::Leases* leases) {
   for (int p = 0; p < options_.partitions; ++p) {
     if (Held(p)) {
       sent = absl::Now();
-      absl::StatusOr<bool> renewed = leases->Hold(PartitionLease(p), self);
+      bus::Leases::Held how;
+      absl::StatusOr<bool> renewed = leases->Hold(PartitionLease(p), self, &how);
       if (renewed.ok() && *renewed) {
         bool late = false;
         {
           common::MutexLock lock(&mu_);
-          if (held_until_[p] == absl::InfinitePast()) {
-            late = true;  // the keeper let it go while the bus took its time: not ours to use
+          if (held_until_[p] == absl::InfinitePast() || !how.renewed) {
+            // The keeper let it go while the bus took its time, or the lease ran out before
+            // this write (which took it afresh, under a fence this holding does not have):
+            // not ours to use.
+            late = true;
           } else {
             held_until_[p] = leases->HeldUntil(sent);
           }
         }
-        if (late) (void)leases->Release(PartitionLease(p), self);
+        if (late) {
+          Lose(p, "its lease ran out before the renewal");
+          (void)leases->Release(PartitionLease(p), self);
+        }
       } else if (renewed.ok()) {
         Lose(p, "another replica holds its lease");
       }
       holders[p] = Held(p) ? self : "?";
+      continue;
+    }
+    if (Losing(p)) {
+      holders[p] = "?";  // let go, and its writer not done yet: not taken again before it is
       continue;
     }
     absl::StatusOr<std::string> holder = leases->Holder(PartitionLease(p));
@@ -150,14 +196,15 @@ bool PartitionOwner::Round(bus::Leases* leases) {
   }
   for (int p : plan.take) {
     sent = absl::Now();
-    absl::StatusOr<bool> taken = leases->Hold(PartitionLease(p), self);
+    bus::Leases::Held how;
+    absl::StatusOr<bool> taken = leases->Hold(PartitionLease(p), self, &how);
     if (!taken.ok() || !*taken) continue;
     if (absl::Now() >= leases->HeldUntil(sent)) {
       (void)leases->Release(PartitionLease(p), self);  // the answer came too late to act on
       continue;
     }
     common::Logger("ingest.cluster")->info("partition {}: taken ({} replica(s) live)", p, members->size());
-    Gain(p, leases->HeldUntil(sent));
+    Gain(p, leases->HeldUntil(sent), how.revision);
   }
   return true;
 }

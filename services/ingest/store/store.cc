@@ -119,6 +119,14 @@ uint64_t CoveredBy(absl::Span<const QueuedRecord> batch) {
   return covers;
 }
 
+// A writer's fencing token was overtaken: another owner writes its spool's rows now.
+class Fenced : public std::runtime_error {
+ public:
+  Fenced(const std::string& spool_id, uint64_t fence)
+      : std::runtime_error(absl::StrCat(spool_id, ": a newer owner (fencing token above ", fence,
+                                        ") writes its checkpoint now")) {}
+};
+
 // How the writer tells, after losing the connection during a COMMIT, whether that
 // transaction took effect: with a spool, every transaction also stores its own token in the
 // spool's checkpoint row, which only this writer updates. The batch is in if the row holds
@@ -127,6 +135,7 @@ uint64_t CoveredBy(absl::Span<const QueuedRecord> batch) {
 struct WriteContext {
   const QueuedRecord* batch_begin = nullptr;
   std::string spool_id;
+  uint64_t fence = 0;  // StoreOptions::fence
   uint64_t next_token = 0;
   uint64_t pending_token = 0;  // the transaction under way; 0: none
   size_t pending_end = 0;      // index in the batch just past that transaction's records
@@ -137,10 +146,18 @@ void WriteCheckpoint(pqxx::work& tx, WriteContext& ctx, absl::Span<const QueuedR
   if (ctx.spool_id.empty()) return;
   ctx.pending_token = ++ctx.next_token;
   ctx.pending_end = static_cast<size_t>(records.data() + records.size() - ctx.batch_begin);
-  tx.exec0(absl::StrCat("INSERT INTO spool_checkpoints (spool_id, seq, tx, updated_at) VALUES (",
-                        tx.quote(ctx.spool_id), ",", CoveredBy(records), ",", ctx.pending_token,
-                        ", now()) ON CONFLICT (spool_id) DO UPDATE SET"
-                        " seq = GREATEST(spool_checkpoints.seq, EXCLUDED.seq), tx = EXCLUDED.tx, updated_at = now()"));
+  // With a fence, the row's lock also orders this transaction against a newer owner's start:
+  // it commits before that start reads the checkpoint, or finds the row taken and rolls back.
+  pqxx::result moved = tx.exec(absl::StrCat(
+      "INSERT INTO spool_checkpoints (spool_id, seq, tx, fence, updated_at) VALUES (", tx.quote(ctx.spool_id), ",",
+      CoveredBy(records), ",", ctx.pending_token, ",", ctx.fence,
+      ", now()) ON CONFLICT (spool_id) DO UPDATE SET"
+      " seq = GREATEST(spool_checkpoints.seq, EXCLUDED.seq), tx = EXCLUDED.tx, updated_at = now()",
+      ctx.fence != 0 ? " WHERE spool_checkpoints.fence = EXCLUDED.fence" : ""));
+  if (moved.affected_rows() == 0) {
+    ctx.pending_token = 0;  // certain: it will not commit
+    throw Fenced(ctx.spool_id, ctx.fence);
+  }
 }
 
 // Readings go in with COPY: PostgreSQL then neither parses nor plans a statement per batch,
@@ -404,6 +421,9 @@ const std::vector<std::string>& Migrations() {
       // transaction as the rows, so a replay after a crash stores nothing twice.
       "CREATE TABLE IF NOT EXISTS spool_checkpoints ("
       " spool_id text primary key, seq bigint not null, tx bigint, updated_at timestamptz);",
+      // 4: the fencing token of the spool's writer (a cluster partition's owner; 0: none):
+      // a writer with an older one commits nothing.
+      "ALTER TABLE spool_checkpoints ADD COLUMN IF NOT EXISTS fence bigint NOT NULL DEFAULT 0;",
   };
   return kMigrations;
 }
@@ -452,6 +472,9 @@ Store::Store(StoreOptions options, common::MetricsRegistry* metrics) : options_(
                               "Records PostgreSQL refused for their data, kept in table rejected.");
   m_.abandoned = &r.AddCounter("devbridge_ingest_db_abandoned_total",
                                "Statements abandoned after statement_timeout (PostgreSQL unreachable?).");
+  m_.fenced = &r.AddCounter("devbridge_ingest_db_fenced_records_total",
+                            "Records not written because a newer owner of their partition writes it now "
+                            "(it processes their messages again).");
   last_progress_ms_ = absl::ToUnixMillis(absl::Now());
   if (!options_.register_gauges) return;
   r.AddGaugeFn("devbridge_ingest_db_queue_bytes", "Bytes waiting for the writer.", {},
@@ -614,7 +637,15 @@ uint64_t Store::StartUp(void* c) {
     }
   }
   uint64_t checkpoint = 0;
-  if (!options_.spool_id.empty()) {
+  if (!options_.spool_id.empty() && options_.fence != 0) {
+    // Marks the row as this owner's; waits for an older owner's transaction on it to end.
+    pqxx::result row = tx.exec(absl::StrCat(
+        "INSERT INTO spool_checkpoints (spool_id, seq, fence, updated_at) VALUES (", tx.quote(options_.spool_id),
+        ", 0, ", options_.fence, ", now()) ON CONFLICT (spool_id) DO UPDATE SET fence = EXCLUDED.fence,"
+        " updated_at = now() WHERE spool_checkpoints.fence <= EXCLUDED.fence RETURNING seq"));
+    if (row.empty()) throw Fenced(options_.spool_id, options_.fence);
+    checkpoint = row[0][0].as<uint64_t>();
+  } else if (!options_.spool_id.empty()) {
     pqxx::result row =
         tx.exec(absl::StrCat("SELECT seq FROM spool_checkpoints WHERE spool_id = ", tx.quote(options_.spool_id)));
     if (!row.empty()) checkpoint = row[0][0].as<uint64_t>();
@@ -632,6 +663,7 @@ void Store::WriterLoop() {
   bool started_up = false;
   WriteContext ctx;
   ctx.spool_id = options_.spool_id;
+  ctx.fence = options_.fence;
   ctx.next_token = (uint64_t{std::random_device{}()} << 20) ^ static_cast<uint64_t>(absl::ToUnixMicros(absl::Now()));
   // A transaction whose COMMIT lost its answer: its token, and how many records of the batch
   // it held. Resolved after the next connect by asking the checkpoint row.
@@ -641,6 +673,7 @@ void Store::WriterLoop() {
   // Connects, migrates and (once) does the start-up work if needed; false (after logging) if
   // the database is away.
   auto ensure = [&]() -> bool {
+    if (fenced_) return false;
     if (conn && conn->is_open() && started_up) return true;
     try {
       if (!conn || !conn->is_open()) conn = Connect(options_.dsn);
@@ -655,6 +688,11 @@ void Store::WriterLoop() {
         Unwatch(kWriter);
       }
       return true;
+    } catch (const Fenced& e) {
+      Unwatch(kWriter);
+      fenced_ = true;
+      log->warn("{}: not writing (fencing token {})", e.what(), options_.fence);
+      return false;
     } catch (const std::exception& e) {
       Unwatch(kWriter);
       conn.reset();
@@ -722,6 +760,12 @@ void Store::WriterLoop() {
       break;
     }
     mu_.Unlock();
+    if (fenced_) {
+      // The newer owner processes their messages again, from the checkpoint it read.
+      Discarded(batch);
+      mu_.Lock();
+      continue;
+    }
     const absl::Time start = absl::Now();
     bool ok = false;
     size_t done = 0;  // records of `batch` committed or rejected, a prefix
@@ -755,6 +799,11 @@ void Store::WriterLoop() {
         WriteIsolating(*conn, batch, ctx, &done, &rejected);
         Unwatch(kWriter);
         ok = true;
+      } catch (const Fenced& e) {
+        Unwatch(kWriter);
+        fenced_ = true;
+        log->warn("{}: {} record(s) from here on are left to it (fencing token {})", e.what(), batch.size() - done,
+                  options_.fence);
       } catch (const pqxx::broken_connection& e) {
         Unwatch(kWriter);  // before the socket is closed: the watchdog must not touch a reused fd
         conn.reset();
@@ -785,6 +834,11 @@ void Store::WriterLoop() {
       // Part of the batch is in: account for it now, and retry only the rest.
       Committed(batch, done, absl::Now());
     }
+    if (fenced_) {
+      Discarded(batch);
+      mu_.Lock();
+      continue;
+    }
     if (ok) {
       const absl::Time now = absl::Now();
       if (failures > 0) log->info("database writes resumed after {} failed attempts", failures);
@@ -808,13 +862,20 @@ void Store::WriterLoop() {
   mu_.Unlock();
 }
 
-void Store::Committed(std::vector<QueuedRecord>& batch, size_t n, absl::Time now) {
-  m_.rows->Inc(n);
+void Store::Committed(std::vector<QueuedRecord>& batch, size_t n, absl::Time now) { Done(batch, n, now, true); }
+
+void Store::Discarded(std::vector<QueuedRecord>& batch) {
+  m_.fenced->Inc(batch.size());
+  Done(batch, batch.size(), absl::Now(), false);
+}
+
+void Store::Done(std::vector<QueuedRecord>& batch, size_t n, absl::Time now, bool stored) {
+  if (stored) m_.rows->Inc(n);
   size_t bytes = 0;
-  const uint64_t covers = CoveredBy(absl::MakeConstSpan(batch).subspan(0, n));
+  const uint64_t covers = stored ? CoveredBy(absl::MakeConstSpan(batch).subspan(0, n)) : 0;
   for (size_t i = 0; i < n; ++i) {
     bytes += RecordBytes(batch[i].record);
-    if (const auto* reading = std::get_if<ReadingRecord>(&batch[i].record)) {
+    if (const auto* reading = std::get_if<ReadingRecord>(&batch[i].record); reading && stored) {
       m_.commit_latency_ms->Observe(absl::ToDoubleMilliseconds(now - reading->published_at));
     }
   }

@@ -46,6 +46,12 @@ struct StoreOptions {
   absl::Duration max_backoff = absl::Seconds(5);
   // The spool whose checkpoint the writer keeps (Spool::id()); empty: no spool.
   std::string spool_id;
+  // With spool_id, a fencing token (0: none): at start the writer marks the checkpoint row
+  // with it, unless the row has a greater one, and every transaction commits only while the
+  // row still has this one. A writer whose token was overtaken (a newer owner of the spool's
+  // partition started) writes nothing more: it drops what it holds and what comes, and says
+  // so (fenced()). Tokens only grow (bus::Leases::Held::revision).
+  uint64_t fence = 0;
   // At the first connection, commands requested before this time and left `queued` or `sent`
   // (a crash) are marked failed with 503 (CONTRACT §10.3). InfinitePast(): skip.
   absl::Time started = absl::InfinitePast();
@@ -93,6 +99,8 @@ class Store {
   // been Full(). Set before Push() is first called.
   void SetOnSpace(std::function<void()> on_space) { on_space_ = std::move(on_space); }
 
+  // True once a greater fencing token than options.fence was found: nothing is written any more.
+  bool fenced() const { return fenced_.load(); }
   // True when the last statement (or periodic check) against the database succeeded.
   bool healthy() const { return healthy_.load(); }
   // True when records wait and none was committed for kWritesFailingAfter. Thread-safe.
@@ -131,6 +139,10 @@ class Store {
   // Accounts for the first `n` records of `batch` as committed and removes them. Called on
   // the writer thread.
   void Committed(std::vector<QueuedRecord>& batch, size_t n, absl::Time now) ABSL_LOCKS_EXCLUDED(mu_);
+  // The same for records that will never be written (fenced): counted, removed, not stored.
+  void Discarded(std::vector<QueuedRecord>& batch) ABSL_LOCKS_EXCLUDED(mu_);
+  // Both: takes the first `n` records of `batch` off the queue's accounts.
+  void Done(std::vector<QueuedRecord>& batch, size_t n, absl::Time now, bool stored) ABSL_LOCKS_EXCLUDED(mu_);
   void ReaderLoop() ABSL_LOCKS_EXCLUDED(read_mu_);
 
   StoreOptions options_;
@@ -149,6 +161,7 @@ class Store {
   bool was_full_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<size_t> queued_bytes_{0};
   std::atomic<bool> healthy_{false};
+  std::atomic<bool> fenced_{false};
   std::atomic<int64_t> last_progress_ms_{0};  // last commit, or last time nothing waited
 
   common::Mutex read_mu_;
@@ -166,6 +179,7 @@ class Store {
     common::Counter* retries;
     common::Counter* rejected;
     common::Counter* abandoned;
+    common::Counter* fenced;
   } m_;
 
   struct Watched {

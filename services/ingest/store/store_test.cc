@@ -295,6 +295,52 @@ TEST(Store, TheCheckpointMovesInTheTransactionThatCompletesItsMessages) {
   EXPECT_EQ(ready2.get_future().get(), 15u);
 }
 
+TEST(Store, AWriterWhoseFenceWasOvertakenWritesNothingMore) {
+  // Two owners of one cluster partition, one after the other: the first may not know yet that
+  // its lease ran out, and must not store what the second stores again from the checkpoint.
+  const std::string dsn = CreateTestDatabase();
+  common::MetricsRegistry metrics;
+  auto start = [&](uint64_t fence, std::promise<uint64_t>* ready) {
+    StoreOptions options = Options(dsn);
+    options.spool_id = "partition-3";
+    options.fence = fence;
+    options.register_gauges = false;
+    return Store::Start(options, &metrics, [ready](uint64_t c) { ready->set_value(c); });
+  };
+  auto message = [](Store* store, const std::string& device, uint64_t seq) {
+    std::vector<StoreRecord> records = {Reading(device, static_cast<int>(seq))};
+    store->PushMessage(&records, seq);
+  };
+  std::promise<uint64_t> first_ready;
+  auto first = start(10, &first_ready);
+  EXPECT_EQ(first_ready.get_future().get(), 0u);
+  message(first.get(), "first", 5);
+  ASSERT_TRUE(first->Flush(absl::Seconds(20)));
+
+  std::promise<uint64_t> second_ready;
+  auto second = start(20, &second_ready);
+  EXPECT_EQ(second_ready.get_future().get(), 5u) << "the next owner starts after what the first stored";
+  message(first.get(), "first-late", 6);  // the first owner has not heard yet
+  ASSERT_TRUE(first->Flush(absl::Seconds(20)));
+  EXPECT_TRUE(first->fenced());
+  message(second.get(), "second", 6);
+  ASSERT_TRUE(second->Flush(absl::Seconds(20)));
+  EXPECT_FALSE(second->fenced());
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings WHERE device_id = 'first-late'"), 0);
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings WHERE device_id = 'second'"), 1);
+  EXPECT_EQ(Count(dsn, "SELECT seq FROM spool_checkpoints WHERE spool_id = 'partition-3'"), 6);
+
+  // An owner that starts late with an older token writes nothing at all.
+  std::promise<uint64_t> stale_ready;
+  auto stale = start(15, &stale_ready);
+  ASSERT_TRUE(WaitFor([&] { return stale->fenced(); }, absl::Seconds(20)));
+  message(stale.get(), "stale", 7);
+  ASSERT_TRUE(stale->Flush(absl::Seconds(20)));
+  EXPECT_EQ(Count(dsn, "SELECT count(*) FROM readings WHERE device_id = 'stale'"), 0);
+  EXPECT_EQ(Count(dsn, "SELECT fence FROM spool_checkpoints WHERE spool_id = 'partition-3'"), 20);
+  EXPECT_EQ(metrics.AddCounter("devbridge_ingest_db_fenced_records_total", "").Value(), 2u);
+}
+
 TEST(Store, AMessagesRecordsAreNeverSplitBetweenTransactions) {
   // A transaction holding part of a message's records would, after a crash, have the replay
   // of that message write that part again.
