@@ -3,6 +3,7 @@
 // where to go on, and leases have one holder at a time and move when their holder goes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <map>
@@ -582,6 +583,17 @@ TEST_F(BusTest, OneHolderPerLease) {
     tb.join();
     EXPECT_EQ(winners.load(), 1) << name;
   }
+
+  // The names held, without the released ones.
+  absl::StatusOr<std::vector<std::string>> names = (*la)->Names("race");
+  ASSERT_TRUE(names.ok()) << names.status();
+  EXPECT_EQ(names->size(), 20u);
+  ASSERT_TRUE((*la)->Release("race0", *(*la)->Holder("race0")).ok());
+  names = (*lb)->Names("race");
+  ASSERT_TRUE(names.ok()) << names.status();
+  EXPECT_EQ(names->size(), 19u);
+  EXPECT_EQ(std::count(names->begin(), names->end(), "race0"), 0);
+  EXPECT_EQ(std::count(names->begin(), names->end(), "race19"), 1);
 }
 
 TEST_F(BusTest, ALeaseNotRenewedMovesAfterItsTtl) {

@@ -21,7 +21,8 @@ constexpr int kQuietFetchesBeforeCheck = 30;
 }  // namespace
 
 DurableReader::DurableReader(const Connection* connection, DurableReaderOptions options, OnMessage on_message)
-    : connection_(connection), options_(std::move(options)), on_message_(std::move(on_message)) {
+    : connection_(connection), options_(std::move(options)), on_message_(std::move(on_message)),
+      name_(options_.consumer) {
   last_ = options_.from > 0 ? options_.from - 1 : 0;
 }
 
@@ -49,27 +50,33 @@ void DurableReader::Commit(uint64_t sequence) {
 }
 
 absl::Status DurableReader::Create() {
-  jsErrCode code = static_cast<jsErrCode>(0);
-  natsStatus s = js_DeleteConsumer(connection_->js(), options_.stream.c_str(), options_.consumer.c_str(), nullptr, &code);
-  if (s != NATS_OK && s != NATS_NOT_FOUND && code != JSConsumerNotFoundErr) {
-    return FromNats(s, absl::StrCat("deleting consumer ", options_.consumer, " of ", options_.stream), code);
-  }
   jsConsumerConfig cfg;
   jsConsumerConfig_Init(&cfg);
-  cfg.Durable = options_.consumer.c_str();
+  cfg.Durable = name_.c_str();
   cfg.FilterSubject = options_.subject.c_str();
   cfg.DeliverPolicy = js_DeliverByStartSequence;
   cfg.OptStartSeq = last_ + 1;
   cfg.AckPolicy = js_AckAll;
   cfg.AckWait = absl::ToInt64Nanoseconds(options_.ack_wait);
   cfg.MaxAckPending = options_.max_ack_pending;
+  cfg.InactiveThreshold = absl::ToInt64Nanoseconds(options_.inactive_threshold);
   // Replicas 0: as many as the stream has, so the consumer outlives any one server.
-  jsConsumerInfo* info = nullptr;
-  code = static_cast<jsErrCode>(0);
-  s = js_AddConsumer(&info, connection_->js(), options_.stream.c_str(), &cfg, nullptr, &code);
-  jsConsumerInfo_Destroy(info);
-  if (s != NATS_OK) {
-    return FromNats(s, absl::StrCat("creating consumer ", options_.consumer, " of ", options_.stream), code);
+  for (int attempt = 0;; ++attempt) {
+    jsConsumerInfo* info = nullptr;
+    jsErrCode code = static_cast<jsErrCode>(0);
+    natsStatus s = js_AddConsumer(&info, connection_->js(), options_.stream.c_str(), &cfg, nullptr, &code);
+    jsConsumerInfo_Destroy(info);
+    if (s == NATS_OK) break;
+    // Refused by the servers (not a timeout): a consumer of that name reading from elsewhere,
+    // what a previous reader left. Deleted, once, then created anew.
+    if (attempt > 0 || code == 0) {
+      return FromNats(s, absl::StrCat("creating consumer ", name_, " of ", options_.stream), code);
+    }
+    code = static_cast<jsErrCode>(0);
+    s = js_DeleteConsumer(connection_->js(), options_.stream.c_str(), name_.c_str(), nullptr, &code);
+    if (s != NATS_OK && s != NATS_NOT_FOUND && code != JSConsumerNotFoundErr) {
+      return FromNats(s, absl::StrCat("deleting consumer ", name_, " of ", options_.stream), code);
+    }
   }
   next_delivery_ = 1;
   return absl::OkStatus();
@@ -79,9 +86,9 @@ absl::Status DurableReader::Bind() {
   jsSubOptions options;
   jsSubOptions_Init(&options);
   options.Stream = options_.stream.c_str();
-  options.Consumer = options_.consumer.c_str();  // bound: the client will not delete it on unsubscribing
+  options.Consumer = name_.c_str();  // bound: the client will not delete it on unsubscribing
   jsErrCode code = static_cast<jsErrCode>(0);
-  natsStatus s = js_PullSubscribe(&sub_, connection_->js(), options_.subject.c_str(), options_.consumer.c_str(),
+  natsStatus s = js_PullSubscribe(&sub_, connection_->js(), options_.subject.c_str(), name_.c_str(),
                                   nullptr, &options, &code);
   if (s != NATS_OK) {
     sub_ = nullptr;
@@ -116,7 +123,7 @@ void DurableReader::Run() {
     }
     Acknowledge();
     if (s != NATS_TIMEOUT && failures++ % 20 == 0) {
-      log->warn("{}: cannot fetch from consumer {}: {}", options_.subject, options_.consumer,
+      log->warn("{}: cannot fetch from consumer {}: {}", options_.subject, name_,
                 FromNats(s, "fetching", fetch_code).message());
     }
     if (s != NATS_TIMEOUT) absl::SleepFor(absl::Milliseconds(200));
@@ -126,17 +133,17 @@ void DurableReader::Run() {
       Fill(UINT64_MAX);
       if (filled_ > before) {
         log->warn("{}: {} messages consumer {} did not deliver were read from the stream", options_.subject,
-                  filled_ - before, options_.consumer);
+                  filled_ - before, name_);
       }
     }
     if (quiet % kQuietFetchesBeforeCheck != 0) continue;
     jsConsumerInfo* info = nullptr;
     jsErrCode code = static_cast<jsErrCode>(0);
     const natsStatus got = js_GetConsumerInfo(&info, connection_->js(), options_.stream.c_str(),
-                                              options_.consumer.c_str(), nullptr, &code);
+                                              name_.c_str(), nullptr, &code);
     jsConsumerInfo_Destroy(info);
     if (got != NATS_NOT_FOUND && code != JSConsumerNotFoundErr) continue;
-    log->warn("{}: consumer {} is gone; creating it again from {}", options_.subject, options_.consumer, last_ + 1);
+    log->warn("{}: consumer {} is gone; creating it again from {}", options_.subject, name_, last_ + 1);
     Recreate();
   }
 }
@@ -145,6 +152,10 @@ void DurableReader::Recreate() {
   static auto log = common::Logger("bus.reader");
   Unbind();
   unacknowledged_.clear();  // their acknowledgements would go to the consumer that is gone
+  // Under a name of its own: a consumer deleted and created again under the same name while
+  // a server was down stays "not current" on that server once it is back (nats-server 2.9.10
+  // reports "has NO quorum, stalled" for the old one), and the server never turns healthy.
+  name_ = absl::StrCat(options_.consumer, "-", ++recreations_);
   for (int attempt = 0; !stop_; ++attempt) {
     absl::Status again = Create();
     if (again.ok()) again = Bind();

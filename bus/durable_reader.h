@@ -39,12 +39,16 @@ namespace devbridge::bus {
 struct DurableReaderOptions {
   std::string stream;
   std::string subject;
-  std::string consumer;  // the durable consumer's name; created anew by Start
+  // The durable consumer's name (unique to this reading: reused, see Start). Created by Start.
+  std::string consumer;
   uint64_t from = 1;     // the first stream sequence to read (1: from the stream's start)
   absl::Duration ack_wait = absl::Seconds(30);
   int max_ack_pending = 8192;  // delivered and not acknowledged, at most, before the bus waits
   int batch = 256;             // messages asked for at a time
   common::Counter* read_back = nullptr;  // counts the messages read from the stream (may be null)
+  // A consumer nobody fetched from for this long is removed by the servers: what a reader
+  // killed with its process leaves. (One blocked in on_message longer is created again.)
+  absl::Duration inactive_threshold = absl::Minutes(5);
 };
 
 class DurableReader {
@@ -53,8 +57,11 @@ class DurableReader {
   // may block (the bus then holds what follows).
   using OnMessage = std::function<void(uint64_t sequence, absl::string_view data)>;
 
-  // Deletes the consumer named `options.consumer` if there is one (what a previous reader
-  // left, with its floor) and creates it to start at `options.from`, then starts reading.
+  // Creates the consumer named `options.consumer` to start at `options.from` (deleting one of
+  // that name another reader left, with its floor), then starts reading. Give each reading a
+  // name of its own (ingest: intake-<partition>-<fence>): nats-server 2.9.10 mixes up a
+  // consumer deleted and created again while one of its servers was down (that server stays
+  // unhealthy). Created again after a loss, it takes a suffix (-1, -2, ...).
   static absl::StatusOr<std::unique_ptr<DurableReader>> Start(const Connection* connection,
                                                               DurableReaderOptions options, OnMessage on_message);
   // Stops reading; `on_message` is not running and will not run once this returns. The
@@ -86,6 +93,8 @@ class DurableReader {
   const Connection* connection_;
   DurableReaderOptions options_;
   OnMessage on_message_;
+  std::string name_;      // the consumer's name now
+  int recreations_ = 0;
   natsSubscription* sub_ = nullptr;
   std::thread thread_;
   std::atomic<bool> stop_{false};

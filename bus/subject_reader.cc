@@ -12,6 +12,8 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connec
                                                                     const std::string& subject, uint64_t from,
                                                                     OnMessage on_message) {
   std::unique_ptr<SubjectReader> reader(new SubjectReader(std::move(on_message)));
+  reader->last_sequence_ = from > 0 ? from - 1 : 0;
+  reader->last_delivery_ms_ = absl::ToUnixMillis(absl::Now());
   jsSubOptions options;
   jsSubOptions_Init(&options);
   options.Stream = stream.c_str();
@@ -37,13 +39,14 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connec
   return reader;
 }
 
-SubjectReader::~SubjectReader() {
+void SubjectReader::Stop() {
   if (sub_ == nullptr) return;
   // The client calls Completed after the last Deliver has returned: once unsubscribed, or
   // once the connection was closed (Connection::Close, then Unsubscribe fails at once).
   const bool unsubscribed = natsSubscription_Unsubscribe(sub_) == NATS_OK;
   completed_.WaitForNotificationWithTimeout(unsubscribed ? absl::Seconds(10) : absl::Seconds(2));
   natsSubscription_Destroy(sub_);
+  sub_ = nullptr;
 }
 
 void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
@@ -61,6 +64,8 @@ void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, vo
   reader->on_message_(position, natsMsg_GetSubject(msg),
                       absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)));
   natsMsg_Destroy(msg);
+  if (position.sequence > 0) reader->last_sequence_ = position.sequence;
+  reader->last_delivery_ms_ = absl::ToUnixMillis(absl::Now());
 }
 
 void SubjectReader::Completed(void* closure) { static_cast<SubjectReader*>(closure)->completed_.Notify(); }

@@ -7,6 +7,7 @@
 #ifndef DEVBRIDGE_BUS_SUBJECT_READER_H_
 #define DEVBRIDGE_BUS_SUBJECT_READER_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -14,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "bus/connection.h"
 #include "bus/offset_log.h"
 
@@ -32,9 +34,19 @@ class SubjectReader {
                                                              const std::string& subject, uint64_t from,
                                                              OnMessage on_message);
   // Stops reading; `on_message` is not running and will not run once this returns.
-  ~SubjectReader();
+  ~SubjectReader() { Stop(); }
   SubjectReader(const SubjectReader&) = delete;
   SubjectReader& operator=(const SubjectReader&) = delete;
+
+  // The same as the destructor; last_sequence() is then final.
+  void Stop();
+  // The stream sequence of the last message handed over (from - 1 before the first; 0 when
+  // reading started with the live end and nothing came yet), and when it was handed over (the
+  // start before the first). A reader far behind its subject's newest message for long has
+  // stalled: the client could not create its consumer again after a server's loss, and
+  // tries again only after missed heartbeats. Thread-safe.
+  uint64_t last_sequence() const { return last_sequence_.load(); }
+  absl::Time last_delivery() const { return absl::FromUnixMillis(last_delivery_ms_.load()); }
 
  private:
   explicit SubjectReader(OnMessage on_message) : on_message_(std::move(on_message)) {}
@@ -44,6 +56,8 @@ class SubjectReader {
   OnMessage on_message_;
   natsSubscription* sub_ = nullptr;
   absl::Notification completed_;  // the client will call Deliver no more
+  std::atomic<uint64_t> last_sequence_{0};
+  std::atomic<int64_t> last_delivery_ms_{0};
 };
 
 }  // namespace devbridge::bus

@@ -55,10 +55,11 @@ struct Message {
 // and its records go to a writer of its own, whose checkpoint (table spool_checkpoints, key
 // "partition-<N>") is the intake stream position PostgreSQL has: the next owner starts
 // reading after it, so a message is stored once whoever processes it. It reads through a
-// replicated consumer of its own ("intake-<N>", bus::DurableReader), acknowledged up to that
+// replicated consumer of its own ("intake-<N>-<fence>", bus::DurableReader), acknowledged up to that
 // checkpoint, which goes on through a bus server's loss.
 struct Partition {
   int id = 0;
+  uint64_t fence = 0;  // the lease's revision when this replica took it
   std::unique_ptr<Store> store;  // set before `ready`
   common::Mutex mu;
   common::CondVar cv;  // ready, lost, or room for more
@@ -147,6 +148,7 @@ struct App::Impl : public CoreOutputs {
   void GainPartition(int id, uint64_t fence) {
     auto part = std::make_shared<Partition>();
     part->id = id;
+    part->fence = fence;
     StoreOptions so;
     so.dsn = options.pg_dsn;
     so.max_queue_bytes = options.db_queue_bytes;
@@ -211,7 +213,9 @@ struct App::Impl : public CoreOutputs {
     bus::DurableReaderOptions reading;
     reading.stream = cluster::kIntakeStream;
     reading.subject = subject;
-    reading.consumer = absl::StrCat("intake-", part->id);
+    // A name of this holding's own (see bus::DurableReader::Start); an earlier holder's
+    // consumer is removed by the servers once nobody reads from it.
+    reading.consumer = absl::StrCat("intake-", part->id, "-", part->fence);
     reading.from = from;
     reading.read_back = intake_read_back;
     for (int attempt = 0;; ++attempt) {

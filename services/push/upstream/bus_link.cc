@@ -1,5 +1,6 @@
 #include "services/push/upstream/bus_link.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -7,6 +8,14 @@
 #include "common/uuid.h"
 
 namespace devbridge::push {
+namespace {
+
+constexpr absl::Duration kHealEvery = absl::Seconds(2);
+constexpr absl::Duration kStalledAfter = absl::Seconds(5);
+// Subjects looked at per round at most (one request each), taken in turn.
+constexpr size_t kHealChecks = 100;
+
+}  // namespace
 
 BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Event, bool)> on_event,
                  std::function<void(bool)> on_state, OnStreamReady on_stream_ready, Upstream* commands,
@@ -26,7 +35,9 @@ BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Eve
       append_errors_(&metrics->AddCounter("devbridge_push_bus_append_errors_total",
                                           "Appends to the bus that failed within publish_deadline (the caller got 503).")),
       streams_(&metrics->AddGauge("devbridge_push_bus_streams",
-                                  "Push streams this replica reads from the bus (those its clients hold).")) {
+                                  "Push streams this replica reads from the bus (those its clients hold).")),
+      restarts_(&metrics->AddCounter("devbridge_push_bus_reader_restarts_total",
+                                     "Readers of the bus started again after they stalled behind their subject.")) {
   metrics->AddGaugeFn("devbridge_push_bus_up", "1 while the bus is connected and read.", {},
                       [this] { return up() ? 1.0 : 0.0; });
 }
@@ -274,6 +285,58 @@ void BusLink::StartReading(StreamRead stream, bus::OffsetLog* log) {
   }
 }
 
+void BusLink::Heal(bus::OffsetLog* log) {
+  const absl::Time now = absl::Now();
+  if (now < next_heal_) return;
+  next_heal_ = now + kHealEvery;
+  // Quiet readers: the cluster subject's (key "") and the streams'.
+  std::vector<std::string> quiet;
+  auto is_quiet = [now](const bus::SubjectReader* reader) {
+    return reader != nullptr && reader->last_sequence() > 0 && now - reader->last_delivery() >= kStalledAfter;
+  };
+  if (is_quiet(reader_.get())) quiet.emplace_back();
+  for (const auto& [key, r] : readers_) {
+    if (is_quiet(r.reader.get())) quiet.push_back(key);
+  }
+  if (quiet.size() > kHealChecks) {
+    std::rotate(quiet.begin(), quiet.begin() + static_cast<std::ptrdiff_t>(heal_cursor_++ % quiet.size()), quiet.end());
+    quiet.resize(kHealChecks);
+  }
+  for (const std::string& key : quiet) {
+    Reader* r = nullptr;
+    if (!key.empty()) {
+      auto it = readers_.find(key);
+      if (it == readers_.end()) continue;
+      r = &it->second;
+    }
+    std::unique_ptr<bus::SubjectReader>& reader = r ? r->reader : reader_;
+    const std::string subject = r ? bus::StreamSubject(options_.prefix, r->stream->system_id, r->stream->group_name)
+                                  : events::ClusterSubject(options_.prefix);
+    absl::StatusOr<std::optional<bus::Position>> newest = log->Newest(subject);
+    if (!newest.ok() || !*newest || (*newest)->sequence <= reader->last_sequence()) continue;
+    log_->warn("bus: the reader of {} stalled at sequence {} ({} behind, nothing for {}); starting it again",
+               subject, reader->last_sequence(), (*newest)->sequence - reader->last_sequence(),
+               absl::FormatDuration(absl::Trunc(now - reader->last_delivery(), absl::Milliseconds(100))));
+    if (Restart(reader, subject, r ? r->stream.get() : nullptr)) restarts_->Inc();
+  }
+}
+
+bool BusLink::Restart(std::unique_ptr<bus::SubjectReader>& reader, const std::string& subject, StreamRead* stream) {
+  reader->Stop();
+  const uint64_t after = reader->last_sequence();
+  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> again = bus::SubjectReader::Start(
+      connection_.get(), options_.stream, subject, after + 1,
+      [this, stream](bus::Position position, absl::string_view, absl::string_view data) {
+        OnMessage(position, data, stream);
+      });
+  if (!again.ok()) {
+    log_->warn("bus: cannot read {} again yet: {}", subject, again.status().message());
+    return false;
+  }
+  reader = *std::move(again);
+  return true;
+}
+
 void BusLink::WaitToRetry() {
   common::MutexLock lock(&mu_);
   cv_.WaitFor(&mu_, options_.retry, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; });
@@ -365,6 +428,7 @@ void BusLink::Run() {
       post_([this, connected] { on_state_(connected); });
     }
     if (job) job(&log);
+    if (connected) Heal(&log);
   }
   // Closed first, the connection stops every reader at once, even with the bus away (each
   // would otherwise ask it to delete its consumer and wait the timeout).
