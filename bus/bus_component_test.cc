@@ -503,6 +503,40 @@ TEST_F(BusTest, AReaderFromLocateGetsEveryLaterMessageOnceInOrder) {
   EXPECT_EQ(received.subjects, std::set<std::string>{a});
 }
 
+TEST_F(BusTest, AStoppedReaderReadsOnFromTheStreamWhereItStopped) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  const std::string a = stream + ".s.a";
+  OffsetLog log(connection.get(), stream);
+  auto body = [](uint64_t offset) { return absl::StrCat(offset); };
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(log.Append(a, "", body).ok());
+    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
+  }
+  Received received;
+  absl::StatusOr<std::unique_ptr<SubjectReader>> reader =
+      SubjectReader::Start(connection.get(), stream, a, 1, received.Sink());
+  ASSERT_TRUE(reader.ok()) << reader.status();
+  ASSERT_TRUE(testing::WaitFor([&] { return received.size() >= 5; }));
+  (*reader)->Stop();
+  EXPECT_TRUE((*reader)->stopped());
+  const uint64_t stopped_at = (*reader)->last_sequence();
+  for (int i = 0; i < 5; ++i) {
+    ASSERT_TRUE(log.Append(a, "", body).ok());
+    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
+  }
+  EXPECT_EQ(received.size(), 5u) << "a stopped reader hands nothing over by itself";
+  EXPECT_EQ(*(*reader)->ReadOn(3), 3u);
+  EXPECT_EQ(*(*reader)->ReadOn(100), 2u);
+  EXPECT_EQ(*(*reader)->ReadOn(100), 0u);
+  EXPECT_GT((*reader)->last_sequence(), stopped_at);
+  common::MutexLock lock(&received.mu);
+  ASSERT_EQ(received.offsets.size(), 10u);
+  for (size_t i = 0; i < received.offsets.size(); ++i) EXPECT_EQ(received.offsets[i], i + 1) << i;
+  EXPECT_EQ(received.subjects, std::set<std::string>{a});
+}
+
 TEST_F(BusTest, AReaderGoesOnThroughItsServersKill9) {
   std::unique_ptr<Connection> reading = Connect(cluster_->url(0));
   std::unique_ptr<Connection> writing = Connect(cluster_->url(1));

@@ -17,6 +17,8 @@ constexpr int64_t kFetchWaitMs = 1000;
 // checks the consumer is still there (one deleted from outside would leave it waiting).
 constexpr int kQuietFetchesBeforeTail = 5;
 constexpr int kQuietFetchesBeforeCheck = 30;
+// Without a consumer, another is asked for this often.
+constexpr absl::Duration kRecreateEvery = absl::Seconds(5);
 
 }  // namespace
 
@@ -30,8 +32,16 @@ absl::StatusOr<std::unique_ptr<DurableReader>> DurableReader::Start(const Connec
                                                                     DurableReaderOptions options,
                                                                     OnMessage on_message) {
   std::unique_ptr<DurableReader> reader(new DurableReader(connection, std::move(options), std::move(on_message)));
-  if (absl::Status created = reader->Create(); !created.ok()) return created;
-  if (absl::Status bound = reader->Bind(); !bound.ok()) return bound;
+  absl::Status ready = reader->Create();
+  if (ready.ok()) ready = reader->Bind();
+  if (!ready.ok()) {
+    // Refused, or no answer (right after a server's loss the servers refused for 30 s and
+    // more): the thread reads from the stream meanwhile and asks again.
+    reader->Unbind();
+    common::Logger("bus.reader")->warn("{}: {}; reading from the stream meanwhile", reader->options_.subject,
+                                       ready.message());
+    reader->next_create_ = absl::Now() + kRecreateEvery;
+  }
   reader->thread_ = std::thread([r = reader.get()] { r->Run(); });
   return reader;
 }
@@ -60,7 +70,11 @@ absl::Status DurableReader::Create() {
   cfg.AckWait = absl::ToInt64Nanoseconds(options_.ack_wait);
   cfg.MaxAckPending = options_.max_ack_pending;
   cfg.InactiveThreshold = absl::ToInt64Nanoseconds(options_.inactive_threshold);
-  // Replicas 0: as many as the stream has, so the consumer outlives any one server.
+  // One copy: a replicated consumer is a raft group of its own, and nats-server 2.9.10 left
+  // such groups "not current" (the server unhealthy for good) after consumers were created and
+  // dropped around a server's restart. When its server dies, Run reads on from the stream and
+  // creates another. (Not in memory: libnats 3.4.1 then refuses to bind to it.)
+  cfg.Replicas = 1;
   for (int attempt = 0;; ++attempt) {
     jsConsumerInfo* info = nullptr;
     jsErrCode code = static_cast<jsErrCode>(0);
@@ -109,7 +123,31 @@ void DurableReader::Run() {
   int quiet = 0;
   int failures = 0;
   while (!stop_) {
-    if (sub_ == nullptr) return;  // stopped while creating the consumer again
+    if (sub_ == nullptr) {
+      // No consumer (gone, or its server is): read on from the stream itself, and ask for a
+      // consumer again every few seconds (the servers may refuse for a while after a loss).
+      const uint64_t before = filled_;
+      Fill(UINT64_MAX);
+      if (filled_ > before && failures++ % 20 == 0) {
+        log->warn("{}: {} messages read from the stream while consumer {} is not there", options_.subject,
+                  filled_ - before, name_);
+      }
+      if (absl::Now() >= next_create_) {
+        absl::Status again = Create();
+        if (again.ok()) again = Bind();
+        if (again.ok()) {
+          log->info("{}: reading through consumer {} again, from {}", options_.subject, name_, last_ + 1);
+          quiet = 0;
+          failures = 0;
+          continue;
+        }
+        Unbind();
+        log->warn("{}: {}; reading from the stream meanwhile", options_.subject, again.message());
+        next_create_ = absl::Now() + kRecreateEvery;
+      }
+      absl::SleepFor(absl::Milliseconds(kFetchWaitMs));
+      continue;
+    }
     natsMsgList list;
     jsErrCode fetch_code = static_cast<jsErrCode>(0);
     const natsStatus s = natsSubscription_Fetch(&list, sub_, options_.batch, kFetchWaitMs, &fetch_code);
@@ -142,26 +180,16 @@ void DurableReader::Run() {
     const natsStatus got = js_GetConsumerInfo(&info, connection_->js(), options_.stream.c_str(),
                                               name_.c_str(), nullptr, &code);
     jsConsumerInfo_Destroy(info);
-    if (got != NATS_NOT_FOUND && code != JSConsumerNotFoundErr) continue;
-    log->warn("{}: consumer {} is gone; creating it again from {}", options_.subject, name_, last_ + 1);
-    Recreate();
-  }
-}
-
-void DurableReader::Recreate() {
-  static auto log = common::Logger("bus.reader");
-  Unbind();
-  unacknowledged_.clear();  // their acknowledgements would go to the consumer that is gone
-  // Under a name of its own: a consumer deleted and created again under the same name while
-  // a server was down stays "not current" on that server once it is back (nats-server 2.9.10
-  // reports "has NO quorum, stalled" for the old one), and the server never turns healthy.
-  name_ = absl::StrCat(options_.consumer, "-", ++recreations_);
-  for (int attempt = 0; !stop_; ++attempt) {
-    absl::Status again = Create();
-    if (again.ok()) again = Bind();
-    if (again.ok()) return;
-    if (attempt % 10 == 0) log->warn("{}: {}; retrying", options_.subject, again.message());
-    absl::SleepFor(absl::Seconds(1));
+    if (got == NATS_OK) continue;
+    // Deleted from outside, or on a server that is gone (the consumer has one copy).
+    log->warn("{}: consumer {} does not answer ({}); reading from the stream until another is there",
+              options_.subject, name_, FromNats(got, "asking for it", code).message());
+    Unbind();
+    unacknowledged_.clear();  // their acknowledgements would go to the consumer that is gone
+    // Under a name of its own (see Start).
+    name_ = absl::StrCat(options_.consumer, "-", ++recreations_);
+    next_create_ = absl::InfinitePast();
+    failures = 0;
   }
 }
 

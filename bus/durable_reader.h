@@ -1,12 +1,14 @@
 // Reads one subject of a JetStream stream in order, from a given position on, through a
-// durable pull consumer that the stream's servers replicate, acknowledging it only as far as
-// the caller says its work is safe (Commit). It is how an ingest replica reads a partition of
-// the intake stream (services/ingest/app): acknowledged after PostgreSQL's commit.
+// durable pull consumer, acknowledging it only as far as the caller says its work is safe
+// (Commit). It is how an ingest replica reads a partition of the intake stream
+// (services/ingest/app): acknowledged after PostgreSQL's commit.
 //
-// Why not an ordered consumer (SubjectReader): that one is a single server's, so the client
-// must create it again when that server dies, and right after a kill -9 the cluster refused
-// such creations for 30 s and more. A replicated consumer goes on with another leader, and
-// nothing has to be created while the bus is in trouble.
+// The consumer lives on one server. When it does not answer (deleted, or its
+// server died), the reader reads on from the stream itself, one request per message, and asks
+// for another consumer every few seconds under a new name (right after a kill -9 the servers
+// refused creations for 30 s and more). Why not a replicated consumer: each is a raft group of
+// its own, and nats-server 2.9.10 left several of them "not current" for good after they were
+// created and dropped around a server's restart; that server never reported healthy again.
 //
 // Order, and nothing skipped: messages go to `on_message` in stream order, each once. A
 // delivery lost on the way (the server the client talked to died with it in flight) shows as
@@ -58,7 +60,8 @@ class DurableReader {
   using OnMessage = std::function<void(uint64_t sequence, absl::string_view data)>;
 
   // Creates the consumer named `options.consumer` to start at `options.from` (deleting one of
-  // that name another reader left, with its floor), then starts reading. Give each reading a
+  // that name another reader left, with its floor), then starts reading; if the servers refuse
+  // or do not answer, it reads from the stream until they do (it never fails now). Give each reading a
   // name of its own (ingest: intake-<partition>-<fence>): nats-server 2.9.10 mixes up a
   // consumer deleted and created again while one of its servers was down (that server stays
   // unhealthy). Created again after a loss, it takes a suffix (-1, -2, ...).
@@ -83,7 +86,6 @@ class DurableReader {
   absl::Status Create();  // the consumer, anew, from last_ + 1
   absl::Status Bind();    // sub_ to it
   void Run();
-  void Recreate();  // after the consumer was deleted from outside: anew, from last_ + 1
   void Handle(natsMsg* msg);
   // Hands over the subject's messages after last_ and before stream sequence `until`.
   void Fill(uint64_t until);
@@ -103,6 +105,7 @@ class DurableReader {
   std::atomic<uint64_t> copies_{0};
   // The reader's thread only:
   uint64_t last_ = 0;            // the stream sequence handed over last
+  absl::Time next_create_ = absl::InfinitePast();  // without a consumer: when to ask for one
   uint64_t next_delivery_ = 1;   // the consumer's delivery sequence expected next
   struct Delivered {
     uint64_t sequence;

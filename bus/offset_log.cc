@@ -16,9 +16,8 @@
 #include "common/status.h"
 
 namespace devbridge::bus {
-namespace {
 
-// The offset header of a message read through the API: `block` is "NATS/1.0\r\nKey: v\r\n…".
+// `block` is "NATS/1.0\r\nKey: v\r\n…".
 std::optional<uint64_t> OffsetInHeaderBlock(absl::string_view block) {
   for (absl::string_view line : absl::StrSplit(block, "\r\n")) {
     if (absl::ConsumePrefix(&line, kOffsetHeader) && absl::ConsumePrefix(&line, ":")) {
@@ -28,6 +27,8 @@ std::optional<uint64_t> OffsetInHeaderBlock(absl::string_view block) {
   }
   return std::nullopt;
 }
+
+namespace {
 
 absl::StatusOr<uint64_t> OffsetOf(natsMsg* msg) {
   const char* value = nullptr;

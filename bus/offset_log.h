@@ -56,6 +56,8 @@
 namespace devbridge::bus {
 
 inline constexpr char kOffsetHeader[] = "Devbridge-Offset";
+// The offset header of a message read through the API (StoredMessage::headers).
+std::optional<uint64_t> OffsetInHeaderBlock(absl::string_view block);
 
 // A message of the log: where JetStream keeps it and its offset on its subject.
 struct Position {

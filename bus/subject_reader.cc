@@ -11,7 +11,7 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connec
                                                                     const std::string& stream,
                                                                     const std::string& subject, uint64_t from,
                                                                     OnMessage on_message) {
-  std::unique_ptr<SubjectReader> reader(new SubjectReader(std::move(on_message)));
+  std::unique_ptr<SubjectReader> reader(new SubjectReader(connection, stream, subject, std::move(on_message)));
   reader->last_sequence_ = from > 0 ? from - 1 : 0;
   reader->last_delivery_ms_ = absl::ToUnixMillis(absl::Now());
   jsSubOptions options;
@@ -47,6 +47,22 @@ void SubjectReader::Stop() {
   completed_.WaitForNotificationWithTimeout(unsubscribed ? absl::Seconds(10) : absl::Seconds(2));
   natsSubscription_Destroy(sub_);
   sub_ = nullptr;
+}
+
+absl::StatusOr<size_t> SubjectReader::ReadOn(size_t max) {
+  size_t handed = 0;
+  while (stopped() && handed < max) {
+    absl::StatusOr<std::optional<StoredMessage>> next =
+        ReadNext(*connection_, stream_, subject_, last_sequence_.load() + 1);
+    if (!next.ok()) return handed > 0 ? absl::StatusOr<size_t>(handed) : next.status();
+    if (!*next) break;
+    Position position{(*next)->sequence, OffsetInHeaderBlock((*next)->headers).value_or(0)};
+    on_message_(position, (*next)->subject, (*next)->data);
+    last_sequence_ = position.sequence;
+    last_delivery_ms_ = absl::ToUnixMillis(absl::Now());
+    ++handed;
+  }
+  return handed;
 }
 
 void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {

@@ -38,8 +38,14 @@ class SubjectReader {
   SubjectReader(const SubjectReader&) = delete;
   SubjectReader& operator=(const SubjectReader&) = delete;
 
-  // The same as the destructor; last_sequence() is then final.
+  // The same as the destructor; last_sequence() is then final, but for ReadOn.
   void Stop();
+  bool stopped() const { return sub_ == nullptr; }
+  // Stopped: hands over (on this thread) the next messages of the subject after the last one,
+  // up to `max`, read from the stream one request each, without a consumer: for a reader whose
+  // consumer the servers do not create again for now (after a server's kill -9, 30 s and more
+  // were seen). How many it handed over.
+  absl::StatusOr<size_t> ReadOn(size_t max);
   // The stream sequence of the last message handed over (from - 1 before the first; 0 when
   // reading started with the live end and nothing came yet), and when it was handed over (the
   // start before the first). A reader far behind its subject's newest message for long has
@@ -49,10 +55,15 @@ class SubjectReader {
   absl::Time last_delivery() const { return absl::FromUnixMillis(last_delivery_ms_.load()); }
 
  private:
-  explicit SubjectReader(OnMessage on_message) : on_message_(std::move(on_message)) {}
+  SubjectReader(const Connection* connection, std::string stream, std::string subject, OnMessage on_message)
+      : connection_(connection), stream_(std::move(stream)), subject_(std::move(subject)),
+        on_message_(std::move(on_message)) {}
   static void Deliver(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   static void Completed(void* closure);
 
+  const Connection* connection_;
+  const std::string stream_;
+  const std::string subject_;
   OnMessage on_message_;
   natsSubscription* sub_ = nullptr;
   absl::Notification completed_;  // the client will call Deliver no more

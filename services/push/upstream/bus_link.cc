@@ -14,6 +14,11 @@ constexpr absl::Duration kHealEvery = absl::Seconds(2);
 constexpr absl::Duration kStalledAfter = absl::Seconds(5);
 // Subjects looked at per round at most (one request each), taken in turn.
 constexpr size_t kHealChecks = 100;
+// Time a round may take at most (plus one request's timeout).
+constexpr absl::Duration kHealBudget = absl::Seconds(1);
+constexpr absl::Duration kConsumerRetry = absl::Seconds(10);
+// Messages a stalled reader reads on per round (one request each).
+constexpr size_t kReadOnBatch = 200;
 
 }  // namespace
 
@@ -37,7 +42,10 @@ BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Eve
       streams_(&metrics->AddGauge("devbridge_push_bus_streams",
                                   "Push streams this replica reads from the bus (those its clients hold).")),
       restarts_(&metrics->AddCounter("devbridge_push_bus_reader_restarts_total",
-                                     "Readers of the bus started again after they stalled behind their subject.")) {
+                                     "Readers of the bus started again after they stalled behind their subject.")),
+      read_on_(&metrics->AddCounter("devbridge_push_bus_read_on_total",
+                                    "Messages read straight from the stream while a stalled reader's consumer "
+                                    "could not be created again.")) {
   metrics->AddGaugeFn("devbridge_push_bus_up", "1 while the bus is connected and read.", {},
                       [this] { return up() ? 1.0 : 0.0; });
 }
@@ -289,20 +297,29 @@ void BusLink::Heal(bus::OffsetLog* log) {
   const absl::Time now = absl::Now();
   if (now < next_heal_) return;
   next_heal_ = now + kHealEvery;
-  // Quiet readers: the cluster subject's (key "") and the streams'.
-  std::vector<std::string> quiet;
-  auto is_quiet = [now](const bus::SubjectReader* reader) {
-    return reader != nullptr && reader->last_sequence() > 0 && now - reader->last_delivery() >= kStalledAfter;
+  // Readers stopped (reading on from the stream) or quiet: the cluster subject's (key "") and
+  // the streams'.
+  std::vector<std::string> due;
+  auto is_due = [now](const bus::SubjectReader* reader) {
+    return reader != nullptr && (reader->stopped() || (reader->last_sequence() > 0 &&
+                                                       now - reader->last_delivery() >= kStalledAfter));
   };
-  if (is_quiet(reader_.get())) quiet.emplace_back();
+  if (is_due(reader_.get())) due.emplace_back();
   for (const auto& [key, r] : readers_) {
-    if (is_quiet(r.reader.get())) quiet.push_back(key);
+    if (is_due(r.reader.get())) due.push_back(key);
   }
-  if (quiet.size() > kHealChecks) {
-    std::rotate(quiet.begin(), quiet.begin() + static_cast<std::ptrdiff_t>(heal_cursor_++ % quiet.size()), quiet.end());
-    quiet.resize(kHealChecks);
+  // In turn from round to round: a round may end early.
+  if (!due.empty()) {
+    std::rotate(due.begin(), due.begin() + static_cast<std::ptrdiff_t>(heal_cursor_++ % due.size()), due.end());
   }
-  for (const std::string& key : quiet) {
+  if (due.size() > kHealChecks) due.resize(kHealChecks);
+  // One consumer asked for per round: a refusal costs the request's timeout, and this thread
+  // runs the API's appends too.
+  bool asked = false;
+  uint64_t skipped = 0;
+  for (const std::string& key : due) {
+    // This thread also runs the API's appends: a round that the bus keeps waiting ends.
+    if (absl::Now() - now > kHealBudget) break;
     Reader* r = nullptr;
     if (!key.empty()) {
       auto it = readers_.find(key);
@@ -310,19 +327,43 @@ void BusLink::Heal(bus::OffsetLog* log) {
       r = &it->second;
     }
     std::unique_ptr<bus::SubjectReader>& reader = r ? r->reader : reader_;
-    const std::string subject = r ? bus::StreamSubject(options_.prefix, r->stream->system_id, r->stream->group_name)
+    absl::Time& retry = r ? r->consumer_retry : cluster_consumer_retry_;
+    StreamRead* stream = r ? r->stream.get() : nullptr;
+    const std::string subject = r ? bus::StreamSubject(options_.prefix, stream->system_id, stream->group_name)
                                   : events::ClusterSubject(options_.prefix);
-    absl::StatusOr<std::optional<bus::Position>> newest = log->Newest(subject);
-    if (!newest.ok() || !*newest || (*newest)->sequence <= reader->last_sequence()) continue;
-    log_->warn("bus: the reader of {} stalled at sequence {} ({} behind, nothing for {}); starting it again",
-               subject, reader->last_sequence(), (*newest)->sequence - reader->last_sequence(),
-               absl::FormatDuration(absl::Trunc(now - reader->last_delivery(), absl::Milliseconds(100))));
-    if (Restart(reader, subject, r ? r->stream.get() : nullptr)) restarts_->Inc();
+    if (!reader->stopped()) {
+      absl::StatusOr<std::optional<bus::Position>> newest = log->Newest(subject);
+      if (absl::IsDeadlineExceeded(newest.status())) break;  // the bus does not answer: next round
+      if (!newest.ok() || !*newest || (*newest)->sequence <= reader->last_sequence()) continue;
+      log_->warn("bus: the reader of {} stalled at sequence {} ({} behind, nothing for {}); starting it again",
+                 subject, reader->last_sequence(), (*newest)->sequence - reader->last_sequence(),
+                 absl::FormatDuration(absl::Trunc(now - reader->last_delivery(), absl::Milliseconds(100))));
+      reader->Stop();
+      retry = now;
+    }
+    if (!asked && now >= retry) {
+      asked = true;
+      if (Restart(reader, subject, stream)) {
+        restarts_->Inc();
+        log_->info("bus: reading {} again from sequence {}", subject, reader->last_sequence() + 1);
+        continue;
+      }
+      retry = now + kConsumerRetry;
+    }
+    absl::StatusOr<size_t> read = reader->ReadOn(kReadOnBatch);
+    if (read.ok()) {
+      read_on_->Inc(*read);
+      continue;
+    }
+    if (error_log_.Allow(now, &skipped)) {
+      log_->warn("bus: cannot read {} from the stream either: {} ({} line(s) skipped)", subject,
+                 read.status().message(), skipped);
+    }
+    if (absl::IsDeadlineExceeded(read.status())) break;
   }
 }
 
 bool BusLink::Restart(std::unique_ptr<bus::SubjectReader>& reader, const std::string& subject, StreamRead* stream) {
-  reader->Stop();
   const uint64_t after = reader->last_sequence();
   absl::StatusOr<std::unique_ptr<bus::SubjectReader>> again = bus::SubjectReader::Start(
       connection_.get(), options_.stream, subject, after + 1,
@@ -330,7 +371,8 @@ bool BusLink::Restart(std::unique_ptr<bus::SubjectReader>& reader, const std::st
         OnMessage(position, data, stream);
       });
   if (!again.ok()) {
-    log_->warn("bus: cannot read {} again yet: {}", subject, again.status().message());
+    log_->warn("bus: cannot read {} through a consumer yet: {}; reading it from the stream meanwhile", subject,
+               again.status().message());
     return false;
   }
   reader = *std::move(again);

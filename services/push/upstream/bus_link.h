@@ -111,12 +111,14 @@ class BusLink : public Upstream {
   absl::Status Append(const v1::PushMessage& message, absl::Time give_up, bus::OffsetLog* log);
   void WaitToRetry() ABSL_LOCKS_EXCLUDED(mu_);
   // The link's thread, every kHealEvery: a reader quiet for kStalledAfter whose subject has
-  // gone on without it is started again after the last message it handed over. (An ordered
-  // consumer the client could not create again after a server's loss tries again only after
-  // missed heartbeats: in the cluster suite, 4 of 30 streams were still stuck 40 s after a
-  // nats-server's kill -9.)
+  // gone on without it is stopped and started again after the last message it handed over.
+  // (An ordered consumer the client could not create again after a server's loss tries again
+  // only after missed heartbeats: in the cluster suite, 4 of 30 streams were still stuck 40 s
+  // after a nats-server's kill -9.) While the servers do not create its consumer (seen for
+  // 30 s and more), it reads on from the stream, one request per message, and its consumer
+  // is asked for again every kConsumerRetry.
   void Heal(bus::OffsetLog* log);
-  // Stops `reader` and starts it again after its last message; false (logged) if the bus
+  // Starts the stopped `reader` again after its last message; false (logged) if the bus
   // refused (the stopped reader keeps its place for the next try).
   bool Restart(std::unique_ptr<bus::SubjectReader>& reader, const std::string& subject, StreamRead* stream);
 
@@ -139,12 +141,14 @@ class BusLink : public Upstream {
   struct Reader {
     std::unique_ptr<StreamRead> stream;
     std::unique_ptr<bus::SubjectReader> reader;
+    absl::Time consumer_retry = absl::InfinitePast();  // stalled: when to ask for a consumer again
   };
   absl::flat_hash_map<std::string, Reader> readers_;
   // The io thread: each wanted stream's reader generation (a reader tells it is ready once).
   absl::flat_hash_map<std::string, uint64_t> wanted_;
   uint64_t generations_ = 0;
   absl::Time next_heal_ = absl::InfinitePast();  // the link's thread
+  absl::Time cluster_consumer_retry_ = absl::InfinitePast();  // reader_'s Reader::consumer_retry
   size_t heal_cursor_ = 0;
 
   common::Mutex mu_;
@@ -159,6 +163,7 @@ class BusLink : public Upstream {
   common::Counter* append_errors_;
   common::Gauge* streams_;
   common::Counter* restarts_;
+  common::Counter* read_on_;
 };
 
 }  // namespace devbridge::push
