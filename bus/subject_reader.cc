@@ -12,8 +12,8 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connec
                                                                     const std::string& subject, uint64_t from,
                                                                     OnMessage on_message) {
   std::unique_ptr<SubjectReader> reader(new SubjectReader(connection, stream, subject, std::move(on_message)));
-  reader->last_sequence_ = from > 0 ? from - 1 : 0;
-  reader->last_delivery_ms_ = absl::ToUnixMillis(absl::Now());
+  reader->state_->last_sequence = from > 0 ? from - 1 : 0;
+  reader->state_->last_delivery_ms = absl::ToUnixMillis(absl::Now());
   jsSubOptions options;
   jsSubOptions_Init(&options);
   options.Stream = stream.c_str();
@@ -24,15 +24,22 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connec
   } else {
     options.Config.DeliverPolicy = js_DeliverNew;
   }
+  auto* holder = new std::shared_ptr<State>(reader->state_);  // Completed deletes it
   jsErrCode code = static_cast<jsErrCode>(0);
-  natsStatus s = js_Subscribe(&reader->sub_, connection->js(), subject.c_str(), &SubjectReader::Deliver,
-                              reader.get(), nullptr, &options, &code);
-  if (s == NATS_OK) s = natsSubscription_SetOnCompleteCB(reader->sub_, &SubjectReader::Completed, reader.get());
+  natsStatus s = js_Subscribe(&reader->sub_, connection->js(), subject.c_str(), &SubjectReader::Deliver, holder,
+                              nullptr, &options, &code);
+  if (s == NATS_OK) s = natsSubscription_SetOnCompleteCB(reader->sub_, &SubjectReader::Completed, holder);
   if (s != NATS_OK) {
+    {
+      common::MutexLock lock(&reader->state_->mu);
+      reader->state_->stopped = true;  // nothing of this subscription is handed over
+    }
     if (reader->sub_ != nullptr) {
       natsSubscription_Unsubscribe(reader->sub_);
       natsSubscription_Destroy(reader->sub_);
       reader->sub_ = nullptr;
+    } else {
+      delete holder;  // no subscription: the client never calls Completed
     }
     return FromNats(s, absl::StrCat("reading ", subject, " of ", stream), code);
   }
@@ -41,10 +48,16 @@ absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connec
 
 void SubjectReader::Stop() {
   if (sub_ == nullptr) return;
+  // Nothing is handed over once this is set (a message being handed over finishes first), so
+  // last_sequence() is final even if the client is slow to say it is done.
+  {
+    common::MutexLock lock(&state_->mu);
+    state_->stopped = true;
+  }
   // The client calls Completed after the last Deliver has returned: once unsubscribed, or
   // once the connection was closed (Connection::Close, then Unsubscribe fails at once).
   const bool unsubscribed = natsSubscription_Unsubscribe(sub_) == NATS_OK;
-  completed_.WaitForNotificationWithTimeout(unsubscribed ? absl::Seconds(10) : absl::Seconds(2));
+  state_->completed.WaitForNotificationWithTimeout(unsubscribed ? absl::Seconds(10) : absl::Seconds(2));
   natsSubscription_Destroy(sub_);
   sub_ = nullptr;
 }
@@ -53,20 +66,20 @@ absl::StatusOr<size_t> SubjectReader::ReadOn(size_t max) {
   size_t handed = 0;
   while (stopped() && handed < max) {
     absl::StatusOr<std::optional<StoredMessage>> next =
-        ReadNext(*connection_, stream_, subject_, last_sequence_.load() + 1);
+        ReadNext(*connection_, stream_, subject_, state_->last_sequence.load() + 1);
     if (!next.ok()) return handed > 0 ? absl::StatusOr<size_t>(handed) : next.status();
     if (!*next) break;
     Position position{(*next)->sequence, OffsetInHeaderBlock((*next)->headers).value_or(0)};
-    on_message_(position, (*next)->subject, (*next)->data);
-    last_sequence_ = position.sequence;
-    last_delivery_ms_ = absl::ToUnixMillis(absl::Now());
+    state_->on_message(position, (*next)->subject, (*next)->data);
+    state_->last_sequence = position.sequence;
+    state_->last_delivery_ms = absl::ToUnixMillis(absl::Now());
     ++handed;
   }
   return handed;
 }
 
 void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
-  auto* reader = static_cast<SubjectReader*>(closure);
+  State& state = **static_cast<std::shared_ptr<State>*>(closure);
   Position position;
   jsMsgMetaData* meta = nullptr;
   if (natsMsg_GetMetaData(&meta, msg) == NATS_OK) {
@@ -77,13 +90,23 @@ void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, vo
   if (natsMsgHeader_Get(msg, kOffsetHeader, &offset) == NATS_OK && offset != nullptr) {
     if (!absl::SimpleAtoi(offset, &position.offset)) position.offset = 0;
   }
-  reader->on_message_(position, natsMsg_GetSubject(msg),
-                      absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)));
+  {
+    common::MutexLock lock(&state.mu);
+    // Stopped: the reader's owner reads on from last_sequence by other means.
+    if (!state.stopped) {
+      state.on_message(position, natsMsg_GetSubject(msg),
+                       absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)));
+      if (position.sequence > 0) state.last_sequence = position.sequence;
+      state.last_delivery_ms = absl::ToUnixMillis(absl::Now());
+    }
+  }
   natsMsg_Destroy(msg);
-  if (position.sequence > 0) reader->last_sequence_ = position.sequence;
-  reader->last_delivery_ms_ = absl::ToUnixMillis(absl::Now());
 }
 
-void SubjectReader::Completed(void* closure) { static_cast<SubjectReader*>(closure)->completed_.Notify(); }
+void SubjectReader::Completed(void* closure) {
+  auto* holder = static_cast<std::shared_ptr<State>*>(closure);
+  (*holder)->completed.Notify();
+  delete holder;
+}
 
 }  // namespace devbridge::bus

@@ -12,12 +12,14 @@
 #include <memory>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "bus/connection.h"
 #include "bus/offset_log.h"
+#include "common/mutex.h"
 
 namespace devbridge::bus {
 
@@ -51,24 +53,33 @@ class SubjectReader {
   // start before the first). A reader far behind its subject's newest message for long has
   // stalled: the client could not create its consumer again after a server's loss, and
   // tries again only after missed heartbeats. Thread-safe.
-  uint64_t last_sequence() const { return last_sequence_.load(); }
-  absl::Time last_delivery() const { return absl::FromUnixMillis(last_delivery_ms_.load()); }
+  uint64_t last_sequence() const { return state_->last_sequence.load(); }
+  absl::Time last_delivery() const { return absl::FromUnixMillis(state_->last_delivery_ms.load()); }
 
  private:
+  // What the client's callbacks reach. Shared with the client (through a holder that
+  // Completed deletes): if the client never says it is done, a late callback still finds it,
+  // stopped, after the reader is gone.
+  struct State {
+    explicit State(OnMessage fn) : on_message(std::move(fn)) {}
+    common::Mutex mu;  // held while a message is handed over; Stop takes it
+    bool stopped ABSL_GUARDED_BY(mu) = false;
+    OnMessage on_message;
+    std::atomic<uint64_t> last_sequence{0};
+    std::atomic<int64_t> last_delivery_ms{0};
+    absl::Notification completed;  // the client will call Deliver no more
+  };
   SubjectReader(const Connection* connection, std::string stream, std::string subject, OnMessage on_message)
       : connection_(connection), stream_(std::move(stream)), subject_(std::move(subject)),
-        on_message_(std::move(on_message)) {}
+        state_(std::make_shared<State>(std::move(on_message))) {}
   static void Deliver(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   static void Completed(void* closure);
 
   const Connection* connection_;
   const std::string stream_;
   const std::string subject_;
-  OnMessage on_message_;
+  std::shared_ptr<State> state_;
   natsSubscription* sub_ = nullptr;
-  absl::Notification completed_;  // the client will call Deliver no more
-  std::atomic<uint64_t> last_sequence_{0};
-  std::atomic<int64_t> last_delivery_ms_{0};
 };
 
 }  // namespace devbridge::bus

@@ -223,6 +223,7 @@ async function main() {
     figures.push(`acknowledged ${load.ackedCount}, stored ${counts.stored}, lost ${counts.lost}, stored twice ${counts.duplicated}`);
     figures.push(`viewers: ${viewers.reduce((n, v) => n + v.data, 0)} device.data frames, ${viewers.reduce((n, v) => n + v.outOfOrder, 0)} offset gaps, ${viewers.reduce((n, v) => n + v.gone, 0)} 410s`);
     for (const f of figures) log(f);
+    for (const v of viewers) if (v.anomalies.length) log(`${v.clientId} (${v.systemId}): ${v.anomalies.join('; ')}`);
     // What each ingest replica counted on the way, to tell a loss or a copy apart.
     for (let i = 0; i < 2; i++) {
       const body = (await get(ingestPorts[i].http, '/metrics')).body;
@@ -242,6 +243,18 @@ async function main() {
     }
     assert.equal(counts.lost, 0, 'acknowledged frames lost');
     assert.equal(counts.duplicated, 0, 'frames stored twice');
+  } catch (e) {
+    // Where each service's threads were when the suite gave up (with gdb, if installed): a
+    // stream stuck for 40 s is a thread waiting somewhere.
+    for (const p of [...pushes, ...ingests]) {
+      if (!p.child || p.child.exitCode !== null || !fs.existsSync('/usr/bin/gdb')) continue;
+      try {
+        const stacks = execFileSync('gdb', ['-p', String(p.child.pid), '-batch', '-ex', 'thread apply all bt'],
+          { timeout: 60000, stdio: ['ignore', 'pipe', 'ignore'] });
+        fs.writeFileSync(path.join(logs, `${p.name}.stacks`), stacks);
+      } catch { /* no stacks: the failure is reported anyway */ }
+    }
+    throw e;
   } finally {
     for (const v of viewers) v.close();
     for (const p of [...pushes, ...ingests, ...natsProcs]) if (p.child && p.child.exitCode === null) p.child.kill('SIGKILL');

@@ -100,6 +100,7 @@ export class Viewer {
     this.systemId = systemId;
     this.last = null; // {epoch, offset} of the system stream
     this.outOfOrder = 0;
+    this.anomalies = []; // the first few offsets out of order: what it takes to explain them
     this.gone = 0; // 410s
     this.otherErrors = [];
     this.closes = 0;
@@ -138,7 +139,12 @@ export class Viewer {
     }
     if (f.type === 'command.accepted' || f.type === 'command.result') this.frames.push(f);
     if (f.offset !== undefined && f.systemId === this.systemId && !f.groupName) {
-      if (this.last && this.last.epoch === f.epoch && f.offset !== this.last.offset + 1) this.outOfOrder++;
+      if (this.last && this.last.epoch === f.epoch && f.offset !== this.last.offset + 1) {
+        this.outOfOrder++;
+        if (this.anomalies.length < 5) {
+          this.anomalies.push(`${new Date().toISOString().slice(11, 23)} ${f.type} offset ${f.offset} after ${this.last.offset} on port ${this.port}`);
+        }
+      }
       this.last = { epoch: f.epoch, offset: f.offset };
     }
     if (f.type === 'device.data') this.data++;
