@@ -470,18 +470,27 @@ struct Received {
   }
 };
 
+// Appends `n` messages to subject `a` of `stream`, each followed by one to another subject;
+// a's positions go to `of_a` (may be null).
+void AppendBetweenOthers(OffsetLog& log, const std::string& stream, const std::string& a, int n,
+                         std::vector<Position>* of_a) {
+  auto body = [](uint64_t offset) { return absl::StrCat(offset); };
+  for (int i = 0; i < n; ++i) {
+    absl::StatusOr<Position> at = log.Append(a, "", body);
+    ASSERT_TRUE(at.ok()) << at.status();
+    if (of_a != nullptr) of_a->push_back(*at);
+    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
+  }
+}
+
 TEST_F(BusTest, AReaderFromLocateGetsEveryLaterMessageOnceInOrder) {
   std::unique_ptr<Connection> connection = Connect();
   ASSERT_TRUE(connection);
   const std::string stream = NewStream(*connection);
   const std::string a = stream + ".s.a";
   OffsetLog log(connection.get(), stream);
-  auto body = [](uint64_t offset) { return absl::StrCat(offset); };
   std::vector<Position> of_a;
-  for (int i = 0; i < 40; ++i) {
-    of_a.push_back(*log.Append(a, "", body));
-    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(AppendBetweenOthers(log, stream, a, 40, &of_a));
   // A client saw a's 30th message; it goes on from the 31st while a keeps growing.
   absl::StatusOr<Resume> resume = log.Locate(a, of_a[29].offset);
   ASSERT_TRUE(resume.ok() && resume->kind == Resume::kNext) << resume.status();
@@ -489,10 +498,7 @@ TEST_F(BusTest, AReaderFromLocateGetsEveryLaterMessageOnceInOrder) {
   absl::StatusOr<std::unique_ptr<SubjectReader>> reader =
       SubjectReader::Start(connection.get(), stream, a, resume->sequence, received.Sink());
   ASSERT_TRUE(reader.ok()) << reader.status();
-  for (int i = 0; i < 100; ++i) {
-    of_a.push_back(*log.Append(a, "", body));
-    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(AppendBetweenOthers(log, stream, a, 100, &of_a));
   ASSERT_TRUE(testing::WaitFor([&] { return received.size() >= 110; }));
   reader->reset();
   common::MutexLock lock(&received.mu);
@@ -509,11 +515,7 @@ TEST_F(BusTest, AStoppedReaderReadsOnFromTheStreamWhereItStopped) {
   const std::string stream = NewStream(*connection);
   const std::string a = stream + ".s.a";
   OffsetLog log(connection.get(), stream);
-  auto body = [](uint64_t offset) { return absl::StrCat(offset); };
-  for (int i = 0; i < 5; ++i) {
-    ASSERT_TRUE(log.Append(a, "", body).ok());
-    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(AppendBetweenOthers(log, stream, a, 5, nullptr));
   Received received;
   absl::StatusOr<std::unique_ptr<SubjectReader>> reader =
       SubjectReader::Start(connection.get(), stream, a, 1, received.Sink());
@@ -522,10 +524,7 @@ TEST_F(BusTest, AStoppedReaderReadsOnFromTheStreamWhereItStopped) {
   (*reader)->Stop();
   EXPECT_TRUE((*reader)->stopped());
   const uint64_t stopped_at = (*reader)->last_sequence();
-  for (int i = 0; i < 5; ++i) {
-    ASSERT_TRUE(log.Append(a, "", body).ok());
-    ASSERT_TRUE(log.Append(stream + ".s.other", "", body).ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(AppendBetweenOthers(log, stream, a, 5, nullptr));
   EXPECT_EQ(received.size(), 5u) << "a stopped reader hands nothing over by itself";
   EXPECT_EQ(*(*reader)->ReadOn(3), 3u);
   EXPECT_EQ(*(*reader)->ReadOn(100), 2u);
