@@ -15,7 +15,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "bus/connection.h"
 #include "bus/offset_log.h"
@@ -58,7 +57,7 @@ class SubjectReader {
 
  private:
   // What the client's callbacks reach. Shared with the client (through a holder that
-  // Completed deletes): if the client never says it is done, a late callback still finds it,
+  // Completed deletes, once the client will call Deliver no more): a late callback finds it,
   // stopped, after the reader is gone.
   struct State {
     explicit State(OnMessage fn) : on_message(std::move(fn)) {}
@@ -67,7 +66,6 @@ class SubjectReader {
     OnMessage on_message;
     std::atomic<uint64_t> last_sequence{0};
     std::atomic<int64_t> last_delivery_ms{0};
-    absl::Notification completed;  // the client will call Deliver no more
   };
   SubjectReader(const Connection* connection, std::string stream, std::string subject, OnMessage on_message)
       : connection_(connection), stream_(std::move(stream)), subject_(std::move(subject)),
