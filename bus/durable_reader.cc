@@ -32,16 +32,9 @@ absl::StatusOr<std::unique_ptr<DurableReader>> DurableReader::Start(const Connec
                                                                     DurableReaderOptions options,
                                                                     OnMessage on_message) {
   std::unique_ptr<DurableReader> reader(new DurableReader(connection, std::move(options), std::move(on_message)));
-  absl::Status ready = reader->Create();
-  if (ready.ok()) ready = reader->Bind();
-  if (!ready.ok()) {
-    // Refused, or no answer (right after a server's loss the servers refused for 30 s and
-    // more): the thread reads from the stream meanwhile and asks again.
-    reader->Unbind();
-    common::Logger("bus.reader")->warn("{}: {}; reading from the stream meanwhile", reader->options_.subject,
-                                       ready.message());
-    reader->next_create_ = absl::Now() + kRecreateEvery;
-  }
+  // Refused, or no answer (right after a server's loss the servers refused for 30 s and
+  // more): the thread reads from the stream meanwhile and asks again.
+  reader->TakeConsumer();
   reader->thread_ = std::thread([r = reader.get()] { r->Run(); });
   return reader;
 }
@@ -96,6 +89,16 @@ absl::Status DurableReader::Create() {
   return absl::OkStatus();
 }
 
+bool DurableReader::TakeConsumer() {
+  absl::Status ready = Create();
+  if (ready.ok()) ready = Bind();
+  if (ready.ok()) return true;
+  Unbind();
+  common::Logger("bus.reader")->warn("{}: {}; reading from the stream meanwhile", options_.subject, ready.message());
+  next_create_ = absl::Now() + kRecreateEvery;
+  return false;
+}
+
 absl::Status DurableReader::Bind() {
   jsSubOptions options;
   jsSubOptions_Init(&options);
@@ -132,18 +135,11 @@ void DurableReader::Run() {
         log->warn("{}: {} messages read from the stream while consumer {} is not there", options_.subject,
                   filled_ - before, name_);
       }
-      if (absl::Now() >= next_create_) {
-        absl::Status again = Create();
-        if (again.ok()) again = Bind();
-        if (again.ok()) {
-          log->info("{}: reading through consumer {} again, from {}", options_.subject, name_, last_ + 1);
-          quiet = 0;
-          failures = 0;
-          continue;
-        }
-        Unbind();
-        log->warn("{}: {}; reading from the stream meanwhile", options_.subject, again.message());
-        next_create_ = absl::Now() + kRecreateEvery;
+      if (absl::Now() >= next_create_ && TakeConsumer()) {
+        log->info("{}: reading through consumer {} again, from {}", options_.subject, name_, last_ + 1);
+        quiet = 0;
+        failures = 0;
+        continue;
       }
       absl::SleepFor(absl::Milliseconds(kFetchWaitMs));
       continue;

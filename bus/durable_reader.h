@@ -85,6 +85,8 @@ class DurableReader {
   DurableReader(const Connection* connection, DurableReaderOptions options, OnMessage on_message);
   absl::Status Create();  // the consumer, anew, from last_ + 1
   absl::Status Bind();    // sub_ to it
+  // Create and Bind; on failure (logged) none is bound and next_create_ says when to try again.
+  bool TakeConsumer();
   void Run();
   void Handle(natsMsg* msg);
   // Hands over the subject's messages after last_ and before stream sequence `until`.

@@ -262,9 +262,7 @@ void BusLink::StartReading(StreamRead stream, bus::OffsetLog* log) {
   auto read = std::make_unique<StreamRead>(std::move(stream));
   StreamRead* raw = read.get();
   if (raw->boundary == 0) PostReady(raw);  // nothing to read back: ready before anything live
-  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::Start(
-      connection_.get(), options_.stream, subject, from,
-      [this, raw](bus::Position position, absl::string_view, absl::string_view data) { OnMessage(position, data, raw); });
+  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = Read(subject, from, raw);
   if (!reader.ok()) {
     log_->warn("bus: cannot read {}: {}; trying again in {}", subject, reader.status().message(),
                absl::FormatDuration(options_.retry));
@@ -348,7 +346,7 @@ void BusLink::Heal(bus::OffsetLog* log) {
         log_->info("bus: reading {} again from sequence {}", subject, reader->last_sequence() + 1);
         continue;
       }
-      retry = now + kConsumerRetry;
+      retry = absl::Now() + kConsumerRetry;  // after the refusal, which may have taken a timeout
     }
     absl::StatusOr<size_t> read = reader->ReadOn(kReadOnBatch);
     if (read.ok()) {
@@ -363,13 +361,17 @@ void BusLink::Heal(bus::OffsetLog* log) {
   }
 }
 
+absl::StatusOr<std::unique_ptr<bus::SubjectReader>> BusLink::Read(const std::string& subject, uint64_t from,
+                                                                  StreamRead* stream) {
+  return bus::SubjectReader::Start(connection_.get(), options_.stream, subject, from,
+                                   [this, stream](bus::Position position, absl::string_view, absl::string_view data) {
+                                     OnMessage(position, data, stream);
+                                   });
+}
+
 bool BusLink::Restart(std::unique_ptr<bus::SubjectReader>& reader, const std::string& subject, StreamRead* stream) {
   const uint64_t after = reader->last_sequence();
-  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> again = bus::SubjectReader::Start(
-      connection_.get(), options_.stream, subject, after + 1,
-      [this, stream](bus::Position position, absl::string_view, absl::string_view data) {
-        OnMessage(position, data, stream);
-      });
+  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> again = Read(subject, after + 1, stream);
   if (!again.ok()) {
     log_->warn("bus: cannot read {} through a consumer yet: {}; reading it from the stream meanwhile", subject,
                again.status().message());
@@ -420,11 +422,8 @@ bool BusLink::Open() {
     epoch_ = *epoch;
     started_after_ = *last;
     // What every replica acts on, from now on; the streams come as they are wanted.
-    absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader = bus::SubjectReader::Start(
-        connection_.get(), options_.stream, events::ClusterSubject(options_.prefix), started_after_ + 1,
-        [this](bus::Position position, absl::string_view, absl::string_view data) {
-          OnMessage(position, data, nullptr);
-        });
+    absl::StatusOr<std::unique_ptr<bus::SubjectReader>> reader =
+        Read(events::ClusterSubject(options_.prefix), started_after_ + 1, nullptr);
     if (!reader.ok()) {
       if (error_log_.Allow(absl::Now(), &skipped)) log_->warn("bus: {}; trying again", reader.status().message());
       WaitToRetry();

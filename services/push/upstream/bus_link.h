@@ -118,6 +118,10 @@ class BusLink : public Upstream {
   // 30 s and more), it reads on from the stream, one request per message, and its consumer
   // is asked for again every kConsumerRetry.
   void Heal(bus::OffsetLog* log);
+  // A reader of `subject` from stream sequence `from` whose messages go to OnMessage for
+  // `stream` (null: the cluster subject).
+  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> Read(const std::string& subject, uint64_t from,
+                                                           StreamRead* stream);
   // Starts the stopped `reader` again after its last message; false (logged) if the bus
   // refused (the stopped reader keeps its place for the next try).
   bool Restart(std::unique_ptr<bus::SubjectReader>& reader, const std::string& subject, StreamRead* stream);
