@@ -175,9 +175,11 @@ std::string HttpRequest(int port, const std::string& method, const std::string& 
     std::string req = absl::StrCat(method, " ", path, " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
     for (const auto& [k, v] : headers) absl::StrAppend(&req, k, ": ", v, "\r\n");
     absl::StrAppend(&req, "Content-Length: ", body.size(), "\r\n\r\n", body);
-    asio::write(socket, asio::buffer(req));
-    std::string out;
+    // A server may answer before the body is all sent (413) and close, which resets the
+    // rest of the write; its answer is still in the socket, so read it as curl would.
     std::error_code ec;
+    asio::write(socket, asio::buffer(req), ec);
+    std::string out;
     asio::read(socket, asio::dynamic_buffer(out), ec);
     if (status != nullptr) *status = out.size() > 12 ? std::atoi(out.substr(9, 3).c_str()) : 0;
     const size_t at = out.find("\r\n\r\n");
