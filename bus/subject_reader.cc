@@ -6,12 +6,22 @@
 #include "absl/strings/str_cat.h"
 
 namespace devbridge::bus {
+namespace {
+
+// Filling a skip reads the stream one message at a time, while the reader's client waits: at
+// most this many reads (a skip of a few of a subject's messages in a stream of thousands of
+// subjects spans thousands of sequences), for at most this long.
+constexpr size_t kMaxSkippedReads = 50000;
+constexpr absl::Duration kSkippedPatience = absl::Seconds(2);
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connection* connection,
                                                                     const std::string& stream,
                                                                     const std::string& subject, uint64_t from,
-                                                                    OnMessage on_message) {
-  std::unique_ptr<SubjectReader> reader(new SubjectReader(connection, stream, subject, std::move(on_message)));
+                                                                    OnMessage on_message, ReaderTracking tracking) {
+  std::unique_ptr<SubjectReader> reader(
+      new SubjectReader(connection, stream, subject, std::move(on_message), tracking));
   reader->state_->last_sequence = from > 0 ? from - 1 : 0;
   reader->state_->last_delivery_ms = absl::ToUnixMillis(absl::Now());
   jsSubOptions options;
@@ -68,16 +78,34 @@ absl::StatusOr<size_t> SubjectReader::ReadOn(size_t max) {
   size_t handed = 0;
   while (stopped() && handed < max) {
     absl::StatusOr<std::optional<StoredMessage>> next =
-        ReadNext(*connection_, stream_, subject_, state_->last_sequence.load() + 1);
+        ReadNext(*state_->connection, state_->stream, state_->subject, state_->last_sequence.load() + 1);
     if (!next.ok()) return handed > 0 ? absl::StatusOr<size_t>(handed) : next.status();
     if (!*next) break;
-    Position position{(*next)->sequence, OffsetInHeaderBlock((*next)->headers).value_or(0)};
-    state_->on_message(position, (*next)->subject, (*next)->data);
-    state_->last_sequence = position.sequence;
-    state_->last_delivery_ms = absl::ToUnixMillis(absl::Now());
+    HandOver(*state_, Position{(*next)->sequence, OffsetInHeaderBlock((*next)->headers).value_or(0)},
+             (*next)->subject, (*next)->data);
     ++handed;
   }
   return handed;
+}
+
+void SubjectReader::HandOver(State& state, Position position, absl::string_view subject, absl::string_view data) {
+  const uint64_t last_offset = state.last_offset.load();
+  const bool literal = state.subject.find_first_of("*>") == std::string::npos;  // one subject, one offset count
+  if (literal && position.offset > last_offset + 1 && last_offset > 0) {
+    const uint64_t missing = FillSkipped(
+        Position{state.last_sequence.load(), last_offset}, position, state.subject,
+        [&state](uint64_t sequence) { return ReadAt(*state.connection, state.stream, sequence); },
+        [&state](Position skipped, absl::string_view skipped_subject, absl::string_view skipped_data) {
+          state.on_message(skipped, skipped_subject, skipped_data);
+          if (state.tracking.refetched != nullptr) state.tracking.refetched->Inc();
+        },
+        kMaxSkippedReads, absl::Now() + kSkippedPatience);
+    if (missing > 0 && state.tracking.gaps != nullptr) state.tracking.gaps->Inc();
+  }
+  state.on_message(position, subject, data);
+  if (position.sequence > 0) state.last_sequence = position.sequence;
+  if (position.offset > 0) state.last_offset = position.offset;
+  state.last_delivery_ms = absl::ToUnixMillis(absl::Now());
 }
 
 void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
@@ -96,10 +124,12 @@ void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, vo
     common::MutexLock lock(&state.mu);
     // Stopped: the reader's owner reads on from last_sequence by other means.
     if (!state.stopped) {
-      state.on_message(position, natsMsg_GetSubject(msg),
-                       absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)));
-      if (position.sequence > 0) state.last_sequence = position.sequence;
-      state.last_delivery_ms = absl::ToUnixMillis(absl::Now());
+      if (position.sequence > 0 && position.sequence <= state.last_sequence.load()) {
+        if (state.tracking.repeated != nullptr) state.tracking.repeated->Inc();  // handed over before
+      } else {
+        HandOver(state, position, natsMsg_GetSubject(msg),
+                 absl::string_view(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)));
+      }
     }
   }
   natsMsg_Destroy(msg);
@@ -107,6 +137,26 @@ void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, vo
 
 void SubjectReader::Completed(void* closure) {
   delete static_cast<std::shared_ptr<State>*>(closure);
+}
+
+uint64_t FillSkipped(Position after, Position next, absl::string_view subject, const ReadAtFn& read_at,
+                     const SubjectReader::OnMessage& hand, size_t max_reads, absl::Time deadline) {
+  Position last = after;
+  uint64_t handed = 0;
+  size_t reads = 0;
+  for (uint64_t sequence = after.sequence + 1; sequence < next.sequence && last.offset + 1 < next.offset;
+       ++sequence) {
+    if (reads++ == max_reads || absl::Now() > deadline) break;
+    absl::StatusOr<std::optional<StoredMessage>> message = read_at(sequence);
+    if (!message.ok()) break;
+    if (!*message || (*message)->subject != subject) continue;
+    const std::optional<uint64_t> offset = OffsetInHeaderBlock((*message)->headers);
+    if (!offset || *offset <= last.offset || *offset >= next.offset) continue;
+    last = Position{sequence, *offset};
+    hand(last, (*message)->subject, (*message)->data);
+    ++handed;
+  }
+  return next.offset - after.offset - 1 - handed;
 }
 
 }  // namespace devbridge::bus

@@ -2,6 +2,9 @@
 // from a given position on, as they are appended: an *ordered* consumer, which the NATS
 // client recreates by itself from the last message it delivered when it sees a gap or loses
 // its server, so a reader sees every message once, in order, across a server's kill -9.
+// Where messages carry offsets (OffsetLog's subjects), the reader also checks that they follow
+// one another: the servers were seen to skip some after a restart (nats-server 2.9.10's
+// lookups by subject), and the reader reads those one by one, by sequence, in their place.
 // This is how a push replica takes the cluster subject and the streams its clients hold
 // (interest routing, services/push/upstream/bus_link.h).
 #ifndef DEVBRIDGE_BUS_SUBJECT_READER_H_
@@ -10,6 +13,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -18,9 +22,20 @@
 #include "absl/time/time.h"
 #include "bus/connection.h"
 #include "bus/offset_log.h"
+#include "common/metrics.h"
 #include "common/mutex.h"
 
 namespace devbridge::bus {
+
+// What a SubjectReader knows and counts beyond the messages themselves (counters may be null).
+struct ReaderTracking {
+  // The offset of the subject's message just before `from`, when known: a skip right where
+  // reading starts is found too.
+  uint64_t after_offset = 0;
+  common::Counter* repeated = nullptr;   // delivered again by the client, not handed over again
+  common::Counter* refetched = nullptr;  // skipped by the servers, read by sequence, handed over
+  common::Counter* gaps = nullptr;       // skips not filled: the messages are gone, or reading failed
+};
 
 class SubjectReader {
  public:
@@ -29,11 +44,15 @@ class SubjectReader {
   using OnMessage = std::function<void(Position position, absl::string_view subject, absl::string_view data)>;
 
   // Starts reading `subject` of `stream` at stream sequence `from` (0: only what is appended
-  // from now on). `on_message` runs on the NATS client's thread, one message at a time.
+  // from now on). `on_message` runs on the NATS client's thread, one message at a time, in
+  // stream order: a message at or below the last one handed over (the client has been seen
+  // to deliver some again around a server's restart, as it recreates its consumer) is not
+  // handed over again; on a subject without wildcards, a message whose offset does not follow
+  // the last one's comes after the skipped ones (FillSkipped).
   static absl::StatusOr<std::unique_ptr<SubjectReader>> Start(const Connection* connection,
                                                              const std::string& stream,
                                                              const std::string& subject, uint64_t from,
-                                                             OnMessage on_message);
+                                                             OnMessage on_message, ReaderTracking tracking = {});
   // Stops reading; `on_message` is not running and will not run once this returns.
   ~SubjectReader() { Stop(); }
   SubjectReader(const SubjectReader&) = delete;
@@ -53,6 +72,8 @@ class SubjectReader {
   // stalled: the client could not create its consumer again after a server's loss, and
   // tries again only after missed heartbeats. Thread-safe.
   uint64_t last_sequence() const { return state_->last_sequence.load(); }
+  // The offset of the last message handed over that had one (ReaderTracking::after_offset before).
+  uint64_t last_offset() const { return state_->last_offset.load(); }
   absl::Time last_delivery() const { return absl::FromUnixMillis(state_->last_delivery_ms.load()); }
 
  private:
@@ -60,25 +81,42 @@ class SubjectReader {
   // Completed deletes, once the client will call Deliver no more): a late callback finds it,
   // stopped, after the reader is gone.
   struct State {
-    explicit State(OnMessage fn) : on_message(std::move(fn)) {}
+    State(const Connection* c, std::string st, std::string su, OnMessage fn, ReaderTracking t)
+        : connection(c), stream(std::move(st)), subject(std::move(su)), on_message(std::move(fn)), tracking(t),
+          last_offset(t.after_offset) {}
+    const Connection* connection;
+    const std::string stream;
+    const std::string subject;
     common::Mutex mu;  // held while a message is handed over; Stop takes it
     bool stopped ABSL_GUARDED_BY(mu) = false;
     OnMessage on_message;
+    const ReaderTracking tracking;
     std::atomic<uint64_t> last_sequence{0};
+    std::atomic<uint64_t> last_offset;
     std::atomic<int64_t> last_delivery_ms{0};
   };
-  SubjectReader(const Connection* connection, std::string stream, std::string subject, OnMessage on_message)
-      : connection_(connection), stream_(std::move(stream)), subject_(std::move(subject)),
-        state_(std::make_shared<State>(std::move(on_message))) {}
+  SubjectReader(const Connection* connection, std::string stream, std::string subject, OnMessage on_message,
+                ReaderTracking tracking)
+      : state_(std::make_shared<State>(connection, std::move(stream), std::move(subject), std::move(on_message),
+                                       tracking)) {}
+  // Hands `position` over, after what the servers skipped before it; then it is the last.
+  static void HandOver(State& state, Position position, absl::string_view subject, absl::string_view data);
   static void Deliver(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   static void Completed(void* closure);
 
-  const Connection* connection_;
-  const std::string stream_;
-  const std::string subject_;
   std::shared_ptr<State> state_;
   natsSubscription* sub_ = nullptr;
 };
+
+// Fills a skip in a subject's offsets: `after` and `next` are two messages of `subject` read
+// one after the other whose offsets do not follow. Reads the stream's sequences between them
+// one by one through `read_at` and hands over (`hand`), in order, each message of `subject`
+// with an offset between theirs; stops once the offsets meet, on a read's error, after
+// `max_reads` reads or at `deadline`. How many offsets between theirs were not handed over: a
+// gap the caller counts (the messages are gone, or could not be read).
+using ReadAtFn = std::function<absl::StatusOr<std::optional<StoredMessage>>(uint64_t sequence)>;
+uint64_t FillSkipped(Position after, Position next, absl::string_view subject, const ReadAtFn& read_at,
+                     const SubjectReader::OnMessage& hand, size_t max_reads, absl::Time deadline);
 
 }  // namespace devbridge::bus
 

@@ -14,13 +14,13 @@ void History::Trim(Stream& s, absl::Time now) const {
   }
 }
 
-void History::Add(const std::string& key, uint64_t offset, std::shared_ptr<const std::string> frame, absl::Time now) {
+bool History::Add(const std::string& key, uint64_t offset, std::shared_ptr<const std::string> frame, absl::Time now) {
   auto [it, inserted] = streams_.try_emplace(key);
   Stream& s = it->second;
   if (inserted) s.complete_from = offset;  // we have seen this stream from `offset` on
   // Seen before: a stream read back again from the bus after its last client here left and
   // a new one came (interest routing) starts with messages this history may still hold.
-  if (s.last != 0 && offset <= s.last) return;
+  if (s.last != 0 && offset <= s.last) return false;
   if (s.last != 0 && offset != s.last + 1) {
     // A gap (we missed messages): only what follows is complete.
     s.entries.clear();
@@ -29,6 +29,7 @@ void History::Add(const std::string& key, uint64_t offset, std::shared_ptr<const
   s.last = offset;
   s.entries.push_back({offset, now, std::move(frame)});
   Trim(s, now);
+  return true;
 }
 
 bool History::Since(const std::string& key, const std::string& epoch, uint64_t after, absl::Time now,

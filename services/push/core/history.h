@@ -24,8 +24,8 @@ class History {
   History(size_t size, absl::Duration ttl) : size_(size), ttl_(ttl) {}
 
   // Records message `offset` (encoded frame `frame`) of stream `key`; one at or below the
-  // stream's last offset is one seen before, and ignored.
-  void Add(const std::string& key, uint64_t offset, std::shared_ptr<const std::string> frame, absl::Time now);
+  // stream's last offset is one seen before, and ignored. Whether it was new.
+  bool Add(const std::string& key, uint64_t offset, std::shared_ptr<const std::string> frame, absl::Time now);
 
   // The messages of `key` after `after` in epoch `epoch`, oldest first, into `out`. False if
   // they are gone: another epoch, evicted or expired, or never seen here.

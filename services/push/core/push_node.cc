@@ -113,6 +113,8 @@ PushNode::PushNode(NodeOptions options, Transport* transport, Upstream* upstream
   m_.recovered = &r.AddCounter("devbridge_push_recovered_messages_total", "Messages replayed by recover.");
   m_.gone = &r.AddCounter("devbridge_push_recover_gone_total", "Streams that could not be recovered (410).");
   m_.events = &r.AddCounter("devbridge_push_events_total", "Events received from ingest.");
+  m_.frames_repeated = &r.AddCounter("devbridge_push_frames_repeated_total",
+                                     "Stream messages received again with an offset already sent (not sent again).");
   m_.events_rejected = &r.AddCounter("devbridge_push_events_rejected_total",
                                      "Events from ingest that could not be applied: logged and skipped.");
   m_.membership_unpublished = &r.AddCounter(
@@ -612,7 +614,11 @@ void PushNode::Fanout(const v1::Event& event, ServerFrame frame, absl::Time now)
     frame.offset = s.offset();
     frame.epoch = event.epoch();
     auto bytes = std::make_shared<const std::string>(frame.ToJson());
-    history_.Add(StreamKey(s.system_id(), s.group_name()), s.offset(), bytes, now);
+    // A message seen before (the bus delivered it again) went to these clients already.
+    if (!history_.Add(StreamKey(s.system_id(), s.group_name()), s.offset(), bytes, now)) {
+      if (!past_) m_.frames_repeated->Inc();
+      continue;
+    }
     if (past_) continue;
     const std::vector<ConnId> conns =
         s.group_name().empty() ? registry_.SystemConns(s.system_id()) : registry_.GroupConns(s.system_id(), s.group_name());

@@ -222,6 +222,7 @@ class PushNode {
     common::Counter* gone;
     common::Counter* events;
     common::Counter* events_rejected;
+    common::Counter* frames_repeated;
     common::Counter* membership_unpublished;
     common::Counter* nodes_lost;
     common::Histogram* delivery_ms;

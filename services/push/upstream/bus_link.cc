@@ -45,7 +45,17 @@ BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Eve
                                      "Readers of the bus started again after they stalled behind their subject.")),
       read_on_(&metrics->AddCounter("devbridge_push_bus_read_on_total",
                                     "Messages read straight from the stream while a stalled reader's consumer "
-                                    "could not be created again.")) {
+                                    "could not be created again.")),
+      tracking_{0,
+                &metrics->AddCounter("devbridge_push_bus_repeated_total",
+                                     "Messages the NATS client delivered again after a reader's consumer was "
+                                     "recreated (not handed over again)."),
+                &metrics->AddCounter("devbridge_push_bus_refetched_total",
+                                     "Messages of a push stream the bus servers skipped, read one by one by "
+                                     "sequence and handed over in their place."),
+                &metrics->AddCounter("devbridge_push_bus_gaps_total",
+                                     "Skips in a push stream's offsets that could not be filled (its clients "
+                                     "see a gap).")} {
   metrics->AddGaugeFn("devbridge_push_bus_up", "1 while the bus is connected and read.", {},
                       [this] { return up() ? 1.0 : 0.0; });
 }
@@ -362,16 +372,19 @@ void BusLink::Heal(bus::OffsetLog* log) {
 }
 
 absl::StatusOr<std::unique_ptr<bus::SubjectReader>> BusLink::Read(const std::string& subject, uint64_t from,
-                                                                  StreamRead* stream) {
+                                                                  StreamRead* stream, uint64_t after_offset) {
+  bus::ReaderTracking tracking = tracking_;
+  tracking.after_offset = after_offset;
   return bus::SubjectReader::Start(connection_.get(), options_.stream, subject, from,
                                    [this, stream](bus::Position position, absl::string_view, absl::string_view data) {
                                      OnMessage(position, data, stream);
-                                   });
+                                   },
+                                   tracking);
 }
 
 bool BusLink::Restart(std::unique_ptr<bus::SubjectReader>& reader, const std::string& subject, StreamRead* stream) {
   const uint64_t after = reader->last_sequence();
-  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> again = Read(subject, after + 1, stream);
+  absl::StatusOr<std::unique_ptr<bus::SubjectReader>> again = Read(subject, after + 1, stream, reader->last_offset());
   if (!again.ok()) {
     log_->warn("bus: cannot read {} through a consumer yet: {}; reading it from the stream meanwhile", subject,
                again.status().message());

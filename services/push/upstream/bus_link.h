@@ -119,9 +119,10 @@ class BusLink : public Upstream {
   // is asked for again every kConsumerRetry.
   void Heal(bus::OffsetLog* log);
   // A reader of `subject` from stream sequence `from` whose messages go to OnMessage for
-  // `stream` (null: the cluster subject).
+  // `stream` (null: the cluster subject); `after_offset`: the offset of the message before
+  // `from`, when known (bus::ReaderTracking).
   absl::StatusOr<std::unique_ptr<bus::SubjectReader>> Read(const std::string& subject, uint64_t from,
-                                                           StreamRead* stream);
+                                                           StreamRead* stream, uint64_t after_offset = 0);
   // Starts the stopped `reader` again after its last message; false (logged) if the bus
   // refused (the stopped reader keeps its place for the next try).
   bool Restart(std::unique_ptr<bus::SubjectReader>& reader, const std::string& subject, StreamRead* stream);
@@ -168,6 +169,7 @@ class BusLink : public Upstream {
   common::Gauge* streams_;
   common::Counter* restarts_;
   common::Counter* read_on_;
+  bus::ReaderTracking tracking_;  // the counters every reader shares
 };
 
 }  // namespace devbridge::push
