@@ -93,7 +93,7 @@ TEST(FillSkippedTest, HandsOverTheSkippedMessagesOfTheSubjectInOrder) {
   stream.Put(15, "a", 7);
   stream.Put(16, "a", 8);
   const absl::Time later = absl::Now() + absl::Minutes(1);
-  EXPECT_EQ(FillSkipped({10, 5}, {16, 8}, "a", stream.Reader(), stream.Sink(), 100, later), 0u);
+  EXPECT_EQ(FillSkipped({10, 5}, {16, 8}, "a", stream.Reader(), stream.Sink(), 100, later).missing, 0u);
   EXPECT_EQ(stream.handed, (std::vector<std::string>{"a#6", "a#7"}));
   EXPECT_EQ(stream.sequences, (std::vector<uint64_t>{12, 15}));
   EXPECT_EQ(stream.reads, 5u) << "sequences 11 to 15, not 16";
@@ -107,22 +107,24 @@ TEST(FillSkippedTest, CountsWhatItCouldNotHandOver) {
   stream.Put(4, "a", 5);
   stream.Put(5, "a", 6);
   const absl::Time later = absl::Now() + absl::Minutes(1);
-  EXPECT_EQ(FillSkipped({1, 1}, {5, 6}, "a", stream.Reader(), stream.Sink(), 100, later), 1u);
+  EXPECT_EQ(FillSkipped({1, 1}, {5, 6}, "a", stream.Reader(), stream.Sink(), 100, later).missing, 1u);
   EXPECT_EQ(stream.handed, (std::vector<std::string>{"a#3", "a#4", "a#5"}));
 
   FakeStream failing;
   for (uint64_t i = 1; i <= 5; ++i) failing.Put(i, "a", i);
   failing.fail_at = 3;
-  EXPECT_EQ(FillSkipped({1, 1}, {5, 5}, "a", failing.Reader(), failing.Sink(), 100, later), 2u) << "3 and 4";
+  const SkipFill fill = FillSkipped({1, 1}, {5, 5}, "a", failing.Reader(), failing.Sink(), 100, later);
+  EXPECT_EQ(fill.missing, 2u) << "3 and 4";
+  EXPECT_EQ(fill.error.code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_EQ(failing.handed, (std::vector<std::string>{"a#2"}));
 
   FakeStream bounded;
   for (uint64_t i = 1; i <= 5; ++i) bounded.Put(i, "a", i);
-  EXPECT_EQ(FillSkipped({1, 1}, {5, 5}, "a", bounded.Reader(), bounded.Sink(), 1, later), 2u);
+  EXPECT_EQ(FillSkipped({1, 1}, {5, 5}, "a", bounded.Reader(), bounded.Sink(), 1, later).missing, 2u);
   EXPECT_EQ(bounded.reads, 1u);
   FakeStream late;
   for (uint64_t i = 1; i <= 5; ++i) late.Put(i, "a", i);
-  EXPECT_EQ(FillSkipped({1, 1}, {5, 5}, "a", late.Reader(), late.Sink(), 100, absl::Now() - absl::Seconds(1)), 3u);
+  EXPECT_EQ(FillSkipped({1, 1}, {5, 5}, "a", late.Reader(), late.Sink(), 100, absl::Now() - absl::Seconds(1)).missing, 3u);
   EXPECT_EQ(late.reads, 0u);
 }
 

@@ -4,6 +4,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/log.h"
 
 namespace devbridge::bus {
 namespace {
@@ -92,15 +93,26 @@ void SubjectReader::HandOver(State& state, Position position, absl::string_view 
   const uint64_t last_offset = state.last_offset.load();
   const bool literal = state.subject.find_first_of("*>") == std::string::npos;  // one subject, one offset count
   if (literal && position.offset > last_offset + 1 && last_offset > 0) {
-    const uint64_t missing = FillSkipped(
-        Position{state.last_sequence.load(), last_offset}, position, state.subject,
+    const Position after{state.last_sequence.load(), last_offset};
+    const absl::Time began = absl::Now();
+    const SkipFill fill = FillSkipped(
+        after, position, state.subject,
         [&state](uint64_t sequence) { return ReadAt(*state.connection, state.stream, sequence); },
         [&state](Position skipped, absl::string_view skipped_subject, absl::string_view skipped_data) {
           state.on_message(skipped, skipped_subject, skipped_data);
           if (state.tracking.refetched != nullptr) state.tracking.refetched->Inc();
         },
-        kMaxSkippedReads, absl::Now() + kSkippedPatience);
-    if (missing > 0 && state.tracking.gaps != nullptr) state.tracking.gaps->Inc();
+        kMaxSkippedReads, began + kSkippedPatience);
+    if (fill.missing > 0 && state.tracking.gaps != nullptr) state.tracking.gaps->Inc();
+    // Rare, and what it takes to tell the servers' skip from a gap in the stream itself.
+    static const auto log = common::Logger("bus.reader");
+    log->log(fill.missing > 0 ? spdlog::level::warn : spdlog::level::info,
+             "{}: offset {} (sequence {}) came after {} (sequence {}); read {} message(s) in between by sequence in "
+             "{}: {} handed over first, {} missing{}{}",
+             state.subject, position.offset, position.sequence, after.offset, after.sequence, fill.reads,
+             absl::FormatDuration(absl::Trunc(absl::Now() - began, absl::Milliseconds(1))),
+             position.offset - after.offset - 1 - fill.missing, fill.missing, fill.error.ok() ? "" : ": ",
+             fill.error.message());
   }
   state.on_message(position, subject, data);
   if (position.sequence > 0) state.last_sequence = position.sequence;
@@ -139,16 +151,20 @@ void SubjectReader::Completed(void* closure) {
   delete static_cast<std::shared_ptr<State>*>(closure);
 }
 
-uint64_t FillSkipped(Position after, Position next, absl::string_view subject, const ReadAtFn& read_at,
+SkipFill FillSkipped(Position after, Position next, absl::string_view subject, const ReadAtFn& read_at,
                      const SubjectReader::OnMessage& hand, size_t max_reads, absl::Time deadline) {
   Position last = after;
   uint64_t handed = 0;
-  size_t reads = 0;
+  SkipFill fill;
   for (uint64_t sequence = after.sequence + 1; sequence < next.sequence && last.offset + 1 < next.offset;
        ++sequence) {
-    if (reads++ == max_reads || absl::Now() > deadline) break;
+    if (fill.reads == max_reads || absl::Now() > deadline) break;
+    ++fill.reads;
     absl::StatusOr<std::optional<StoredMessage>> message = read_at(sequence);
-    if (!message.ok()) break;
+    if (!message.ok()) {
+      fill.error = message.status();
+      break;
+    }
     if (!*message || (*message)->subject != subject) continue;
     const std::optional<uint64_t> offset = OffsetInHeaderBlock((*message)->headers);
     if (!offset || *offset <= last.offset || *offset >= next.offset) continue;
@@ -156,7 +172,8 @@ uint64_t FillSkipped(Position after, Position next, absl::string_view subject, c
     hand(last, (*message)->subject, (*message)->data);
     ++handed;
   }
-  return next.offset - after.offset - 1 - handed;
+  fill.missing = next.offset - after.offset - 1 - handed;
+  return fill;
 }
 
 }  // namespace devbridge::bus

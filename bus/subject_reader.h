@@ -112,10 +112,14 @@ class SubjectReader {
 // one after the other whose offsets do not follow. Reads the stream's sequences between them
 // one by one through `read_at` and hands over (`hand`), in order, each message of `subject`
 // with an offset between theirs; stops once the offsets meet, on a read's error, after
-// `max_reads` reads or at `deadline`. How many offsets between theirs were not handed over: a
-// gap the caller counts (the messages are gone, or could not be read).
+// `max_reads` reads or at `deadline`.
+struct SkipFill {
+  uint64_t missing = 0;  // offsets between theirs not handed over: gone, or not read (a gap)
+  size_t reads = 0;
+  absl::Status error;  // the read that failed, if one did
+};
 using ReadAtFn = std::function<absl::StatusOr<std::optional<StoredMessage>>(uint64_t sequence)>;
-uint64_t FillSkipped(Position after, Position next, absl::string_view subject, const ReadAtFn& read_at,
+SkipFill FillSkipped(Position after, Position next, absl::string_view subject, const ReadAtFn& read_at,
                      const SubjectReader::OnMessage& hand, size_t max_reads, absl::Time deadline);
 
 }  // namespace devbridge::bus

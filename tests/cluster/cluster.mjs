@@ -105,6 +105,17 @@ async function main() {
   const load = new Load('c-', { build, root, logs, mqttUrl, devices: DEVICES, intervalMs: DATA_INTERVAL_MS });
   const viewers = [];
   const figures = [];
+  // What each push replica counted of what the bus did to its readers.
+  const pushCounters = async () => {
+    const out = [];
+    for (let k = 0; k < 3; k++) {
+      const body = (await get(pushPorts[k].http, '/metrics')).body || '';
+      const lines = body.split('\n').filter((l) =>
+        /^devbridge_push_(bus_reader_restarts|bus_append_errors|bus_repeated|bus_refetched|bus_gaps|frames_repeated)_total /.test(l));
+      out.push(`push-${k + 1}: ${lines.join(', ')}`);
+    }
+    return out;
+  };
   try {
     natsProcs.forEach((p) => p.start());
     for (let i = 0; i < 3; i++) assert.ok(await natsHealthy(i), `nats-${i + 1} healthy`);
@@ -193,6 +204,7 @@ async function main() {
     pushes[2].start();
     assert.ok(await healthy(pushPorts[2].http), 'push-3 healthy again');
     log('case 3 done: kill -9 of a push replica');
+    const atCase4 = await pushCounters();  // the rolling restart starts every counter again
 
     // 4. a rolling restart of every process, one at a time.
     for (let i = 0; i < 3; i++) {
@@ -231,11 +243,8 @@ async function main() {
       const lines = body.split('\n').filter((l) => /^devbridge_ingest_(intake|partitions|sessions|messages_dropped|bus_dropped|db_fenced_records)\w*(_total)? /.test(l));
       log(`ingest-${i + 1}: ${lines.join(', ')}`);
     }
-    for (let k = 0; k < 3; k++) {
-      const body = (await get(pushPorts[k].http, '/metrics')).body;
-      const lines = body.split('\n').filter((l) => /^devbridge_push_(bus_reader_restarts|bus_append_errors|bus_repeated|frames_repeated)_total /.test(l));
-      log(`push-${k + 1}: ${lines.join(', ')}`);
-    }
+    for (const line of atCase4) log(`before the rolling restart, ${line}`);
+    for (const line of await pushCounters()) log(`after it, ${line}`);
     if (counts.duplicated > 0) {
       // What it takes to find out why: the same taken_at twice is one forwarded message
       // processed twice; two times are two copies from the broker.

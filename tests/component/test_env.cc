@@ -8,6 +8,9 @@
 
 #include <asio.hpp>
 #include <fstream>
+#include <mutex>
+#include <random>
+#include <set>
 #include <sstream>
 
 #include <cstdio>
@@ -145,9 +148,28 @@ TestPki::TestPki() {
 TestPki::~TestPki() { std::system(absl::StrCat("rm -rf ", dir).c_str()); }
 
 int FreePort() {
-  asio::io_context io;
-  asio::ip::tcp::acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});
-  return acceptor.local_endpoint().port();
+  // Below the kernel's ephemeral range: a port from it (a listen on port 0) can go to another
+  // process's outgoing connection before our server binds it (a nats-server once lost its
+  // route port to a peer's connection attempt). Never the same port twice in one process.
+  static std::mutex mu;
+  static std::set<int> handed_out;
+  static std::mt19937 random(std::random_device{}());
+  int ephemeral_low = 32768;
+  std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range");
+  if (!(range >> ephemeral_low)) ephemeral_low = 32768;
+  const int low = 10000;
+  const int high = std::max(low + 1000, ephemeral_low);
+  std::lock_guard<std::mutex> lock(mu);
+  for (;;) {
+    const int port = std::uniform_int_distribution<int>(low, high - 1)(random);
+    if (!handed_out.insert(port).second) continue;
+    asio::io_context io;
+    asio::ip::tcp::acceptor acceptor(io);
+    std::error_code ec;
+    acceptor.open(asio::ip::tcp::v4(), ec);
+    if (!ec) acceptor.bind({asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)}, ec);
+    if (!ec) return port;
+  }
 }
 
 bool PortOpen(int port) {

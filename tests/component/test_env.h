@@ -53,7 +53,8 @@ struct TestPki {
   std::string client_cert, client_key;  // client.pem, client.key
 };
 
-// A loopback TCP port free right now, and whether something listens on one.
+// A loopback TCP port free right now (below the ephemeral range, never handed out twice), and
+// whether something listens on one.
 int FreePort();
 bool PortOpen(int port);
 // The text of a file ("" if unreadable).

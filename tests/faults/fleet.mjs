@@ -22,14 +22,33 @@ export async function until(fn, ms, every = 100) {
   }
 }
 
-export function freePort() {
-  return new Promise((resolve) => {
+// A port nobody listens on, for a server to start on. Taken below the kernel's ephemeral range:
+// a port from that range (listening on port 0) can go to another process's outgoing connection
+// before our server binds it (a nats-server once lost its route port to a peer's connection
+// attempt). Never the same port twice in one run.
+const ephemeralLow = (() => {
+  try {
+    return Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || 32768;
+  } catch {
+    return 32768;
+  }
+})();
+const portsHandedOut = new Set();
+const canListen = (port) =>
+  new Promise((resolve) => {
     const s = net.createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
   });
+export async function freePort() {
+  const low = 10000;
+  const high = Math.max(low + 1000, ephemeralLow);
+  for (;;) {
+    const port = low + Math.floor(Math.random() * (high - low));
+    if (portsHandedOut.has(port)) continue;
+    portsHandedOut.add(port);
+    if (await canListen(port)) return port;
+  }
 }
 
 export function get(port, p) {
