@@ -7,9 +7,10 @@
 //      session, so every viewer's data goes on while it is down (how soon is printed); no
 //      viewer is disconnected or reset; the killed one comes back, takes its session back and
 //      gets its share of the partitions again.
-//   2. kill -9 one nats-server: no viewer is disconnected; it comes back.
+//   2. kill -9 one nats-server: no viewer is disconnected; it comes back and catches up.
 //   3. kill -9 one push replica: its viewers recover on the others with no gap.
-//   4. a rolling restart of every process (SIGTERM, start again), one at a time: no 410.
+//   4. a rolling restart of every process (SIGTERM, start again), one at a time, each
+//      nats-server once the one before has caught up: no 410.
 // Then: nothing lost, nothing stored twice, and every viewer saw its offsets one after
 // another, none missing and none twice. Figures (timings) are printed, never asserted.
 //
@@ -68,6 +69,35 @@ async function main() {
   });
   const busUrls = nats.map((n) => `nats://127.0.0.1:${n.client}`).join(',');
   const natsHealthy = (i) => healthy(nats[i].monitor);
+  // A nats-server started again has caught up once its copy of every stream holds what the
+  // others held when we began to wait. nats-server 2.9.10's /healthz says ok before that, and
+  // a stream leader stopped with SIGTERM may hand the stream to such a copy, which then writes
+  // its own events over sequences the others had acknowledged (seen here: 26 events of one
+  // stream replaced on two servers of three, and viewers missing them). So the next server is
+  // restarted only after this (docs/scaling.md, "Operations").
+  const streamTails = async (i) => {
+    const r = await get(nats[i].monitor, '/jsz?streams=true');
+    if (r.status !== 200) return null;
+    const tails = {};
+    for (const a of JSON.parse(r.body).account_details || []) {
+      for (const st of a.stream_detail || []) tails[st.name] = st.state.last_seq;
+    }
+    return tails;
+  };
+  const caughtUp = async (i) => {
+    const want = {};
+    for (let j = 0; j < 3; j++) {
+      if (j === i) continue;
+      for (const [name, seq] of Object.entries((await streamTails(j)) || {})) want[name] = Math.max(want[name] || 0, seq);
+    }
+    const began = Date.now();
+    const ok = await until(async () => {
+      const mine = await streamTails(i);
+      return mine && Object.keys(want).length > 0 && Object.entries(want).every(([name, seq]) => (mine[name] || 0) >= seq);
+    }, 60000, 200);
+    if (ok) figures.push(`nats-${i + 1} caught up ${((Date.now() - began) / 1000).toFixed(1)} s after it reported healthy`);
+    return ok;
+  };
 
   const ingestPorts = [];
   for (let i = 0; i < 2; i++) ingestPorts.push({ grpc: await port(), http: await port() });
@@ -180,6 +210,7 @@ async function main() {
     untouched('nats-2 killed');
     natsProcs[1].start();
     assert.ok(await natsHealthy(1), 'nats-2 healthy again');
+    assert.ok(await caughtUp(1), 'nats-2 caught up with the others');
     await flowing('nats-2 back');
     log('case 2 done: kill -9 of a nats-server');
 
@@ -211,6 +242,7 @@ async function main() {
       await natsProcs[i].term();
       natsProcs[i].start();
       assert.ok(await natsHealthy(i), `nats-${i + 1} healthy after its restart`);
+      assert.ok(await caughtUp(i), `nats-${i + 1} caught up with the others after its restart`);
       await flowing(`nats-${i + 1} restarted`);
     }
     for (let i = 0; i < 2; i++) {
