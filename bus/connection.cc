@@ -152,26 +152,24 @@ absl::StatusOr<uint64_t> LastSequence(const Connection& connection, const std::s
   return last;
 }
 
-namespace {
-
-// One STREAM.MSG.GET: `request` says which message; `what` names it in errors.
-absl::StatusOr<std::optional<StoredMessage>> GetMessage(const Connection& connection, const std::string& stream,
-                                                        const nlohmann::json& request, const std::string& what) {
+absl::StatusOr<std::optional<StoredMessage>> ReadNext(const Connection& connection, const std::string& stream,
+                                                      const std::string& subject, uint64_t from) {
   const std::string api = absl::StrCat("$JS.API.STREAM.MSG.GET.", stream);
-  const std::string body = request.dump();
+  const std::string request = nlohmann::json{{"seq", from}, {"next_by_subj", subject}}.dump();
   natsMsg* reply = nullptr;
-  natsStatus s = natsConnection_Request(&reply, connection.nc(), api.c_str(), body.data(),
-                                        static_cast<int>(body.size()), absl::ToInt64Milliseconds(connection.timeout()));
-  if (s != NATS_OK) return FromNats(s, what);
+  natsStatus s = natsConnection_Request(&reply, connection.nc(), api.c_str(), request.data(),
+                                        static_cast<int>(request.size()), absl::ToInt64Milliseconds(connection.timeout()));
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading ", subject, " of ", stream, " from ", from));
   const nlohmann::json answer = nlohmann::json::parse(
       absl::string_view(natsMsg_GetData(reply), natsMsg_GetDataLength(reply)), nullptr, false);
   natsMsg_Destroy(reply);
   if (answer.is_discarded() || !answer.is_object()) {
-    return absl::InternalError(absl::StrCat(what, ": the server's answer is not JSON"));
+    return absl::InternalError(absl::StrCat("reading ", subject, ": the server's answer is not JSON"));
   }
   if (answer.contains("error")) {
     if (answer["error"].value("err_code", 0) == JSNoMessageFoundErr) return std::nullopt;
-    return absl::InternalError(absl::StrCat(what, ": ", answer["error"].value("description", "error")));
+    return absl::InternalError(absl::StrCat("reading ", subject, " of ", stream, " from ", from, ": ",
+                                            answer["error"].value("description", "error")));
   }
   const nlohmann::json& message = answer.value("message", nlohmann::json::object());
   StoredMessage read;
@@ -179,23 +177,9 @@ absl::StatusOr<std::optional<StoredMessage>> GetMessage(const Connection& connec
   read.subject = message.value("subject", "");
   if (!absl::Base64Unescape(message.value("hdrs", ""), &read.headers) ||
       !absl::Base64Unescape(message.value("data", ""), &read.data)) {
-    return absl::DataLossError(absl::StrCat(what, ": undecodable message ", read.sequence));
+    return absl::DataLossError(absl::StrCat("reading ", subject, ": undecodable message ", read.sequence));
   }
   return read;
-}
-
-}  // namespace
-
-absl::StatusOr<std::optional<StoredMessage>> ReadNext(const Connection& connection, const std::string& stream,
-                                                      const std::string& subject, uint64_t from) {
-  return GetMessage(connection, stream, nlohmann::json{{"seq", from}, {"next_by_subj", subject}},
-                    absl::StrCat("reading ", subject, " of ", stream, " from ", from));
-}
-
-absl::StatusOr<std::optional<StoredMessage>> ReadAt(const Connection& connection, const std::string& stream,
-                                                    uint64_t sequence) {
-  return GetMessage(connection, stream, nlohmann::json{{"seq", sequence}},
-                    absl::StrCat("reading message ", sequence, " of ", stream));
 }
 
 absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::string& name, absl::Duration ttl,

@@ -97,11 +97,6 @@ struct StoredMessage {
 // nullopt when the stream holds none (yet).
 absl::StatusOr<std::optional<StoredMessage>> ReadNext(const Connection& connection, const std::string& stream,
                                                       const std::string& subject, uint64_t from);
-// The message at stream sequence `sequence`, whatever its subject, or nullopt when there is
-// none (deleted, or not written yet). A read by sequence does not go through the servers'
-// per-subject index, as ReadNext and consumers do.
-absl::StatusOr<std::optional<StoredMessage>> ReadAt(const Connection& connection, const std::string& stream,
-                                                    uint64_t sequence);
 
 // Opens key-value bucket `name`, creating it when there is none (one entry per key; entries
 // forgotten `ttl` after they were written, zero: kept; `replicas` copies). Safe when several

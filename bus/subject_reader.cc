@@ -7,15 +7,6 @@
 #include "common/log.h"
 
 namespace devbridge::bus {
-namespace {
-
-// Filling a skip reads the stream one message at a time, while the reader's client waits: at
-// most this many reads (a skip of a few of a subject's messages in a stream of thousands of
-// subjects spans thousands of sequences), for at most this long.
-constexpr size_t kMaxSkippedReads = 50000;
-constexpr absl::Duration kSkippedPatience = absl::Seconds(2);
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<SubjectReader>> SubjectReader::Start(const Connection* connection,
                                                                     const std::string& stream,
@@ -93,26 +84,12 @@ void SubjectReader::HandOver(State& state, Position position, absl::string_view 
   const uint64_t last_offset = state.last_offset.load();
   const bool literal = state.subject.find_first_of("*>") == std::string::npos;  // one subject, one offset count
   if (literal && position.offset > last_offset + 1 && last_offset > 0) {
-    const Position after{state.last_sequence.load(), last_offset};
-    const absl::Time began = absl::Now();
-    const SkipFill fill = FillSkipped(
-        after, position, state.subject,
-        [&state](uint64_t sequence) { return ReadAt(*state.connection, state.stream, sequence); },
-        [&state](Position skipped, absl::string_view skipped_subject, absl::string_view skipped_data) {
-          state.on_message(skipped, skipped_subject, skipped_data);
-          if (state.tracking.refetched != nullptr) state.tracking.refetched->Inc();
-        },
-        kMaxSkippedReads, began + kSkippedPatience);
-    if (fill.missing > 0 && state.tracking.gaps != nullptr) state.tracking.gaps->Inc();
-    // Rare, and what it takes to tell the servers' skip from a gap in the stream itself.
+    if (state.tracking.gaps != nullptr) state.tracking.gaps->Inc();
+    // Rare, and what it takes to find out what the servers did.
     static const auto log = common::Logger("bus.reader");
-    log->log(fill.missing > 0 ? spdlog::level::warn : spdlog::level::info,
-             "{}: offset {} (sequence {}) came after {} (sequence {}); read {} message(s) in between by sequence in "
-             "{}: {} handed over first, {} missing{}{}",
-             state.subject, position.offset, position.sequence, after.offset, after.sequence, fill.reads,
-             absl::FormatDuration(absl::Trunc(absl::Now() - began, absl::Milliseconds(1))),
-             position.offset - after.offset - 1 - fill.missing, fill.missing, fill.error.ok() ? "" : ": ",
-             fill.error.message());
+    log->warn("{}: offset {} (sequence {}) came after {} (sequence {}): {} missing from the stream", state.subject,
+              position.offset, position.sequence, last_offset, state.last_sequence.load(),
+              position.offset - last_offset - 1);
   }
   state.on_message(position, subject, data);
   if (position.sequence > 0) state.last_sequence = position.sequence;
@@ -149,31 +126,6 @@ void SubjectReader::Deliver(natsConnection*, natsSubscription*, natsMsg* msg, vo
 
 void SubjectReader::Completed(void* closure) {
   delete static_cast<std::shared_ptr<State>*>(closure);
-}
-
-SkipFill FillSkipped(Position after, Position next, absl::string_view subject, const ReadAtFn& read_at,
-                     const SubjectReader::OnMessage& hand, size_t max_reads, absl::Time deadline) {
-  Position last = after;
-  uint64_t handed = 0;
-  SkipFill fill;
-  for (uint64_t sequence = after.sequence + 1; sequence < next.sequence && last.offset + 1 < next.offset;
-       ++sequence) {
-    if (fill.reads == max_reads || absl::Now() > deadline) break;
-    ++fill.reads;
-    absl::StatusOr<std::optional<StoredMessage>> message = read_at(sequence);
-    if (!message.ok()) {
-      fill.error = message.status();
-      break;
-    }
-    if (!*message || (*message)->subject != subject) continue;
-    const std::optional<uint64_t> offset = OffsetInHeaderBlock((*message)->headers);
-    if (!offset || *offset <= last.offset || *offset >= next.offset) continue;
-    last = Position{sequence, *offset};
-    hand(last, (*message)->subject, (*message)->data);
-    ++handed;
-  }
-  fill.missing = next.offset - after.offset - 1 - handed;
-  return fill;
 }
 
 }  // namespace devbridge::bus

@@ -3,8 +3,8 @@
 // client recreates by itself from the last message it delivered when it sees a gap or loses
 // its server, so a reader sees every message once, in order, across a server's kill -9.
 // Where messages carry offsets (OffsetLog's subjects), the reader also checks that they follow
-// one another: the servers were seen to skip some after a restart (nats-server 2.9.10's
-// lookups by subject), and the reader reads those one by one, by sequence, in their place.
+// one another, and counts and logs a jump: events the stream lost (nats-server 2.9.10 was
+// seen to hand a stream to a copy still behind, which wrote over what the others held).
 // This is how a push replica takes the cluster subject and the streams its clients hold
 // (interest routing, services/push/upstream/bus_link.h).
 #ifndef DEVBRIDGE_BUS_SUBJECT_READER_H_
@@ -29,12 +29,11 @@ namespace devbridge::bus {
 
 // What a SubjectReader knows and counts beyond the messages themselves (counters may be null).
 struct ReaderTracking {
-  // The offset of the subject's message just before `from`, when known: a skip right where
+  // The offset of the subject's message just before `from`, when known: a jump right where
   // reading starts is found too.
   uint64_t after_offset = 0;
-  common::Counter* repeated = nullptr;   // delivered again by the client, not handed over again
-  common::Counter* refetched = nullptr;  // skipped by the servers, read by sequence, handed over
-  common::Counter* gaps = nullptr;       // skips not filled: the messages are gone, or reading failed
+  common::Counter* repeated = nullptr;  // delivered again by the client, not handed over again
+  common::Counter* gaps = nullptr;      // jumps in a subject's offsets: messages missing from it
 };
 
 class SubjectReader {
@@ -48,7 +47,7 @@ class SubjectReader {
   // stream order: a message at or below the last one handed over (the client has been seen
   // to deliver some again around a server's restart, as it recreates its consumer) is not
   // handed over again; on a subject without wildcards, a message whose offset does not follow
-  // the last one's comes after the skipped ones (FillSkipped).
+  // the last one's is handed over too, and the jump counted and logged.
   static absl::StatusOr<std::unique_ptr<SubjectReader>> Start(const Connection* connection,
                                                              const std::string& stream,
                                                              const std::string& subject, uint64_t from,
@@ -99,7 +98,7 @@ class SubjectReader {
                 ReaderTracking tracking)
       : state_(std::make_shared<State>(connection, std::move(stream), std::move(subject), std::move(on_message),
                                        tracking)) {}
-  // Hands `position` over, after what the servers skipped before it; then it is the last.
+  // Hands `position` over (counting a jump in the offsets); then it is the last.
   static void HandOver(State& state, Position position, absl::string_view subject, absl::string_view data);
   static void Deliver(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   static void Completed(void* closure);
@@ -107,20 +106,6 @@ class SubjectReader {
   std::shared_ptr<State> state_;
   natsSubscription* sub_ = nullptr;
 };
-
-// Fills a skip in a subject's offsets: `after` and `next` are two messages of `subject` read
-// one after the other whose offsets do not follow. Reads the stream's sequences between them
-// one by one through `read_at` and hands over (`hand`), in order, each message of `subject`
-// with an offset between theirs; stops once the offsets meet, on a read's error, after
-// `max_reads` reads or at `deadline`.
-struct SkipFill {
-  uint64_t missing = 0;  // offsets between theirs not handed over: gone, or not read (a gap)
-  size_t reads = 0;
-  absl::Status error;  // the read that failed, if one did
-};
-using ReadAtFn = std::function<absl::StatusOr<std::optional<StoredMessage>>(uint64_t sequence)>;
-SkipFill FillSkipped(Position after, Position next, absl::string_view subject, const ReadAtFn& read_at,
-                     const SubjectReader::OnMessage& hand, size_t max_reads, absl::Time deadline);
 
 }  // namespace devbridge::bus
 

@@ -141,7 +141,7 @@ async function main() {
     for (let k = 0; k < 3; k++) {
       const body = (await get(pushPorts[k].http, '/metrics')).body || '';
       const lines = body.split('\n').filter((l) =>
-        /^devbridge_push_(bus_reader_restarts|bus_append_errors|bus_repeated|bus_refetched|bus_gaps|frames_repeated)_total /.test(l));
+        /^devbridge_push_(bus_reader_restarts|bus_append_errors|bus_repeated|bus_gaps|frames_repeated)_total /.test(l));
       out.push(`push-${k + 1}: ${lines.join(', ')}`);
     }
     return out;

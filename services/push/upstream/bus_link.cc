@@ -50,12 +50,9 @@ BusLink::BusLink(BusLinkOptions options, Poster post, std::function<void(v1::Eve
                 &metrics->AddCounter("devbridge_push_bus_repeated_total",
                                      "Messages the NATS client delivered again after a reader's consumer was "
                                      "recreated (not handed over again)."),
-                &metrics->AddCounter("devbridge_push_bus_refetched_total",
-                                     "Messages of a push stream the bus servers skipped, read one by one by "
-                                     "sequence and handed over in their place."),
                 &metrics->AddCounter("devbridge_push_bus_gaps_total",
-                                     "Skips in a push stream's offsets that could not be filled (its clients "
-                                     "see a gap).")} {
+                                     "Jumps in a push stream's offsets as read from the bus: events missing from "
+                                     "the stream (its clients see a gap).")} {
   metrics->AddGaugeFn("devbridge_push_bus_up", "1 while the bus is connected and read.", {},
                       [this] { return up() ? 1.0 : 0.0; });
 }
