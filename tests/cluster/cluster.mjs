@@ -74,7 +74,7 @@ async function main() {
   // a stream leader stopped with SIGTERM may hand the stream to such a copy, which then writes
   // its own events over sequences the others had acknowledged (seen here: 26 events of one
   // stream replaced on two servers of three, and viewers missing them). So the next server is
-  // restarted only after this (docs/scaling.md, "Operations").
+  // restarted only after this (README, Operations: "Restarting `nats-server`").
   const streamTails = async (i) => {
     const r = await get(nats[i].monitor, '/jsz?streams=true');
     if (r.status !== 200) return null;
