@@ -91,11 +91,13 @@ async function main() {
       for (const [name, seq] of Object.entries((await streamTails(j)) || {})) want[name] = Math.max(want[name] || 0, seq);
     }
     const began = Date.now();
+    let mine = null;
     const ok = await until(async () => {
-      const mine = await streamTails(i);
+      mine = await streamTails(i);
       return mine && Object.keys(want).length > 0 && Object.entries(want).every(([name, seq]) => (mine[name] || 0) >= seq);
     }, 60000, 200);
     if (ok) figures.push(`nats-${i + 1} caught up ${((Date.now() - began) / 1000).toFixed(1)} s after it reported healthy`);
+    else log(`nats-${i + 1} did not catch up in 60 s: wanted ${JSON.stringify(want)}, has ${JSON.stringify(mine)}`);
     return ok;
   };
 
