@@ -82,8 +82,7 @@ absl::StatusOr<size_t> SubjectReader::ReadOn(size_t max) {
 
 void SubjectReader::HandOver(State& state, Position position, absl::string_view subject, absl::string_view data) {
   const uint64_t last_offset = state.last_offset.load();
-  const bool literal = state.subject.find_first_of("*>") == std::string::npos;  // one subject, one offset count
-  if (literal && position.offset > last_offset + 1 && last_offset > 0) {
+  if (state.literal && position.offset > last_offset + 1 && last_offset > 0) {
     if (state.tracking.gaps != nullptr) state.tracking.gaps->Inc();
     // Rare, and what it takes to find out what the servers did.
     static const auto log = common::Logger("bus.reader");

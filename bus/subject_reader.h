@@ -13,7 +13,6 @@
 #include <atomic>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -81,11 +80,13 @@ class SubjectReader {
   // stopped, after the reader is gone.
   struct State {
     State(const Connection* c, std::string st, std::string su, OnMessage fn, ReaderTracking t)
-        : connection(c), stream(std::move(st)), subject(std::move(su)), on_message(std::move(fn)), tracking(t),
+        : connection(c), stream(std::move(st)), subject(std::move(su)),
+          literal(subject.find_first_of("*>") == std::string::npos), on_message(std::move(fn)), tracking(t),
           last_offset(t.after_offset) {}
     const Connection* connection;
     const std::string stream;
     const std::string subject;
+    const bool literal;  // one subject, so one count of offsets: a jump in them is checked
     common::Mutex mu;  // held while a message is handed over; Stop takes it
     bool stopped ABSL_GUARDED_BY(mu) = false;
     OnMessage on_message;
