@@ -56,13 +56,14 @@ async function main() {
   const nats = [];
   for (let i = 0; i < 3; i++) nats.push({ client: await port(), route: await port(), monitor: await port() });
   const natsProcs = nats.map((n, i) => {
+    n.store = path.join(logs, `nats-${i + 1}`);
     const conf = path.join(logs, `nats-${i + 1}.conf`);
     const routes = nats.filter((_, j) => j !== i).map((m) => `nats-route://127.0.0.1:${m.route}`).join(', ');
     fs.writeFileSync(conf, [
       `server_name: n${i + 1}`,
       `listen: 127.0.0.1:${n.client}`,
       `http: 127.0.0.1:${n.monitor}`,
-      `jetstream { store_dir: "${path.join(logs, `nats-${i + 1}`)}" }`,
+      `jetstream { store_dir: "${n.store}" }`,
       `cluster { name: devbridge-cluster-test, listen: 127.0.0.1:${n.route}, routes: [${routes}] }`,
     ].join('\n'));
     return new Proc(`nats-${i + 1}`, 'nats-server', ['-c', conf], logs);
@@ -84,7 +85,17 @@ async function main() {
     }
     return tails;
   };
-  const caughtUp = async (i) => {
+  // Each stream's state and raft group as server i sees them (leader, replicas' lag), for the log.
+  const streamViews = async (i) => {
+    const r = await get(nats[i].monitor, '/jsz?streams=true');
+    if (r.status !== 200) return `no answer (${r.status})`;
+    const views = [];
+    for (const a of JSON.parse(r.body).account_details || []) {
+      for (const st of a.stream_detail || []) views.push({ name: st.name, state: st.state, cluster: st.cluster });
+    }
+    return JSON.stringify(views);
+  };
+  const caughtUp = async (i, patience = 60000) => {
     const want = {};
     for (let j = 0; j < 3; j++) {
       if (j === i) continue;
@@ -95,10 +106,39 @@ async function main() {
     const ok = await until(async () => {
       mine = await streamTails(i);
       return mine && Object.keys(want).length > 0 && Object.entries(want).every(([name, seq]) => (mine[name] || 0) >= seq);
-    }, 60000, 200);
+    }, patience, 200);
     if (ok) figures.push(`nats-${i + 1} caught up ${((Date.now() - began) / 1000).toFixed(1)} s after it reported healthy`);
-    else log(`nats-${i + 1} did not catch up in 60 s: wanted ${JSON.stringify(want)}, has ${JSON.stringify(mine)}`);
+    else {
+      log(`nats-${i + 1} did not catch up in ${patience / 1000} s: wanted ${JSON.stringify(want)}, has ${JSON.stringify(mine)}`);
+      for (let j = 0; j < 3; j++) log(`nats-${j + 1}'s view of the streams: ${await streamViews(j)}`);
+    }
     return ok;
+  };
+  // Starts nats-server i again after it stopped and waits until it has caught up. A copy still
+  // behind 30 s after its server reported healthy is stuck for good: nats-server 2.9.10 counts
+  // the appends a stream refused (`clfs`: devbridge's compare-and-set appends are refused
+  // whenever two writers race) on every copy, and a copy restarted after a kill -9 can come
+  // back with another count than the leader's; from then on it refuses every append the others
+  // store, while the leader lists it as current (seen in 6 runs of 29: 81,151 refused on the
+  // stuck copy, 14,292 on the others; fixed in nats-server 2.9.21, nats-io/nats-server#4365).
+  // Starting it again did not help. What README, Operations, tells an operator to try is tried
+  // once: stop it, move its store away, start it, and it copies every stream from the others
+  // (it worked in one run of two; in the other the new copy got stuck too).
+  const rejoin = async (i) => {
+    natsProcs[i].start();
+    assert.ok(await natsHealthy(i), `nats-${i + 1} healthy again`);
+    if (await caughtUp(i, 30000)) return;
+    const stopped = natsProcs[i].term();
+    if (!(await Promise.race([stopped.then(() => true), new Promise((r) => setTimeout(r, 15000, false))]))) {
+      log(`nats-${i + 1} did not stop within 15 s of SIGTERM: kill -9`);
+      await natsProcs[i].kill9();
+    }
+    fs.renameSync(nats[i].store, `${nats[i].store}.stuck`);  // kept for the record
+    const wiped = Date.now();
+    natsProcs[i].start();
+    assert.ok(await natsHealthy(i), `nats-${i + 1} healthy with its store removed`);
+    assert.ok(await caughtUp(i), `nats-${i + 1} copied every stream again`);
+    figures.push(`nats-${i + 1} had a stuck copy of a stream: store removed, copied again ${((Date.now() - wiped) / 1000).toFixed(1)} s after its start`);
   };
 
   const ingestPorts = [];
@@ -210,9 +250,7 @@ async function main() {
     await natsProcs[1].kill9();
     await flowing('nats-2 killed');
     untouched('nats-2 killed');
-    natsProcs[1].start();
-    assert.ok(await natsHealthy(1), 'nats-2 healthy again');
-    assert.ok(await caughtUp(1), 'nats-2 caught up with the others');
+    await rejoin(1);
     await flowing('nats-2 back');
     log('case 2 done: kill -9 of a nats-server');
 
@@ -242,9 +280,7 @@ async function main() {
     // 4. a rolling restart of every process, one at a time.
     for (let i = 0; i < 3; i++) {
       await natsProcs[i].term();
-      natsProcs[i].start();
-      assert.ok(await natsHealthy(i), `nats-${i + 1} healthy after its restart`);
-      assert.ok(await caughtUp(i), `nats-${i + 1} caught up with the others after its restart`);
+      await rejoin(i);
       await flowing(`nats-${i + 1} restarted`);
     }
     for (let i = 0; i < 2; i++) {
@@ -274,7 +310,7 @@ async function main() {
     // What each ingest replica counted on the way, to tell a loss or a copy apart.
     for (let i = 0; i < 2; i++) {
       const body = (await get(ingestPorts[i].http, '/metrics')).body;
-      const lines = body.split('\n').filter((l) => /^devbridge_ingest_(intake|partitions|sessions|messages_dropped|bus_dropped|db_fenced_records)\w*(_total)? /.test(l));
+      const lines = body.split('\n').filter((l) => /^devbridge_ingest_(intake|partitions|sessions|messages_dropped|bus_dropped|bus_conflicts|db_fenced_records)\w*(_total)? /.test(l));
       log(`ingest-${i + 1}: ${lines.join(', ')}`);
     }
     for (const line of atCase4) log(`before the rolling restart, ${line}`);

@@ -90,6 +90,8 @@ TEST_F(IngestBusTest, EventsLandOncePerStreamAndOffsetsGoOnAcrossARestart) {
   const std::string metrics = HttpGet("/metrics");
   EXPECT_GT(MetricValue(metrics, "devbridge_ingest_bus_appended_total"), 0) << metrics;
   EXPECT_EQ(MetricValue(metrics, "devbridge_ingest_bus_dropped_total"), 0);
+  // One writer: nobody appends between its reads and its appends (-1: the metric is missing).
+  EXPECT_EQ(MetricValue(metrics, "devbridge_ingest_bus_conflicts_total"), 0);
   StopIngest();  // what ingest had queued for the bus is appended before it stops
   reader->reset();
 

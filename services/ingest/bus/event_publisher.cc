@@ -38,6 +38,9 @@ EventPublisher::EventPublisher(BusOptions options, std::unique_ptr<bus::Connecti
                                     "Events not appended to the bus because its queue was full.")),
       errors_(&metrics->AddCounter("devbridge_ingest_bus_errors_total",
                                    "Batches the bus refused or did not answer (tried again).")),
+      conflicts_(&metrics->AddCounter(
+          "devbridge_ingest_bus_conflicts_total",
+          "Appends the stream refused because another writer appended first (read again, sent again).")),
       queue_bytes_(&metrics->AddGauge("devbridge_ingest_bus_queue_bytes", "Bytes of events waiting for the bus.")),
       batch_ms_(&metrics->AddHistogram("devbridge_ingest_bus_batch_ms", "Time to append one batch to the bus.",
                                        common::LatencyBucketsMs())) {
@@ -116,7 +119,9 @@ void EventPublisher::Run() {
     const std::vector<bus::OffsetLog::Entry> entries = Entries(batch);
     const absl::Time start = absl::Now();
     std::vector<bus::Position> appended;
+    const uint64_t conflicts_before = log.conflicts();
     const absl::Status status = log.AppendBatch(entries, &appended);
+    conflicts_->Inc(log.conflicts() - conflicts_before);
     if (status.ok()) {
       backoff = absl::Milliseconds(100);
       batch_ms_->Observe(absl::ToDoubleMilliseconds(absl::Now() - start));

@@ -101,6 +101,7 @@ class EventPublisher {
   common::Counter* appended_;
   common::Counter* dropped_;
   common::Counter* errors_;
+  common::Counter* conflicts_;
   common::Gauge* queue_bytes_;
   common::Histogram* batch_ms_;
 
