@@ -119,11 +119,11 @@ async function main() {
   // the appends a stream refused (`clfs`: devbridge's compare-and-set appends are refused
   // whenever two writers race) on every copy, and a copy restarted after a kill -9 can come
   // back with another count than the leader's; from then on it refuses every append the others
-  // store, while the leader lists it as current (seen in 6 runs of 29: 81,151 refused on the
+  // store, while the leader lists it as current (seen in 8 runs of 39: 81,151 refused on the
   // stuck copy, 14,292 on the others; fixed in nats-server 2.9.21, nats-io/nats-server#4365).
   // Starting it again did not help. What README, Operations, tells an operator to try is tried
   // once: stop it, move its store away, start it, and it copies every stream from the others
-  // (it worked in one run of two; in the other the new copy got stuck too).
+  // (it worked in two runs of four; in the other two the new copy got stuck too).
   const rejoin = async (i) => {
     natsProcs[i].start();
     assert.ok(await natsHealthy(i), `nats-${i + 1} healthy again`);
