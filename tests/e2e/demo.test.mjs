@@ -1,7 +1,7 @@
 // scripts/demo end to end: starts in the background, serves the dashboard through nginx,
 // and on Ctrl-C stops everything it started.
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { processAlive, startDemo, waitFor } from './demo.mjs';
@@ -60,11 +60,21 @@ test('scripts/demo --cluster: two ingest replicas share the fleet, three push re
     // Each ingest replica holds its half of the partitions, and the device list has both halves.
     const ingests = demo.env.DEMO_INGEST_HTTPS.split(' ');
     assert.equal(ingests.length, 2);
-    for (const port of ingests) {
-      await waitFor(`ingest on ${port} holds 8 of 16 partitions`, async () => {
-        const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-        return /^devbridge_ingest_partitions_held 8$/m.test(metrics);
+    const held = async (port) => {
+      const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      return Number(metrics.match(/^devbridge_ingest_partitions_held (\d+)$/m)?.[1]);
+    };
+    try {
+      await waitFor('each ingest replica holds 8 of 16 partitions',
+        async () => (await Promise.all(ingests.map(held))).every((n) => n === 8));
+    } catch (err) {
+      // What each replica holds and says, to tell a slow hand-over from a stuck one.
+      const counts = await Promise.all(ingests.map((port) => held(port).catch((e) => String(e))));
+      const logs = [1, 2].map((i) => {
+        const file = join(demo.dataDir, 'logs', `ingest-${i}.log`);
+        return existsSync(file) ? `ingest-${i}.log:\n${readFileSync(file, 'utf8').split('\n').slice(-40).join('\n')}` : '';
       });
+      throw new Error(`${err.message}; partitions held: ${counts.join(', ')}\n${logs.join('\n')}`);
     }
     // A partition handed over at the start is known to its new owner from its devices' next
     // heartbeat: the list is whole again within one heartbeat interval.
