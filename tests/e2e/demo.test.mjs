@@ -65,8 +65,9 @@ test('scripts/demo --cluster: two ingest replicas share the fleet, three push re
       return Number(metrics.match(/^devbridge_ingest_partitions_held (\d+)$/m)?.[1]);
     };
     try {
+      // 60 s: the two waits of 30 s this replaced, one replica after the other.
       await waitFor('each ingest replica holds 8 of 16 partitions',
-        async () => (await Promise.all(ingests.map(held))).every((n) => n === 8));
+        async () => (await Promise.all(ingests.map(held))).every((n) => n === 8), 60000);
     } catch (err) {
       // What each replica holds and says, to tell a slow hand-over from a stuck one.
       const counts = await Promise.all(ingests.map((port) => held(port).catch((e) => String(e))));
