@@ -40,7 +40,7 @@ EventPublisher::EventPublisher(BusOptions options, std::unique_ptr<bus::Connecti
                                    "Batches the bus refused or did not answer (tried again).")),
       conflicts_(&metrics->AddCounter(
           "devbridge_ingest_bus_conflicts_total",
-          "Appends the stream refused because another writer appended first (read again, sent again).")),
+          "Batches the stream refused because another writer appended first (read again, sent again).")),
       queue_bytes_(&metrics->AddGauge("devbridge_ingest_bus_queue_bytes", "Bytes of events waiting for the bus.")),
       batch_ms_(&metrics->AddHistogram("devbridge_ingest_bus_batch_ms", "Time to append one batch to the bus.",
                                        common::LatencyBucketsMs())) {
