@@ -76,24 +76,21 @@ async function main() {
   // its own events over sequences the others had acknowledged (seen here: 26 events of one
   // stream replaced on two servers of three, and viewers missing them). So the next server is
   // restarted only after this (README, Operations: "Restarting `nats-server`").
-  const streamTails = async (i) => {
+  // Every stream as server i sees it (`/jsz?streams=true`: its copy's state, the stream's
+  // leader and replicas), or null when it does not answer.
+  const streams = async (i) => {
     const r = await get(nats[i].monitor, '/jsz?streams=true');
     if (r.status !== 200) return null;
-    const tails = {};
-    for (const a of JSON.parse(r.body).account_details || []) {
-      for (const st of a.stream_detail || []) tails[st.name] = st.state.last_seq;
-    }
-    return tails;
+    return (JSON.parse(r.body).account_details || []).flatMap((a) => a.stream_detail || []);
   };
-  // Each stream's state and raft group as server i sees them (leader, replicas' lag), for the log.
+  const streamTails = async (i) => {
+    const all = await streams(i);
+    return all && Object.fromEntries(all.map((st) => [st.name, st.state.last_seq]));
+  };
+  // For the log: each stream's state and raft group (leader, replicas' lag) as server i sees them.
   const streamViews = async (i) => {
-    const r = await get(nats[i].monitor, '/jsz?streams=true');
-    if (r.status !== 200) return `no answer (${r.status})`;
-    const views = [];
-    for (const a of JSON.parse(r.body).account_details || []) {
-      for (const st of a.stream_detail || []) views.push({ name: st.name, state: st.state, cluster: st.cluster });
-    }
-    return JSON.stringify(views);
+    const all = await streams(i);
+    return all ? JSON.stringify(all.map(({ name, state, cluster }) => ({ name, state, cluster }))) : 'no answer';
   };
   const caughtUp = async (i, patience = 60000) => {
     const want = {};
