@@ -83,6 +83,7 @@ absl::Status OffsetLog::AppendBatch(const std::vector<Entry>& entries, std::vect
     if (!turns.ok()) return turns.status();
     turns_ = *std::move(turns);
   }
+  if (not_stored_.size() > kMaxNotStored) not_stored_.clear();
   positions->reserve(entries.size());
   const absl::Time give_up = absl::Now() + connection_->timeout();
   size_t done = 0;
@@ -142,6 +143,7 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
   // this writer knows, then from the batch's own earlier messages.
   absl::flat_hash_map<std::string, Position> newest;  // the batch's view of each subject
   std::vector<Position> planned;
+  std::vector<std::string> names;  // what each message is called (Nats-Msg-Id)
   uint64_t sequence = after;
   const std::string tag = absl::StrCat(inbox_, ".", ++batches_, ".");
   for (size_t i = from; i < entries.size(); ++i) {
@@ -149,6 +151,7 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
     Position position;
     if (i - from < reuse) {
       position = unsettled_.positions[i - from];
+      names.push_back(unsettled_.names[i - from]);
       sequence = position.sequence;
     } else {
       std::optional<Position> before;
@@ -161,6 +164,7 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
       }
       ++sequence;
       position = Position{sequence, before ? before->offset + 1 : sequence};
+      names.push_back(NameFor(entry.id));
     }
     newest[entry.subject] = position;
     planned.push_back(position);
@@ -170,10 +174,10 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
     natsStatus s = natsMsg_Create(&msg, entry.subject.c_str(), reply.c_str(), body.data(),
                                   static_cast<int>(body.size()));
     if (s == NATS_OK) s = natsMsgHeader_Set(msg, kOffsetHeader, absl::StrCat(position.offset).c_str());
-    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", entry.id.c_str());
+    if (s == NATS_OK) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", names.back().c_str());
     if (s == NATS_OK) {
       s = i == from ? natsMsgHeader_Set(msg, "Nats-Expected-Last-Sequence", absl::StrCat(after).c_str())
-                    : natsMsgHeader_Set(msg, "Nats-Expected-Last-Msg-Id", entries[i - 1].id.c_str());
+                    : natsMsgHeader_Set(msg, "Nats-Expected-Last-Msg-Id", names[names.size() - 2].c_str());
     }
     if (s == NATS_OK) s = natsConnection_PublishMsg(connection_->nc(), msg);
     natsMsg_Destroy(msg);
@@ -206,21 +210,50 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
     }
     natsMsg_Destroy(msg);  // a late answer of an earlier batch, or this one's
   }
+  // Stored or not, nobody knows yet: the next try sends entries[from + k..] again as planned.
+  auto unsettle = [&](size_t k, std::string reason) {
+    unsettled_.ids.clear();
+    for (size_t i = from + k; i < entries.size(); ++i) unsettled_.ids.push_back(entries[i].id);
+    unsettled_.names.assign(names.begin() + static_cast<std::ptrdiff_t>(k), names.end());
+    unsettled_.positions.assign(planned.begin() + static_cast<std::ptrdiff_t>(k), planned.end());
+    unsettled_.after = k > 0 ? planned[k - 1].sequence : after;
+    *why = absl::DeadlineExceededError(absl::StrCat("appending to ", entries[from + k].subject, ": ", reason));
+  };
   size_t stored = 0;
+  bool settled = true;
   for (; stored < n; ++stored) {
     const std::optional<nlohmann::json>& answer = answers[stored];
     const Entry& entry = entries[from + stored];
+    const Position position = planned[stored];
     if (!answer) {
-      // Stored or not, nobody knows yet: the next try sends the rest again as planned.
-      unsettled_.ids.clear();
-      for (size_t i = from + stored; i < entries.size(); ++i) unsettled_.ids.push_back(entries[i].id);
-      unsettled_.positions.assign(planned.begin() + static_cast<std::ptrdiff_t>(stored), planned.end());
-      unsettled_.after = stored > 0 ? planned[stored - 1].sequence : after;
-      *why = absl::DeadlineExceededError(absl::StrCat("appending to ", entry.subject, ": no answer within ",
-                                                      absl::FormatDuration(connection_->timeout())));
-      return stored;
+      unsettle(stored, absl::StrCat("no answer within ", absl::FormatDuration(connection_->timeout())));
+      settled = false;
+      break;
     }
-    if (!answer->is_object() || answer->contains("error")) {
+    const bool is_error = !answer->is_object() || answer->contains("error");
+    const bool duplicate = !is_error && answer->value("duplicate", false);
+    const uint64_t at = is_error ? 0 : answer->value("seq", uint64_t{0});
+    // An entry sent again whose answer is not "stored as planned": the planned sequence says.
+    if (stored < reuse && (is_error || (duplicate && at == 0))) {
+      ASSIGN_OR_RETURN(const Fate fate, FateOf(position, names[stored]));
+      if (fate == Fate::kUnknown) {
+        unsettle(stored, absl::StrCat("sent again, and the stream has not reached sequence ", position.sequence,
+                                      " planned for it"));
+        settled = false;
+        break;
+      }
+      if (fate == Fate::kStored) {
+        positions->push_back(position);
+        newest_[entry.subject] = position;
+        last_sequence_ = position.sequence;
+        not_stored_.erase(entry.id);
+        continue;
+      }
+      *why = absl::FailedPreconditionError(
+          absl::StrCat("appending to ", entry.subject, ": sent again, and not stored where planned"));
+      break;
+    }
+    if (is_error) {
       const nlohmann::json error = answer->is_object() ? answer->value("error", nlohmann::json::object())
                                                        : nlohmann::json::object();
       const int code = error.value("err_code", 0);
@@ -234,12 +267,19 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
       }
       break;
     }
-    Position position = planned[stored];
-    if (answer->value("duplicate", false)) {
+    if (duplicate) {
+      if (at == 0) {
+        // nats-server 2.10: another message of this name was refused (or is on its way) within
+        // the duplicate window. Not stored; the next plan renames it.
+        *why = absl::FailedPreconditionError(
+            absl::StrCat("appending to ", entry.subject, ": ", names[stored], " was used by a message not stored"));
+        break;
+      }
       // Stored by an earlier try. As planned now (a batch sent again as it was): go on.
       // Otherwise what follows was planned on a view that did not count it: plan it again.
-      ASSIGN_OR_RETURN(Message first, Read(answer->value("seq", uint64_t{0})));
+      ASSIGN_OR_RETURN(Message first, Read(at));
       positions->push_back(first.position);
+      not_stored_.erase(entry.id);
       if (first.position.sequence == position.sequence && first.position.offset == position.offset) {
         newest_[entry.subject] = position;
         last_sequence_ = position.sequence;
@@ -249,16 +289,44 @@ absl::StatusOr<size_t> OffsetLog::SendBatch(const std::vector<Entry>& entries, s
       *why = absl::FailedPreconditionError("a message of the batch was already stored");
       break;
     }
-    if (answer->value("seq", uint64_t{0}) != position.sequence) {
-      return absl::InternalError(absl::StrCat("appending to ", entry.subject, ": stored at ",
-                                              answer->value("seq", uint64_t{0}), ", planned for ", position.sequence));
+    if (at != position.sequence) {
+      return absl::InternalError(
+          absl::StrCat("appending to ", entry.subject, ": stored at ", at, ", planned for ", position.sequence));
     }
     positions->push_back(position);
     newest_[entry.subject] = position;
     last_sequence_ = position.sequence;
+    not_stored_.erase(entry.id);
   }
+  if (!settled) return stored;  // sent again under the same names: a duplicate if stored
+  // Refused: a new plan of these goes under new names.
+  for (size_t i = from + stored; i < entries.size(); ++i) not_stored_.insert(entries[i].id);
   unsettled_ = {};  // every answer came: settled, one way or the other
   return stored;
+}
+
+std::string OffsetLog::NameFor(const std::string& id) {
+  if (!not_stored_.contains(id)) return id;
+  return absl::StrCat(id, "~", ++renames_);
+}
+
+absl::StatusOr<OffsetLog::Fate> OffsetLog::FateOf(const Position& planned, const std::string& name) {
+  natsMsg* msg = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetMsg(&msg, connection_->js(), stream_.c_str(), planned.sequence, nullptr, &code);
+  if (s == NATS_NOT_FOUND || code == JSNoMessageFoundErr) {
+    // Nothing there: the stream has not got that far (the message may still be on its way),
+    // or the one there is gone (expired), and was not ours, which was just sent.
+    ASSIGN_OR_RETURN(const uint64_t last, LastSequence(*connection_, stream_));
+    return last < planned.sequence ? Fate::kUnknown : Fate::kNotStored;
+  }
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading message ", planned.sequence, " of ", stream_), code);
+  const char* id = nullptr;
+  const bool ours = natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != nullptr && name == id;
+  natsMsg_Destroy(msg);
+  // A message not stored where it was planned is stored nowhere: its expectation (the
+  // sequence or the message before it) no longer holds, and never will again.
+  return ours ? Fate::kStored : Fate::kNotStored;
 }
 
 absl::Status OffsetLog::LookUpNewest(const std::vector<Entry>& entries, size_t from,
@@ -363,8 +431,10 @@ absl::StatusOr<OffsetLog::Message> OffsetLog::Read(uint64_t sequence) {
   natsStatus s = js_GetMsg(&msg, connection_->js(), stream_.c_str(), sequence, nullptr, &code);
   if (s != NATS_OK) return FromNats(s, absl::StrCat("reading message ", sequence, " of ", stream_), code);
   absl::StatusOr<uint64_t> offset = OffsetOf(msg);
+  const char* id = nullptr;
+  if (natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) != NATS_OK || id == nullptr) id = "";
   Message read{Position{sequence, offset.ok() ? *offset : 0}, natsMsg_GetSubject(msg),
-               std::string(natsMsg_GetData(msg), natsMsg_GetDataLength(msg))};
+               std::string(natsMsg_GetData(msg), natsMsg_GetDataLength(msg)), id};
   natsMsg_Destroy(msg);
   if (!offset.ok()) return offset.status();
   return read;
@@ -390,29 +460,37 @@ absl::StatusOr<Position> OffsetLog::Append(const std::string& subject, const std
     if (s == NATS_OK) {
       s = natsMsgHeader_Set(msg, "Nats-Expected-Last-Sequence", absl::StrCat(last_sequence_).c_str());
     }
-    if (s == NATS_OK && !id.empty()) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", id.c_str());
+    if (s == NATS_OK && !id.empty()) s = natsMsgHeader_Set(msg, "Nats-Msg-Id", NameFor(id).c_str());
     jsPubAck* ack = nullptr;
     jsErrCode code = static_cast<jsErrCode>(0);
     if (s == NATS_OK) s = js_PublishMsg(&ack, connection_->js(), msg, nullptr, &code);
     natsMsg_Destroy(msg);
+    bool refused = s != NATS_OK;
     if (s == NATS_OK) {
       const bool duplicate = ack->Duplicate;
       const Position appended{ack->Sequence, offset};
       jsPubAck_Destroy(ack);
-      if (duplicate) {
+      // A duplicate of sequence 0: the name was used by a message not stored (see Append).
+      refused = duplicate && appended.sequence == 0;
+      if (!refused) not_stored_.erase(id);
+      if (duplicate && !refused) {
         // Stored by an earlier try, with the offset it had then.
         last_sequence_ = 0;  // not known: read it before the next append
         ASSIGN_OR_RETURN(Message first, Read(appended.sequence));
         return first.position;
       }
-      last_sequence_ = appended.sequence;
-      newest_[subject] = appended;
-      return appended;
+      if (!refused) {
+        last_sequence_ = appended.sequence;
+        newest_[subject] = appended;
+        return appended;
+      }
     }
     last_sequence_ = 0;
-    if (code != JSStreamWrongLastSequenceErr) {
+    if (!refused && code != JSStreamWrongLastSequenceErr) {
+      // Not answered, say: sent again under the same name, it is a duplicate if it was stored.
       return FromNats(s, absl::StrCat("appending to ", subject), code);
     }
+    if (!id.empty()) not_stored_.insert(id);
     ++conflicts_;
     // Refused twice: another writer keeps the stream. Ask it to wait a moment.
     if (attempt >= 1) {

@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/random/random.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -82,8 +83,13 @@ class OffsetLog {
   // Builds the message for the offset it is given (`payload(offset)`; called again with a
   // higher one when another writer won the race) and appends it to `subject`. `id`, when not
   // empty, names the message for JetStream's duplicate window (two minutes by default): an
-  // append repeated with the same id after a lost answer or a restart returns the position
-  // the first one got instead of appending it twice.
+  // append repeated with the same id after a lost answer returns the position the first one
+  // got instead of appending it twice.
+  //
+  // An id refused once (another writer won the race) is sent again under a new name,
+  // "<id>~<n>": nats-server 2.10 records an id before it knows whether the message will be
+  // stored, keeps it for the whole window when it is not, and answers any later message of
+  // that name as a duplicate of sequence 0 (stored nowhere).
   using Payload = std::function<std::string(uint64_t offset)>;
   absl::StatusOr<Position> Append(const std::string& subject, const std::string& id,
                                   const Payload& payload);
@@ -100,7 +106,10 @@ class OffsetLog {
   // they are sent again exactly as planned, so that a copy stored late (a new leader applying
   // what the old one had accepted, which nats-server 2.9 does without checking expectations
   // again) and the new one are the same message to JetStream's duplicate check, instead of
-  // two with different offsets.
+  // two with different offsets. An entry sent again whose answer is not "stored as planned"
+  // (a duplicate of sequence 0, a refusal) is settled by reading the sequence planned for it:
+  // the message there is it, or it is stored nowhere and never will be, or the stream has not
+  // got that far yet and the answer is still awaited.
   struct Entry {
     std::string subject;
     std::string id;
@@ -115,6 +124,7 @@ class OffsetLog {
     Position position;
     std::string subject;
     std::string data;
+    std::string id;  // its Nats-Msg-Id; empty when it has none
   };
   absl::StatusOr<Message> Read(uint64_t sequence);
 
@@ -144,6 +154,12 @@ class OffsetLog {
   void AskForTurn();   // at most once per kYield
   void WaitOurTurn();  // while another writer has asked for a turn
   static constexpr absl::Duration kYield = absl::Milliseconds(50);
+  // The name an entry's message goes under: its id, or a new one when that id was sent and
+  // not stored (see Append).
+  std::string NameFor(const std::string& id);
+  // What became of a message sent again as planned (see AppendBatch).
+  enum class Fate { kStored, kNotStored, kUnknown };
+  absl::StatusOr<Fate> FateOf(const Position& planned, const std::string& name);
   // Reads the stream's last sequence and then `subject`'s newest message.
   absl::Status Reload(const std::string& subject, std::optional<Position>* newest);
   // The first message of `subject` at stream sequence `from` or later, or nullopt.
@@ -156,14 +172,23 @@ class OffsetLog {
   uint64_t conflicts_ = 0;
   absl::BitGen bitgen_;  // the back-off after a lost race
   // The rest of a batch sent and not answered (a server lost, a leader changing): its ids,
-  // the positions planned for them, and the stream's last sequence before the first. The
-  // next AppendBatch that starts with these ids sends them again as planned.
+  // the names they went under, the positions planned for them, and the stream's last
+  // sequence before the first. The next AppendBatch that starts with these ids sends them
+  // again as planned.
   struct Unsettled {
     std::vector<std::string> ids;
+    std::vector<std::string> names;
     std::vector<Position> positions;
     uint64_t after = 0;
   };
   Unsettled unsettled_;
+  // Ids sent and not stored (refused, or not answered): the next plan renames them. Entries
+  // leave when stored; a caller that gives an entry up leaves its id here, so the set is
+  // emptied when it grows past kMaxNotStored (a name then reused meets at worst a duplicate
+  // of sequence 0, and is renamed on the next try).
+  absl::flat_hash_set<std::string> not_stored_;
+  static constexpr size_t kMaxNotStored = 1 << 16;
+  uint64_t renames_ = 0;
   natsSubscription* replies_ = nullptr;  // AppendBatch's answers, on inbox_.*
   std::string inbox_;
   uint64_t batches_ = 0;  // tells one batch's answers from a late one of an earlier batch
