@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <future>
 #include <map>
 #include <set>
 #include <sstream>
@@ -19,6 +20,7 @@
 #include "absl/strings/str_split.h"
 #include "bus/connection.h"
 #include "bus/leases.h"
+#include "services/ingest/cluster/device_directory.h"
 #include "services/ingest/cluster/partitions.h"
 #include "tests/component/ingest_fixture.h"
 #include "tests/component/nats_cluster.h"
@@ -227,6 +229,39 @@ TEST_F(IngestClusterTest, AKilledReplicasPartitionsMoveAndNothingIsLostOrStoredT
   EXPECT_EQ(twice, 0u);
 }
 
+// A listing that lacks a live replica's page fails rather than look complete.
+TEST_F(IngestClusterTest, AListingMissingAReplicasPageIsUnavailable) {
+  absl::StatusOr<std::vector<std::string>> urls = bus::ParseBusFlag(bus_.urls());
+  ASSERT_TRUE(urls.ok()) << urls.status();
+  bus::ConnectionOptions options;
+  options.urls = *urls;
+  absl::StatusOr<std::unique_ptr<bus::Connection>> connection = bus::Connection::Connect(options);
+  ASSERT_TRUE(connection.ok()) << connection.status();
+  // The only replica answering: it has one device.
+  absl::StatusOr<std::unique_ptr<ingest::cluster::DeviceDirectory>> directory = ingest::cluster::DeviceDirectory::Start(
+      connection->get(), [](const v1::ListDevicesRequest&, ingest::cluster::DeviceDirectory::Page done) {
+        v1::ListDevicesResponse page;
+        page.add_devices()->set_device_id("d-1");
+        done(std::move(page));
+      });
+  ASSERT_TRUE(directory.ok()) << directory.status();
+  auto list = [&](int replicas) {
+    std::promise<absl::StatusOr<v1::ListDevicesResponse>> listed;
+    (*directory)->List("", 10, replicas, absl::Milliseconds(300),
+                       [&](absl::StatusOr<v1::ListDevicesResponse> page) { listed.set_value(std::move(page)); });
+    return listed.get_future().get();
+  };
+  absl::StatusOr<v1::ListDevicesResponse> whole = list(1);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  ASSERT_EQ(whole->devices_size(), 1);
+  EXPECT_EQ(whole->devices(0).device_id(), "d-1");
+  // Two replicas live, one page: not a list of one device.
+  absl::StatusOr<v1::ListDevicesResponse> short_of_one = list(2);
+  EXPECT_TRUE(absl::IsUnavailable(short_of_one.status())) << short_of_one.status();
+  EXPECT_NE(short_of_one.status().message().find("1 of 2 ingest replicas"), absl::string_view::npos)
+      << short_of_one.status();
+}
+
 // A command reaches its device's owner whichever replica push called; one in flight when the
 // owner is killed fails with 503 once its partition changes hands.
 TEST_F(IngestClusterTest, CommandsReachTheOwnerFromEitherReplicaAndFailWith503WhenItDies) {
@@ -256,9 +291,17 @@ TEST_F(IngestClusterTest, CommandsReachTheOwnerFromEitherReplicaAndFailWith503Wh
     v1::ListDevicesRequest request;
     request.set_limit(4);
     do {
-      grpc::ClientContext ctx;
       v1::ListDevicesResponse page;
-      ASSERT_TRUE(stub->ListDevices(&ctx, request, &page).ok());
+      grpc::Status status;
+      // UNAVAILABLE: a replica's page did not come in time, and the listing says so rather
+      // than look complete; the caller asks again.
+      ASSERT_TRUE(WaitFor([&] {
+        grpc::ClientContext ctx;
+        page.Clear();
+        status = stub->ListDevices(&ctx, request, &page);
+        return status.error_code() != grpc::StatusCode::UNAVAILABLE;
+      }, absl::Seconds(30))) << status.error_message();
+      ASSERT_TRUE(status.ok()) << status.error_message();
       for (const v1::Device& d : page.devices()) listed.push_back(d.device_id());
       request.set_after(page.next());
     } while (!request.after().empty());

@@ -884,7 +884,7 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
                                                                        cluster::DeviceDirectory::Page done) {
                                                                     s.service->LocalDevices(request, std::move(done));
                                                                   }));
-    s.service->SetListDevices([&s](const std::string& after, uint32_t limit, IngestService::DevicesDone done) {
+    s.service->SetListDevices([&s](const std::string& after, uint32_t limit, IngestService::Listed done) {
       cluster::PartitionOwner* owner = s.owner_now.load();
       s.directory->List(after, limit, owner != nullptr ? owner->members() : 1, absl::Seconds(2), std::move(done));
     });

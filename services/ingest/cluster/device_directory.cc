@@ -63,10 +63,22 @@ DeviceDirectory::~DeviceDirectory() {
     common::MutexLock lock(&mu_);
     left.swap(gathering_);
   }
-  for (auto& [id, g] : left) g.done(MergeDevicePages(g.pages, g.limit));
+  for (auto& [id, g] : left) Finish(g);
 }
 
-void DeviceDirectory::List(const std::string& after, uint32_t limit, int replicas, absl::Duration wait, Page done) {
+void DeviceDirectory::Finish(Gathering& g) {
+  const int got = static_cast<int>(g.pages.size());
+  if (got < g.expected) {
+    g.done(absl::UnavailableError(absl::StrCat("listing devices: ", got, " of ", g.expected,
+                                               " ingest replicas answered within ", absl::FormatDuration(g.wait),
+                                               "; ask again")));
+    return;
+  }
+  g.done(MergeDevicePages(g.pages, g.limit));
+}
+
+void DeviceDirectory::List(const std::string& after, uint32_t limit, int replicas, absl::Duration wait,
+                           Listed done) {
   uint64_t id = 0;
   {
     common::MutexLock lock(&mu_);
@@ -75,6 +87,7 @@ void DeviceDirectory::List(const std::string& after, uint32_t limit, int replica
     g.done = std::move(done);
     g.limit = limit;
     g.expected = std::max(replicas, 1);
+    g.wait = wait;
     g.deadline = absl::Now() + wait;
   }
   v1::ListDevicesRequest ask;
@@ -123,7 +136,7 @@ void DeviceDirectory::OnPage(natsConnection*, natsSubscription*, natsMsg* msg, v
     done = std::move(it->second);
     self->gathering_.erase(it);
   }
-  done.done(MergeDevicePages(done.pages, done.limit));
+  Finish(done);
 }
 
 void DeviceDirectory::Expire() {
@@ -147,7 +160,7 @@ void DeviceDirectory::Expire() {
         }
       }
     }
-    for (Gathering& g : late) g.done(MergeDevicePages(g.pages, g.limit));
+    for (Gathering& g : late) Finish(g);
   }
 }
 

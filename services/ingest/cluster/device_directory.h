@@ -1,8 +1,8 @@
 // The device list in a cluster (`--partitions`): each replica knows the devices it owns, so
 // ListDevices asks every replica for its page (a NATS request on `devbridge.devices`, which
 // every replica answers) and merges them in device id order. It waits for as many answers as
-// replicas are live (PartitionOwner::members), or `wait`, whichever comes first: a replica
-// that does not answer in time leaves its devices out of that page.
+// replicas are live (PartitionOwner::members), up to `wait`. A listing that lacks a live
+// replica's page fails with UNAVAILABLE ("ask again"): a shorter list would look complete.
 #ifndef DEVBRIDGE_SERVICES_INGEST_CLUSTER_DEVICE_DIRECTORY_H_
 #define DEVBRIDGE_SERVICES_INGEST_CLUSTER_DEVICE_DIRECTORY_H_
 
@@ -42,13 +42,15 @@ class DeviceDirectory {
   DeviceDirectory& operator=(const DeviceDirectory&) = delete;
 
   // Every replica's page of `limit` devices after `after`, merged; `replicas`: answers to wait
-  // for. `done` once, from any thread.
-  void List(const std::string& after, uint32_t limit, int replicas, absl::Duration wait, Page done)
+  // for, at most `wait`, else UNAVAILABLE. `done` once, from any thread.
+  using Listed = std::function<void(absl::StatusOr<v1::ListDevicesResponse>)>;
+  void List(const std::string& after, uint32_t limit, int replicas, absl::Duration wait, Listed done)
       ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Gathering {
-    Page done;
+    Listed done;
+    absl::Duration wait;
     uint32_t limit = 0;
     int expected = 0;
     absl::Time deadline;
@@ -58,6 +60,8 @@ class DeviceDirectory {
   static void OnAsk(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   static void OnPage(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   void Expire() ABSL_LOCKS_EXCLUDED(mu_);
+  // Calls g.done with the merged pages, or UNAVAILABLE when some are missing.
+  static void Finish(Gathering& g);
 
   const bus::Connection* connection_;
   Local local_;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/grpc_status.h"
 #include "common/ids.h"
 #include "events/bus_layout.h"
 #include "events/push_message.h"
@@ -247,7 +248,10 @@ grpc::ServerUnaryReactor* IngestService::ListDevices(grpc::CallbackServerContext
     reactor->Finish(grpc::Status::OK);
   };
   if (list_devices_) {
-    list_devices_(request->after(), limit, std::move(done));
+    list_devices_(request->after(), limit, [reactor, done](absl::StatusOr<v1::ListDevicesResponse> page) {
+      if (!page.ok()) return reactor->Finish(common::ToGrpcStatus(page.status()));
+      done(*std::move(page));
+    });
     return reactor;
   }
   v1::ListDevicesRequest ask;

@@ -78,7 +78,8 @@ class IngestService final : public v1::Ingest::CallbackService {
   // `next`); `done` runs on the io thread.
   void LocalDevices(const v1::ListDevicesRequest& request, DevicesDone done);
   // In a cluster: ListDevices asks this for a page (after, limit) of every replica's devices.
-  using ListAll = std::function<void(const std::string& after, uint32_t limit, DevicesDone done)>;
+  using Listed = std::function<void(absl::StatusOr<v1::ListDevicesResponse>)>;
+  using ListAll = std::function<void(const std::string& after, uint32_t limit, Listed done)>;
   void SetListDevices(ListAll list) { list_devices_ = std::move(list); }
 
  private:
