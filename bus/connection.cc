@@ -6,6 +6,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -180,6 +181,31 @@ absl::StatusOr<std::optional<StoredMessage>> ReadNext(const Connection& connecti
     return absl::DataLossError(absl::StrCat("reading ", subject, ": undecodable message ", read.sequence));
   }
   return read;
+}
+
+absl::StatusOr<std::vector<std::string>> BucketKeys(const Connection& connection, const std::string& bucket,
+                                                    const std::string& prefix) {
+  // A wildcard is a whole token: a prefix ending in "." narrows the filter; the rest of the
+  // prefix is matched here.
+  const std::string subjects_of = absl::StrCat("$KV.", bucket, ".");
+  const std::string filter = absl::StrCat(subjects_of, absl::EndsWith(prefix, ".") ? prefix : "", ">");
+  const std::string stream = absl::StrCat("KV_", bucket);
+  jsOptions options;
+  jsOptions_Init(&options);
+  options.Stream.Info.SubjectsFilter = filter.c_str();
+  jsStreamInfo* info = nullptr;
+  jsErrCode code = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&info, connection.js(), stream.c_str(), &options, &code);
+  if (s != NATS_OK) return FromNats(s, absl::StrCat("listing the keys of ", bucket), code);
+  std::vector<std::string> keys;
+  if (info->State.Subjects != nullptr) {
+    for (int i = 0; i < info->State.Subjects->Count; ++i) {
+      absl::string_view key = info->State.Subjects->List[i].Subject;
+      if (absl::ConsumePrefix(&key, subjects_of) && absl::StartsWith(key, prefix)) keys.emplace_back(key);
+    }
+  }
+  jsStreamInfo_Destroy(info);
+  return keys;
 }
 
 absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::string& name, absl::Duration ttl,

@@ -105,6 +105,14 @@ absl::StatusOr<std::optional<StoredMessage>> ReadNext(const Connection& connecti
 absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::string& name, absl::Duration ttl,
                                       int replicas, absl::Duration patience = absl::Seconds(30));
 
+// The keys of key-value bucket `bucket` that begin with `prefix`, deleted ones included (a
+// deletion is a key's last entry), from the bucket stream's own state (STREAM.INFO with a
+// subject filter). Not kvStore_Keys: it creates a consumer per call, a request to the
+// cluster's metadata leader, which a lost server holds up for seconds and every restarted
+// server must catch up with.
+absl::StatusOr<std::vector<std::string>> BucketKeys(const Connection& connection, const std::string& bucket,
+                                                    const std::string& prefix);
+
 // The epoch of the push streams kept in stream `name`, so that it changes only when the
 // stream (and its history) is created anew and every writer and reader of the stream agrees
 // on it: "bus-" and the id its creator wrote in its description (NewEpochDescription).

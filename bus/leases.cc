@@ -85,31 +85,12 @@ absl::StatusOr<std::string> Leases::Holder(const std::string& name) {
 }
 
 absl::StatusOr<std::vector<std::string>> Leases::Names(const std::string& prefix) {
-  // The bucket stream's subjects under the prefix, from the stream's own state: no consumer
-  // (kvStore_Keys creates one per call, a request to the cluster's metadata leader, which a
-  // server's loss holds up for seconds: every lease round then failed with it).
-  // (A wildcard is a whole token: "node." narrows the filter, "race" is matched here.)
-  const std::string filter = Subject(absl::EndsWith(prefix, ".") ? prefix : "") + ">";
-  jsOptions options;
-  jsOptions_Init(&options);
-  options.Stream.Info.SubjectsFilter = filter.c_str();
-  jsStreamInfo* info = nullptr;
-  jsErrCode code = static_cast<jsErrCode>(0);
-  natsStatus s = js_GetStreamInfo(&info, connection_->js(), stream_.c_str(), &options, &code);
-  if (s != NATS_OK) return FromNats(s, absl::StrCat("listing leases of ", bucket_), code);
-  std::vector<std::string> subjects;
-  if (info->State.Subjects != nullptr) {
-    for (int i = 0; i < info->State.Subjects->Count; ++i) subjects.emplace_back(info->State.Subjects->List[i].Subject);
-  }
-  jsStreamInfo_Destroy(info);
-  // A subject whose last message is a deletion has nobody on it.
+  ASSIGN_OR_RETURN(const std::vector<std::string> keys, BucketKeys(*connection_, bucket_, prefix));
+  // A key whose last entry is a deletion has nobody on it.
   std::vector<std::string> names;
-  const size_t skip = Subject("").size();
-  for (const std::string& subject : subjects) {
-    std::string name = subject.substr(skip);
-    if (!absl::StartsWith(name, prefix)) continue;
+  for (const std::string& name : keys) {
     ASSIGN_OR_RETURN(const Entry entry, Read(name));
-    if (!entry.holder.empty()) names.push_back(std::move(name));
+    if (!entry.holder.empty()) names.push_back(name);
   }
   return names;
 }

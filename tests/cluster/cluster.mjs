@@ -71,7 +71,7 @@ async function main() {
   const busUrls = nats.map((n) => `nats://127.0.0.1:${n.client}`).join(',');
   const natsHealthy = (i) => healthy(nats[i].monitor);
   // A nats-server started again has caught up once its copy of every stream holds what the
-  // others held when we began to wait. nats-server 2.9.10's /healthz says ok before that, and
+  // others held when we began to wait. nats-server's /healthz says ok before that, and
   // a stream leader stopped with SIGTERM may hand the stream to such a copy, which then writes
   // its own events over sequences the others had acknowledged (seen here: 26 events of one
   // stream replaced on two servers of three, and viewers missing them). So the next server is
@@ -111,31 +111,15 @@ async function main() {
     }
     return ok;
   };
-  // Starts nats-server i again after it stopped and waits until it has caught up. A copy still
-  // behind 30 s after its server reported healthy is stuck for good: nats-server 2.9.10 counts
-  // the appends a stream refused (`clfs`: devbridge's compare-and-set appends are refused
-  // whenever two writers race) on every copy, and a copy restarted after a kill -9 can come
-  // back with another count than the leader's; from then on it refuses every append the others
-  // store, while the leader lists it as current (seen in 8 runs of 39: 81,151 refused on the
-  // stuck copy, 14,292 on the others; fixed in nats-server 2.9.21, nats-io/nats-server#4365).
-  // Starting it again did not help. What README, Operations, tells an operator to try is tried
-  // once: stop it, move its store away, start it, and it copies every stream from the others
-  // (it worked in two runs of four; in the other two the new copy got stuck too).
+  // Starts nats-server i again after it stopped and waits until it has caught up. A copy that
+  // never does is a failure: with nats-server 2.9.10 a copy restarted after a kill -9 could
+  // stay stuck for good (its count of refused appends, `clfs`, other than the leader's;
+  // nats-io/nats-server#4365, fixed in 2.9.21), which is why scripts/install-deps installs
+  // 2.10. caughtUp logs every server's view of the streams when it gives up.
   const rejoin = async (i) => {
     natsProcs[i].start();
     assert.ok(await natsHealthy(i), `nats-${i + 1} healthy again`);
-    if (await caughtUp(i, 30000)) return;
-    const stopped = natsProcs[i].term();
-    if (!(await Promise.race([stopped.then(() => true), new Promise((r) => setTimeout(r, 15000, false))]))) {
-      log(`nats-${i + 1} did not stop within 15 s of SIGTERM: kill -9`);
-      await natsProcs[i].kill9();
-    }
-    fs.renameSync(nats[i].store, `${nats[i].store}.stuck`);  // kept for the record
-    const wiped = Date.now();
-    natsProcs[i].start();
-    assert.ok(await natsHealthy(i), `nats-${i + 1} healthy with its store removed`);
-    assert.ok(await caughtUp(i), `nats-${i + 1} copied every stream again`);
-    figures.push(`nats-${i + 1} had a stuck copy of a stream: store removed, copied again ${((Date.now() - wiped) / 1000).toFixed(1)} s after its start`);
+    assert.ok(await caughtUp(i), `nats-${i + 1} caught up`);
   };
 
   const ingestPorts = [];
@@ -188,6 +172,8 @@ async function main() {
   try {
     natsProcs.forEach((p) => p.start());
     for (let i = 0; i < 3; i++) assert.ok(await natsHealthy(i), `nats-${i + 1} healthy`);
+    const varz = await get(nats[0].monitor, '/varz');
+    log(`nats-server ${varz.status === 200 ? JSON.parse(varz.body).version : '(version unknown)'}`);
     ingests.forEach((p) => p.start());
     for (let i = 0; i < 2; i++) assert.ok(await healthy(ingestPorts[i].http), `ingest-${i + 1} healthy`);
     assert.ok(await shared(), 'each ingest replica holds half of the partitions');

@@ -20,9 +20,9 @@ class SessionBook {
   static absl::StatusOr<std::unique_ptr<SessionBook>> Open(const bus::Connection* connection, int replicas) {
     absl::StatusOr<kvStore*> kv = bus::EnsureBucket(*connection, kSessionBucket, absl::ZeroDuration(), replicas);
     if (!kv.ok()) return kv.status();
-    return std::make_unique<SessionBook>(*kv);
+    return std::make_unique<SessionBook>(connection, *kv);
   }
-  explicit SessionBook(kvStore* kv) : kv_(kv) {}
+  SessionBook(const bus::Connection* connection, kvStore* kv) : connection_(connection), kv_(kv) {}
   ~SessionBook() { kvStore_Destroy(kv_); }
 
   absl::Status Record(const std::string& client_id) {
@@ -33,27 +33,26 @@ class SessionBook {
 
   // Every recorded client id.
   absl::StatusOr<std::vector<std::string>> ClientIds() {
-    kvKeysList keys;
-    natsStatus s = kvStore_Keys(&keys, kv_, nullptr);
-    if (s == NATS_NOT_FOUND) return std::vector<std::string>{};
-    if (s != NATS_OK) return bus::FromNats(s, "listing the recorded MQTT sessions");
+    absl::StatusOr<std::vector<std::string>> keys = bus::BucketKeys(*connection_, kSessionBucket, "");
+    if (!keys.ok()) return keys.status();
     std::vector<std::string> ids;
-    for (int i = 0; i < keys.Count && s == NATS_OK; ++i) {
+    natsStatus s = NATS_OK;
+    for (size_t i = 0; i < keys->size() && s == NATS_OK; ++i) {
       kvEntry* entry = nullptr;
-      s = kvStore_Get(&entry, kv_, keys.Keys[i]);
+      s = kvStore_Get(&entry, kv_, (*keys)[i].c_str());
       if (s == NATS_OK) {
         ids.emplace_back(kvEntry_ValueString(entry));
         kvEntry_Destroy(entry);
       } else if (s == NATS_NOT_FOUND) {
-        s = NATS_OK;  // deleted meanwhile
+        s = NATS_OK;  // deleted
       }
     }
-    kvKeysList_Destroy(&keys);
     if (s != NATS_OK) return bus::FromNats(s, "reading the recorded MQTT sessions");
     return ids;
   }
 
  private:
+  const bus::Connection* connection_;
   kvStore* kv_;
 };
 
