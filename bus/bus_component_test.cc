@@ -12,6 +12,7 @@
 
 #include "absl/random/random.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
 #include "bus/connection.h"
@@ -367,6 +368,44 @@ TEST_F(BusTest, BatchesArePipelinedAndStayContiguousWithTwoWriters) {
   }
   EXPECT_EQ(total, 2u * kBatches * kBatch);
   std::cout << "batch conflicts retried: " << conflicts << "\n";
+}
+
+// A batch refused once (another writer appended first) goes again under new names:
+// nats-server 2.10 notes an id before it knows whether the message will be stored, and would
+// answer the same name again "duplicate of sequence 0" for the whole duplicate window.
+TEST_F(BusTest, AnEntryRefusedOnceIsStoredUnderANewName) {
+  std::unique_ptr<Connection> connection = Connect();
+  ASSERT_TRUE(connection);
+  const std::string stream = NewStream(*connection);
+  const std::string subject = stream + ".s.a";
+  auto body = [](uint64_t offset) { return absl::StrCat("at ", offset); };
+  OffsetLog a(connection.get(), stream);
+  OffsetLog b(connection.get(), stream);
+  std::vector<Position> appended;
+  ASSERT_TRUE(b.AppendBatch({{subject, "b-0", body}}, &appended).ok());  // b knows the stream's end
+  ASSERT_TRUE(a.AppendBatch({{subject, "a-0", body}}, &appended).ok());  // and now it is wrong
+  absl::Status status = b.AppendBatch({{subject, "b-1", body}, {subject, "b-2", body}}, &appended);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_EQ(b.conflicts(), 1u);
+  ASSERT_EQ(appended.size(), 2u);
+  EXPECT_EQ(appended[0].offset, 3u);
+  EXPECT_EQ(appended[1].offset, 4u);
+  absl::StatusOr<OffsetLog::Message> first = b.Read(appended[0].sequence);
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->id, "b-1~1");
+  // An entry stored under its own name keeps it.
+  ASSERT_TRUE(b.AppendBatch({{subject, "b-3", body}}, &appended).ok());
+  absl::StatusOr<OffsetLog::Message> own = b.Read(appended[0].sequence);
+  ASSERT_TRUE(own.ok()) << own.status();
+  EXPECT_EQ(own->id, "b-3");
+  // Refused again, another entry gets a name of its own, not one used before.
+  ASSERT_TRUE(a.AppendBatch({{subject, "a-1", body}}, &appended).ok());
+  ASSERT_TRUE(b.AppendBatch({{subject, "b-4", body}}, &appended).ok());
+  absl::StatusOr<OffsetLog::Message> renamed = b.Read(appended[0].sequence);
+  ASSERT_TRUE(renamed.ok()) << renamed.status();
+  EXPECT_TRUE(absl::StartsWith(renamed->id, "b-4~")) << renamed->id;
+  EXPECT_EQ(renamed->position.offset, 7u);
+  EXPECT_EQ(b.conflicts(), 2u);
 }
 
 // A writer that never stops (a replica with a backlog) and one that comes now and then, both
