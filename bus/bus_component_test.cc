@@ -315,8 +315,7 @@ TEST_F(BusTest, AppendsGoOnThroughAServersKill9) {
   for (int i = 0; i < 100; ++i) ASSERT_TRUE(append(i));
   cluster_->Kill(0);
   for (int i = 100; i < 200; ++i) ASSERT_TRUE(append(i));
-  cluster_->Start(0);
-  ASSERT_TRUE(cluster_->WaitHealthy());
+  ASSERT_TRUE(cluster_->Rejoin(0));
   for (int i = 200; i < 300; ++i) ASSERT_TRUE(append(i));
 
   auto all = ReadAll(log, *connection, stream);
@@ -625,8 +624,7 @@ TEST_F(BusTest, AReaderGoesOnThroughItsServersKill9) {
   ASSERT_TRUE(testing::WaitFor([&] { return received.size() >= 100; }));
   cluster_->Kill(0);
   for (int i = 100; i < 200; ++i) ASSERT_TRUE(append(i));
-  cluster_->Start(0);
-  ASSERT_TRUE(cluster_->WaitHealthy());
+  ASSERT_TRUE(cluster_->Rejoin(0));
   for (int i = 200; i < 300; ++i) ASSERT_TRUE(append(i));
   EXPECT_TRUE(testing::WaitFor([&] { return received.size() >= 300; }, absl::Seconds(30)));
   reader->reset();
@@ -865,8 +863,7 @@ TEST_F(BusTest, ADurableReaderGoesOnThroughItsServersKill9) {
   ASSERT_TRUE(testing::WaitFor([&] { return handed.size() >= 100; }));
   cluster_->Kill(0);
   for (int i = 100; i < 200; ++i) ASSERT_TRUE(append(i));
-  cluster_->Start(0);
-  ASSERT_TRUE(cluster_->WaitHealthy());
+  ASSERT_TRUE(cluster_->Rejoin(0));
   for (int i = 200; i < 300; ++i) ASSERT_TRUE(append(i));
   EXPECT_TRUE(testing::WaitFor([&] { return handed.size() >= 300; }, absl::Seconds(30)));
   const uint64_t filled = (*reader)->filled();

@@ -128,18 +128,27 @@ absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec, 
     jsStreamInfo* info = nullptr;
     natsStatus s = js_AddStream(&info, connection.js(), &cfg, nullptr, &code);
     jsStreamInfo_Destroy(info);
-    if (s == NATS_OK || code == JSStreamNameExistErr) return absl::OkStatus();
-    // Another process created it a moment ago, with a different but compatible config; or our
-    // own creation went on after its answer timed out.
+    if (s == NATS_OK) return absl::OkStatus();
+    // Another process created it a moment ago, with a different but compatible config (its
+    // description, with its epoch); or our own creation went on after its answer timed out.
+    // It is there once the servers show it: nats-server 2.10 refuses a second creation while
+    // the first is still being agreed on, and shows the stream only after (seen: "not found"
+    // 30 ms after "name already in use").
     info = nullptr;
     const natsStatus get = js_GetStreamInfo(&info, connection.js(), spec.name.c_str(), nullptr, nullptr);
     jsStreamInfo_Destroy(info);
     if (get == NATS_OK) return absl::OkStatus();
-    const bool transient = code == 0 && (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS);
-    if (!transient || absl::Now() + absl::Seconds(1) > deadline) {
+    const bool exists = code == JSStreamNameExistErr;
+    // "No suitable peers": a cluster just started, whose servers have not all told the
+    // metadata leader about themselves yet (or fewer servers than replicas, for good).
+    const bool transient = exists || code == JSClusterNoPeersErr ||
+                           (code == 0 && (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS));
+    const absl::Duration pause = exists ? absl::Milliseconds(100) : absl::Seconds(1);
+    if (!transient || absl::Now() + pause > deadline) {
+      if (exists) return FromNats(get, absl::StrCat("reading stream ", spec.name, ", created by another process"));
       return FromNats(s, absl::StrCat("creating stream ", spec.name), code);
     }
-    absl::SleepFor(absl::Seconds(1));
+    absl::SleepFor(pause);
   }
 }
 
@@ -210,39 +219,33 @@ absl::StatusOr<std::vector<std::string>> BucketKeys(const Connection& connection
 
 absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::string& name, absl::Duration ttl,
                                       int replicas, absl::Duration patience) {
-  kvStore* kv = nullptr;
-  natsStatus s = js_KeyValue(&kv, connection.js(), name.c_str());
-  // JetStream not answering yet (a server just started, a busy machine): for a while.
-  for (const absl::Time deadline = absl::Now() + patience;
-       (s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS) && absl::Now() < deadline;) {
-    absl::SleepFor(absl::Seconds(1));
-    s = js_KeyValue(&kv, connection.js(), name.c_str());
-  }
-  if (s == NATS_NOT_FOUND) {
-    kvConfig cfg;
-    kvConfig_Init(&cfg);
-    cfg.Bucket = name.c_str();
-    cfg.History = 1;
-    cfg.TTL = absl::ToInt64Nanoseconds(ttl);  // the C client passes it on as MaxAge, in ns
-    cfg.StorageType = js_FileStorage;
-    cfg.Replicas = replicas;
-    s = js_CreateKeyValue(&kv, connection.js(), &cfg);
-    if (s != NATS_OK) {
-      const std::string why = nats_GetLastError(nullptr);
-      // Another process may have created it first, or ours goes on after its answer timed out
-      // (a replicated bucket's servers elect a leader first).
-      const absl::Time deadline = absl::Now() + (s == NATS_TIMEOUT ? patience : absl::ZeroDuration());
-      natsStatus opened = js_KeyValue(&kv, connection.js(), name.c_str());
-      while (opened != NATS_OK && absl::Now() < deadline) {
-        absl::SleepFor(absl::Seconds(1));
-        opened = js_KeyValue(&kv, connection.js(), name.c_str());
-      }
-      if (opened != NATS_OK) return FromNats(s, absl::StrCat("creating bucket ", name, " (", why, ")"));
-      s = NATS_OK;
+  kvConfig cfg;
+  kvConfig_Init(&cfg);
+  cfg.Bucket = name.c_str();
+  cfg.History = 1;
+  cfg.TTL = absl::ToInt64Nanoseconds(ttl);  // the C client passes it on as MaxAge, in ns
+  cfg.StorageType = js_FileStorage;
+  cfg.Replicas = replicas;
+  const absl::Time deadline = absl::Now() + patience;
+  for (;;) {
+    kvStore* kv = nullptr;
+    natsStatus s = js_KeyValue(&kv, connection.js(), name.c_str());
+    if (s == NATS_OK) return kv;
+    std::string why;
+    if (s == NATS_NOT_FOUND) {
+      s = js_CreateKeyValue(&kv, connection.js(), &cfg);
+      if (s == NATS_OK) return kv;
+      why = nats_GetLastError(nullptr);
     }
+    // Not yet: JetStream not answering (a server just started, a busy machine), a cluster
+    // that does not know its servers yet ("no suitable peers"), another process's creation
+    // not yet agreed on (nats-server 2.10 shows it only then), or ours going on after its
+    // answer timed out (a replicated bucket's servers elect a leader first).
+    if (absl::Now() + absl::Milliseconds(500) > deadline) {
+      return FromNats(s, absl::StrCat("opening bucket ", name, why.empty() ? "" : absl::StrCat(" (", why, ")")));
+    }
+    absl::SleepFor(absl::Milliseconds(500));
   }
-  if (s != NATS_OK) return FromNats(s, absl::StrCat("opening bucket ", name));
-  return kv;
 }
 
 namespace {

@@ -78,8 +78,10 @@ struct StreamSpec {
 
 // Creates the stream, or leaves it as it is when one of that name exists. Safe when several
 // processes do it at once. A replicated stream's creation can outlast a request's timeout
-// (its servers elect a leader first, slowly on a busy machine), and JetStream may not answer
-// at all for a moment after a server's start: both are tried again, for up to `patience`.
+// (its servers elect a leader first, slowly on a busy machine), JetStream may not answer at
+// all for a moment after a server's start, a cluster just started may not know its servers
+// yet ("no suitable peers"), and another process's creation shows only once agreed on: all
+// are tried again, for up to `patience`.
 absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec,
                           absl::Duration patience = absl::Seconds(60));
 
@@ -100,8 +102,10 @@ absl::StatusOr<std::optional<StoredMessage>> ReadNext(const Connection& connecti
 
 // Opens key-value bucket `name`, creating it when there is none (one entry per key; entries
 // forgotten `ttl` after they were written, zero: kept; `replicas` copies). Safe when several
-// processes do it at once; waits, for up to `patience`, while JetStream does not answer yet or
-// a replicated bucket's creation outlasts a request. The caller destroys the store.
+// processes do it at once; tries again, for up to `patience`, while it cannot: JetStream not
+// answering yet, a cluster just started that does not know its servers yet, another process's
+// creation not yet agreed on, a replicated bucket's creation outlasting a request. The
+// caller destroys the store.
 absl::StatusOr<kvStore*> EnsureBucket(const Connection& connection, const std::string& name, absl::Duration ttl,
                                       int replicas, absl::Duration patience = absl::Seconds(30));
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -84,6 +85,19 @@ void NatsCluster::Start(int i) {
   ASSERT_GT(node.pid, 0) << "could not start /usr/sbin/nats-server (Debian package nats-server)";
   ASSERT_TRUE(WaitFor([&] { return PortOpen(node.port); }))
       << "nats-server " << i + 1 << " did not listen; see " << log(i);
+}
+
+bool NatsCluster::Rejoin(int i) {
+  Start(i);
+  if (WaitHealthy(absl::Seconds(30))) return true;
+  std::cerr << "nats-server " << i + 1 << " not healthy 30 s after its start: starting it again (see " << log(i)
+            << ")\n";
+  Node& node = nodes_[i];
+  kill(node.pid, SIGTERM);
+  WaitExit(node.pid, absl::Seconds(20));
+  node.pid = -1;
+  Start(i);
+  return WaitHealthy(absl::Seconds(60));
 }
 
 bool NatsCluster::WaitHealthy(absl::Duration timeout) const {

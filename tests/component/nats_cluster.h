@@ -27,6 +27,11 @@ class NatsCluster {
   void Start(int i);  // starts server i (again), and waits until it listens
   // True once every running server reports JetStream healthy (GET /healthz), within `timeout`.
   bool WaitHealthy(absl::Duration timeout = absl::Seconds(30)) const;
+  // Starts server i again and waits until every server is healthy. nats-server 2.10.27 started
+  // again sometimes never gets current with the metadata leader (/healthz: "JetStream is not
+  // current with the meta leader"); as README, Operations, tells operators, a server not
+  // healthy 30 s after its start is stopped and started once more.
+  bool Rejoin(int i);
   // Where server i logs.
   std::string log(int i) const;
 

@@ -835,8 +835,7 @@ TEST_P(PushOnBusTest, ClientsThatConnectedWhileTheBusWasAwayAreKnownOnceItIsBack
   bus_->Kill(0);
   auto client = WsClient::Connect(a_->port(), "systemId=fleet&clientId=during");
   ASSERT_TRUE(client->open()) << "clients connect while the bus is away";
-  bus_->Start(0);
-  ASSERT_TRUE(bus_->WaitHealthy());
+  ASSERT_TRUE(bus_->Rejoin(0));
   EXPECT_TRUE(WaitOnline(b_.get(), 1, "fleet")) << "b learns of the client from a's snapshot";
   EXPECT_GE(MetricValue(HttpRequest(a_->port(), "GET", "/metrics", {}, ""), "devbridge_push_membership_unpublished_total"),
             1);
