@@ -311,22 +311,18 @@ std::string OffsetLog::NameFor(const std::string& id) {
 }
 
 absl::StatusOr<OffsetLog::Fate> OffsetLog::FateOf(const Position& planned, const std::string& name) {
-  natsMsg* msg = nullptr;
-  jsErrCode code = static_cast<jsErrCode>(0);
-  natsStatus s = js_GetMsg(&msg, connection_->js(), stream_.c_str(), planned.sequence, nullptr, &code);
-  if (s == NATS_NOT_FOUND || code == JSNoMessageFoundErr) {
+  absl::StatusOr<Message> there = Read(planned.sequence);
+  if (absl::IsNotFound(there.status())) {
     // Nothing there: the stream has not got that far (the message may still be on its way),
     // or the one there is gone (expired), and was not ours, which was just sent.
     ASSIGN_OR_RETURN(const uint64_t last, LastSequence(*connection_, stream_));
     return last < planned.sequence ? Fate::kUnknown : Fate::kNotStored;
   }
-  if (s != NATS_OK) return FromNats(s, absl::StrCat("reading message ", planned.sequence, " of ", stream_), code);
-  const char* id = nullptr;
-  const bool ours = natsMsgHeader_Get(msg, "Nats-Msg-Id", &id) == NATS_OK && id != nullptr && name == id;
-  natsMsg_Destroy(msg);
+  if (absl::IsDataLoss(there.status())) return Fate::kNotStored;  // no offset header: not ours
+  if (!there.ok()) return there.status();
   // A message not stored where it was planned is stored nowhere: its expectation (the
   // sequence or the message before it) no longer holds, and never will again.
-  return ours ? Fate::kStored : Fate::kNotStored;
+  return there->id == name ? Fate::kStored : Fate::kNotStored;
 }
 
 absl::Status OffsetLog::LookUpNewest(const std::vector<Entry>& entries, size_t from,
