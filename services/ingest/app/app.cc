@@ -879,14 +879,20 @@ absl::StatusOr<std::unique_ptr<App>> App::Create(IngestOptions options) {
     s.service->SetForward([&s](const v1::Command& command, const IngestService::CommandDone& done) {
       return s.ForwardCommand(command, done);
     });
-    ASSIGN_OR_RETURN(s.directory, cluster::DeviceDirectory::Start(s.cluster_bus.get(),
-                                                                  [&s](const v1::ListDevicesRequest& request,
-                                                                       cluster::DeviceDirectory::Page done) {
-                                                                    s.service->LocalDevices(request, std::move(done));
-                                                                  }));
-    s.service->SetListDevices([&s](const std::string& after, uint32_t limit, IngestService::Listed done) {
+    auto held = [&s, partitions = o.partitions] {
+      std::vector<int> mine;
       cluster::PartitionOwner* owner = s.owner_now.load();
-      s.directory->List(after, limit, owner != nullptr ? owner->members() : 1, absl::Seconds(2), std::move(done));
+      for (int p = 0; owner != nullptr && p < partitions; ++p) {
+        if (owner->Owns(p)) mine.push_back(p);
+      }
+      return mine;
+    };
+    auto local = [&s](const v1::ListDevicesRequest& request, cluster::DeviceDirectory::Page done) {
+      s.service->LocalDevices(request, std::move(done));
+    };
+    ASSIGN_OR_RETURN(s.directory, cluster::DeviceDirectory::Start(s.cluster_bus.get(), o.partitions, held, local));
+    s.service->SetListDevices([&s](const std::string& after, uint32_t limit, IngestService::Listed done) {
+      s.directory->List(after, limit, absl::Seconds(2), std::move(done));
     });
   }
   ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials, grpcutil::ServerCredentials(o.security));

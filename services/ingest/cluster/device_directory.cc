@@ -4,12 +4,16 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/status.h"
 
 namespace devbridge::ingest::cluster {
 namespace {
 
 constexpr char kDevicesSubject[] = "devbridge.devices";
+// On each page: the partitions its replica held, comma-separated ("0,1,5"; empty: none).
+constexpr char kPartitionsHeader[] = "Devbridge-Partitions";
 
 }  // namespace
 
@@ -33,8 +37,9 @@ v1::ListDevicesResponse MergeDevicePages(const std::vector<v1::ListDevicesRespon
 }
 
 absl::StatusOr<std::unique_ptr<DeviceDirectory>> DeviceDirectory::Start(const bus::Connection* connection,
-                                                                        Local local) {
-  std::unique_ptr<DeviceDirectory> directory(new DeviceDirectory(connection, std::move(local)));
+                                                                        int partitions, Held held, Local local) {
+  std::unique_ptr<DeviceDirectory> directory(
+      new DeviceDirectory(connection, partitions, std::move(held), std::move(local)));
   natsInbox* inbox = nullptr;
   natsStatus s = natsInbox_Create(&inbox);
   if (s != NATS_OK) return bus::FromNats(s, "making an inbox for device pages");
@@ -67,18 +72,21 @@ DeviceDirectory::~DeviceDirectory() {
 }
 
 void DeviceDirectory::Finish(Gathering& g) {
-  const int got = static_cast<int>(g.pages.size());
-  if (got < g.expected) {
-    g.done(absl::UnavailableError(absl::StrCat("listing devices: ", got, " of ", g.expected,
-                                               " ingest replicas answered within ", absl::FormatDuration(g.wait),
-                                               "; ask again")));
+  if (g.uncovered > 0) {
+    std::vector<int> missing;
+    for (int p = 0; p < static_cast<int>(g.covered.size()); ++p) {
+      if (!g.covered[p]) missing.push_back(p);
+    }
+    g.done(absl::UnavailableError(absl::StrCat(
+        "listing devices: no ingest replica answered for partition(s) ", absl::StrJoin(missing, ","), " within ",
+        absl::FormatDuration(g.wait), " (", g.pages.size(),
+        " page(s) came; a replica may have just stopped and its partitions not been taken over yet); ask again")));
     return;
   }
   g.done(MergeDevicePages(g.pages, g.limit));
 }
 
-void DeviceDirectory::List(const std::string& after, uint32_t limit, int replicas, absl::Duration wait,
-                           Listed done) {
+void DeviceDirectory::List(const std::string& after, uint32_t limit, absl::Duration wait, Listed done) {
   uint64_t id = 0;
   {
     common::MutexLock lock(&mu_);
@@ -86,9 +94,10 @@ void DeviceDirectory::List(const std::string& after, uint32_t limit, int replica
     Gathering& g = gathering_[id];
     g.done = std::move(done);
     g.limit = limit;
-    g.expected = std::max(replicas, 1);
     g.wait = wait;
     g.deadline = absl::Now() + wait;
+    g.covered.assign(partitions_, false);
+    g.uncovered = partitions_;
   }
   v1::ListDevicesRequest ask;
   ask.set_after(after);
@@ -109,9 +118,14 @@ void DeviceDirectory::OnAsk(natsConnection* nc, natsSubscription*, natsMsg* msg,
   }
   std::string to(reply);
   natsMsg_Destroy(msg);
-  self->local_(ask, [nc, to](v1::ListDevicesResponse page) {
+  // Before the page is made: a partition taken meanwhile is not claimed without its devices.
+  std::string held = absl::StrJoin(self->held_(), ",");
+  self->local_(ask, [nc, to, held = std::move(held)](v1::ListDevicesResponse page) {
     const std::string data = page.SerializeAsString();
-    natsConnection_Publish(nc, to.c_str(), data.data(), static_cast<int>(data.size()));
+    natsMsg* out = nullptr;
+    if (natsMsg_Create(&out, to.c_str(), nullptr, data.data(), static_cast<int>(data.size())) != NATS_OK) return;
+    if (natsMsgHeader_Set(out, kPartitionsHeader, held.c_str()) == NATS_OK) natsConnection_PublishMsg(nc, out);
+    natsMsg_Destroy(out);
   });
 }
 
@@ -124,6 +138,14 @@ void DeviceDirectory::OnPage(natsConnection*, natsSubscription*, natsMsg* msg, v
   const bool ok = dot != absl::string_view::npos && absl::SimpleAtoi(subject.substr(dot + 1), &id) &&
                   !natsMsg_IsNoResponders(msg) &&
                   page.ParseFromArray(natsMsg_GetData(msg), natsMsg_GetDataLength(msg));
+  std::vector<int> held;
+  const char* partitions = nullptr;
+  if (ok && natsMsgHeader_Get(msg, kPartitionsHeader, &partitions) == NATS_OK) {
+    for (absl::string_view p : absl::StrSplit(partitions, ',', absl::SkipEmpty())) {
+      int partition = -1;
+      if (absl::SimpleAtoi(p, &partition)) held.push_back(partition);
+    }
+  }
   natsMsg_Destroy(msg);
   if (!ok) return;
   Gathering done;
@@ -131,9 +153,15 @@ void DeviceDirectory::OnPage(natsConnection*, natsSubscription*, natsMsg* msg, v
     common::MutexLock lock(&self->mu_);
     auto it = self->gathering_.find(id);
     if (it == self->gathering_.end()) return;
-    it->second.pages.push_back(std::move(page));
-    if (static_cast<int>(it->second.pages.size()) < it->second.expected) return;
-    done = std::move(it->second);
+    Gathering& g = it->second;
+    g.pages.push_back(std::move(page));
+    for (int p : held) {
+      if (p < 0 || p >= static_cast<int>(g.covered.size()) || g.covered[p]) continue;
+      g.covered[p] = true;
+      --g.uncovered;
+    }
+    if (g.uncovered > 0) return;
+    done = std::move(g);
     self->gathering_.erase(it);
   }
   Finish(done);

@@ -1,8 +1,10 @@
-// The device list in a cluster (`--partitions`): each replica knows the devices it owns, so
-// ListDevices asks every replica for its page (a NATS request on `devbridge.devices`, which
-// every replica answers) and merges them in device id order. It waits for as many answers as
-// replicas are live (PartitionOwner::members), up to `wait`. A listing that lacks a live
-// replica's page fails with UNAVAILABLE ("ask again"): a shorter list would look complete.
+// The device list in a cluster (`--partitions`): each replica knows the devices of the
+// partitions it holds, so ListDevices asks every replica for its page (a NATS request on
+// `devbridge.devices`, which every replica answers) and merges them in device id order. Each
+// page names the partitions its replica held when it was made (header Devbridge-Partitions);
+// the listing is complete when the pages cover every partition. One that still lacks some
+// after `wait` (a replica just stopped, its partitions not yet taken over) fails with
+// UNAVAILABLE ("ask again"): a shorter list would look complete.
 #ifndef DEVBRIDGE_SERVICES_INGEST_CLUSTER_DEVICE_DIRECTORY_H_
 #define DEVBRIDGE_SERVICES_INGEST_CLUSTER_DEVICE_DIRECTORY_H_
 
@@ -35,35 +37,41 @@ class DeviceDirectory {
   // This replica's own devices: up to request.limit() of them after request.after(), in id
   // order; `done` once, from any thread.
   using Local = std::function<void(const v1::ListDevicesRequest& request, Page done)>;
+  // The partitions this replica holds now (of `partitions`), from any thread.
+  using Held = std::function<std::vector<int>()>;
 
-  static absl::StatusOr<std::unique_ptr<DeviceDirectory>> Start(const bus::Connection* connection, Local local);
+  static absl::StatusOr<std::unique_ptr<DeviceDirectory>> Start(const bus::Connection* connection, int partitions,
+                                                                Held held, Local local);
   ~DeviceDirectory();
   DeviceDirectory(const DeviceDirectory&) = delete;
   DeviceDirectory& operator=(const DeviceDirectory&) = delete;
 
-  // Every replica's page of `limit` devices after `after`, merged; `replicas`: answers to wait
-  // for, at most `wait`, else UNAVAILABLE. `done` once, from any thread.
+  // Every replica's page of `limit` devices after `after`, merged once the pages cover every
+  // partition; UNAVAILABLE if they do not within `wait`. `done` once, from any thread.
   using Listed = std::function<void(absl::StatusOr<v1::ListDevicesResponse>)>;
-  void List(const std::string& after, uint32_t limit, int replicas, absl::Duration wait, Listed done)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  void List(const std::string& after, uint32_t limit, absl::Duration wait, Listed done) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Gathering {
     Listed done;
     absl::Duration wait;
     uint32_t limit = 0;
-    int expected = 0;
     absl::Time deadline;
     std::vector<v1::ListDevicesResponse> pages;
+    std::vector<bool> covered;  // by partition: some page's replica held it
+    int uncovered = 0;
   };
-  DeviceDirectory(const bus::Connection* connection, Local local) : connection_(connection), local_(std::move(local)) {}
+  DeviceDirectory(const bus::Connection* connection, int partitions, Held held, Local local)
+      : connection_(connection), partitions_(partitions), held_(std::move(held)), local_(std::move(local)) {}
   static void OnAsk(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   static void OnPage(natsConnection* nc, natsSubscription* sub, natsMsg* msg, void* closure);
   void Expire() ABSL_LOCKS_EXCLUDED(mu_);
-  // Calls g.done with the merged pages, or UNAVAILABLE when some are missing.
+  // Calls g.done with the merged pages, or UNAVAILABLE when they miss a partition.
   static void Finish(Gathering& g);
 
   const bus::Connection* connection_;
+  const int partitions_;
+  Held held_;
   Local local_;
   std::string inbox_;
   std::unique_ptr<bus::Subscription> pages_;

@@ -1,9 +1,11 @@
 #include "services/ingest/cluster/partition_owner.h"
 
 #include <algorithm>
+#include <atomic>
 #include <memory>
 #include <utility>
 
+#include "absl/strings/str_join.h"
 #include "bus/leases.h"
 #include "common/log.h"
 #include "services/ingest/cluster/partitions.h"
@@ -152,7 +154,10 @@ bool PartitionOwner::Round(bus::Leases* leases) {
   if (!leases->Hold(NodeLease(self), self).ok()) return false;
   absl::StatusOr<std::vector<std::string>> members = leases->Names(kNodeLeasePrefix);
   if (!members.ok()) return false;
-  members_ = std::max<int>(1, static_cast<int>(members->size()));
+  if (static_cast<int>(members->size()) != members_) {
+    members_ = static_cast<int>(members->size());
+    common::Logger("ingest.cluster")->info("{} replica(s) live: {}", members_, absl::StrJoin(*members, ", "));
+  }
 
   std::vector<std::string> holders(options_.partitions);
   for (int p = 0; p < options_.partitions; ++p) {

@@ -22,7 +22,6 @@
 #ifndef DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_
 #define DEVBRIDGE_SERVICES_INGEST_CLUSTER_PARTITION_OWNER_H_
 
-#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -61,8 +60,6 @@ class PartitionOwner {
   // Thread-safe: whether this replica acts for `partition` now.
   bool Owns(int partition) const ABSL_LOCKS_EXCLUDED(mu_);
   int held() const ABSL_LOCKS_EXCLUDED(mu_);
-  // Live replicas at the last round (1 before the first).
-  int members() const { return members_.load(); }
 
  private:
   PartitionOwner(const bus::Connection* connection, OwnerOptions options, OnGained on_gained, OnLost on_lost)
@@ -89,7 +86,7 @@ class PartitionOwner {
   const OwnerOptions options_;
   OnGained on_gained_;
   OnLost on_lost_;
-  std::atomic<int> members_{1};
+  int members_ = 0;  // live replicas at the last round (the rounds' thread only), for the log
 
   mutable common::Mutex mu_;
   common::CondVar cv_;
