@@ -109,6 +109,16 @@ bool Connection::connected() const {
   return natsConnection_Status(nc_) == NATS_CONN_STATUS_CONNECTED;
 }
 
+uint64_t Connection::reconnects() const {
+  natsStatistics* stats = nullptr;
+  uint64_t reconnects = 0;
+  if (natsStatistics_Create(&stats) == NATS_OK && natsConnection_GetStats(nc_, stats) == NATS_OK) {
+    natsStatistics_GetCounts(stats, nullptr, nullptr, nullptr, nullptr, &reconnects);
+  }
+  natsStatistics_Destroy(stats);
+  return reconnects;
+}
+
 absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec, absl::Duration patience) {
   jsStreamConfig cfg;
   jsStreamConfig_Init(&cfg);
@@ -146,6 +156,13 @@ absl::Status EnsureStream(const Connection& connection, const StreamSpec& spec, 
     const absl::Duration pause = exists ? absl::Milliseconds(100) : absl::Seconds(1);
     if (!transient || absl::Now() + pause > deadline) {
       if (exists) return FromNats(get, absl::StrCat("reading stream ", spec.name, ", created by another process"));
+      if (code == JSClusterNoPeersErr) {
+        return FromNats(s, absl::StrCat("creating stream ", spec.name, " with ", spec.replicas,
+                                        " copies: fewer JetStream servers can take one (a server down, or one "
+                                        "left out of the metadata group at the cluster's start: restart it; "
+                                        "README, Operations)"),
+                        code);
+      }
       return FromNats(s, absl::StrCat("creating stream ", spec.name), code);
     }
     absl::SleepFor(pause);

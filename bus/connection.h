@@ -49,6 +49,9 @@ class Connection {
   absl::Duration timeout() const { return timeout_; }
   // True while connected (false while the client reconnects).
   bool connected() const;
+  // How many times the client has connected again since its first connection: a loss and
+  // return too quick for anyone looking at connected() now and then still shows here.
+  uint64_t reconnects() const;
   // Closes the connection (and so every subscription on it) without waiting for the servers:
   // a reader stopped afterwards does not ask the bus to delete its consumer (which, while
   // the bus is away, waits the timeout for every reader). The servers drop such consumers

@@ -8,9 +8,11 @@
 #include <fstream>
 #include <iostream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/component/test_env.h"
 
 namespace devbridge::testing {
@@ -51,6 +53,13 @@ NatsCluster::NatsCluster(int size) {
     }
   }
   for (int i = 0; i < size; ++i) Start(i);
+  if (size > 1 && !WaitHealthy()) {
+    for (int i : LeftOut()) {
+      std::cerr << "nats-server " << i + 1 << " left out of the JetStream metadata group: starting it again (see "
+                << log(i) << ")\n";
+      Restart(i);
+    }
+  }
 }
 
 NatsCluster::~NatsCluster() {
@@ -92,12 +101,49 @@ bool NatsCluster::Rejoin(int i) {
   if (WaitHealthy(absl::Seconds(30))) return true;
   std::cerr << "nats-server " << i + 1 << " not healthy 30 s after its start: starting it again (see " << log(i)
             << ")\n";
-  Node& node = nodes_[i];
-  kill(node.pid, SIGTERM);
-  WaitExit(node.pid, absl::Seconds(20));
-  node.pid = -1;
-  Start(i);
+  Restart(i);
   return WaitHealthy(absl::Seconds(60));
+}
+
+void NatsCluster::Restart(int i) {
+  Node& node = nodes_[i];
+  if (node.pid > 0) {
+    kill(node.pid, SIGTERM);
+    WaitExit(node.pid, absl::Seconds(20));
+    node.pid = -1;
+  }
+  Start(i);
+}
+
+std::vector<int> NatsCluster::LeftOut() const {
+  auto meta = [this](int i) {
+    int status = 0;
+    const std::string body = HttpRequest(nodes_[i].monitor_port, "GET", "/jsz", {}, "", &status);
+    nlohmann::json jsz = nlohmann::json::parse(status == 200 ? body : "{}", nullptr, false);
+    return jsz.is_object() ? jsz.value("meta_cluster", nlohmann::json::object()) : nlohmann::json::object();
+  };
+  std::vector<bool> in(nodes_.size(), false);
+  for (int i = 0; i < size(); ++i) {
+    if (nodes_[i].pid <= 0) continue;
+    // Servers are named n1, n2, …: the leader's number tells where to ask it.
+    const std::string leader = meta(i).value("leader", "");
+    int l = 0;
+    if (leader.size() < 2 || !absl::SimpleAtoi(leader.substr(1), &l) || l < 1 || l > size()) continue;
+    const nlohmann::json group = meta(l - 1);
+    if (group.value("leader", "") != leader) continue;
+    in[l - 1] = true;
+    for (const nlohmann::json& r : group.value("replicas", nlohmann::json::array())) {
+      int n = 0;
+      const std::string name = r.value("name", "");
+      if (name.size() >= 2 && absl::SimpleAtoi(name.substr(1), &n) && n >= 1 && n <= size()) in[n - 1] = true;
+    }
+    break;
+  }
+  std::vector<int> out;
+  for (int i = 0; i < size(); ++i) {
+    if (nodes_[i].pid > 0 && !in[i]) out.push_back(i);
+  }
+  return out;
 }
 
 bool NatsCluster::WaitHealthy(absl::Duration timeout) const {
@@ -109,7 +155,7 @@ bool NatsCluster::WaitHealthy(absl::Duration timeout) const {
           HttpRequest(node.monitor_port, "GET", "/healthz", {}, "", &status);
           if (status != 200) return false;
         }
-        return true;
+        return size() == 1 || LeftOut().empty();
       },
       timeout);
 }

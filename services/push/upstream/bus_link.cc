@@ -455,6 +455,7 @@ void BusLink::Run() {
   }
   up_ = true;
   bool connected = true;
+  uint64_t reconnects_seen = connection_->reconnects();
   post_([this] { on_state_(true); });
   bus::OffsetLog log(connection_.get(), options_.stream);
   for (;;) {
@@ -471,12 +472,22 @@ void BusLink::Run() {
       }
     }
     // The client reconnects by itself; the node hears of it, so that membership updates that
-    // failed meanwhile are told again (a snapshot) once the bus is back.
-    if (connection_->connected() != connected) {
-      connected = !connected;
+    // failed meanwhile are told again (a snapshot) once the bus is back. A loss and return
+    // between two looks (a server restarted within a second) shows in the count alone.
+    const bool now = connection_->connected();
+    const uint64_t reconnects = connection_->reconnects();
+    if (now != connected || reconnects != reconnects_seen) {
+      const bool missed = now && connected;
+      connected = now;
+      reconnects_seen = reconnects;
       log_->log(connected ? spdlog::level::info : spdlog::level::warn, "bus: {}",
-                connected ? "connected again" : "connection lost; reconnecting");
-      post_([this, connected] { on_state_(connected); });
+                missed      ? "connection lost and back"
+                : connected ? "connected again"
+                            : "connection lost; reconnecting");
+      post_([this, connected, missed] {
+        if (missed) on_state_(false);
+        on_state_(connected);
+      });
     }
     if (job) job(&log);
     if (connected) Heal(&log);
