@@ -346,9 +346,11 @@ function route() {
 addEventListener('hashchange', route);
 
 // ---- data ----
-async function loadDevices() {
+const LOAD_FAILED = 'Could not load devices';
+async function loadDevices(attempt = 0) {
   try {
     const devices = await allDevices();
+    if ($('#banner').textContent.startsWith(LOAD_FAILED)) banner('');
     fleet.load(devices);
     view.render($('#view'));
     // The latest values of each device, a few at a time.
@@ -358,7 +360,11 @@ async function loadDevices() {
     }
     view.render($('#view'));
   } catch (err) {
-    banner(`Could not load devices: ${err.message}`);
+    // With several ingest replicas the list answers 503 while a partition waits for its next
+    // owner (a replica just stopped or started): asked again a few times.
+    const again = attempt < 10;
+    banner(`${LOAD_FAILED}: ${err.message}${again ? '; trying again' : ''}`);
+    if (again) setTimeout(() => loadDevices(attempt + 1), 3000);
   }
 }
 
