@@ -2,7 +2,8 @@
 // come online, a read command shows decoded values, a device goes offline when its
 // simulator stops, a reload through the other push replica recovers the history, a
 // connection the server closes is re-opened and resumed, docs/protocol.md's client works, and a
-// polled meter that stops answering shows an "unresponsive" badge the fleet view can filter on.
+// polled meter that stops answering shows an "unresponsive" badge the fleet view can filter on, and
+// a device list that fails at first (503) is asked again.
 // Screenshots go to ./output/ (under the build folder when run by ctest).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -198,6 +199,28 @@ test('dashboard: fleet, commands, offline devices, recovery across replicas', as
     } catch (err) {
       throw new Error(`${err.message}; the page shows:\n${(await out.textContent()).slice(0, 600)}`);
     }
+
+    // 9. A device list that fails at first (503, as while a cluster's partition waits for its
+    // next owner) is asked again: a banner says so, and goes once the list loads.
+    const retry = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    retry.on('pageerror', (e) => errors.push(e.message));
+    let refused = 0;
+    await retry.route('**/api/devices?*', (route) => {
+      if (refused === 2) return route.continue();
+      refused++;
+      return route.fulfill({ status: 503, contentType: 'application/json',
+        body: JSON.stringify({ code: 503, msg: 'no ingest replica answered for partition(s) 1 within 2s; ask again' }) });
+    });
+    await retry.goto(demo.url);
+    const retryBanner = retry.locator('#banner');
+    await waitFor('the banner to say the list is asked again', async () =>
+      /^Could not load devices: 503 .*trying again$/.test(await retryBanner.textContent()), 15000);
+    // (The cards of a fleet seen before come back from the browser's storage at once, so the
+    // banner, not the cards, tells that the list loaded.)
+    await waitFor('the banner to go once the list loads', async () => retryBanner.isHidden(), 20000);
+    assert.equal(refused, 2, 'asked twice in vain, then once more');
+    assert.ok((await retry.locator('[data-device]').count()) > 20);
+    assert.deepEqual(errors, [], 'no script errors on the page');
   } finally {
     if (extraSim) extraSim.kill('SIGKILL');
     if (muteSim) muteSim.kill('SIGKILL');
