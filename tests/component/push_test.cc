@@ -666,6 +666,49 @@ TEST_F(PushTest, OversizeFramesAndTooManyErrorsClose) {
   EXPECT_GE(noisy->Frames("error").size(), 20u);
 }
 
+// A round of writes hands frames to websocketpp 64 connections at a time and lets other work
+// run in between (ws_server.cc): with more clients than that, every client still gets every
+// frame once and in order, and a close goes out after the frames queued before it.
+TEST_F(PushTest, AFanOutWiderThanOneWriteStepKeepsOrderAndClosesLast) {
+  StartIngest();
+  a_ = StartPush("node-a");
+  ASSERT_NE(a_, nullptr);
+  constexpr int kClients = 150, kMessages = 40;
+  std::vector<std::unique_ptr<WsClient>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(WsClient::Connect(a_->port(), absl::StrCat("systemId=fleet&clientId=c", i)));
+    ASSERT_TRUE(clients.back()->open()) << i;
+  }
+  ASSERT_TRUE(WaitOnline(a_.get(), kClients));
+  // Every message but the last is sent without waiting for the one before to arrive, so they
+  // pile up in the same rounds; the last goes to c0 alone and is followed at once by its close.
+  for (int m = 0; m < kMessages; ++m) ASSERT_EQ(Api(a_.get(), "send_to_system", {{"data", m}})["code"], 0) << m;
+  ASSERT_EQ(Api(a_.get(), "send_to_client", {{"clientId", "c0"}, {"data", "last"}})["code"], 0);
+  ASSERT_EQ(Api(a_.get(), "close_client", {{"clientId", "c0"}})["code"], 0);
+
+  for (int i = 0; i < kClients; ++i) {
+    WsClient& c = *clients[i];
+    ASSERT_FALSE(c.WaitFor([](const Json& f) { return f["type"] == "message" && f["data"] == kMessages - 1; }).is_null())
+        << "client " << i;
+    std::vector<int> got;
+    int64_t last_offset = 0;
+    for (const Json& f : c.Frames("message")) {
+      if (!f["data"].is_number()) continue;
+      got.push_back(f["data"].get<int>());
+      EXPECT_GT(f["offset"].get<int64_t>(), last_offset) << "client " << i;
+      last_offset = f["offset"].get<int64_t>();
+    }
+    std::vector<int> want(kMessages);
+    for (int m = 0; m < kMessages; ++m) want[m] = m;
+    EXPECT_EQ(got, want) << "client " << i;
+  }
+  ASSERT_TRUE(clients[0]->WaitClosed());
+  EXPECT_EQ(clients[0]->close_code(), 4000);
+  EXPECT_FALSE(clients[0]->WaitFor([](const Json& f) { return f["data"] == "last"; }, absl::ZeroDuration()).is_null())
+      << "the frame queued before the close arrives before it";
+  EXPECT_TRUE(WaitOnline(a_.get(), kClients - 1));
+}
+
 TEST_F(PushTest, ReusedClientIdReplacesTheOldSession) {
   StartCluster();
   auto first = WsClient::Connect(a_->port(), "systemId=fleet&clientId=dup");

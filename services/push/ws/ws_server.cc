@@ -39,7 +39,11 @@ struct ConnectionData {
 
   uint64_t id = 0;
   bool opened = false;
-  size_t queued_bytes = 0;  // frames queued for the next round of writes, not yet handed over
+  bool in_round = false;       // listed in the coming (or the running, if not reached yet) round
+  bool close_queued = false;   // Close() was called: later sends are dropped
+  size_t queued_bytes = 0;     // bytes of `queued`
+  // Frames waiting for this connection's turn in a round of writes, as websocketpp messages.
+  std::vector<websocketpp::config::asio::message_type::ptr> queued;
 };
 
 // One io thread runs the server, so websocketpp needs neither locks nor strands.
@@ -73,6 +77,9 @@ using ConnectionPtr = Server::connection_ptr;
 constexpr int kCloseNoPong = 4010;
 // The most a round of writes waits because the previous one was long (Schedule()).
 constexpr std::chrono::milliseconds kMaxAdaptiveSpacing{25};
+// Connections a round writes before letting other handlers run (see Schedule()): about a
+// millisecond of writes on loopback.
+constexpr size_t kConnectionsPerStep = 64;
 
 // Runs a websocketpp handler's body. Our handlers do not throw by design; should one throw
 // anyway (a bug), the exception is logged and counted here instead of unwinding through
@@ -94,6 +101,12 @@ bool Guard(const char* where, common::Counter* errors, F&& body) {
 }  // namespace
 
 struct WsServer::Impl {
+  struct Close {
+    ConnectionPtr con;
+    int code = 0;
+    std::string reason;
+  };
+
   Impl(asio::io_context& io_context, WsOptions o, WsHandler* h) : io(io_context), options(std::move(o)), handler(h) {}
 
   ConnectionPtr Find(uint64_t id) {
@@ -102,13 +115,17 @@ struct WsServer::Impl {
   }
 
   // Sends and closes are queued and carried out together in rounds, after the current
-  // handler: frames for one connection that pile up before a round go out in one write.
-  // A round's sends post websocketpp's writes, so it ends when a marker posted after them
-  // runs. The next round starts at once unless the previous one ended less than its own
-  // length ago (or less than flush_interval ago): then it waits for that. Idle, a round of a
-  // few sockets takes microseconds and a frame goes out at once; under a heavy fan-out a
-  // round of thousands of writes takes milliseconds, and what arrives meanwhile is coalesced
-  // into the next one: writing takes at most about half of the io thread.
+  // handler: frames for one connection that pile up before its turn go out in one write.
+  // A round hands its connections' frames to websocketpp a step of kConnectionsPerStep
+  // connections at a time; each step's writes run before the next step, and so does whatever
+  // else became ready meanwhile (an HTTP request, a client frame, an event from upstream), so
+  // a round of thousands of writes never holds the io thread for more than about a
+  // millisecond at once. The round ends when a marker posted after its last writes runs. The
+  // next round starts at once unless the previous one ended less than its own length ago (or
+  // less than flush_interval ago): then it waits for that. Idle, a round of a few sockets
+  // takes microseconds and a frame goes out at once; under a heavy fan-out a round takes
+  // milliseconds, and what arrives meanwhile is coalesced into the next one: writing takes at
+  // most about half of the io thread.
   void Schedule() {
     if (flush_scheduled) return;
     flush_scheduled = true;
@@ -133,25 +150,47 @@ struct WsServer::Impl {
   void Flush() {
     flush_scheduled = false;
     round_running = true;
-    const auto start = std::chrono::steady_clock::now();
-    std::vector<Action> actions;
-    actions.swap(pending);
-    for (Action& a : actions) {
-      std::error_code ec;
-      if (a.msg) {
-        a.con->queued_bytes -= std::min(a.con->queued_bytes, a.msg->get_payload().size());
-        a.con->send(a.msg);
-      } else {
-        a.con->close(static_cast<websocketpp::close::status::value>(a.code), a.reason, ec);
-      }
-    }
-    asio::post(io, [this, start] { RoundEnded(start); });  // after the writes just posted
+    round_start = std::chrono::steady_clock::now();
+    round.swap(waiting);
+    round_closes.swap(waiting_closes);
+    round_next = 0;
+    WriteStep();
   }
 
-  void RoundEnded(std::chrono::steady_clock::time_point start) {
+  void WriteStep() {
+    const size_t end = std::min(round.size(), round_next + kConnectionsPerStep);
+    for (; round_next < end; ++round_next) Write(*round[round_next]);
+    if (round_next < round.size()) {
+      asio::post(io, [this] { WriteStep(); });  // after this step's writes
+      return;
+    }
+    round.clear();
+    CloseAll(round_closes);
+    asio::post(io, [this] { RoundEnded(); });  // after the writes just posted
+  }
+
+  // After the frames queued before them.
+  static void CloseAll(std::vector<Close>& closes) {
+    for (Close& c : closes) {
+      std::error_code ec;
+      c.con->close(static_cast<websocketpp::close::status::value>(c.code), c.reason, ec);
+    }
+    closes.clear();
+  }
+
+  // Hands a connection's queued frames to websocketpp, which writes them together.
+  void Write(Server::connection_type& con) {
+    con.in_round = false;
+    for (const auto& msg : con.queued) con.send(msg);
+    con.queued.clear();
+    if (con.queued.capacity() > 16) con.queued.shrink_to_fit();  // after a burst; idle ones stay small
+    con.queued_bytes = 0;
+  }
+
+  void RoundEnded() {
     round_running = false;
     last_flush = std::chrono::steady_clock::now();
-    last_round_cost = last_flush - start;
+    last_round_cost = last_flush - round_start;
     if (flush_scheduled) ScheduleRound();
   }
 
@@ -260,13 +299,11 @@ struct WsServer::Impl {
   Server server;
   uint64_t next_id = 1;
   absl::flat_hash_map<uint64_t, ConnectionPtr> conns;  // validated until closed
-  struct Action {
-    ConnectionPtr con;
-    Server::message_ptr msg;  // a send; null for a close
-    int code = 0;
-    std::string reason;
-  };
-  std::vector<Action> pending;
+  // Connections with frames queued, and closes, for the coming round; then for the running one.
+  std::vector<ConnectionPtr> waiting, round;
+  std::vector<Close> waiting_closes, round_closes;
+  size_t round_next = 0;  // the first connection of `round` not written yet
+  std::chrono::steady_clock::time_point round_start;
   bool flush_scheduled = false;  // a round is due (posted, on the timer, or after the running one)
   bool round_running = false;    // a round's writes are posted and not all done
   bool nodelay_warned = false;
@@ -391,18 +428,24 @@ size_t WsServer::Send(uint64_t conn, const std::shared_ptr<const std::string>& t
     impl_->prepared = std::move(msg);
     impl_->prepared_for = text;
   }
-  impl_->pending.push_back({con, impl_->prepared, 0, {}});
-  impl_->Schedule();
-  // What waits for this client now: what websocketpp holds plus this round's frames, so a
-  // slow consumer is caught as its queue grows, not a round later.
+  if (con->close_queued) return 0;
+  con->queued.push_back(impl_->prepared);
   con->queued_bytes += text->size();
+  if (!con->in_round) {
+    con->in_round = true;
+    impl_->waiting.push_back(con);
+  }
+  impl_->Schedule();
+  // What waits for this client now: what websocketpp holds plus the frames not yet handed
+  // over, so a slow consumer is caught as its queue grows, not a round later.
   return con->get_buffered_amount() + con->queued_bytes;
 }
 
 void WsServer::Close(uint64_t conn, int code, const std::string& reason) {
   ConnectionPtr con = impl_->Find(conn);
-  if (!con) return;
-  impl_->pending.push_back({con, nullptr, code, reason});
+  if (!con || con->close_queued) return;
+  con->close_queued = true;
+  impl_->waiting_closes.push_back({con, code, reason});
   impl_->Schedule();
 }
 
@@ -416,7 +459,14 @@ void WsServer::Shutdown() {
   std::vector<uint64_t> ids;
   for (const auto& [id, con] : impl_->conns) ids.push_back(id);
   for (uint64_t id : ids) Close(id, websocketpp::close::status::going_away, "server shutting down");
-  impl_->Flush();
+  // Everything queued goes now, the rest of a running round included.
+  Impl& s = *impl_;
+  for (; s.round_next < s.round.size(); ++s.round_next) s.Write(*s.round[s.round_next]);
+  s.round.clear();
+  for (const ConnectionPtr& con : s.waiting) s.Write(*con);
+  s.waiting.clear();
+  Impl::CloseAll(s.round_closes);
+  Impl::CloseAll(s.waiting_closes);
 }
 
 size_t WsServer::open_connections() const { return impl_->conns.size(); }
