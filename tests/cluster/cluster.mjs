@@ -69,7 +69,6 @@ async function main() {
     return new Proc(`nats-${i + 1}`, 'nats-server', ['-c', conf], logs);
   });
   const busUrls = nats.map((n) => `nats://127.0.0.1:${n.client}`).join(',');
-  const natsHealthy = (i) => healthy(nats[i].monitor);
   // The servers (0, 1, 2) the JetStream metadata leader's group lacks; all of them while no
   // server names a leader. Servers are named n1..n3, and /jsz's meta_cluster lists the
   // leader's peers only on the leader.
@@ -214,19 +213,22 @@ async function main() {
     // One after another (each once it answers): started all at once, nats-server 2.10.27
     // sometimes leaves one server out of the JetStream metadata group for good, and ingest
     // cannot create its 3-copy streams ("no suitable peers", 10005; 4 starts of 95 here,
-    // none of 160 started one after another). A server still left out is started once more.
+    // none of 160 started one after another). Started one after another, a server can still
+    // stay unhealthy ("JetStream is not current with the meta leader", for a whole minute in
+    // one CI run of 2026-12-04) or left out: such a server is started once more, as rejoin()
+    // does after a kill.
     for (let i = 0; i < 3; i++) {
       natsProcs[i].start();
       assert.ok(await until(async () => (await get(nats[i].monitor, '/varz')).status === 200, 10000), `nats-${i + 1} up`);
     }
-    for (let i = 0; i < 3; i++) assert.ok(await natsHealthy(i), `nats-${i + 1} healthy`);
-    if (!(await until(async () => (await leftOut()).length === 0, 30000, 250))) {
-      for (const i of await leftOut()) {
-        log(`nats-${i + 1} left out of the JetStream metadata group: stopping it and starting it again`);
-        await natsProcs[i].term();
-        natsProcs[i].start();
-      }
-      assert.ok(await until(async () => (await leftOut()).length === 0, 60000, 250), 'every nats-server in the metadata group');
+    for (let i = 0; i < 3; i++) {
+      if (await joined(i, 30000)) continue;
+      const why = await get(nats[i].monitor, '/healthz');
+      log(`nats-${i + 1} not healthy or left out of the JetStream metadata group 30 s after its start ` +
+          `(${(why.body || '').trim()}): stopping it and starting it again`);
+      await natsProcs[i].term();
+      natsProcs[i].start();
+      assert.ok(await joined(i, 60000), `nats-${i + 1} healthy and in the metadata group after a second start`);
     }
     const varz = await get(nats[0].monitor, '/varz');
     log(`nats-server ${varz.status === 200 ? JSON.parse(varz.body).version : '(version unknown)'}`);
