@@ -67,7 +67,9 @@ class WsServer {
   int port() const;
   // Queues a text frame; returns the bytes now waiting to be written to that connection.
   // Sending the same `text` pointer to many connections in a row frames it only once.
+  // After Close, frames for that connection are dropped (and 0 returned).
   size_t Send(uint64_t conn, const std::shared_ptr<const std::string>& text);
+  // Queues a close; it goes out after the frames queued before it.
   void Close(uint64_t conn, int code, const std::string& reason);
   // Stops accepting and closes every connection with 1001 (going away).
   void Shutdown();
