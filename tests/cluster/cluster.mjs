@@ -148,17 +148,22 @@ async function main() {
   // it again.
   const joined = async (i, ms) =>
     until(async () => (await get(nats[i].monitor, '/healthz')).status === 200 && !(await leftOut()).includes(i), ms, 250);
-  const rejoin = async (i) => {
-    natsProcs[i].start();
-    if ((await joined(i, 30000)) && (await caughtUp(i, 30000))) return;
+  // Stops server i, stuck as `what` says 30 s after its start, and starts it once more; returns
+  // the seconds until it was healthy and in the metadata group again.
+  const startAgain = async (i, what) => {
     const why = await get(nats[i].monitor, '/healthz');
-    log(`nats-${i + 1} not healthy, left out of the metadata group or not caught up 30 s after its start ` +
-        `(${why.body.trim()}): stopping it and starting it again`);
+    log(`nats-${i + 1} ${what} 30 s after its start (${(why.body || '').trim()}): stopping it and starting it again`);
     const began = Date.now();
     await natsProcs[i].term();
     natsProcs[i].start();
     assert.ok(await joined(i, 60000), `nats-${i + 1} healthy and in the metadata group after a second start`);
-    figures.push(`nats-${i + 1} healthy ${((Date.now() - began) / 1000).toFixed(1)} s after a second start`);
+    return (Date.now() - began) / 1000;
+  };
+  const rejoin = async (i) => {
+    natsProcs[i].start();
+    if ((await joined(i, 30000)) && (await caughtUp(i, 30000))) return;
+    const seconds = await startAgain(i, 'not healthy, left out of the metadata group or not caught up');
+    figures.push(`nats-${i + 1} healthy ${seconds.toFixed(1)} s after a second start`);
     assert.ok(await caughtUp(i), `nats-${i + 1} caught up`);
   };
 
@@ -222,13 +227,7 @@ async function main() {
       assert.ok(await until(async () => (await get(nats[i].monitor, '/varz')).status === 200, 10000), `nats-${i + 1} up`);
     }
     for (let i = 0; i < 3; i++) {
-      if (await joined(i, 30000)) continue;
-      const why = await get(nats[i].monitor, '/healthz');
-      log(`nats-${i + 1} not healthy or left out of the JetStream metadata group 30 s after its start ` +
-          `(${(why.body || '').trim()}): stopping it and starting it again`);
-      await natsProcs[i].term();
-      natsProcs[i].start();
-      assert.ok(await joined(i, 60000), `nats-${i + 1} healthy and in the metadata group after a second start`);
+      if (!(await joined(i, 30000))) await startAgain(i, 'not healthy or left out of the JetStream metadata group');
     }
     const varz = await get(nats[0].monitor, '/varz');
     log(`nats-server ${varz.status === 200 ? JSON.parse(varz.body).version : '(version unknown)'}`);
